@@ -1,0 +1,1 @@
+"""The ``geors`` command line: thin click commands over the library."""

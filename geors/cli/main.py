@@ -1,0 +1,34 @@
+"""Entry point of the ``geors`` command. Each command lives in its own module."""
+
+from __future__ import annotations
+
+import logging
+
+import click
+
+from geors import __version__
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, "--version", prog_name="geors")
+@click.option("-v", "--verbose", count=True, help="More log output (repeat for debug).")
+@click.option("-q", "--quiet", is_flag=True, help="Only errors.")
+def main(verbose: int, quiet: bool) -> None:
+    """geors: detect and outline objects in very large georeferenced rasters.
+
+    Exit codes: 0 ok, 1 failure while processing, 2 bad input or usage.
+    """
+    level = logging.ERROR if quiet else (logging.WARNING, logging.INFO, logging.DEBUG)[min(verbose, 2)]
+    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
+    logging.getLogger("geors").setLevel(level)
+
+
+def _register() -> None:
+    # One line per command module; each module defines a click command or group.
+    from geors.cli import info, sample, tiles
+
+    for mod in (info, tiles, sample):
+        main.add_command(mod.command)
+
+
+_register()

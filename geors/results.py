@@ -1,0 +1,55 @@
+"""Value objects that stages return and :mod:`geors.vector` writes.
+
+Geometries are shapely objects in the scene CRS. Pixel boxes are tile-local
+``(xmin, ymin, xmax, ymax)`` floats, x = column, y = row.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from rasterio.windows import Window
+
+
+@dataclass
+class Detection:
+    geometry: object  # shapely Polygon, box footprint in scene CRS
+    class_name: str
+    class_id: int
+    score: float
+    box_px: tuple[float, float, float, float] | None = None  # tile-local pixels
+    gate_score: float | None = None
+
+
+@dataclass
+class Instance:
+    geometry: object  # shapely Polygon/MultiPolygon in scene CRS
+    class_name: str
+    score: float
+    mask_score: float | None
+    mask_method: str  # "sam:vit_b", "grabcut", "box", ...
+    detection_index: int | None = None  # index into the same TileResult.detections
+    class_id: int | None = None
+
+
+@dataclass
+class SegmentPolygon:
+    geometry: object  # shapely (Multi)Polygon in scene CRS
+    class_name: str
+    class_id: int
+
+
+@dataclass
+class TileResult:
+    """Everything one tile produced; written with its ledger row in one transaction."""
+
+    scene: str
+    tile_id: str
+    window: Window
+    status: str  # "done", "nodata", "gated", "failed"
+    gate_score: float | None = None
+    seconds: float = 0.0
+    detections: list[Detection] = field(default_factory=list)
+    instances: list[Instance] = field(default_factory=list)
+    segmentation: list[SegmentPolygon] = field(default_factory=list)
+    message: str = ""
