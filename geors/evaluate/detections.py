@@ -1,0 +1,351 @@
+"""Detection metrics: AP50, COCO-style AP, recall/precision at a score threshold, gate metrics.
+
+Everything is computed with numpy (no pycocotools). The rules follow the COCO
+evaluation protocol where it applies to geors:
+
+- Matching, per class and image, per IoU threshold ``t``: detections are taken
+  in descending score order (stable sort, so ties keep input order); each one
+  is matched to the still-unmatched ground-truth box with the highest IoU
+  ``>= t``. A detection without such a box is a false positive; so is a
+  second detection of an already matched box (duplicates count as FP).
+- AP for one class and threshold: precision/recall curve over all images,
+  precision made monotonically non-increasing from the right, then sampled at
+  101 recall points ``0, 0.01, ..., 1`` (precision 0 where the recall is never
+  reached), averaged.
+- ``AP`` is the mean over ``iou_thresholds`` (default 0.50:0.95 step 0.05);
+  ``AP50`` is AP at IoU 0.5. Overall AP values are the mean over classes that
+  have ground truth (COCO's mAP); a class without ground truth has no AP.
+- Unlike COCO there is no per-image cap on detections (COCO keeps 100 per
+  image; a geors "image" is a whole scene with thousands of objects) and no
+  area ranges or crowd regions.
+- Recall and precision are reported at ``score_threshold`` and ``match_iou``
+  (default 0.5); the overall values pool the counts of all classes (micro
+  average).
+
+Boxes are ``(xmin, ymin, xmax, ymax)``; any unit works (scene pixels or CRS
+units) as long as predictions and truth share it, because IoU is unit-free.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+__all__ = [
+    "COCO_IOU_THRESHOLDS",
+    "BoxTable",
+    "box_iou",
+    "average_precision",
+    "evaluate_detections",
+    "evaluate_gate",
+]
+
+#: IoU thresholds of COCO's AP: 0.50, 0.55, ..., 0.95.
+COCO_IOU_THRESHOLDS: tuple[float, ...] = tuple(round(0.5 + 0.05 * i, 2) for i in range(10))
+
+_RECALL_POINTS = np.linspace(0.0, 1.0, 101)
+
+
+@dataclass(frozen=True)
+class BoxTable:
+    """Boxes with classes, optional scores and image keys, as parallel arrays.
+
+    Attributes:
+        boxes: ``(N, 4)`` float xyxy boxes (pixels or CRS units).
+        classes: ``(N,)`` class labels (names or ids; compared by equality).
+        scores: ``(N,)`` confidence scores for predictions; ``None`` for truth.
+        images: ``(N,)`` image/scene keys; boxes only match within one image.
+    """
+
+    boxes: np.ndarray
+    classes: np.ndarray
+    scores: np.ndarray | None = None
+    images: np.ndarray | None = None
+
+    @classmethod
+    def from_any(cls, obj, *, need_scores: bool, what: str) -> BoxTable:
+        """Build from a BoxTable or a mapping with ``boxes``, ``classes``/``labels``, ``scores``, ``images``."""
+        if isinstance(obj, BoxTable):
+            table = obj
+        elif isinstance(obj, Mapping):
+            classes = obj.get("classes", obj.get("labels"))
+            table = cls(
+                boxes=obj["boxes"],
+                classes=classes if classes is not None else np.zeros(len(obj["boxes"]), dtype=np.int64),
+                scores=obj.get("scores"),
+                images=obj.get("images"),
+            )
+        else:
+            raise TypeError(f"{what} must be a BoxTable or a mapping of arrays, got {type(obj).__name__}")
+        boxes = np.asarray(table.boxes, dtype=np.float64).reshape(-1, 4)
+        n = len(boxes)
+        classes = np.asarray(table.classes).reshape(-1)
+        scores = None if table.scores is None else np.asarray(table.scores, dtype=np.float64).reshape(-1)
+        images = np.zeros(n, dtype=np.int64) if table.images is None else np.asarray(table.images).reshape(-1)
+        if need_scores and scores is None:
+            raise ValueError(f"{what} need scores")
+        for name, arr in (("classes", classes), ("scores", scores), ("images", images)):
+            if arr is not None and len(arr) != n:
+                raise ValueError(f"{what}: {name} has {len(arr)} entries for {n} boxes")
+        return cls(boxes=boxes, classes=classes, scores=scores, images=images)
+
+
+def box_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """IoU matrix between two sets of xyxy boxes.
+
+    Args:
+        a: ``(N, 4)`` boxes.
+        b: ``(M, 4)`` boxes, same units as ``a``.
+
+    Returns:
+        ``(N, M)`` IoU values in [0, 1]; 0 where the union is empty.
+    """
+    a = np.asarray(a, dtype=np.float64).reshape(-1, 4)
+    b = np.asarray(b, dtype=np.float64).reshape(-1, 4)
+    area_a = np.clip(a[:, 2] - a[:, 0], 0, None) * np.clip(a[:, 3] - a[:, 1], 0, None)
+    area_b = np.clip(b[:, 2] - b[:, 0], 0, None) * np.clip(b[:, 3] - b[:, 1], 0, None)
+    iw = np.clip(np.minimum(a[:, None, 2], b[None, :, 2]) - np.maximum(a[:, None, 0], b[None, :, 0]), 0, None)
+    ih = np.clip(np.minimum(a[:, None, 3], b[None, :, 3]) - np.maximum(a[:, None, 1], b[None, :, 1]), 0, None)
+    inter = iw * ih
+    union = area_a[:, None] + area_b[None, :] - inter
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.where(union > 0, inter / union, 0.0)
+
+
+def average_precision(tp: np.ndarray, scores: np.ndarray, n_truth: int) -> float:
+    """101-point interpolated AP from per-detection TP flags (COCO rule).
+
+    Args:
+        tp: ``(N,)`` booleans, True where the detection matched a truth box.
+        scores: ``(N,)`` detection scores; detections are ranked by them.
+        n_truth: number of ground-truth boxes; AP is NaN when it is 0.
+
+    Returns:
+        AP in [0, 1], or NaN without ground truth.
+    """
+    if n_truth == 0:
+        return math.nan
+    if len(tp) == 0:
+        return 0.0
+    order = np.argsort(-np.asarray(scores, dtype=np.float64), kind="mergesort")
+    hits = np.asarray(tp, dtype=bool)[order]
+    ctp = np.cumsum(hits)
+    cfp = np.cumsum(~hits)
+    recall = ctp / n_truth
+    precision = ctp / (ctp + cfp)
+    precision = np.maximum.accumulate(precision[::-1])[::-1]
+    idx = np.searchsorted(recall, _RECALL_POINTS, side="left")
+    sampled = np.where(idx < len(precision), precision[np.minimum(idx, len(precision) - 1)], 0.0)
+    return float(sampled.mean())
+
+
+def _overlapping_pairs(a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Index pairs ``(i, j)`` of boxes ``a[i]``, ``b[j]`` with IoU > 0, and their IoU.
+
+    An R-tree keeps this near-linear: a scene can hold tens of thousands of
+    boxes, and a dense IoU matrix would need N x M memory.
+    """
+    import shapely
+
+    if len(a) == 0 or len(b) == 0:
+        empty = np.zeros(0, dtype=np.int64)
+        return empty, empty, np.zeros(0)
+    tree = shapely.STRtree(shapely.box(b[:, 0], b[:, 1], b[:, 2], b[:, 3]))
+    ia, ib = tree.query(shapely.box(a[:, 0], a[:, 1], a[:, 2], a[:, 3]), predicate="intersects")
+    a_, b_ = a[ia], b[ib]
+    iw = np.clip(np.minimum(a_[:, 2], b_[:, 2]) - np.maximum(a_[:, 0], b_[:, 0]), 0, None)
+    ih = np.clip(np.minimum(a_[:, 3], b_[:, 3]) - np.maximum(a_[:, 1], b_[:, 1]), 0, None)
+    inter = iw * ih
+    area_a = (a_[:, 2] - a_[:, 0]) * (a_[:, 3] - a_[:, 1])
+    area_b = (b_[:, 2] - b_[:, 0]) * (b_[:, 3] - b_[:, 1])
+    union = area_a + area_b - inter
+    with np.errstate(divide="ignore", invalid="ignore"):
+        iou = np.where(union > 0, inter / union, 0.0)
+    keep = iou > 0
+    return ia[keep].astype(np.int64), ib[keep].astype(np.int64), iou[keep]
+
+
+def _match(pred_boxes: np.ndarray, pred_scores: np.ndarray, truth_boxes: np.ndarray,
+           thresholds: Sequence[float]) -> np.ndarray:
+    """Greedy COCO matching in one image and class; ``(T, N)`` TP flags in input order."""
+    n, m = len(pred_boxes), len(truth_boxes)
+    tp = np.zeros((len(thresholds), n), dtype=bool)
+    if n == 0 or m == 0:
+        return tp
+    ip, ig, iou = _overlapping_pairs(pred_boxes, truth_boxes)
+    if len(ip) == 0:
+        return tp
+    # Rank of each prediction (stable, descending score); candidates of one
+    # prediction sorted by descending IoU, so the first free one is the best.
+    rank = np.empty(n, dtype=np.int64)
+    rank[np.argsort(-pred_scores, kind="mergesort")] = np.arange(n)
+    order = np.lexsort((-iou, rank[ip]))
+    ip, ig, iou = ip[order], ig[order], iou[order]
+    starts = np.flatnonzero(np.r_[True, ip[1:] != ip[:-1]])
+    groups = list(zip(ip[starts].tolist(), np.split(ig, starts[1:]), np.split(iou, starts[1:]), strict=True))
+    for ti, t in enumerate(thresholds):
+        taken = np.zeros(m, dtype=bool)
+        for det, cand_g, cand_iou in groups:
+            for g, v in zip(cand_g.tolist(), cand_iou.tolist(), strict=True):
+                if v < t:
+                    break
+                if not taken[g]:
+                    taken[g] = True
+                    tp[ti, det] = True
+                    break
+    return tp
+
+
+def _nan_to_none(value: float) -> float | None:
+    return None if value is None or (isinstance(value, float) and math.isnan(value)) else float(value)
+
+
+def _ratio(num: int, den: int) -> float | None:
+    return None if den == 0 else num / den
+
+
+def evaluate_detections(
+    pred,
+    truth,
+    iou_thresholds: Sequence[float] = COCO_IOU_THRESHOLDS,
+    score_threshold: float = 0.5,
+    match_iou: float = 0.5,
+    class_agnostic: bool = False,
+) -> dict:
+    """Detection metrics per class and overall.
+
+    Args:
+        pred: predictions, a :class:`BoxTable` or a mapping with ``boxes``
+            ``(N, 4)`` xyxy, ``scores`` ``(N,)``, ``classes`` (or ``labels``)
+            ``(N,)`` and optional ``images`` ``(N,)``.
+        truth: ground truth in the same units, same keys without ``scores``.
+        iou_thresholds: IoU thresholds averaged into ``AP`` (default COCO's
+            0.50:0.95 step 0.05).
+        score_threshold: detections scoring at least this count for recall
+            and precision. AP always uses every detection.
+        match_iou: IoU threshold for recall and precision.
+        class_agnostic: ignore classes (one class ``"all"``), e.g. when the
+            truth has no class field or names differ from the model's.
+
+    Returns:
+        JSON-ready dict: ``overall`` and ``per_class`` (keyed by class as a
+        string), each with ``AP50``, ``AP``, ``recall``, ``precision``,
+        ``n_truth``, ``n_pred``, ``n_pred_above_threshold``, ``tp``, ``fp``,
+        ``fn``; plus the thresholds used. Values that are undefined (no truth,
+        no detections above the threshold) are ``None``.
+    """
+    p = BoxTable.from_any(pred, need_scores=True, what="predictions")
+    g = BoxTable.from_any(truth, need_scores=False, what="truth")
+    thresholds = [float(t) for t in iou_thresholds]
+    if not thresholds or any(not 0.0 < t <= 1.0 for t in thresholds):
+        raise ValueError(f"IoU thresholds must lie in (0, 1], got {thresholds}")
+    if not 0.0 < match_iou <= 1.0:
+        raise ValueError(f"match IoU must lie in (0, 1], got {match_iou}")
+    # One matching pass covers the AP thresholds, AP50 and the recall/precision IoU.
+    all_t = sorted(set(thresholds) | {0.5, float(match_iou)})
+    ap_idx = [all_t.index(t) for t in thresholds]
+    i50, imatch = all_t.index(0.5), all_t.index(float(match_iou))
+
+    p_cls = np.full(len(p.boxes), "all", dtype=object) if class_agnostic else p.classes.astype(str).astype(object)
+    g_cls = np.full(len(g.boxes), "all", dtype=object) if class_agnostic else g.classes.astype(str).astype(object)
+    p_img = p.images.astype(str)
+    g_img = g.images.astype(str)
+    classes = sorted(set(p_cls.tolist()) | set(g_cls.tolist()))
+
+    per_class: dict[str, dict] = {}
+    totals = {"tp": 0, "fp": 0, "fn": 0, "n_truth": 0, "n_pred": 0, "n_pred_above_threshold": 0}
+    aps50, aps = [], []
+    for c in classes:
+        pm, gm = p_cls == c, g_cls == c
+        tp_all = np.zeros((len(all_t), int(pm.sum())), dtype=bool)
+        scores_c = p.scores[pm]
+        imgs_p, imgs_g = p_img[pm], g_img[gm]
+        boxes_p, boxes_g = p.boxes[pm], g.boxes[gm]
+        for img in set(imgs_p.tolist()) & set(imgs_g.tolist()):
+            ip, ig = imgs_p == img, imgs_g == img
+            tp_all[:, ip] = _match(boxes_p[ip], scores_c[ip], boxes_g[ig], all_t)
+        n_truth = int(gm.sum())
+        ap_t = [average_precision(tp_all[i], scores_c, n_truth) for i in range(len(all_t))]
+        ap50 = ap_t[i50]
+        ap = float(np.mean([ap_t[i] for i in ap_idx])) if n_truth else math.nan
+        above = scores_c >= score_threshold
+        tp = int(tp_all[imatch][above].sum())
+        fp = int(above.sum()) - tp
+        fn = n_truth - tp
+        per_class[str(c)] = {
+            "AP50": _nan_to_none(ap50),
+            "AP": _nan_to_none(ap),
+            "recall": _ratio(tp, n_truth),
+            "precision": _ratio(tp, tp + fp),
+            "n_truth": n_truth,
+            "n_pred": int(pm.sum()),
+            "n_pred_above_threshold": int(above.sum()),
+            "tp": tp,
+            "fp": fp,
+            "fn": fn,
+        }
+        if n_truth:
+            aps50.append(ap50)
+            aps.append(ap)
+        for k in totals:
+            totals[k] += per_class[str(c)][k]
+
+    overall = {
+        "AP50": float(np.mean(aps50)) if aps50 else None,
+        "AP": float(np.mean(aps)) if aps else None,
+        "recall": _ratio(totals["tp"], totals["n_truth"]),
+        "precision": _ratio(totals["tp"], totals["tp"] + totals["fp"]),
+        **totals,
+    }
+    return {
+        "overall": overall,
+        "per_class": per_class,
+        "iou_thresholds": thresholds,
+        "match_iou": float(match_iou),
+        "score_threshold": float(score_threshold),
+        "class_agnostic": bool(class_agnostic),
+    }
+
+
+def evaluate_gate(tile_scores, tile_has_objects, threshold: float = 0.5) -> dict:
+    """Recall and precision of the tile gate.
+
+    A tile *passes* the gate when its score is at least ``threshold`` (the
+    detector runs on it). Recall is the share of tiles with objects that pass:
+    a tile with objects that is gated out loses all of them. Precision is the
+    share of passing tiles that hold objects.
+
+    Args:
+        tile_scores: ``(T,)`` gate probabilities p(tile has objects).
+        tile_has_objects: ``(T,)`` booleans from the ground truth.
+        threshold: gate threshold used at inference.
+
+    Returns:
+        JSON-ready dict with ``recall``, ``precision``, ``pass_rate`` (share of
+        tiles sent to the detector), ``tp``, ``fp``, ``fn``, ``tn``,
+        ``n_tiles``, ``n_positive``, ``threshold``. Undefined ratios are ``None``.
+    """
+    scores = np.asarray(tile_scores, dtype=np.float64).reshape(-1)
+    truth = np.asarray(tile_has_objects, dtype=bool).reshape(-1)
+    if len(scores) != len(truth):
+        raise ValueError(f"{len(scores)} tile scores for {len(truth)} tiles")
+    passed = scores >= threshold
+    tp = int((passed & truth).sum())
+    fp = int((passed & ~truth).sum())
+    fn = int((~passed & truth).sum())
+    tn = int((~passed & ~truth).sum())
+    return {
+        "threshold": float(threshold),
+        "n_tiles": int(len(scores)),
+        "n_positive": int(truth.sum()),
+        "recall": _ratio(tp, tp + fn),
+        "precision": _ratio(tp, tp + fp),
+        "pass_rate": _ratio(tp + fp, len(scores)),
+        "tp": tp,
+        "fp": fp,
+        "fn": fn,
+        "tn": tn,
+    }
