@@ -1,0 +1,342 @@
+"""R2-CNN: one network that gates tiles and detects tiny objects (Pang et al., TGRS 2019).
+
+Shared Tiny-Net backbone + global attention block, then two branches:
+
+* **classifier branch** (the gate): two conv-BN-ReLU blocks, global average
+  pooling, 1x1 conv -> 2 logits (index 1 = "tile contains objects").
+* **detector branch**: an RPN on the stride-8 map with square anchors (scales
+  from k-means over the training boxes, see :mod:`geors.train.anchors`),
+  trained with NWD-RKA (:func:`geors.assign.rank_assign`) or, for the
+  ablation, the classic IoU matcher; then an R-FCN style second stage with
+  position-sensitive RoI align (``torchvision.ops.ps_roi_align``), K+1 class
+  scores, class-agnostic box regression and an IoU 0.5 matcher.
+
+Joint loss (μ = λ = 1 by default)::
+
+    L = CE(gate) + μ · [tile has targets] · (L_rpn_obj + L_rpn_box + L_cls + λ · L_box)
+
+The detector loss is computed only for tiles with targets, as in the paper.
+Images are ``(B, C, H, W)`` float tensors in ``[0, 1]``; boxes are
+``x1, y1, x2, y2`` in tile pixels. No I/O here.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torchvision.models.detection._utils import BalancedPositiveNegativeSampler, BoxCoder, Matcher
+from torchvision.ops import batched_nms, box_iou, clip_boxes_to_image, nms, ps_roi_align, remove_small_boxes
+
+from geors.assign import DEFAULT_NWD_C, rank_assign
+from geors.models.tinynet import GlobalAttention, TinyNet, conv_bn_relu
+
+__all__ = ["R2CNN", "R2CNNConfig", "Detections"]
+
+ASSIGNERS = ("nwd_rka", "iou")
+
+
+@dataclass
+class R2CNNConfig:
+    """Architecture and training-time arguments of :class:`R2CNN` (stored in model metadata).
+
+    Sizes are in pixels of the input tile.
+    """
+
+    num_classes: int = 1
+    in_channels: int = 3
+    anchor_scales: list[float] = field(default_factory=lambda: [12.0, 18.0, 24.0, 32.0, 44.0, 64.0])
+    assigner: str = "nwd_rka"
+    nwd_c: float = DEFAULT_NWD_C
+    rka_k: int = 2
+    rka_neg_threshold: float = 0.3
+    rpn_iou_fg: float = 0.7
+    rpn_iou_bg: float = 0.3
+    head_channels: int = 96
+    ps_size: int = 7
+    detector_loss_weight: float = 1.0  # μ
+    box_loss_weight: float = 1.0  # λ
+    rpn_batch: int = 256
+    rpn_pos_fraction: float = 0.5
+    roi_batch: int = 128
+    roi_pos_fraction: float = 0.25
+    roi_iou: float = 0.5
+    pre_nms_train: int = 2000
+    post_nms_train: int = 512
+    pre_nms_test: int = 1000
+    post_nms_test: int = 300
+    rpn_nms: float = 0.7
+    det_nms: float = 0.4
+    max_detections: int = 300
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain-JSON form."""
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> R2CNNConfig:
+        """Inverse of :meth:`to_dict`; unknown keys raise ``TypeError``."""
+        return cls(**data)
+
+
+@dataclass
+class Detections:
+    """Detections of one tile: boxes ``(N, 4)`` xyxy tile pixels, scores ``(N,)``, class ids ``(N,)`` (0-based)."""
+
+    boxes: Tensor
+    scores: Tensor
+    labels: Tensor
+
+
+def _smooth_l1(pred: Tensor, target: Tensor, beta: float = 1.0 / 9) -> Tensor:
+    return F.smooth_l1_loss(pred, target, beta=beta, reduction="sum")
+
+
+class R2CNN(nn.Module):
+    """R2-CNN gate + detector. See the module docstring.
+
+    Args:
+        config: architecture arguments; defaults if omitted.
+    """
+
+    def __init__(self, config: R2CNNConfig | None = None):
+        super().__init__()
+        cfg = config or R2CNNConfig()
+        if cfg.assigner not in ASSIGNERS:
+            raise ValueError(f"assigner must be one of {ASSIGNERS}, got {cfg.assigner!r}")
+        if not cfg.anchor_scales:
+            raise ValueError("anchor_scales must not be empty")
+        self.config = cfg
+        self.backbone = TinyNet(cfg.in_channels)
+        ch = self.backbone.out_channels
+        self.attention = GlobalAttention(ch)
+        self.stride = TinyNet.stride
+
+        # Classifier branch (gate).
+        self.gate_head = nn.Sequential(
+            conv_bn_relu(ch, 64, stride=2), conv_bn_relu(64, 64, stride=2), nn.AdaptiveAvgPool2d(1), nn.Conv2d(64, 2, 1)
+        )
+
+        # Detector branch.
+        hc = cfg.head_channels
+        n_anchor = len(cfg.anchor_scales)
+        p = cfg.ps_size
+        self.det_conv = nn.Sequential(nn.Conv2d(ch, hc, 3, padding=1), nn.ReLU(inplace=True))
+        self.rpn_conv = nn.Sequential(nn.Conv2d(hc, hc, 3, padding=1), nn.ReLU(inplace=True))
+        self.rpn_cls = nn.Conv2d(hc, n_anchor, 1)
+        self.rpn_reg = nn.Conv2d(hc, 4 * n_anchor, 1)
+        self.ps_cls = nn.Conv2d(hc, (cfg.num_classes + 1) * p * p, 1)
+        self.ps_reg = nn.Conv2d(hc, 4 * p * p, 1)
+        for layer in (self.rpn_cls, self.rpn_reg, self.ps_cls, self.ps_reg):
+            nn.init.normal_(layer.weight, std=0.01)
+            nn.init.zeros_(layer.bias)
+
+        self.rpn_coder = BoxCoder((1.0, 1.0, 1.0, 1.0))
+        self.roi_coder = BoxCoder((10.0, 10.0, 5.0, 5.0))
+        self.rpn_sampler = BalancedPositiveNegativeSampler(cfg.rpn_batch, cfg.rpn_pos_fraction)
+        self.roi_sampler = BalancedPositiveNegativeSampler(cfg.roi_batch, cfg.roi_pos_fraction)
+        self.rpn_iou_matcher = Matcher(cfg.rpn_iou_fg, cfg.rpn_iou_bg, allow_low_quality_matches=True)
+        self.roi_matcher = Matcher(cfg.roi_iou, cfg.roi_iou, allow_low_quality_matches=False)
+        self.register_buffer(
+            "_scales", torch.tensor(cfg.anchor_scales, dtype=torch.float32), persistent=False
+        )
+
+    # ------------------------------------------------------------------ shared
+    def features(self, images: Tensor) -> Tensor:
+        """Backbone + global attention: ``(B, C, H, W)`` -> stride-8 map ``(B, 48, H/8, W/8)``."""
+        return self.attention(self.backbone(images))
+
+    def gate_logits(self, feats: Tensor) -> Tensor:
+        """Classifier branch on the shared map -> ``(B, 2)`` logits (index 1 = objects present)."""
+        return self.gate_head(feats).flatten(1)
+
+    def anchors(self, feat_h: int, feat_w: int, device: torch.device) -> Tensor:
+        """Square anchors ``(feat_h * feat_w * S, 4)`` xyxy pixels, location-major, scale-minor.
+
+        Anchor centres are the centres of the stride-8 cells, ``(j + 0.5) * 8``.
+        """
+        s = self.stride
+        ys = (torch.arange(feat_h, device=device, dtype=torch.float32) + 0.5) * s
+        xs = (torch.arange(feat_w, device=device, dtype=torch.float32) + 0.5) * s
+        cy, cx = torch.meshgrid(ys, xs, indexing="ij")
+        centres = torch.stack([cx, cy, cx, cy], dim=-1).reshape(-1, 1, 4)
+        half = self._scales.to(device).reshape(1, -1, 1) * 0.5
+        offsets = torch.cat([-half, -half, half, half], dim=-1)
+        return (centres + offsets).reshape(-1, 4)
+
+    # ------------------------------------------------------------------ RPN
+    def _rpn(self, det: Tensor) -> tuple[Tensor, Tensor]:
+        b = det.shape[0]
+        h = self.rpn_conv(det)
+        obj = self.rpn_cls(h).permute(0, 2, 3, 1).reshape(b, -1)
+        reg = self.rpn_reg(h).permute(0, 2, 3, 1).reshape(b, -1, 4)
+        return obj.float(), reg.float()
+
+    def _proposals(
+        self, obj: Tensor, reg: Tensor, anchors: Tensor, image_size: tuple[int, int], training: bool
+    ) -> list[Tensor]:
+        cfg = self.config
+        pre = cfg.pre_nms_train if training else cfg.pre_nms_test
+        post = cfg.post_nms_train if training else cfg.post_nms_test
+        out = []
+        for i in range(obj.shape[0]):
+            scores = obj[i].detach()
+            n = min(pre, scores.numel())
+            top = scores.topk(n).indices
+            boxes = self.rpn_coder.decode_single(reg[i, top].detach(), anchors[top])
+            boxes = clip_boxes_to_image(boxes, image_size)
+            sc = scores[top]
+            keep = remove_small_boxes(boxes, 1.0)
+            boxes, sc = boxes[keep], sc[keep]
+            keep = nms(boxes, sc, cfg.rpn_nms)[:post]
+            out.append(boxes[keep])
+        return out
+
+    def _rpn_labels(self, gt: Tensor, anchors: Tensor) -> tuple[Tensor, Tensor]:
+        cfg = self.config
+        if cfg.assigner == "nwd_rka":
+            return rank_assign(gt, anchors, cfg.rka_k, cfg.rka_neg_threshold, cfg.nwd_c)
+        if gt.shape[0] == 0:
+            z = torch.zeros(anchors.shape[0], dtype=torch.int64, device=anchors.device)
+            return z, z - 1
+        idx = self.rpn_iou_matcher(box_iou(gt, anchors))
+        labels = torch.where(idx >= 0, 1, torch.where(idx == Matcher.BELOW_LOW_THRESHOLD, 0, -1))
+        matched = torch.where(idx >= 0, idx, -1)
+        return labels.to(torch.int64), matched
+
+    def _rpn_loss(self, obj: Tensor, reg: Tensor, anchors: Tensor, targets: list[dict[str, Tensor]]) -> Tensor:
+        labels, matched_all = [], []
+        for t in targets:
+            lab, m = self._rpn_labels(t["boxes"], anchors)
+            labels.append(lab)
+            matched_all.append(m)
+        pos_masks, neg_masks = self.rpn_sampler(labels)
+        loss_obj = obj.new_zeros(())
+        loss_box = obj.new_zeros(())
+        n_sampled = 0
+        for i, t in enumerate(targets):
+            pos = pos_masks[i].bool()
+            neg = neg_masks[i].bool()
+            sampled = pos | neg
+            n_sampled += int(sampled.sum())
+            loss_obj = loss_obj + F.binary_cross_entropy_with_logits(
+                obj[i][sampled], pos[sampled].float(), reduction="sum"
+            )
+            if pos.any():
+                gt = t["boxes"][matched_all[i][pos]]
+                target = self.rpn_coder.encode_single(gt, anchors[pos])
+                loss_box = loss_box + _smooth_l1(reg[i][pos], target)
+        denom = max(n_sampled, 1)
+        return loss_obj / denom + loss_box / denom
+
+    # ------------------------------------------------------------------ second stage
+    def _roi_outputs(self, det: Tensor, rois: list[Tensor]) -> tuple[Tensor, Tensor]:
+        cfg = self.config
+        p = cfg.ps_size
+        idx = torch.cat([torch.full((r.shape[0], 1), i, dtype=r.dtype, device=r.device) for i, r in enumerate(rois)])
+        boxes = torch.cat([idx, torch.cat(rois)], dim=1)
+        cls_maps = self.ps_cls(det).float()
+        reg_maps = self.ps_reg(det).float()
+        scale = 1.0 / self.stride
+        cls = ps_roi_align(cls_maps, boxes, p, spatial_scale=scale, sampling_ratio=2).mean(dim=(2, 3))
+        reg = ps_roi_align(reg_maps, boxes, p, spatial_scale=scale, sampling_ratio=2).mean(dim=(2, 3))
+        return cls, reg
+
+    def _roi_loss(self, det: Tensor, proposals: list[Tensor], targets: list[dict[str, Tensor]]) -> tuple[Tensor, Tensor]:
+        rois, labels, box_t = [], [], []
+        lab_list, matched_list = [], []
+        for props, t in zip(proposals, targets, strict=True):
+            gt = t["boxes"]
+            props = torch.cat([props, gt])  # gt boxes guarantee positives early in training
+            idx = self.roi_matcher(box_iou(gt, props))
+            lab = torch.where(idx >= 0, t["labels"][idx.clamp(min=0)] + 1, torch.zeros_like(idx))
+            rois.append(props)
+            lab_list.append(lab)
+            matched_list.append(idx.clamp(min=0))
+        pos_masks, neg_masks = self.roi_sampler(lab_list)
+        for i, t in enumerate(targets):
+            keep = (pos_masks[i] | neg_masks[i]).bool()
+            rois[i] = rois[i][keep]
+            labels.append(lab_list[i][keep])
+            box_t.append(self.roi_coder.encode_single(t["boxes"][matched_list[i][keep]], rois[i]))
+        cls, reg = self._roi_outputs(det, rois)
+        labels_t = torch.cat(labels)
+        targets_t = torch.cat(box_t)
+        loss_cls = F.cross_entropy(cls, labels_t)
+        fg = labels_t > 0
+        loss_box = _smooth_l1(reg[fg], targets_t[fg]) / max(labels_t.numel(), 1)
+        return loss_cls, loss_box
+
+    # ------------------------------------------------------------------ API
+    def compute_losses(self, images: Tensor, targets: list[dict[str, Tensor]]) -> dict[str, Tensor]:
+        """Joint R2-CNN loss for a batch.
+
+        Args:
+            images: ``(B, C, H, W)`` float in ``[0, 1]``.
+            targets: per image ``{"boxes": (N, 4) xyxy px float, "labels": (N,) int64 0-based}``;
+                ``N = 0`` for empty tiles.
+
+        Returns:
+            dict with ``gate``, ``rpn``, ``roi_cls``, ``roi_box`` and ``total``.
+        """
+        cfg = self.config
+        feats = self.features(images)
+        gate = self.gate_logits(feats).float()
+        has = torch.tensor([t["boxes"].shape[0] > 0 for t in targets], device=images.device)
+        loss_gate = F.cross_entropy(gate, has.long())
+        zero = gate.new_zeros(())
+        losses = {"gate": loss_gate, "rpn": zero, "roi_cls": zero, "roi_box": zero}
+        pos_idx = torch.nonzero(has).flatten()
+        if pos_idx.numel() > 0:
+            det = self.det_conv(feats[pos_idx])
+            pos_targets = [targets[int(i)] for i in pos_idx]
+            obj, reg = self._rpn(det)
+            anchors = self.anchors(det.shape[-2], det.shape[-1], det.device)
+            losses["rpn"] = self._rpn_loss(obj, reg, anchors, pos_targets)
+            props = self._proposals(obj, reg, anchors, tuple(images.shape[-2:]), training=True)
+            losses["roi_cls"], losses["roi_box"] = self._roi_loss(det, props, pos_targets)
+        det_loss = losses["rpn"] + losses["roi_cls"] + cfg.box_loss_weight * losses["roi_box"]
+        losses["total"] = loss_gate + cfg.detector_loss_weight * det_loss
+        return losses
+
+    def detect_from_features(self, feats: Tensor, image_size: tuple[int, int], score_threshold: float = 0.05) -> list[Detections]:
+        """Detector branch on precomputed shared features (so a gated pipeline computes the backbone once).
+
+        Args:
+            feats: output of :meth:`features`.
+            image_size: ``(H, W)`` of the input tiles in pixels.
+            score_threshold: minimum class probability kept.
+        """
+        cfg = self.config
+        det = self.det_conv(feats)
+        obj, reg = self._rpn(det)
+        anchors = self.anchors(det.shape[-2], det.shape[-1], det.device)
+        props = self._proposals(obj, reg, anchors, image_size, training=False)
+        cls, breg = self._roi_outputs(det, props)
+        probs = cls.softmax(dim=1)
+        out: list[Detections] = []
+        start = 0
+        k = cfg.num_classes
+        for pr in props:
+            n = pr.shape[0]
+            p = probs[start : start + n]
+            boxes = clip_boxes_to_image(self.roi_coder.decode_single(breg[start : start + n], pr), image_size)
+            start += n
+            scores = p[:, 1:].reshape(-1)
+            labels = torch.arange(k, device=p.device).repeat(n)
+            boxes = boxes.repeat_interleave(k, dim=0)
+            keep = torch.nonzero(scores > score_threshold).flatten()
+            boxes, scores, labels = boxes[keep], scores[keep], labels[keep]
+            keep = remove_small_boxes(boxes, 1.0)
+            boxes, scores, labels = boxes[keep], scores[keep], labels[keep]
+            keep = batched_nms(boxes, scores, labels, cfg.det_nms)[: cfg.max_detections]
+            out.append(Detections(boxes[keep], scores[keep], labels[keep]))
+        return out
+
+    def forward(self, images: Tensor, score_threshold: float = 0.05) -> tuple[Tensor, list[Detections]]:
+        """Inference on every tile: gate logits ``(B, 2)`` and detections per tile."""
+        feats = self.features(images)
+        return self.gate_logits(feats), self.detect_from_features(feats, tuple(images.shape[-2:]), score_threshold)
