@@ -30,5 +30,9 @@ def _register() -> None:
     for mod in (info, tiles, sample):
         main.add_command(mod.command)
 
+    from geors.cli import eval as eval_cli  # group; subcommands register with eval_cli.eval_group.add_command
+
+    main.add_command(eval_cli.eval_group)
+
 
 _register()

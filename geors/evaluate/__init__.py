@@ -7,8 +7,11 @@ from geors.evaluate.detections import (
     BoxTable,
     average_precision,
     box_iou,
+    evaluate_detection_files,
+    evaluate_detection_frames,
     evaluate_detections,
     evaluate_gate,
+    gate_metrics,
 )
 
 __all__ = [
@@ -16,6 +19,9 @@ __all__ = [
     "BoxTable",
     "average_precision",
     "box_iou",
+    "evaluate_detection_files",
+    "evaluate_detection_frames",
     "evaluate_detections",
     "evaluate_gate",
+    "gate_metrics",
 ]

@@ -31,6 +31,7 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
@@ -41,6 +42,9 @@ __all__ = [
     "average_precision",
     "evaluate_detections",
     "evaluate_gate",
+    "gate_metrics",
+    "evaluate_detection_frames",
+    "evaluate_detection_files",
 ]
 
 #: IoU thresholds of COCO's AP: 0.50, 0.55, ..., 0.95.
@@ -329,23 +333,267 @@ def evaluate_gate(tile_scores, tile_has_objects, threshold: float = 0.5) -> dict
         ``n_tiles``, ``n_positive``, ``threshold``. Undefined ratios are ``None``.
     """
     scores = np.asarray(tile_scores, dtype=np.float64).reshape(-1)
+    out = gate_metrics(scores >= threshold, tile_has_objects)
+    out["threshold"] = float(threshold)
+    return out
+
+
+def gate_metrics(tile_passed, tile_has_objects) -> dict:
+    """Gate recall/precision from per-tile pass flags (e.g. a ledger's ``status != "gated"``).
+
+    Args:
+        tile_passed: ``(T,)`` booleans, True where the detector ran on the tile.
+        tile_has_objects: ``(T,)`` booleans from the ground truth.
+
+    Returns:
+        The dict of :func:`evaluate_gate` with ``threshold`` None.
+    """
+    passed = np.asarray(tile_passed, dtype=bool).reshape(-1)
     truth = np.asarray(tile_has_objects, dtype=bool).reshape(-1)
-    if len(scores) != len(truth):
-        raise ValueError(f"{len(scores)} tile scores for {len(truth)} tiles")
-    passed = scores >= threshold
+    if len(passed) != len(truth):
+        raise ValueError(f"{len(passed)} tile flags for {len(truth)} tiles")
     tp = int((passed & truth).sum())
     fp = int((passed & ~truth).sum())
     fn = int((~passed & truth).sum())
     tn = int((~passed & ~truth).sum())
     return {
-        "threshold": float(threshold),
-        "n_tiles": int(len(scores)),
+        "threshold": None,
+        "n_tiles": int(len(passed)),
         "n_positive": int(truth.sum()),
         "recall": _ratio(tp, tp + fn),
         "precision": _ratio(tp, tp + fp),
-        "pass_rate": _ratio(tp + fp, len(scores)),
+        "pass_rate": _ratio(tp + fp, len(passed)),
         "tp": tp,
         "fp": fp,
         "fn": fn,
         "tn": tn,
     }
+
+
+# --------------------------------------------------------------------------- vector files
+
+_CLASS_FIELDS = ("class", "label")
+
+
+def _class_column(gdf, field: str | None, path: str) -> str | None:
+    from geors.errors import LabelError
+
+    fields = [c for c in gdf.columns if c != "geometry"]
+    if field is not None:
+        if field not in fields:
+            raise LabelError(f"{path}: no field {field!r}; available fields: {', '.join(fields) or '(none)'}. "
+                             "Pass one of them as class field.")
+        return field
+    return next((f for f in fields if f.lower() in _CLASS_FIELDS), None)
+
+
+def evaluate_detection_frames(
+    pred,
+    truth,
+    *,
+    pred_class_field: str | None = "class",
+    truth_class_field: str | None = None,
+    score_field: str = "score",
+    class_agnostic: bool | None = None,
+    pred_name: str = "predictions",
+    truth_name: str = "truth",
+    **kwargs,
+) -> dict:
+    """:func:`evaluate_detections` for GeoDataFrames, in the predictions' CRS.
+
+    Truth geometries are reprojected to the predictions' CRS; every geometry
+    (boxes or polygons) is replaced by its bounding box in that CRS, so IoU is
+    computed on axis-aligned boxes in CRS units. After a reprojection the box
+    of a reprojected box is slightly larger than the original (it encloses the
+    turned box); reproject the truth beforehand if this matters.
+
+    Args:
+        pred: GeoDataFrame of detections with a score field and a class field.
+        truth: GeoDataFrame of true boxes/polygons.
+        pred_class_field: class field of ``pred`` (None: class-agnostic).
+        truth_class_field: class field of ``truth``; default ``class`` or
+            ``label`` when present.
+        score_field: score field of ``pred``.
+        class_agnostic: ignore classes; default: True when either side has no
+            class field.
+        pred_name, truth_name: names used in error messages (file paths).
+        **kwargs: passed to :func:`evaluate_detections`.
+
+    Raises:
+        LabelError: missing fields, missing CRS, or CRS that cannot be transformed.
+    """
+    from geors.errors import LabelError
+
+    if score_field not in pred.columns:
+        fields = [c for c in pred.columns if c != "geometry"]
+        raise LabelError(f"{pred_name}: no score field {score_field!r}; available fields: {', '.join(fields)}. "
+                         "Pass a geors detections layer.")
+    p_cls = None
+    if pred_class_field is not None:
+        p_cls = pred_class_field if pred_class_field in pred.columns else None
+    t_cls = _class_column(truth, truth_class_field, truth_name)
+    if class_agnostic is None:
+        class_agnostic = p_cls is None or t_cls is None
+    if len(truth) and len(pred):
+        if pred.crs is None or truth.crs is None:
+            which = pred_name if pred.crs is None else truth_name
+            raise LabelError(f"{which}: the layer has no CRS, so predictions and truth cannot be compared. "
+                             "Assign one, e.g. `ogr2ogr -a_srs EPSG:XXXX`.")
+        if not pred.crs.equals(truth.crs):
+            try:
+                truth = truth.to_crs(pred.crs)
+            except Exception as exc:  # pyproj raises several types
+                raise LabelError(f"{truth_name}: cannot transform from {truth.crs} to the predictions' CRS "
+                                 f"{pred.crs} ({exc}); reproject it.") from None
+    pb = pred.geometry.bounds.to_numpy(dtype=np.float64)
+    tb = truth.geometry.bounds.to_numpy(dtype=np.float64)
+    if len(tb) and not np.all(np.isfinite(tb)):
+        raise LabelError(f"{truth_name}: some geometries are empty or cannot be transformed to {pred.crs}.")
+    if len(pb) and not np.all(np.isfinite(pb)):
+        raise LabelError(f"{pred_name}: some geometries are empty.")
+    p_classes = (np.zeros(len(pred), dtype=np.int64) if class_agnostic or p_cls is None
+                 else pred[p_cls].astype(str).to_numpy())
+    t_classes = (np.zeros(len(truth), dtype=np.int64) if class_agnostic or t_cls is None
+                 else truth[t_cls].astype(str).to_numpy())
+    result = evaluate_detections(
+        {"boxes": pb, "scores": pred[score_field].to_numpy(dtype=np.float64), "classes": p_classes},
+        {"boxes": tb, "classes": t_classes},
+        class_agnostic=bool(class_agnostic),
+        **kwargs,
+    )
+    result["crs"] = None if pred.crs is None else pred.crs.to_string()
+    result["truth_class_field"] = t_cls
+    return result
+
+
+def _read_layer(path, layer: str | None, what: str):
+    import pyogrio
+
+    from geors.errors import LabelError
+
+    if not Path(path).exists():
+        raise LabelError(f"{path}: {what} file not found. Check the path.")
+    try:
+        return pyogrio.read_dataframe(path, layer=layer)
+    except Exception as exc:  # pyogrio raises several GDAL-backed types
+        hint = f" Does it have a layer {layer!r}?" if layer else ""
+        raise LabelError(f"{path}: cannot read the {what} ({exc}).{hint}") from None
+
+
+def evaluate_detection_files(
+    pred_path,
+    truth_path,
+    *,
+    scene=None,
+    layer: str = "detections",
+    truth_class_field: str | None = None,
+    class_agnostic: bool | None = None,
+    gate_threshold: float | None = None,
+    **kwargs,
+) -> dict:
+    """Evaluate a geors GeoPackage against ground truth in any supported label format.
+
+    Args:
+        pred_path: GeoPackage written by ``geors detect``/``geors run``.
+        truth_path: any OGR vector file (any CRS, reprojected to the
+            predictions' CRS), or Pascal VOC XML / DeepForest CSV in pixel
+            coordinates of ``scene``.
+        scene: path or :class:`geors.raster.Scene`. Needed for pixel-coordinate
+            truth; when given, only detections of this scene are evaluated and
+            gate metrics are computed from the ``geors_tiles`` ledger.
+        layer: detections layer in ``pred_path``.
+        truth_class_field: class field of the truth (default ``class`` or
+            ``label`` when present).
+        class_agnostic: ignore classes (default: when the truth has no class).
+        gate_threshold: tiles pass the gate when ``gate_score >=`` this; by
+            default a tile passed when the ledger status is not ``"gated"``.
+        **kwargs: passed to :func:`evaluate_detections`.
+
+    Returns:
+        The dict of :func:`evaluate_detections`, plus ``pred``, ``truth``,
+        ``scene`` and, when the ledger allows, ``gate`` (see :func:`evaluate_gate`).
+
+    Raises:
+        LabelError: unreadable/missing files, missing fields or CRS problems,
+            pixel truth without a scene.
+    """
+    import geopandas as gpd
+
+    from geors.errors import LabelError
+    from geors.train.labels import _is_pixel_csv, read_labels
+
+    pred = _read_layer(pred_path, layer, "predictions")
+    sc = None
+    if scene is not None:
+        from geors.raster import Scene, open_scene
+
+        sc = scene if isinstance(scene, Scene) else open_scene(scene)
+        if "scene" in pred.columns:
+            pred = pred[pred["scene"].astype(str).isin([sc.name, str(sc.path)])]
+    truth_path = Path(truth_path)
+    pixel_truth = truth_path.suffix.lower() == ".xml" or (
+        truth_path.suffix.lower() == ".csv" and truth_path.exists() and _is_pixel_csv(truth_path))
+    truth_boxes_px = None
+    if pixel_truth:
+        if sc is None:
+            raise LabelError(f"{truth_path}: pixel-coordinate truth (VOC XML / CSV) needs the scene it refers "
+                             "to; pass --scene SCENE.")
+        labels = read_labels(truth_path, sc, class_field=truth_class_field)
+        truth_boxes_px = labels.boxes
+        truth = gpd.GeoDataFrame({"class": list(labels.class_names)},
+                                 geometry=_pixel_boxes_to_polygons(labels.boxes, sc.transform), crs=sc.crs)
+        truth_class_field = "class"
+    else:
+        truth = _read_layer(truth_path, None, "truth")
+        if len(truth) == 0:
+            raise LabelError(f"{truth_path}: contains no labels; nothing to evaluate against.")
+    result = evaluate_detection_frames(
+        pred, truth, truth_class_field=truth_class_field, class_agnostic=class_agnostic,
+        pred_name=str(pred_path), truth_name=str(truth_path), **kwargs)
+    result["pred"] = str(pred_path)
+    result["truth"] = str(truth_path)
+    result["scene"] = None if sc is None else str(sc.path)
+    if sc is not None:
+        if truth_boxes_px is None:
+            truth_boxes_px = read_labels(truth_path, sc, class_field=result["truth_class_field"]).boxes
+        gate = _gate_from_ledger(pred_path, sc, truth_boxes_px, gate_threshold)
+        if gate is not None:
+            result["gate"] = gate
+    return result
+
+
+def _pixel_boxes_to_polygons(boxes: np.ndarray, transform) -> list:
+    import shapely
+
+    corners = np.stack([boxes[:, [0, 1]], boxes[:, [2, 1]], boxes[:, [2, 3]], boxes[:, [0, 3]]], axis=1)
+    x = transform.a * corners[..., 0] + transform.b * corners[..., 1] + transform.c
+    y = transform.d * corners[..., 0] + transform.e * corners[..., 1] + transform.f
+    return list(shapely.polygons(np.stack([x, y], axis=-1)))
+
+
+def _gate_from_ledger(pred_path, scene, truth_boxes_px: np.ndarray, gate_threshold: float | None) -> dict | None:
+    """Gate metrics from the ``geors_tiles`` ledger; None when it holds no gate scores for the scene."""
+    import pyogrio
+
+    from geors.train.labels import MIN_VISIBLE, clip_boxes
+
+    try:
+        ledger = pyogrio.read_dataframe(pred_path, layer="geors_tiles", read_geometry=False)
+    except Exception:
+        return None
+    if "gate_score" not in ledger.columns or "scene" not in ledger.columns:
+        return None
+    ledger = ledger[ledger["scene"].astype(str).isin([scene.name, str(scene.path)])]
+    ledger = ledger[ledger["status"] != "failed"].drop_duplicates("tile_id", keep="last")
+    if len(ledger) == 0 or ledger["gate_score"].isna().all():
+        return None
+    has = np.zeros(len(ledger), dtype=bool)
+    for i, (x0, y0, w, h) in enumerate(ledger[["col_off", "row_off", "width", "height"]].to_numpy(dtype=float)):
+        _, keep = clip_boxes(truth_boxes_px, (x0, y0, x0 + w, y0 + h), MIN_VISIBLE)
+        has[i] = keep.any()
+    if gate_threshold is None:
+        out = gate_metrics((ledger["status"] != "gated").to_numpy(), has)
+    else:
+        out = evaluate_gate(ledger["gate_score"].fillna(1.0).to_numpy(dtype=float), has, gate_threshold)
+    out["tile_has_objects_rule"] = f">= {MIN_VISIBLE:.0%} of a truth box's area inside the tile"
+    return out
