@@ -260,7 +260,7 @@ class Scene:
         if self.crs is None:
             return None
         if self.crs.is_geographic:
-            lat = (self.transform * (self.width / 2, self.height / 2))[1]
+            lat = (self.transform @ (self.width / 2, self.height / 2))[1]
             return abs(self.transform.a) * 111_320.0 * math.cos(math.radians(lat))
         factor = self.crs.linear_units_factor[1] if self.crs.linear_units_factor else 1.0
         return abs(self.transform.a) * factor
@@ -368,7 +368,7 @@ class Scene:
             ys, xs = ir0 - r0, ic0 - c0
             image[:, ys:ys + inner.height, xs:xs + inner.width] = self.normalize(raw, v)
             valid[ys:ys + inner.height, xs:xs + inner.width] = v
-        transform = self.transform * Affine.translation(c0, r0)
+        transform = self.transform @ Affine.translation(c0, r0)
         return TileImage(image=image, valid=valid, window=Window(c0, r0, w, h), transform=transform)
 
     def read_tile(self, tile) -> TileImage:

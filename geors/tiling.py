@@ -132,7 +132,7 @@ def window_bounds(win: Window, transform: Affine) -> tuple[float, float, float, 
     x0, y0 = win.col_off, win.row_off
     xs, ys = [], []
     for dx, dy in ((0, 0), (win.width, 0), (0, win.height), (win.width, win.height)):
-        x, y = transform * (x0 + dx, y0 + dy)
+        x, y = transform @ (x0 + dx, y0 + dy)
         xs.append(x)
         ys.append(y)
     return min(xs), min(ys), max(xs), max(ys)
@@ -204,7 +204,7 @@ class TileGrid(Sequence[Tile]):
             col=col,
             window=Window(x0, y0, w, h),
             core=Window(cx0, cy0, cx1 - cx0, cy1 - cy0),
-            transform=self.transform * Affine.translation(x0, y0),
+            transform=self.transform @ Affine.translation(x0, y0),
             crs=self.crs,
             size=self.size,
         )

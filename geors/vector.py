@@ -149,7 +149,7 @@ def _register_st_functions(con: sqlite3.Connection) -> None:
 def pixel_box_to_polygon(box_xyxy: Sequence[float], transform) -> shapely.Polygon:
     """A pixel box (xmin, ymin, xmax, ymax; x = column) as a polygon in CRS units."""
     x0, y0, x1, y1 = (float(v) for v in box_xyxy)
-    corners = [transform * (x, y) for x, y in ((x0, y0), (x1, y0), (x1, y1), (x0, y1))]
+    corners = [transform @ (x, y) for x, y in ((x0, y0), (x1, y0), (x1, y1), (x0, y1))]
     return shapely.Polygon(corners)
 
 
@@ -366,6 +366,10 @@ class GeoPackageWriter:
                 self._write_one(res, model)
 
     def _write_one(self, res: TileResult, model: str) -> None:
+        for layer, items in (("detections", res.detections), ("instances", res.instances),
+                             ("segmentation", res.segmentation)):
+            if items and layer not in self.layers:
+                raise ValueError(f"tile {res.tile_id} has {layer} but this writer was opened for {self.layers}")
         common = {"tile_id": res.tile_id, "scene": res.scene, "run_id": self.run_id}
         det_fids: list[int] = []
         if res.detections:
