@@ -66,6 +66,7 @@ __all__ = [
     "mask_to_geometry",
     "masks_for_boxes",
     "instances_for_tile",
+    "write_instance_masks",
 ]
 
 log = logging.getLogger(__name__)
@@ -212,12 +213,14 @@ class MaskResult:
         score: mask score (see the engine).
         method: engine name for the ``mask_method`` field.
         area_px: number of mask pixels.
+        tile_id: id of the tile (or ``window``) whose pixels were decoded.
     """
 
     geometry: object | None
     score: float
     method: str
     area_px: int
+    tile_id: str | None = None
 
 
 # --------------------------------------------------------------------------- engines
@@ -709,12 +712,14 @@ def masks_for_boxes(
             img = scene.read_tile(tile)
             res = _decode(engine, img.rgb8(), local[fits], img.transform, simplify_px, multipart)
             for j, r in zip(np.asarray(idx)[fits], res, strict=True):
+                r.tile_id = tile.id
                 results[j] = r
         for j in np.asarray(idx)[~fits]:
             win = box_window(boxes[j], scene.width, scene.height, grid.size, edge_margin)
             img = scene.read_window(win)
             b = boxes[j : j + 1] - np.array([win.col_off, win.row_off] * 2, dtype=np.float64)
             results[j] = _decode(engine, img.rgb8(), b, img.transform, simplify_px, multipart)[0]
+            results[j].tile_id = tile.id
         done += len(idx)
         if progress is not None:
             progress(done)
@@ -782,3 +787,81 @@ def instances_for_tile(
                      mask_method=r.method, detection_index=i, class_id=d.class_id)
         )
     return out
+
+
+def write_instance_masks(
+    scene,
+    boxes,
+    out_path: str | os.PathLike,
+    engine: MaskEngine | str = "auto",
+    class_field: str | None = None,
+    *,
+    grid=None,
+    device: str = "auto",
+    layer: str | None = None,
+    simplify_px: float = 0.5,
+    multipart: str = "largest",
+) -> dict:
+    """Boxes from a vector file -> instance masks -> ``instances`` layer of a GeoPackage.
+
+    What ``geors masks`` runs. Boxes are read with
+    :func:`geors.train.labels.read_labels` (any OGR vector in any CRS,
+    reprojected; rotated boxes become their RH-box), decoded with
+    :func:`masks_for_boxes` and appended to the ``instances`` layer (scene
+    CRS) with :class:`geors.vector.GeoPackageWriter`. ``score`` is empty
+    (the boxes were given, not detected) and ``detection_fid`` is empty.
+    Boxes whose mask is empty are not written.
+
+    Args:
+        scene: a :class:`geors.raster.Scene` or a raster path.
+        boxes: vector file path, or a :class:`geors.train.labels.LabelSet`.
+        out_path: ``.gpkg`` to create or append to.
+        engine: a :class:`MaskEngine` or a spec for :func:`make_mask_engine`.
+        class_field: attribute holding the class (default ``class``/``label``).
+        grid: tile grid for reading (default 1024 px tiles, 256 px overlap).
+        device: for SAM engines.
+        layer: layer of a multi-layer vector file.
+        simplify_px, multipart: see :func:`mask_to_geometry`.
+
+    Returns:
+        Summary dict: ``n_boxes``, ``n_written``, ``n_empty``, ``mask_method``, ``run_id``, ``path``.
+    """
+    from geors.raster import Scene, open_scene
+    from geors.train.labels import read_labels
+    from geors.vector import GeoPackageWriter
+
+    if not isinstance(scene, Scene):
+        scene = open_scene(scene)
+    ls = read_labels(boxes, scene, class_field=class_field, layer=layer) if isinstance(
+        boxes, str | os.PathLike) else boxes
+    if not isinstance(engine, MaskEngine):
+        engine = make_mask_engine(str(engine), device=device)
+    writer = GeoPackageWriter(out_path, scene.crs, layers=("instances",))
+    config = {"scene": str(getattr(scene, "path", "")), "boxes": str(getattr(ls, "source", "")),
+              "engine": engine.method, "class_field": class_field, "simplify_px": simplify_px,
+              "multipart": multipart, "tile": getattr(grid, "size", 1024),
+              "overlap": getattr(grid, "overlap", 256)}
+    try:
+        writer.start_run("masks", config, {"mask": engine.method})
+        results = masks_for_boxes(scene, ls.boxes, engine, grid, simplify_px=simplify_px, multipart=multipart)
+        from geors.vector import areas_m2
+
+        keep = [i for i, r in enumerate(results) if r.geometry is not None]
+        geoms = [results[i].geometry for i in keep]
+        areas = areas_m2(geoms, scene.crs) if scene.crs is not None else np.zeros(len(geoms))
+        rows = [
+            {"detection_fid": None, "class": str(ls.class_names[i]), "class_id": int(ls.class_ids[i]),
+             "score": None, "mask_score": float(results[i].score), "area_m2": float(a),
+             "mask_method": results[i].method, "tile_id": results[i].tile_id, "scene": scene.name}
+            for i, a in zip(keep, areas, strict=True)
+        ]
+        if rows:
+            writer.write_features("instances", rows, geoms)
+        writer.finish_run("finished")
+    except BaseException:
+        writer.finish_run("failed")
+        raise
+    finally:
+        writer.close()
+    return {"path": str(out_path), "n_boxes": len(results), "n_written": len(rows),
+            "n_empty": len(results) - len(rows), "mask_method": engine.method, "run_id": writer.run_id}

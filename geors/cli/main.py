@@ -34,5 +34,11 @@ def _register() -> None:
 
     main.add_command(eval_cli.eval_group)
 
+    from geors.cli import eval_masks, label, masks, models  # SAM masks, SAMRS labels, model files
+
+    for mod in (masks, label, models):
+        main.add_command(mod.command)
+    eval_cli.eval_group.add_command(eval_masks.command)
+
 
 _register()

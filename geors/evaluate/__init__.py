@@ -13,6 +13,7 @@ from geors.evaluate.detections import (
     evaluate_gate,
     gate_metrics,
 )
+from geors.evaluate.masks import evaluate_mask_files, miou_instances
 
 __all__ = [
     "COCO_IOU_THRESHOLDS",
@@ -24,4 +25,6 @@ __all__ = [
     "evaluate_detections",
     "evaluate_gate",
     "gate_metrics",
+    "evaluate_mask_files",
+    "miou_instances",
 ]
