@@ -1,0 +1,151 @@
+"""Pipeline over real files: seams, nodata skipping, resume, Dask LocalCluster."""
+
+import json
+
+import cv2
+import numpy as np
+import pyogrio
+import pytest
+from affine import Affine
+from click.testing import CliRunner
+from rasterio.crs import CRS
+
+import scenes
+from geors.cli.main import main
+from geors.merge import owned_mask
+from geors.pipeline import RunConfig, process_scenes
+from geors.results import Detection, TileResult
+from geors.vector import pixel_box_to_polygon
+
+
+class BrightBlobStage:
+    """A real (if simple) stage: bright connected components -> boxes, kept by the owner tile."""
+
+    name = "bright-blobs"
+    layers = ("detections",)
+
+    def __init__(self):
+        self.calls = 0
+
+    def describe(self):
+        return {"model": "bright-blobs"}
+
+    def __call__(self, scene, tiles, images):
+        self.calls += 1
+        out = []
+        for t, img in zip(tiles, images, strict=True):
+            m = (img.image.min(0) > 0.99).astype(np.uint8)
+            n, _, st, _ = cv2.connectedComponentsWithStats(m)
+            boxes = np.array([[x, y, x + w, y + h] for x, y, w, h, a in st[1:] if a >= 25], float).reshape(-1, 4)
+            keep = owned_mask(t, boxes)
+            dets = [Detection(pixel_box_to_polygon(b, t.transform), "blob", 0, 1.0, tuple(b))
+                    for b in boxes[keep]]
+            out.append(TileResult(scene.name, t.id, t.window, "done", detections=dets))
+        return out
+
+
+def _blob_scene(path, w=1500, h=1100):
+    rng = np.random.default_rng(0)
+    data = rng.integers(30, 80, size=(3, h, w), dtype=np.uint8)
+    blobs = [(500, 480, 40), (100, 100, 20), (1010, 500, 30), (1200, 900, 25), (0, 1080, 15)]
+    for x, y, s in blobs:  # several straddle core boundaries (500, 1012 / 454, ...)
+        data[:, y:y + s, x:x + s] = 255
+    return scenes.write(path, data, CRS.from_epsg(32617), Affine(0.5, 0, 404000.0, 0, -0.5, 3285000.0)), blobs
+
+
+def test_objects_across_seams_are_written_once(tmp_path):
+    p, blobs = _blob_scene(tmp_path / "blobs.tif")
+    out = tmp_path / "o.gpkg"
+    summary = process_scenes([p], out, BrightBlobStage(), RunConfig(tile_size=640, overlap=128, batch_size=2))
+    df = pyogrio.read_dataframe(out, layer="detections")
+    assert summary.detections == len(df) == len(blobs)
+    for x, y, s in blobs:
+        x0, y0 = Affine(0.5, 0, 404000.0, 0, -0.5, 3285000.0) @ (x, y)
+        hits = df[df.geometry.contains(__import__("shapely").Point(x0 + 0.1, y0 - 0.1))]
+        assert len(hits) == 1
+    ledger = pyogrio.read_dataframe(out, layer="geors_tiles")
+    assert len(ledger) == summary.tiles == 6 and set(ledger["status"]) == {"done"}
+
+
+def test_nodata_tiles_skip_the_stage_and_are_ledgered(tmp_path):
+    p = scenes.nodata_border(tmp_path / "nd.tif")
+    stage = BrightBlobStage()
+    s = process_scenes([p], tmp_path / "o.gpkg", stage, RunConfig(tile_size=256, overlap=0, batch_size=100))
+    ledger = pyogrio.read_dataframe(tmp_path / "o.gpkg", layer="geors_tiles")
+    assert s.skipped_nodata == (ledger["status"] == "nodata").sum() == 4 + 3  # first tile row and column
+    assert s.processed == len(ledger) - s.skipped_nodata
+
+
+def test_resume_skips_finished_tiles_and_refuses_other_grid(tmp_path):
+    p, _ = _blob_scene(tmp_path / "blobs.tif")
+    out = tmp_path / "o.gpkg"
+    process_scenes([p], out, BrightBlobStage(), RunConfig(batch_size=3))
+    stage = BrightBlobStage()
+    s = process_scenes([p], out, stage, RunConfig(batch_size=3, resume=True))
+    assert s.skipped_resume == 6 and stage.calls == 0
+    assert len(pyogrio.read_dataframe(out, layer="detections")) == 5
+    # half-finished: delete ledger rows of some tiles, resume redoes only those
+    import sqlite3
+    con = sqlite3.connect(out)
+    con.execute("DELETE FROM geors_tiles WHERE tile_id IN ('r1_c1', 'r1_c2')")
+    con.commit()
+    con.close()
+    s = process_scenes([p], out, BrightBlobStage(), RunConfig(batch_size=3, resume=True))
+    assert s.skipped_resume == 4 and s.processed == 2
+    from geors.errors import OutputError
+    with pytest.raises(OutputError, match="another tile grid"):
+        process_scenes([p], out, BrightBlobStage(), RunConfig(tile_size=512, overlap=64, resume=True))
+
+
+def test_synchronous_and_threads_agree(tmp_path):
+    p, _ = _blob_scene(tmp_path / "blobs.tif")
+    a = process_scenes([p], tmp_path / "a.gpkg", BrightBlobStage(), RunConfig(scheduler="synchronous"))
+    b = process_scenes([p], tmp_path / "b.gpkg", BrightBlobStage(), RunConfig(workers=2))
+    ga = pyogrio.read_dataframe(tmp_path / "a.gpkg", layer="detections").sort_values("tile_id")
+    gb = pyogrio.read_dataframe(tmp_path / "b.gpkg", layer="detections").sort_values("tile_id")
+    assert a.detections == b.detections and list(ga["tile_id"]) == list(gb["tile_id"])
+
+
+@pytest.mark.slow
+def test_dask_local_cluster(tmp_path):
+    pytest.importorskip("distributed")
+    p, blobs = _blob_scene(tmp_path / "blobs.tif")
+    s = process_scenes([p], tmp_path / "o.gpkg", BrightBlobStage(), RunConfig(scheduler="local", workers=2))
+    assert s.detections == len(blobs)
+
+
+# ----------------------------------------------------------------- CLI
+def test_cli_info_tiles_and_bad_inputs(tmp_path):
+    r = CliRunner()
+    p = scenes.int16_albers(tmp_path / "albers.tif")
+    res = r.invoke(main, ["info", str(p), "--json"])
+    assert res.exit_code == 0, res.output
+    info = json.loads(res.output)
+    assert info["crs"] == "custom WKT" and info["tiles"] == 1 and info["dtype"] == "int16"
+    out = tmp_path / "tiles.gpkg"
+    res = r.invoke(main, ["tiles", str(p), "-o", str(out), "--tile", "256", "--overlap", "64",
+                          "--progress", "jsonl"])
+    assert res.exit_code == 0, res.output
+    events = [json.loads(line) for line in res.stdout.splitlines() if line.startswith("{")]
+    assert events[0]["event"] == "start" and events[-1]["event"] == "end" and events[-1]["done"] == 6
+    tiles = pyogrio.read_dataframe(out, layer="tiles")
+    cores = pyogrio.read_dataframe(out, layer="tile_cores")
+    assert len(tiles) == len(cores) == 6
+    assert abs(cores.geometry.area.sum() - 513 * 389 * 4) < 1e-6  # cores partition the scene (2 m pixels)
+    assert tiles["nodata_fraction"].max() == 0 and tiles["mean_brightness"].between(0, 1).all()
+    from pyproj import CRS as P
+    assert P.from_user_input(tiles.crs).equals(P.from_wkt(scenes.ALBERS_WKT))
+
+    # bad inputs: exit 2, message names the file, existing outputs untouched
+    before = out.read_bytes()
+    for args, needle in [
+        (["info", str(tmp_path / "missing.tif")], "missing.tif"),
+        (["info", str(p), "--bands", "9"], "band index 9"),
+        (["tiles", str(p), "-o", str(tmp_path / "nodir" / "x.gpkg")], "does not exist"),
+        (["tiles", str(p), "-o", str(out), "--tile", "100", "--overlap", "200"], "overlap"),
+    ]:
+        res = r.invoke(main, args)
+        assert res.exit_code == 2, (args, res.output)
+        assert needle in res.output
+    assert out.read_bytes() == before
+    assert r.invoke(main, ["--version"]).exit_code == 0
