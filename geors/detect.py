@@ -1,0 +1,159 @@
+"""Detector predictor: load an R2-CNN model once, then gate and detect tiles.
+
+Holds the state of the gate/detect stages (model, device, precision); the
+pipeline calls it per batch of tiles. Inputs are float32 ``(B, C, H, W)`` numpy
+arrays in ``[0, 1]``, the scene-wide stretched pixels of
+``Scene.read_tile(tile).image``. Outputs are tile-local pixel boxes.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from contextlib import nullcontext
+from typing import Any
+
+import numpy as np
+import torch
+
+from geors.errors import BandError, ConfigError
+
+__all__ = ["Detector", "TileDetections", "resolve_device"]
+
+log = logging.getLogger(__name__)
+
+TileDetections = tuple[np.ndarray, np.ndarray, np.ndarray]
+"""``(boxes (N, 4) float32 xyxy tile px, scores (N,) float32, class_ids (N,) int64)``."""
+
+
+def resolve_device(device: str | torch.device = "auto") -> torch.device:
+    """``"auto"`` -> CUDA when available, else CPU; ``"cuda"`` without a GPU is a :class:`ConfigError`."""
+    name = str(device)
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError(f"--device {name}: no CUDA device is available here; use --device cpu or auto.")
+    try:
+        return torch.device(name)
+    except RuntimeError:
+        raise ConfigError(f"--device {name!r}: not a device; use auto, cpu or cuda[:N].") from None
+
+
+class Detector:
+    """Gate + detector predictor around an R2-CNN model.
+
+    Create with :meth:`load`. Attributes: ``model``, ``meta`` (model metadata),
+    ``classes``, ``bands`` (band count the model expects), ``tile_size``,
+    ``overlap`` (pixels), ``device``, ``name``.
+    """
+
+    def __init__(self, model: torch.nn.Module, meta: dict[str, Any], device: torch.device, precision: str = "auto"):
+        self.model = model.eval().to(device)
+        self.meta = meta
+        self.device = device
+        self.classes: list[str] = list(meta["classes"])
+        self.bands: int = int(meta["bands"])
+        self.tile_size: int = int(meta["tile_size"])
+        self.overlap: int = int(meta.get("overlap", 0))
+        self.name: str = str(meta.get("name") or os.path.basename(str(meta.get("path", "model"))))
+        if precision not in ("auto", "fp32", "fp16", "bf16"):
+            raise ConfigError(f"precision must be auto, fp32, fp16 or bf16, got {precision!r}")
+        if device.type != "cuda":
+            precision = "fp32"  # autocast on CPU is slower than fp32 for these small convs
+        elif precision == "auto":
+            precision = "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+        self.precision = precision
+
+    @classmethod
+    def load(cls, name_or_path: str | os.PathLike | None = None, device: str = "auto", precision: str = "auto") -> Detector:
+        """Load a model file or built-in name (None = default model) onto ``device`` (auto/cpu/cuda)."""
+        from geors.models.registry import load_model
+
+        dev = resolve_device(device)
+        model, meta = load_model(name_or_path, dev)
+        log.info("loaded model %s (%s) on %s", meta.get("path"), ", ".join(meta["classes"]), dev)
+        return cls(model, meta, dev, precision)
+
+    # ------------------------------------------------------------------ helpers
+    def _autocast(self):
+        if self.precision == "fp32":
+            return nullcontext()
+        dtype = torch.bfloat16 if self.precision == "bf16" else torch.float16
+        return torch.autocast(device_type="cuda", dtype=dtype)
+
+    def _to_tensor(self, images: np.ndarray) -> torch.Tensor:
+        arr = np.asarray(images)
+        if arr.ndim == 3:
+            arr = arr[None]
+        if arr.ndim != 4:
+            raise ValueError(f"images must be (B, C, H, W) float32, got shape {arr.shape}")
+        if arr.shape[1] != self.bands:
+            raise BandError(
+                f"model {self.name} was trained on {self.bands}-band images but the tiles have "
+                f"{arr.shape[1]} band(s). Select {self.bands} bands (e.g. --bands 1,2,3) or use a model "
+                f"trained for {arr.shape[1]} band(s)."
+            )
+        return torch.from_numpy(np.ascontiguousarray(arr, dtype=np.float32)).to(self.device)
+
+    # ------------------------------------------------------------------ API
+    @torch.no_grad()
+    def gate(self, images: np.ndarray) -> np.ndarray:
+        """Probability that each tile contains objects.
+
+        Args:
+            images: ``(B, C, H, W)`` float32 in ``[0, 1]``.
+
+        Returns:
+            ``(B,)`` float32 probabilities.
+        """
+        x = self._to_tensor(images)
+        with self._autocast():
+            logits = self.model.gate_logits(self.model.features(x))
+        return logits.float().softmax(dim=1)[:, 1].cpu().numpy()
+
+    @torch.no_grad()
+    def detect(self, images: np.ndarray, score_threshold: float = 0.3) -> list[TileDetections]:
+        """Detector branch on every tile (no gating).
+
+        Args:
+            images: ``(B, C, H, W)`` float32 in ``[0, 1]``.
+            score_threshold: minimum class probability kept.
+
+        Returns:
+            Per tile ``(boxes (N, 4) float32 xyxy tile pixels, scores (N,) float32, class_ids (N,) int64)``.
+        """
+        return self.gate_and_detect(images, gate_threshold=None, score_threshold=score_threshold)[1]
+
+    @torch.no_grad()
+    def gate_and_detect(
+        self, images: np.ndarray, gate_threshold: float | None = 0.5, score_threshold: float = 0.3
+    ) -> tuple[np.ndarray, list[TileDetections]]:
+        """Gate every tile and run the detector only on tiles that pass, sharing the backbone.
+
+        Args:
+            images: ``(B, C, H, W)`` float32 in ``[0, 1]``.
+            gate_threshold: tiles with gate probability below it get no
+                detections; None runs the detector on every tile.
+            score_threshold: minimum class probability kept.
+
+        Returns:
+            ``(gate_probs (B,), detections per tile)``; skipped tiles have empty arrays.
+        """
+        x = self._to_tensor(images)
+        h, w = x.shape[-2:]
+        empty: TileDetections = (np.zeros((0, 4), np.float32), np.zeros(0, np.float32), np.zeros(0, np.int64))
+        with self._autocast():
+            feats = self.model.features(x)
+            probs = self.model.gate_logits(feats).float().softmax(dim=1)[:, 1]
+            run = torch.ones_like(probs, dtype=torch.bool) if gate_threshold is None else probs >= gate_threshold
+            idx = torch.nonzero(run).flatten()
+            out: list[TileDetections] = [empty] * x.shape[0]
+            if idx.numel():
+                dets = self.model.detect_from_features(feats[idx], (h, w), score_threshold)
+                for i, d in zip(idx.tolist(), dets, strict=True):
+                    out[i] = (
+                        d.boxes.float().cpu().numpy().astype(np.float32),
+                        d.scores.float().cpu().numpy().astype(np.float32),
+                        d.labels.cpu().numpy().astype(np.int64),
+                    )
+        return probs.cpu().numpy(), out
