@@ -197,7 +197,7 @@ class MaskCrop:
 
     def transform(self, image_transform: Affine) -> Affine:
         """Affine transform of the crop's pixel grid given the image's transform."""
-        return image_transform * Affine.translation(self.col_off, self.row_off)
+        return image_transform @ Affine.translation(self.col_off, self.row_off)
 
     @property
     def area_px(self) -> int:
@@ -623,7 +623,7 @@ def mask_to_geometry(
     cols = np.flatnonzero(m.any(axis=0))
     r0, r1, c0, c1 = rows[0], rows[-1] + 1, cols[0], cols[-1] + 1
     sub = np.ascontiguousarray(m[r0:r1, c0:c1]).astype(np.uint8)
-    t = transform * Affine.translation(int(c0), int(r0))
+    t = transform @ Affine.translation(int(c0), int(r0))
     px_area = abs(transform.a * transform.e - transform.b * transform.d)
     parts = []
     for geom, _ in shapes(sub, mask=sub.astype(bool), transform=t, connectivity=4):
