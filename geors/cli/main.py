@@ -38,6 +38,10 @@ def _register() -> None:
 
     for mod in (masks, label, models):
         main.add_command(mod.command)
+
+    from geors.cli import train  # R2-CNN gate + detector training
+
+    main.add_command(train.command)
     eval_cli.eval_group.add_command(eval_masks.command)
 
 

@@ -325,3 +325,80 @@ def train_detector(
         if training_extra:
             out_meta["training"].update(training_extra)
     return model, out_meta
+
+
+def tiles_from_scenes(
+    pairs: Sequence[tuple[str, str]],
+    class_field: str | None = None,
+    tile_size: int = 640,
+    overlap: int = 128,
+    bands: Sequence[int] | None = None,
+    max_empty_ratio: float = 1.0,
+    seed: int = 0,
+    allow_ungeoreferenced: bool = False,
+) -> tuple[list[TrainTile], list[str], dict[str, Any]]:
+    """Cut labelled scenes into training tiles.
+
+    Every tile showing at least half of a labelled object is kept; tiles
+    without objects are kept too, at most ``max_empty_ratio`` times the number
+    of labelled tiles (a random, seeded choice; at least 4 when there are any),
+    so memory follows the labelled area, not the scene size.
+
+    Args:
+        pairs: ``(scene path, label path)`` pairs; labels in any format
+            :func:`geors.train.labels.read_labels` accepts.
+        class_field: attribute holding the class in vector labels.
+        tile_size, overlap: tile grid in pixels (as at inference).
+        bands: 1-based band indexes; default as :func:`geors.open_scene`.
+        max_empty_ratio: empty tiles per labelled tile.
+        seed: for the choice of empty tiles.
+        allow_ungeoreferenced: accept images without CRS (pixel labels only).
+
+    Returns:
+        ``(tiles, classes, info)``: training tiles (boxes in tile pixels),
+        sorted class names, and metadata (``gsd_m``, ``bands``, sources).
+
+    Raises:
+        LabelError, SceneReadError, GeoreferenceError, BandError: bad inputs.
+    """
+    from geors.raster import open_scene
+    from geors.tiling import TileGrid
+    from geors.train.labels import read_labels, tiles_with_labels
+
+    rng = np.random.default_rng(seed)
+    opened = []
+    for scene_path, label_path in pairs:
+        scene = open_scene(scene_path, bands=list(bands) if bands else None, allow_ungeoreferenced=allow_ungeoreferenced)
+        labels = read_labels(label_path, scene, class_field=class_field)
+        opened.append((scene, labels))
+    classes = sorted({n for _, lab in opened for n in lab.class_names})
+    index = {c: i for i, c in enumerate(classes)}
+    tiles: list[TrainTile] = []
+    gsd = None
+    sources = []
+    for scene, labels in opened:
+        remapped = np.array([index[n] for n in labels.class_names], dtype=np.int64)
+        labels = type(labels)(boxes=labels.boxes, class_names=labels.class_names, class_ids=remapped,
+                              classes=tuple(classes), source=labels.source)
+        grid = TileGrid(scene, tile_size, overlap)
+        assigned = tiles_with_labels(labels, grid, include_empty=True)
+        by_id = {t.id: t for t in grid}
+        pos_ids = [tid for tid, (b, _) in assigned.items() if len(b)]
+        empty_ids = [tid for tid, (b, _) in assigned.items() if not len(b)]
+        n_empty = min(len(empty_ids), max(int(round(max_empty_ratio * len(pos_ids))), 4))
+        chosen = list(rng.choice(len(empty_ids), n_empty, replace=False)) if n_empty else []
+        for tid in pos_ids + [empty_ids[i] for i in chosen]:
+            b, c = assigned[tid]
+            img = scene.read_tile(by_id[tid]).image
+            tiles.append(TrainTile(img, np.asarray(b, np.float32), np.asarray(c, np.int64), f"{scene.name}:{tid}"))
+        if gsd is None and scene.crs is not None and scene.crs.is_projected:
+            try:
+                gsd = float(abs(scene.transform.a) * scene.crs.linear_units_factor[1])
+            except Exception:  # CRS without a linear unit factor: leave GSD unknown
+                gsd = None
+        sources.append({"scene": str(scene.path), "labels": str(labels.source), "n_boxes": len(labels),
+                        "n_tiles_with_objects": len(pos_ids), "n_empty_tiles_used": n_empty})
+        log.info("%s: %d boxes in %d tiles, %d empty tiles used", scene.name, len(labels), len(pos_ids), n_empty)
+    info = {"gsd_m": gsd, "tile_size": tile_size, "overlap": overlap,
+            "band_indexes": list(bands) if bands else None, "sources": sources}
+    return tiles, classes, info

@@ -1,0 +1,72 @@
+"""``geors train detector|gate``: train an R2-CNN gate + detector from a scene and GIS labels."""
+
+from __future__ import annotations
+
+import json
+
+import click
+
+from geors.cli.options import bands_option, handle_errors, parse_bands, tile_options
+
+
+@click.group("train")
+def train_group() -> None:
+    """Train models from scenes and labels."""
+
+
+command = train_group
+
+
+def _detector_options(f):
+    options = [
+        click.option("--scene", "scenes", multiple=True, required=True, type=click.Path(),
+                     help="Training raster; repeat together with --labels for several scenes."),
+        click.option("--labels", "labels", multiple=True, required=True, type=click.Path(),
+                     help="Boxes for the matching --scene: GeoPackage/GeoJSON/Shapefile (any CRS), VOC XML or CSV."),
+        click.option("--class-field", default=None, help="Attribute with the class name (vector labels)."),
+        click.option("--epochs", type=int, default=10, show_default=True),
+        click.option("--steps-per-epoch", type=int, default=None, help="Batches per epoch (default from the number of boxes)."),
+        click.option("--batch-size", type=int, default=4, show_default=True),
+        click.option("--crop", type=int, default=384, show_default=True, help="Training crop size, pixels."),
+        click.option("--lr", type=float, default=2e-3, show_default=True),
+        click.option("--assigner", type=click.Choice(["nwd_rka", "iou"]), default="nwd_rka", show_default=True,
+                     help="RPN label assignment."),
+        click.option("--device", default="auto", show_default=True, help="auto, cpu or cuda."),
+        click.option("--seed", type=int, default=0, show_default=True),
+        click.option("--allow-ungeoreferenced", is_flag=True, help="Accept images without CRS (pixel labels)."),
+        click.option("-o", "--output", required=True, type=click.Path(), help="Model file to write (.safetensors)."),
+    ]
+    for opt in reversed(options):
+        f = opt(f)
+    return bands_option(tile_options(f))
+
+
+@_detector_options
+@handle_errors
+def _train(scenes, labels, class_field, epochs, steps_per_epoch, batch_size, crop, lr, assigner, device, seed,
+           allow_ungeoreferenced, output, tile_size, overlap, bands) -> None:
+    """Train the R2-CNN gate + detector (one network; `gate` and `detector` train the same model)."""
+    from geors.errors import ConfigError
+    from geors.models.registry import save_model
+    from geors.train.detector import TrainConfig, tiles_from_scenes, train_detector
+
+    if len(scenes) != len(labels):
+        raise ConfigError(f"give one --labels per --scene ({len(scenes)} scenes, {len(labels)} label files).")
+    if epochs < 1 or batch_size < 1 or crop < 32:
+        raise ConfigError("--epochs and --batch-size must be >= 1 and --crop >= 32 pixels.")
+    tiles, classes, info = tiles_from_scenes(list(zip(scenes, labels, strict=True)), class_field, tile_size, overlap,
+                                             parse_bands(bands), seed=seed,
+                                             allow_ungeoreferenced=allow_ungeoreferenced)
+    cfg = TrainConfig(epochs=epochs, steps_per_epoch=steps_per_epoch, batch_size=batch_size, crop_size=crop, lr=lr,
+                      assigner=assigner, device=device, seed=seed)
+    model, meta = train_detector(tiles, classes, cfg, meta={
+        "tile_size": tile_size, "overlap": overlap, "gsd_m": info["gsd_m"],
+        "training": {"sources": info["sources"], "band_indexes": info["band_indexes"]},
+    })
+    path = save_model(model, meta, output)
+    click.echo(json.dumps({"model": str(path), "classes": classes, "anchor_scales": meta["anchor_scales"],
+                           "steps": meta["training"]["steps"], "seconds": meta["training"]["seconds"]}))
+
+
+train_group.add_command(click.command("detector")(_train))
+train_group.add_command(click.command("gate")(_train))
