@@ -1,0 +1,110 @@
+"""Gating benchmark: detection time and recall with and without the R2-CNN tile gate.
+
+Runs the real pipeline (``geors.pipeline.process_scenes`` with
+``geors.stages.DetectStage``, i.e. what ``geors detect`` runs) twice over a
+sparse scene made by ``make_sparse_scene.py``: once with the gate (the
+detector branch runs only on tiles whose gate probability passes) and once
+with ``--no-gate`` (detector on every tile). Each run writes a GeoPackage,
+which is then scored against the truth layer with
+``geors.evaluate.evaluate_detection_files`` (what ``geors eval detections``
+runs). Both runs use the same scheduler, batch size and device. The timed
+region is the whole ``process_scenes`` call (tile reads, gate, detector,
+ownership, GeoPackage writes); model weights are loaded before it, and
+``--warmup`` does one untimed run first.
+
+Goals from issue 3: time(gate) / time(no gate) <= 0.3, recall loss <= 1 point.
+
+Usage::
+
+    python benchmarks/make_sparse_scene.py -o /tmp/geors_bench/sparse.tif
+    python benchmarks/bench_gate.py /tmp/geors_bench/sparse.tif [--model NAME|PATH] [--device cpu]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+
+def run_once(scene_path: Path, out: Path, model: str | None, device: str, use_gate: bool,
+             gate_threshold: float | None, score_threshold: float, batch_size: int, workers: int) -> dict:
+    """One pipeline run; returns wall seconds, tile counts and the stage's description."""
+    from geors.pipeline import RunConfig, process_scenes
+    from geors.stages import DetectStage
+
+    stage = DetectStage(model, device=device, gate_threshold=gate_threshold, score_threshold=score_threshold,
+                        use_gate=use_gate)
+    stage.detector  # load the weights outside the timed region  # noqa: B018
+    config = RunConfig(batch_size=batch_size, workers=workers, scheduler="synchronous" if workers <= 1 else None)
+    t0 = time.perf_counter()
+    summary = process_scenes([str(scene_path)], out, stage, config, command="bench_gate")
+    seconds = time.perf_counter() - t0
+    return {"seconds": round(seconds, 3), "tiles": summary.tiles, "gated": summary.gated,
+            "detector_tiles": summary.processed - summary.gated, "detections": summary.detections,
+            "gate_threshold": stage.gate_threshold, "model": stage.describe().get("model")}
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("scene", type=Path, help="sparse scene from make_sparse_scene.py")
+    ap.add_argument("--truth", type=Path, default=None, help="truth layer (default: SCENE_truth.gpkg)")
+    ap.add_argument("--model", default=None, help="model name or file (default: geors' default model)")
+    ap.add_argument("--device", default="auto")
+    ap.add_argument("--gate-threshold", type=float, default=None, help="default: the model's")
+    ap.add_argument("--score-threshold", type=float, default=0.3, help="detector score kept (both runs)")
+    ap.add_argument("--eval-score-threshold", type=float, default=0.5,
+                    help="score at which recall/precision are reported")
+    ap.add_argument("--batch-size", type=int, default=8)
+    ap.add_argument("--workers", type=int, default=1, help="1 = synchronous (cleanest timing)")
+    ap.add_argument("--warmup", action="store_true", help="run once with the gate before timing (caches, JIT)")
+    ap.add_argument("--outdir", type=Path, default=None, help="keep the GeoPackages here")
+    ap.add_argument("-o", "--output", type=Path, default=None, help="also write the JSON report here")
+    args = ap.parse_args(argv)
+
+    from geors.evaluate import evaluate_detection_files
+
+    truth = args.truth or args.scene.with_name(args.scene.stem + "_truth.gpkg")
+    for p in (args.scene, truth):
+        if not p.exists():
+            print(f"{p}: not found; make it with benchmarks/make_sparse_scene.py", file=sys.stderr)
+            return 2
+    outdir = args.outdir or Path(tempfile.mkdtemp(prefix="geors_bench_gate_"))
+    outdir.mkdir(parents=True, exist_ok=True)
+    common = dict(model=args.model, device=args.device, gate_threshold=args.gate_threshold,
+                  score_threshold=args.score_threshold, batch_size=args.batch_size, workers=args.workers)
+    if args.warmup:
+        run_once(args.scene, outdir / "warmup.gpkg", use_gate=True, **common)
+    report: dict = {"scene": str(args.scene), "truth": str(truth), "device": args.device}
+    for key, use_gate in (("no_gate", False), ("gate", True)):
+        out = outdir / f"{key}.gpkg"
+        if out.exists():
+            out.unlink()
+        run = run_once(args.scene, out, use_gate=use_gate, **common)
+        metrics = evaluate_detection_files(out, truth, scene=args.scene, class_agnostic=True,
+                                           score_threshold=args.eval_score_threshold)
+        run.update({
+            "AP50": metrics["overall"]["AP50"], "AP": metrics["overall"]["AP"],
+            "recall": metrics["overall"]["recall"], "precision": metrics["overall"]["precision"],
+            "n_truth": metrics["overall"]["n_truth"], "output": str(out),
+        })
+        if "gate" in metrics:
+            run["gate_metrics"] = metrics["gate"]
+        report[key] = run
+    g, n = report["gate"], report["no_gate"]
+    report["time_ratio"] = round(g["seconds"] / n["seconds"], 3) if n["seconds"] else None
+    if g["recall"] is not None and n["recall"] is not None:
+        report["recall_loss_points"] = round(100 * (n["recall"] - g["recall"]), 2)
+    report["goals"] = {"time_ratio_max": 0.3, "recall_loss_points_max": 1.0}
+    text = json.dumps(report, indent=2, default=str)
+    if args.output:
+        args.output.write_text(text + "\n")
+    print(text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
