@@ -187,10 +187,15 @@ def process_scenes(
     if dup:
         raise ConfigError(f"several scenes share the file name {sorted(dup)[0]!r}; outputs identify scenes by "
                           "file name, so rename them or run them into separate GeoPackages.")
+    # Everything that can fail on bad input (models, bands) fails before the output is touched.
+    model_info = stage.describe()
+    check = getattr(stage, "check_scene", None)
+    if check is not None:
+        for sc in opened:
+            check(sc)
     writer = GeoPackageWriter(out, opened[0].crs, layers=stage.layers)
     summary = RunSummary(run_id=writer.run_id, output=str(out))
     t_start = time.perf_counter()
-    model_info = stage.describe()
     writer.start_run(command or stage.name, {**config.to_dict(), "stage": stage.name,
                                               "scenes": [str(s.path) for s in opened]}, model_info)
     run_window, close = _executor(config)

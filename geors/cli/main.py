@@ -30,6 +30,11 @@ def _register() -> None:
     for mod in (info, tiles, sample):
         main.add_command(mod.command)
 
+    from geors.cli import detect as detect_cli  # gate + detector, and the full pipeline
+
+    main.add_command(detect_cli.detect)
+    main.add_command(detect_cli.run)
+
     from geors.cli import eval as eval_cli  # group; subcommands register with eval_cli.eval_group.add_command
 
     main.add_command(eval_cli.eval_group)
