@@ -200,6 +200,18 @@ def test_files_geojson_truth_in_other_crs(files):
     assert r["per_class"].keys() == {"Tree"}
 
 
+def test_files_truth_without_class_field_is_class_agnostic(files):
+    import geopandas as gpd
+
+    t = gpd.read_file(files["truth"]).drop(columns=["label"])
+    path = files["dir"] / "noclass.gpkg"
+    t.to_file(path)
+    r = evaluate_detection_files(files["pred"], path)
+    assert r["class_agnostic"] is True and r["overall"]["tp"] == 2
+    r = evaluate_detection_files(files["pred"], path, class_agnostic=False)
+    assert r["class_agnostic"] is True and r["overall"]["tp"] == 2
+
+
 def test_files_voc_truth_needs_scene(files):
     from geors.errors import LabelError
 

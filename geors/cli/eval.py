@@ -43,7 +43,7 @@ def emit_json(result: dict, output: str | None) -> None:
                    "restricts PRED to this scene and adds gate metrics from the tile ledger.")
 @click.option("--class-field", default=None,
               help="Class field of TRUTH (default: 'class' or 'label' when present).")
-@click.option("--class-agnostic", is_flag=True, default=None,
+@click.option("--class-agnostic", is_flag=True, default=False,
               help="Ignore classes (default when TRUTH has no class field).")
 @click.option("--layer", default="detections", show_default=True, help="Detections layer in PRED.")
 @click.option("--score-threshold", type=click.FloatRange(0, 1), default=0.5, show_default=True,
@@ -66,7 +66,7 @@ def detections_command(pred, truth, scene, class_field, class_agnostic, layer, s
 
     result = evaluate_detection_files(
         pred, truth, scene=scene, layer=layer, truth_class_field=class_field,
-        class_agnostic=class_agnostic, gate_threshold=gate_threshold,
+        class_agnostic=class_agnostic or None, gate_threshold=gate_threshold,
         score_threshold=score_threshold, match_iou=match_iou,
     )
     emit_json(result, output)

@@ -414,8 +414,8 @@ def evaluate_detection_frames(
         truth_class_field: class field of ``truth``; default ``class`` or
             ``label`` when present.
         score_field: score field of ``pred``.
-        class_agnostic: ignore classes; default: True when either side has no
-            class field.
+        class_agnostic: ignore classes; always the case when either side
+            has no class field.
         pred_name, truth_name: names used in error messages (file paths).
         **kwargs: passed to :func:`evaluate_detections`.
 
@@ -432,8 +432,8 @@ def evaluate_detection_frames(
     if pred_class_field is not None:
         p_cls = pred_class_field if pred_class_field in pred.columns else None
     t_cls = _class_column(truth, truth_class_field, truth_name)
-    if class_agnostic is None:
-        class_agnostic = p_cls is None or t_cls is None
+    # Without a class on either side, classes cannot be compared.
+    class_agnostic = bool(class_agnostic) or p_cls is None or t_cls is None
     if len(truth) and len(pred):
         if pred.crs is None or truth.crs is None:
             which = pred_name if pred.crs is None else truth_name
