@@ -145,3 +145,40 @@ def test_bad_inputs_name_the_file(tmp_path, case):
         assert "window col_off=" in str(ei.value)
     if case in ("rotated", "gcps"):
         assert "gdalwarp" in str(ei.value)
+
+
+def test_overviews_feed_the_stretch_and_vrt_reads(tmp_path):
+    from rasterio.enums import Resampling
+    rng = np.random.default_rng(5)
+    data = rng.integers(0, 200, size=(3, 1200, 1100), dtype=np.uint8)
+    p = scenes.write(tmp_path / "cog.tif", data, CRS.from_epsg(32617), Affine(1, 0, 0, 0, -1, 0), tiled=True)
+    with rasterio.open(p, "r+") as ds:
+        ds.build_overviews([2], Resampling.nearest)
+    sc = open_scene(p)
+    assert sc.stats.source == "overview 1/2"
+    assert sc.stats.low[0] == pytest.approx(np.percentile(data[0], 2), abs=3)
+    vrt = tmp_path / "mosaic.vrt"
+    bands = "".join(
+        f'<VRTRasterBand dataType="Byte" band="{b}"><SimpleSource><SourceFilename relativeToVRT="1">cog.tif'
+        f'</SourceFilename><SourceBand>{b}</SourceBand></SimpleSource></VRTRasterBand>' for b in (1, 2, 3))
+    vrt.write_text(f'<VRTDataset rasterXSize="1100" rasterYSize="1200"><SRS>EPSG:32617</SRS>'
+                   f'<GeoTransform>0, 1, 0, 0, 0, -1</GeoTransform>{bands}</VRTDataset>')
+    v = open_scene(vrt)
+    t = TileGrid(v, 640, 128).tile(1, 1)
+    raw = v.read_raw(t.window)
+    assert np.array_equal(raw, data[:, t.row_off:t.row_off + 640, t.col_off:t.col_off + 640])
+
+
+def test_sample_offline_fails_clearly(tmp_path, monkeypatch):
+    from click.testing import CliRunner
+
+    from geors.cli.main import main
+    monkeypatch.setenv("GEORS_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setenv("PIP_INDEX_URL", "http://127.0.0.1:9/simple")
+    monkeypatch.setenv("PIP_RETRIES", "0")
+    monkeypatch.setenv("PIP_TIMEOUT", "2")
+    monkeypatch.setenv("PIP_FIND_LINKS", "")
+    monkeypatch.setenv("PIP_NO_CACHE_DIR", "1")
+    res = CliRunner().invoke(main, ["sample", "neon"])
+    assert res.exit_code == 2
+    assert "could not download the NEON sample" in res.output and "deepforest" in res.output
