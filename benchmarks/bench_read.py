@@ -15,9 +15,10 @@ from pathlib import Path
 import numpy as np
 import rasterio
 
-from _common import Timer, make_big_scene
 from geors.raster import open_scene
 from geors.tiling import TileGrid
+
+from _common import Timer, make_big_scene
 
 
 def main() -> None:

@@ -14,10 +14,11 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-import scenes
 from geors.cli.main import main
 from geors.models.r2cnn import R2CNN, R2CNNConfig
 from geors.models.registry import save_model
+
+import scenes
 
 
 @pytest.fixture(scope="module")

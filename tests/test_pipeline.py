@@ -10,12 +10,13 @@ from affine import Affine
 from click.testing import CliRunner
 from rasterio.crs import CRS
 
-import scenes
 from geors.cli.main import main
 from geors.merge import owned_mask
 from geors.pipeline import RunConfig, process_scenes
 from geors.results import Detection, TileResult
 from geors.vector import pixel_box_to_polygon
+
+import scenes
 
 
 class BrightBlobStage:
@@ -59,7 +60,7 @@ def test_objects_across_seams_are_written_once(tmp_path):
     summary = process_scenes([p], out, BrightBlobStage(), RunConfig(tile_size=640, overlap=128, batch_size=2))
     df = pyogrio.read_dataframe(out, layer="detections")
     assert summary.detections == len(df) == len(blobs)
-    for x, y, s in blobs:
+    for x, y, _size in blobs:
         x0, y0 = Affine(0.5, 0, 404000.0, 0, -0.5, 3285000.0) @ (x, y)
         hits = df[df.geometry.contains(__import__("shapely").Point(x0 + 0.1, y0 - 0.1))]
         assert len(hits) == 1

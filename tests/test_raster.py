@@ -5,10 +5,11 @@ from affine import Affine
 from rasterio.crs import CRS
 from rasterio.windows import Window
 
-import scenes
 from geors.errors import BandError, GeoreferenceError, SceneReadError
 from geors.raster import open_scene
 from geors.tiling import TileGrid
+
+import scenes
 
 
 def test_rgb_uint8_tiles_read_like_rasterio(tmp_path):

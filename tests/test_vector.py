@@ -9,10 +9,11 @@ from pyproj import CRS as ProjCRS
 from rasterio.crs import CRS
 from rasterio.windows import Window
 
-import scenes
 from geors.errors import OutputError
 from geors.results import Detection, Instance, TileResult
 from geors.vector import GeoPackageWriter, areas_m2, pixel_box_to_polygon
+
+import scenes
 
 T = Affine(0.5, 0, 404000.0, 0, -0.5, 3285000.0)
 
