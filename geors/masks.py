@@ -16,7 +16,10 @@ Engines (one interface, :class:`MaskEngine`), chosen with :func:`make_mask_engin
   foreground, margin = background), which is what ``GC_INIT_WITH_RECT`` does,
   but also works for boxes cut by the image edge. It needs no weights. Its score is the fraction of the box's
   pixels labelled foreground (a fill ratio, not a probability); when GrabCut
-  finds nothing, the box itself is returned with score 0.0.
+  separates less than 5 % of the box (``min_fill``) it has failed (typical
+  for objects packed among look-alikes, e.g. contiguous tree crowns, where the
+  background model explains the box too) and the box itself is returned with
+  score 0.0, so ``mask_score = 0`` marks box fallbacks.
 - ``box``: the box itself, score 1.0.
 
 Prompts follow SAMRS: horizontal boxes as they are; rotated boxes (4-corner
@@ -309,11 +312,16 @@ class GrabCutEngine(MaskEngine):
         min_margin_px: minimum crop margin in pixels.
         seed: OpenCV RNG seed so results are reproducible (GrabCut's GMM
             initialisation uses k-means with OpenCV's global RNG).
+        min_fill: when less than this fraction of the box is foreground,
+            GrabCut is taken to have failed and the box is returned with
+            score 0.0.
     """
 
     method = "grabcut"
 
-    def __init__(self, iterations: int = 3, margin: float = 0.25, min_margin_px: int = 8, seed: int = 0):
+    def __init__(self, iterations: int = 3, margin: float = 0.25, min_margin_px: int = 8, seed: int = 0,
+                 min_fill: float = 0.05):
+        self.min_fill = float(min_fill)
         self.iterations = int(iterations)
         self.margin = float(margin)
         self.min_margin_px = int(min_margin_px)
@@ -350,7 +358,7 @@ class GrabCutEngine(MaskEngine):
             return crop_box
         fg = (gc == cv2.GC_FGD) | (gc == cv2.GC_PR_FGD)
         fg = fg[br0 - r0 : br1 - r0, bc0 - c0 : bc1 - c0]
-        if not fg.any():
+        if fg.mean() < self.min_fill:  # nothing (or a speck) separated from the surroundings
             crop_box = _box_crop(box, w, h)
             crop_box.score = 0.0
             return crop_box
@@ -547,7 +555,7 @@ def make_mask_engine(spec: str = "auto", device: str = "auto", checkpoint: str |
                 "no SAM checkpoint found; using GrabCut masks. For SAM masks run "
                 "'geors models download sam-vit_b' or set %s.", sam_weights.ENV_CHECKPOINT
             )
-            return GrabCutEngine(**{k: v for k, v in options.items() if k in ("iterations", "margin")})
+            return GrabCutEngine(**{k: v for k, v in options.items() if k in ("iterations", "margin", "min_fill")})
         model, kind = sam_weights.load_sam(path)
         return SamEngine(model, kind, device=device, **options)
     if key in SAM_KINDS:

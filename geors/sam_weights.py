@@ -43,7 +43,7 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
-from geors.errors import DownloadError, ModelError, require
+from geors.errors import DependencyNotFoundError, DownloadError, ModelError, require
 
 __all__ = [
     "SamCheckpoint",
@@ -378,7 +378,13 @@ def load_sam(path: str | os.PathLike, kind: str | None = None):
     """
     path = Path(path)
     if kind == "vit_t":
-        msam = require("mobile_sam", "sam", "MobileSAM (vit_t)")
+        try:
+            import mobile_sam as msam
+        except ImportError as exc:
+            raise DependencyNotFoundError(
+                "SAM vit_t (MobileSAM) needs the 'mobile_sam' package, which is not installed. Install it "
+                "with: pip install git+https://github.com/ChaoningZhang/MobileSAM.git (or use --sam vit_b)."
+            ) from exc
         try:
             model = msam.sam_model_registry["vit_t"](checkpoint=None)
             model.load_state_dict(_torch_load(path))
