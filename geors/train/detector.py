@@ -58,8 +58,9 @@ class TrainConfig:
 
     Attributes:
         epochs: passes; one epoch = ``steps_per_epoch`` batches.
-        steps_per_epoch: batches per epoch; None = enough batches to visit
-            every labelled object's crop once on average (at least 1).
+        steps_per_epoch: batches per epoch; None = one batch per
+            ``8 * batch_size`` labelled objects (at least 1): a crop usually
+            holds several objects.
         batch_size: crops per step.
         crop_size: side of the random training crops (the net is fully
             convolutional, so crops smaller than the inference tile are fine).
@@ -315,7 +316,8 @@ def train_detector(
             "steps": step + 1,
             "seconds": round(seconds, 1),
             "device": str(device),
-            "final_loss": float(np.mean(history[-20:])) if history else None,
+            "initial_loss": float(np.mean(history[:10])) if history else None,
+            "final_loss": float(np.mean(history[-10:])) if history else None,
             "config": {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(cfg).items()},
         },
     }
