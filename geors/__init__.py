@@ -1,11 +1,13 @@
 """geors: find and outline objects in very large georeferenced rasters.
 
-Public API: see ``__all__``. Heavy optional parts (SAM, Dask distributed) are
-imported lazily inside the functions that need them.
+Public API: see ``__all__``. Light parts (scenes, tiles) import eagerly; parts
+that pull in torch, OpenCV or SAM are imported on first attribute access, so
+``import geors`` stays fast and optional extras stay optional.
 """
 
 from __future__ import annotations
 
+import importlib
 import logging
 
 __version__ = "0.1.0"
@@ -16,4 +18,29 @@ from geors.errors import GeorsError  # noqa: E402
 from geors.raster import Scene, open_scene  # noqa: E402
 from geors.tiling import Tile, TileGrid  # noqa: E402
 
-__all__ = ["__version__", "GeorsError", "Scene", "open_scene", "Tile", "TileGrid"]
+_LAZY = {
+    "RunConfig": "geors.pipeline",
+    "process_scenes": "geors.pipeline",
+    "write_tile_grid": "geors.pipeline",
+    "DetectStage": "geors.stages",
+    "Detector": "geors.detect",
+    "make_mask_engine": "geors.masks",
+    "write_instance_masks": "geors.masks",
+    "write_label_raster": "geors.label",
+    "read_labels": "geors.train.labels",
+    "evaluate_detections": "geors.evaluate",
+    "evaluate_detection_files": "geors.evaluate",
+    "miou_instances": "geors.evaluate",
+    "GeoPackageWriter": "geors.vector",
+}
+
+__all__ = ["__version__", "GeorsError", "Scene", "open_scene", "Tile", "TileGrid", *_LAZY]
+
+
+def __getattr__(name: str):
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'geors' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
