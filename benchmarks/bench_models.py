@@ -1,0 +1,96 @@
+"""Tiles per second of the R2-CNN gate and detector (CPU, and CUDA when present).
+
+Tiles are 640 x 640 crops of the NEON training image (real content, so the
+detector sees realistic proposal counts), falling back to random pixels when
+the sample is not present. Three figures per device and batch size:
+
+* ``gate``: backbone + classifier branch (what every tile pays),
+* ``detector``: backbone + gate + detector branch on every tile (``--no-gate``),
+* ``detector_head``: detector branch alone on precomputed features (the extra
+  cost of a tile that passes the gate in ``Detector.gate_and_detect``).
+
+Run::
+
+    python benchmarks/bench_models.py [--model PATH] [--threads N] [--batch 1 4] [--repeats 3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from geors.detect import Detector
+
+NEON = Path.home() / ".cache/geors/samples/neon/2019_YELL_2_528000_4978000_image_crop2.png"
+
+
+def tiles(n: int, size: int = 640) -> np.ndarray:
+    if NEON.is_file():
+        from rasterio.windows import Window
+
+        from geors import open_scene
+
+        scene = open_scene(NEON, allow_ungeoreferenced=True)
+        out = []
+        for i in range(n):
+            x = (i * 400) % max(scene.width - size, 1)
+            y = (i * 700) % max(scene.height - size, 1)
+            out.append(scene.read_window(Window(x, y, size, size)).image)
+        return np.stack(out)
+    return np.random.default_rng(0).random((n, 3, size, size), dtype=np.float32)
+
+
+def _rate(fn, n_tiles: int, repeats: int, sync) -> float:
+    fn()  # warm-up
+    sync()
+    t0 = time.perf_counter()
+    for _ in range(repeats):
+        fn()
+    sync()
+    return n_tiles * repeats / (time.perf_counter() - t0)
+
+
+def bench(det: Detector, batch: int, repeats: int) -> dict:
+    imgs = tiles(batch)
+    sync = torch.cuda.synchronize if det.device.type == "cuda" else (lambda: None)
+    x = torch.from_numpy(imgs).to(det.device)
+    with torch.no_grad(), det._autocast():
+        feats = det.model.features(x)
+
+        def head():
+            det.model.detect_from_features(feats, (640, 640), 0.3)
+
+        head_rate = _rate(head, batch, repeats, sync)
+    return {
+        "device": str(det.device), "precision": det.precision, "batch": batch,
+        "gate_tiles_per_s": round(_rate(lambda: det.gate(imgs), batch, repeats, sync), 2),
+        "detector_tiles_per_s": round(_rate(lambda: det.detect(imgs, 0.3), batch, repeats, sync), 2),
+        "detector_head_tiles_per_s": round(head_rate, 2),
+    }
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--model", default=None, help="model file or built-in name (default model)")
+    ap.add_argument("--threads", type=int, default=0)
+    ap.add_argument("--batch", type=int, nargs="+", default=[1, 4])
+    ap.add_argument("--repeats", type=int, default=3)
+    args = ap.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+    for dev in devices:
+        det = Detector.load(args.model, device=dev)
+        for b in args.batch:
+            res = bench(det, b, args.repeats if dev == "cpu" else args.repeats * 10)
+            res["torch_threads"] = torch.get_num_threads()
+            print(json.dumps(res))
+
+
+if __name__ == "__main__":
+    main()
