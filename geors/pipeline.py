@@ -196,8 +196,12 @@ def process_scenes(
     writer = GeoPackageWriter(out, opened[0].crs, layers=stage.layers)
     summary = RunSummary(run_id=writer.run_id, output=str(out))
     t_start = time.perf_counter()
+    # The scene-wide stretch is estimated here, once, and travels with the pickled
+    # Scene to workers (they never re-estimate it); it is recorded with the run.
+    stretch = {s.name: s.stats.to_dict() for s in opened}
     writer.start_run(command or stage.name, {**config.to_dict(), "stage": stage.name,
-                                              "scenes": [str(s.path) for s in opened]}, model_info)
+                                              "scenes": [str(s.path) for s in opened], "stretch": stretch},
+                     model_info)
     run_window, close = _executor(config)
     status = "failed"
     try:

@@ -66,6 +66,9 @@ def test_objects_across_seams_are_written_once(tmp_path):
         assert len(hits) == 1
     ledger = pyogrio.read_dataframe(out, layer="geors_tiles")
     assert len(ledger) == summary.tiles == 6 and set(ledger["status"]) == {"done"}
+    config = json.loads(pyogrio.read_dataframe(out, layer="geors_runs")["config"][0])
+    assert config["stretch"]["blobs.tif"]["percentiles"] == [2.0, 98.0]
+    assert config["tile_size"] == 640 and config["overlap"] == 128
 
 
 def test_nodata_tiles_skip_the_stage_and_are_ledgered(tmp_path):
