@@ -153,3 +153,14 @@ def test_cli_info_tiles_and_bad_inputs(tmp_path):
         assert needle in res.output
     assert out.read_bytes() == before
     assert r.invoke(main, ["--version"]).exit_code == 0
+
+    # an existing GeoPackage whose 'tiles' layer has another schema is refused, byte for byte intact
+    import geopandas as gpd
+    import shapely
+    other = tmp_path / "other.gpkg"
+    gpd.GeoDataFrame({"name": ["x"]}, geometry=[shapely.Point(0, 0)], crs="EPSG:32617").to_file(
+        other, layer="tiles", driver="GPKG")
+    before = other.read_bytes()
+    res = r.invoke(main, ["tiles", str(p), "-o", str(other)])
+    assert res.exit_code == 2 and "incompatible schema" in res.output and "other.gpkg" in res.output
+    assert other.read_bytes() == before
