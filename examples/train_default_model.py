@@ -92,10 +92,12 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", type=Path, default=Path("geors/models/weights/r2cnn_neon_trees.safetensors"))
     ap.add_argument("--assigner", choices=["nwd_rka", "iou"], default="nwd_rka")
-    ap.add_argument("--steps", type=int, default=700)
+    ap.add_argument("--steps", type=int, default=1800)
     ap.add_argument("--batch", type=int, default=4)
     ap.add_argument("--crop", type=int, default=256)
-    ap.add_argument("--lr", type=float, default=2e-3)
+    ap.add_argument("--lr", type=float, default=4e-3)
+    ap.add_argument("--scales", type=float, nargs="+", default=[0.75, 1.0, 1.25], help="multi-scale factors")
+    ap.add_argument("--color-jitter", type=float, default=0.1)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = torch default)")
     ap.add_argument("--eval-only", type=Path, default=None, help="evaluate this model file and exit")
@@ -113,7 +115,8 @@ def main() -> None:
             image, boxes = load_image(stem)
             tiles.append(TrainTile(image, boxes, np.zeros(len(boxes), np.int64), stem))
         cfg = TrainConfig(epochs=1, steps_per_epoch=args.steps, batch_size=args.batch, crop_size=args.crop,
-                          lr=args.lr, assigner=args.assigner, seed=args.seed, device="cpu", log_every=25)
+                          lr=args.lr, assigner=args.assigner,
+                          scales=tuple(args.scales), color_jitter=args.color_jitter, seed=args.seed, device="cpu", log_every=25)
         model, meta = train_detector(tiles, ["tree"], cfg, meta={
             "name": "r2cnn-neon-trees" if args.assigner == "nwd_rka" else f"r2cnn-neon-trees-{args.assigner}",
             "tile_size": 640, "overlap": 128, "gsd_m": 0.1,

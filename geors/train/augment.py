@@ -50,3 +50,18 @@ def random_dihedral(
         img, b = hflip(img, b)
     img, b = rot90(img, b, int(rng.integers(4)))
     return np.ascontiguousarray(img), b
+
+
+def random_photometric(image: np.ndarray, rng: np.random.Generator, strength: float = 0.1) -> np.ndarray:
+    """Per-band gain and a shared gamma, for robustness to other sites and sensors.
+
+    ``strength`` s draws gains from ``[1 - s, 1 + s]`` per band and a gamma from
+    ``[1 / (1 + s), 1 + s]``; the result stays in ``[0, 1]``. Geometry (and so
+    the boxes) is unchanged. ``strength = 0`` returns the image unchanged.
+    """
+    if strength <= 0:
+        return image
+    c = image.shape[0]
+    gain = rng.uniform(1 - strength, 1 + strength, size=(c, 1, 1)).astype(np.float32)
+    gamma = float(np.exp(rng.uniform(-np.log1p(strength), np.log1p(strength))))
+    return np.clip(np.power(np.clip(image, 0, 1), gamma) * gain, 0, 1).astype(np.float32)

@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from geors.errors import LabelError
 from geors.models.r2cnn import R2CNN, R2CNNConfig
 from geors.train.anchors import box_sizes, kmeans_anchor_scales
-from geors.train.augment import random_dihedral
+from geors.train.augment import random_dihedral, random_photometric
 
 __all__ = ["TrainTile", "TrainConfig", "train_detector", "sample_batch"]
 
@@ -66,6 +66,7 @@ class TrainConfig:
             convolutional, so crops smaller than the inference tile are fine).
         scales: multi-scale training factors (image is resized by one of them).
         pos_fraction: share of crops centred on an object when empty examples exist.
+        color_jitter: strength of the per-band gain / gamma jitter (0 = off).
         lr, weight_decay, warmup_steps: AdamW with linear warm-up then cosine decay.
         assigner: ``"nwd_rka"`` (default) or ``"iou"`` for the RPN.
         num_anchor_scales: k of the anchor k-means.
@@ -88,6 +89,7 @@ class TrainConfig:
     crop_size: int = 384
     scales: tuple[float, ...] = (1.0,)
     pos_fraction: float = 0.5
+    color_jitter: float = 0.1
     lr: float = 2e-3
     weight_decay: float = 1e-4
     warmup_steps: int = 50
@@ -132,6 +134,7 @@ def sample_batch(
     rng: np.random.Generator,
     pos_fraction: float = 0.5,
     scales: Sequence[float] = (1.0,),
+    color_jitter: float = 0.0,
 ) -> tuple[np.ndarray, list[np.ndarray], list[np.ndarray]]:
     """Draw a balanced batch of augmented crops.
 
@@ -184,6 +187,7 @@ def sample_batch(
             crop = _crop(t, x0, y0, side)
         img, bx, ci = crop
         img, bx = random_dihedral(img, bx, rng)
+        img = random_photometric(img, rng, color_jitter)
         if side != crop_size:
             f = crop_size / side
             img = F.interpolate(torch.from_numpy(img)[None], size=(crop_size, crop_size), mode="bilinear",
@@ -266,7 +270,8 @@ def train_detector(
     for step in range(total):
         for g in opt.param_groups:
             g["lr"] = cfg.lr * _lr_factor(step, total, cfg.warmup_steps)
-        imgs, bxs, cids = sample_batch(tiles, cfg.batch_size, cfg.crop_size, rng, cfg.pos_fraction, cfg.scales)
+        imgs, bxs, cids = sample_batch(tiles, cfg.batch_size, cfg.crop_size, rng, cfg.pos_fraction, cfg.scales,
+                                      cfg.color_jitter)
         x = torch.from_numpy(imgs).to(device)
         targets = [
             {"boxes": torch.from_numpy(b).to(device), "labels": torch.from_numpy(c).to(device)}
@@ -305,6 +310,7 @@ def train_detector(
         "tile_size": 640,
         "overlap": 128,
         "gsd_m": None,
+        "gate_threshold": 0.5,
         "anchor_scales": list(scales),
         "nwd_c": cfg.nwd_c,
         "training": {
