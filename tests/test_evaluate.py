@@ -212,6 +212,21 @@ def test_files_truth_without_class_field_is_class_agnostic(files):
     assert r["class_agnostic"] is True and r["overall"]["tp"] == 2
 
 
+def test_files_class_names_differing_in_case_still_match(files):
+    import geopandas as gpd
+
+    t = gpd.read_file(files["truth"])
+    t["label"] = "tree"
+    path = files["dir"] / "lower.gpkg"
+    t.to_file(path)
+    r = evaluate_detection_files(files["pred"], path)
+    assert r["overall"]["tp"] == 2 and r["warnings"]
+    t["label"] = "car"
+    t.to_file(path)
+    r = evaluate_detection_files(files["pred"], path)
+    assert r["overall"]["tp"] == 0 and "no predicted class" in r["warnings"][0]
+
+
 def test_files_voc_truth_needs_scene(files):
     from geors.errors import LabelError
 

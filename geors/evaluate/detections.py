@@ -455,12 +455,25 @@ def evaluate_detection_frames(
                  else pred[p_cls].astype(str).to_numpy())
     t_classes = (np.zeros(len(truth), dtype=np.int64) if class_agnostic or t_cls is None
                  else truth[t_cls].astype(str).to_numpy())
+    warnings = []
+    if not class_agnostic and len(p_classes) and len(t_classes):
+        p_set, t_set = set(p_classes.tolist()), set(t_classes.tolist())
+        if not p_set & t_set:
+            # "tree" vs "Tree": the NEON labels and many models differ only in case.
+            if {c.casefold() for c in p_set} & {c.casefold() for c in t_set}:
+                p_classes = np.array([c.casefold() for c in p_classes], dtype=object)
+                t_classes = np.array([c.casefold() for c in t_classes], dtype=object)
+                warnings.append("class names compared case-insensitively (they differ only in case)")
+            else:
+                warnings.append(f"no predicted class {sorted(p_set)} matches a truth class {sorted(t_set)}; "
+                                "use --class-agnostic or another --class-field")
     result = evaluate_detections(
         {"boxes": pb, "scores": pred[score_field].to_numpy(dtype=np.float64), "classes": p_classes},
         {"boxes": tb, "classes": t_classes},
         class_agnostic=bool(class_agnostic),
         **kwargs,
     )
+    result["warnings"] = warnings
     result["crs"] = None if pred.crs is None else pred.crs.to_string()
     result["truth_class_field"] = t_cls
     return result
