@@ -117,13 +117,21 @@ def main(argv: list[str] | None = None) -> int:
             return 2
     outdir = args.outdir or Path(tempfile.mkdtemp(prefix="geors_bench_gate_"))
     outdir.mkdir(parents=True, exist_ok=True)
-    common = dict(model=args.model, device=args.device, gate_threshold=args.gate_threshold,
+    # Both runs must use the same weights even if the default model is replaced meanwhile: copy it once.
+    import shutil
+
+    from geors.models.registry import file_sha256, get_model
+
+    model_copy = outdir / "model.safetensors"
+    shutil.copyfile(get_model(args.model), model_copy)
+    common = dict(model=str(model_copy), device=args.device, gate_threshold=args.gate_threshold,
                   score_threshold=args.score_threshold, batch_size=args.batch_size, workers=args.workers)
     if args.warmup:
         run_once(args.scene, outdir / "warmup.gpkg", use_gate=True, **common)
-    report: dict = {"scene": str(args.scene), "truth": str(truth), "device": args.device}
+    report: dict = {"scene": str(args.scene), "truth": str(truth), "device": args.device,
+                    "model": args.model or "default", "model_sha256": file_sha256(model_copy)}
     if not args.no_breakdown:
-        report["model_only"] = model_breakdown(args.scene, args.model, args.device, args.batch_size)
+        report["model_only"] = model_breakdown(args.scene, str(model_copy), args.device, args.batch_size)
     for key, use_gate in (("no_gate", False), ("gate", True)):
         out = outdir / f"{key}.gpkg"
         if out.exists():
