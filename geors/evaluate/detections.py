@@ -597,7 +597,8 @@ def _gate_from_ledger(pred_path, scene, truth_boxes_px: np.ndarray, gate_thresho
     if "gate_score" not in ledger.columns or "scene" not in ledger.columns:
         return None
     ledger = ledger[ledger["scene"].astype(str).isin([scene.name, str(scene.path)])]
-    ledger = ledger[ledger["status"] != "failed"].drop_duplicates("tile_id", keep="last")
+    # Only tiles the gate saw: nodata and failed tiles have no gate decision.
+    ledger = ledger[ledger["status"].isin(["done", "gated"])].drop_duplicates("tile_id", keep="last")
     if len(ledger) == 0 or ledger["gate_score"].isna().all():
         return None
     has = np.zeros(len(ledger), dtype=bool)
