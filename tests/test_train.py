@@ -6,7 +6,7 @@ import pytest
 import rasterio
 import torch
 from click.testing import CliRunner
-from rasterio.transform import from_origin
+from affine import Affine
 from torchvision.ops import box_iou
 
 from geors.detect import Detector
@@ -122,7 +122,7 @@ def test_cli_train_detector_writes_loadable_model(tmp_path):
     scene = tmp_path / "sq.tif"
     data = (t.image * 255).astype(np.uint8)
     with rasterio.open(scene, "w", driver="GTiff", width=160, height=160, count=3, dtype="uint8",
-                       crs="EPSG:32617", transform=from_origin(500000, 4000000, 0.5, 0.5)) as ds:
+                       crs="EPSG:32617", transform=Affine(0.5, 0, 500000, 0, -0.5, 4000000)) as ds:
         ds.write(data)
     labels = tmp_path / "sq.xml"
     _write_voc(labels, t.boxes)
