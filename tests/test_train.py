@@ -5,8 +5,8 @@ import numpy as np
 import pytest
 import rasterio
 import torch
-from click.testing import CliRunner
 from affine import Affine
+from click.testing import CliRunner
 from torchvision.ops import box_iou
 
 from geors.detect import Detector
