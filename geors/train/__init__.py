@@ -1,0 +1,1 @@
+"""Training: labels from GIS files, augmentation, anchors, training loops."""
