@@ -141,7 +141,7 @@ def _executor(config: RunConfig):
     cluster = None
     if sched == "local":
         cluster = distributed.LocalCluster(n_workers=config.workers, threads_per_worker=1, processes=True,
-                                           dashboard_address=None)
+                                           dashboard_address=None, silence_logs=logging.WARNING)
         client = distributed.Client(cluster)
     elif isinstance(sched, str):
         try:
