@@ -139,6 +139,8 @@ def _executor(config: RunConfig):
 
     distributed = require("distributed", "distributed", "Running on a Dask cluster")
     cluster = None
+    # distributed installs its own INFO-level handlers; keep it as quiet as geors' own logs
+    logging.getLogger("distributed").setLevel(max(logging.WARNING, logging.getLogger("geors").getEffectiveLevel()))
     if sched == "local":
         cluster = distributed.LocalCluster(n_workers=config.workers, threads_per_worker=1, processes=True,
                                            dashboard_address=None, silence_logs=logging.WARNING)
