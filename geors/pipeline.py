@@ -21,7 +21,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Protocol
 
-from geors.errors import ConfigError, OutputError
+from geors.errors import ConfigError, GeorsError, OutputError
 from geors.progress import NullProgress, Progress
 from geors.raster import Scene, TileImage, open_scene
 from geors.results import TileResult
@@ -107,8 +107,15 @@ def _process_batch(scene: Scene, tiles: Sequence[Tile], stage: Stage) -> list[Ti
             todo_t.append(t)
             todo_i.append(img)
     if todo_t:
-        for r in stage(scene, todo_t, todo_i):
-            results[r.tile_id] = r
+        try:
+            for r in stage(scene, todo_t, todo_i):
+                results[r.tile_id] = r
+        except GeorsError:
+            raise  # bad input (unreadable window, band mismatch...): stop with its message
+        except Exception as exc:  # a model/engine failure: record it, let --resume retry these tiles
+            log.exception("%s: tiles %s failed", scene.name, [t.id for t in todo_t])
+            for t in todo_t:
+                results[t.id] = TileResult(scene.name, t.id, t.window, "failed", message=repr(exc)[:500])
     elapsed = time.perf_counter() - t0
     out = [results[t.id] for t in tiles]
     for r in out:

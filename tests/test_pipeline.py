@@ -164,3 +164,26 @@ def test_cli_info_tiles_and_bad_inputs(tmp_path):
     res = r.invoke(main, ["tiles", str(p), "-o", str(other)])
     assert res.exit_code == 2 and "incompatible schema" in res.output and "other.gpkg" in res.output
     assert other.read_bytes() == before
+
+
+class FlakyStage(BrightBlobStage):
+    """Fails on the first call, like a model running out of memory once."""
+
+    def __call__(self, scene, tiles, images):
+        self.calls += 1
+        if self.calls == 1:
+            raise RuntimeError("out of memory")
+        return super().__call__(scene, tiles, images)
+
+
+def test_failed_tiles_are_ledgered_and_resume_retries_them(tmp_path):
+    p, blobs = _blob_scene(tmp_path / "blobs.tif")
+    out = tmp_path / "o.gpkg"
+    s = process_scenes([p], out, FlakyStage(), RunConfig(batch_size=2, workers=1))
+    assert s.failed == 2 and s.processed == 4
+    ledger = pyogrio.read_dataframe(out, layer="geors_tiles")
+    assert (ledger["status"] == "failed").sum() == 2
+    assert ledger.loc[ledger["status"] == "failed", "message"].str.contains("out of memory").all()
+    s2 = process_scenes([p], out, BrightBlobStage(), RunConfig(batch_size=2, resume=True))
+    assert s2.skipped_resume == 4 and s2.processed == 2
+    assert len(pyogrio.read_dataframe(out, layer="detections")) == len(blobs)

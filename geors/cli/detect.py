@@ -57,6 +57,10 @@ def _run(command, scenes, output, model, tile_size, overlap, bands, gate_thresho
     summary = process_scenes(list(scenes), output, stage, config, progress=make_progress(progress),
                              command=command)
     click.echo(json.dumps(summary.to_dict()), err=progress != "jsonl")
+    if summary.failed:
+        click.echo(f"Error: {summary.failed} tile(s) failed (see the log and the 'message' field of "
+                   f"geors_tiles in {output}); rerun the same command with --resume to retry only those.", err=True)
+        raise SystemExit(1)
 
 
 @click.command("detect")
