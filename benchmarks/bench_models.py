@@ -4,8 +4,11 @@ Tiles are 640 x 640 crops of the NEON training image (real content, so the
 detector sees realistic proposal counts), falling back to random pixels when
 the sample is not present. Three figures per device and batch size:
 
-* ``gate``: backbone + classifier branch (what every tile pays),
-* ``detector``: backbone + gate + detector branch on every tile (``--no-gate``),
+* ``gate``: ``Detector.gate``, what every tile pays: backbone + classifier
+  branch, on the tile pooled by the model's ``gate_input_scale`` (cheap
+  gate) or at full resolution (scale 1, paper),
+* ``detector``: ``Detector.detect`` = gate + full-resolution backbone +
+  detector branch on every tile (``--no-gate``), i.e. what a passing tile pays,
 * ``detector_head``: detector branch alone on precomputed features (the extra
   cost of a tile that passes the gate in ``Detector.gate_and_detect``).
 
@@ -68,6 +71,7 @@ def bench(det: Detector, batch: int, repeats: int) -> dict:
         head_rate = _rate(head, batch, repeats, sync)
     return {
         "device": str(det.device), "precision": det.precision, "batch": batch,
+        "gate_input_scale": int(getattr(det.model.config, "gate_input_scale", 1)),
         "gate_tiles_per_s": round(_rate(lambda: det.gate(imgs), batch, repeats, sync), 2),
         "detector_tiles_per_s": round(_rate(lambda: det.detect(imgs, 0.3), batch, repeats, sync), 2),
         "detector_head_tiles_per_s": round(head_rate, 2),

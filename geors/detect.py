@@ -100,6 +100,10 @@ class Detector:
     def gate(self, images: np.ndarray) -> np.ndarray:
         """Probability that each tile contains objects.
 
+        With ``gate_input_scale > 1`` in the model's ``arch_args`` the gate
+        reads the tiles average-pooled by that factor (cheap path, see
+        :mod:`geors.models.r2cnn`); at 1 it reads the full-resolution map.
+
         Args:
             images: ``(B, C, H, W)`` float32 in ``[0, 1]``.
 
@@ -108,7 +112,7 @@ class Detector:
         """
         x = self._to_tensor(images)
         with self._autocast():
-            logits = self.model.gate_logits(self.model.features(x))
+            logits = self.model.gate_forward(x)
         return logits.float().softmax(dim=1)[:, 1].cpu().numpy()
 
     @torch.no_grad()
@@ -128,7 +132,16 @@ class Detector:
     def gate_and_detect(
         self, images: np.ndarray, gate_threshold: float | None = 0.5, score_threshold: float = 0.3
     ) -> tuple[np.ndarray, list[TileDetections]]:
-        """Gate every tile and run the detector only on tiles that pass, sharing the backbone.
+        """Gate every tile and run the detector only on tiles that pass.
+
+        At ``gate_input_scale == 1`` (paper, older model files) the backbone
+        runs once at full resolution and both branches share it. At
+        ``gate_input_scale = s > 1`` the gate pass runs the backbone on the
+        batch pooled by ``s``, and the full-resolution backbone + detector run
+        only on the tiles that pass (all tiles when ``gate_threshold`` is None,
+        whose gate probabilities are then still reported). This deviates from
+        the paper's single shared pass because on CPU the backbone, not the
+        detector branch, dominates the per-tile cost.
 
         Args:
             images: ``(B, C, H, W)`` float32 in ``[0, 1]``.
@@ -142,14 +155,19 @@ class Detector:
         x = self._to_tensor(images)
         h, w = x.shape[-2:]
         empty: TileDetections = (np.zeros((0, 4), np.float32), np.zeros(0, np.float32), np.zeros(0, np.int64))
+        shared = int(getattr(self.model.config, "gate_input_scale", 1)) == 1
         with self._autocast():
-            feats = self.model.features(x)
-            probs = self.model.gate_logits(feats).float().softmax(dim=1)[:, 1]
+            if shared:
+                feats = self.model.features(x)
+                probs = self.model.gate_logits(feats).float().softmax(dim=1)[:, 1]
+            else:
+                probs = self.model.gate_forward(x).float().softmax(dim=1)[:, 1]
             run = torch.ones_like(probs, dtype=torch.bool) if gate_threshold is None else probs >= gate_threshold
             idx = torch.nonzero(run).flatten()
             out: list[TileDetections] = [empty] * x.shape[0]
             if idx.numel():
-                dets = self.model.detect_from_features(feats[idx], (h, w), score_threshold)
+                sel = feats[idx] if shared else self.model.features(x[idx])
+                dets = self.model.detect_from_features(sel, (h, w), score_threshold)
                 for i, d in zip(idx.tolist(), dets, strict=True):
                     out[i] = (
                         d.boxes.float().cpu().numpy().astype(np.float32),

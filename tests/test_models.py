@@ -1,3 +1,4 @@
+import numpy as np
 import pytest
 import torch
 
@@ -92,3 +93,126 @@ def test_both_assigners_train(assigner):
 def test_unknown_assigner_rejected():
     with pytest.raises(ValueError, match="assigner"):
         R2CNN(R2CNNConfig(assigner="atss"))
+
+
+# ---------------------------------------------------------------- cheap gate (gate_input_scale)
+def _detector(model, tile=96):
+    from geors.detect import Detector
+
+    meta = {"classes": ["a"], "bands": 3, "tile_size": tile, "overlap": 0, "name": "t"}
+    return Detector(model, meta, torch.device("cpu"))
+
+
+class _ShapeLog:
+    """Forward hook recording the input shapes the backbone sees."""
+
+    def __init__(self, module):
+        self.shapes = []
+        self.handle = module.register_forward_hook(lambda m, inp, out: self.shapes.append(tuple(inp[0].shape)))
+
+
+def test_gate_at_scale_4_reads_average_pooled_tiles():
+    import torch.nn.functional as F
+
+    torch.manual_seed(0)
+    m = R2CNN(R2CNNConfig(anchor_scales=[8.0, 16.0], gate_input_scale=4)).eval()
+    x = torch.rand(2, 3, 96, 128)
+    with torch.no_grad():
+        expect = m.gate_logits(m.features(F.avg_pool2d(x, 4)))
+        full_res = m.gate_logits(m.features(x))
+        assert torch.allclose(m.gate_forward(x), expect, atol=1e-6)
+        assert not torch.allclose(m.gate_forward(x), full_res, atol=1e-4)  # really a different input
+        gate, _ = m(x)
+        assert torch.allclose(gate, expect, atol=1e-6)
+    probs = _detector(m).gate(x.numpy())
+    assert np.allclose(probs, expect.softmax(1)[:, 1].numpy(), atol=1e-6)
+    # sizes that are not a multiple of the scale: the partial last cell is the mean of the pixels present
+    y = torch.rand(1, 3, 10, 9)
+    pooled = m.gate_input(y)
+    assert pooled.shape == (1, 3, 3, 3)
+    assert torch.allclose(pooled[0, :, 2, 2], y[0, :, 8:, 8:].mean(dim=(1, 2)))
+
+
+def test_gate_and_detect_runs_full_resolution_backbone_only_for_passing_tiles():
+    torch.manual_seed(0)
+    m = R2CNN(R2CNNConfig(anchor_scales=[8.0, 16.0], gate_input_scale=4)).eval()
+    with torch.no_grad():
+        m.gate_head[-1].weight.mul_(50.0)  # spread the random gate's probabilities
+    x = np.random.default_rng(0).random((4, 3, 64, 64), dtype=np.float32)
+    x[0] = 0.0
+    x[1] = 1.0
+    det = _detector(m, 64)
+    p = det.gate(x)
+    assert len(set(np.round(p, 6))) == 4
+    thr = float(np.sort(p)[1])  # three tiles pass
+    passing = np.flatnonzero(p >= thr)
+    log = _ShapeLog(m.backbone)
+    probs, out = det.gate_and_detect(x, gate_threshold=thr, score_threshold=0.0)
+    log.handle.remove()
+    assert np.allclose(probs, p, atol=1e-6)
+    assert log.shapes == [(4, 3, 16, 16), (len(passing), 3, 64, 64)]
+    with torch.no_grad():
+        for i in range(4):
+            boxes = out[i][0]
+            if i not in passing:
+                assert boxes.shape == (0, 4)
+                continue
+            ref = m.detect_from_features(m.features(torch.from_numpy(x[i:i + 1])), (64, 64), 0.0)[0]
+            assert boxes.shape[0] == ref.boxes.shape[0] > 0
+            a, b = np.round(boxes, 2), np.round(ref.boxes.numpy(), 2)  # near-tied scores: compare as sets
+            assert np.allclose(a[np.lexsort(a.T)], b[np.lexsort(b.T)], atol=0.02)
+    # no gating: every tile goes through the full-resolution backbone, probabilities still reported
+    log = _ShapeLog(m.backbone)
+    probs, out = det.gate_and_detect(x, gate_threshold=None, score_threshold=0.0)
+    log.handle.remove()
+    assert log.shapes == [(4, 3, 16, 16), (4, 3, 64, 64)] and np.allclose(probs, p, atol=1e-6)
+    # nothing passes: no full-resolution pass at all
+    log = _ShapeLog(m.backbone)
+    det.gate_and_detect(x, gate_threshold=1.01)
+    log.handle.remove()
+    assert log.shapes == [(4, 3, 16, 16)]
+
+
+def test_old_model_file_without_gate_input_scale_loads_as_paper_gate(tmp_path):
+    from geors.detect import Detector
+    from geors.models.registry import load_model, save_model
+
+    torch.manual_seed(0)
+    m = R2CNN(R2CNNConfig(anchor_scales=[8.0, 16.0])).eval()
+    arch = m.config.to_dict()
+    del arch["gate_input_scale"]  # as written before the field existed
+    path = save_model(m, {"arch_args": arch, "classes": ["a"], "bands": 3, "tile_size": 64}, tmp_path / "old.safetensors")
+    loaded, meta = load_model(path, torch.device("cpu"))
+    assert "gate_input_scale" not in meta["arch_args"] and loaded.config.gate_input_scale == 1
+    det = Detector.load(path, device="cpu")
+    x = torch.rand(2, 3, 64, 64)
+    with torch.no_grad():
+        expect = m.gate_logits(m.features(x)).softmax(1)[:, 1].numpy()
+    assert np.allclose(det.gate(x.numpy()), expect, atol=1e-6)
+    log = _ShapeLog(det.model.backbone)
+    probs, _ = det.gate_and_detect(x.numpy(), gate_threshold=0.0)
+    log.handle.remove()
+    assert log.shapes == [(2, 3, 64, 64)]  # one shared full-resolution pass, as in the paper
+    assert np.allclose(probs, expect, atol=1e-6)
+
+
+def test_cheap_gate_losses_gate_on_pooled_detector_on_full_resolution():
+    torch.manual_seed(0)
+    m = R2CNN(R2CNNConfig(anchor_scales=[8.0, 16.0], gate_input_scale=4)).train()
+    x = torch.rand(3, 3, 64, 64)
+    empty = {"boxes": torch.zeros(0, 4), "labels": torch.zeros(0, dtype=torch.int64)}
+    full = {"boxes": torch.tensor([[10.0, 10.0, 20.0, 22.0]]), "labels": torch.tensor([0])}
+    log = _ShapeLog(m.backbone)
+    losses = m.compute_losses(x, [empty, full, empty])
+    log.handle.remove()
+    assert log.shapes == [(3, 3, 16, 16), (1, 3, 64, 64)]
+    assert losses["rpn"].item() > 0 and torch.isfinite(losses["total"])
+    log = _ShapeLog(m.backbone)
+    losses = m.compute_losses(x, [empty, empty, empty])
+    log.handle.remove()
+    assert log.shapes == [(3, 3, 16, 16)] and torch.allclose(losses["total"], losses["gate"])
+
+
+def test_gate_input_scale_must_be_positive():
+    with pytest.raises(ValueError, match="gate_input_scale"):
+        R2CNN(R2CNNConfig(gate_input_scale=0))

@@ -85,7 +85,7 @@ def test_training_reduces_loss_and_finds_squares():
     rng = np.random.default_rng(0)
     tiles = [squares_tile(rng, 3), squares_tile(rng, 3), squares_tile(rng, 0)]
     cfg = TrainConfig(epochs=1, steps_per_epoch=300, batch_size=2, crop_size=64, device="cpu", lr=5e-3,
-                      warmup_steps=5, arch={"rpn_batch": 64, "roi_batch": 32, "pre_nms_train": 300,
+                      warmup_steps=5, gate_input_scale=1, arch={"rpn_batch": 64, "roi_batch": 32, "pre_nms_train": 300,
                                             "post_nms_train": 64, "post_nms_test": 50})
     model, meta = train_detector(tiles, ["square"], cfg, meta={"tile_size": 96})
     assert meta["training"]["final_loss"] < 0.8 * meta["training"]["initial_loss"]
@@ -140,3 +140,36 @@ def test_cli_train_detector_writes_loadable_model(tmp_path):
     _write_voc(empty, [])
     r = CliRunner().invoke(main, args[:5] + [str(empty)] + args[6:])
     assert r.exit_code == 2 and "Error" in r.output
+
+
+def test_sample_batch_falls_back_to_empty_images_when_canopy_is_dense():
+    rng = np.random.default_rng(0)
+    dense = squares_tile(rng, 0, side=64)
+    dense.boxes = np.array([[x, y, x + 16, y + 16] for x in range(0, 64, 16) for y in range(0, 64, 16)], np.float32)
+    dense.class_ids = np.zeros(len(dense.boxes), np.int64)
+    empty = TrainTile(np.full((3, 80, 80), 0.3, np.float32), np.zeros((0, 4), np.float32), np.zeros(0, np.int64))
+    _, boxes, _ = sample_batch([dense, empty], 200, 48, np.random.default_rng(1), pos_fraction=0.5)
+    n_empty = sum(len(b) == 0 for b in boxes)
+    assert 80 <= n_empty <= 120  # about half: no box-free crop exists in the dense image
+    _, boxes, _ = sample_batch([dense], 50, 48, np.random.default_rng(1), pos_fraction=0.5)
+    assert all(len(b) for b in boxes)  # no empty source at all: every crop is positive
+
+
+def test_cheap_gate_training_separates_empty_from_object_crops():
+    rng = np.random.default_rng(0)
+    tiles = [squares_tile(rng, 4), squares_tile(rng, 4), squares_tile(rng, 0), squares_tile(rng, 0)]
+    cfg = TrainConfig(epochs=1, steps_per_epoch=80, batch_size=4, crop_size=64, device="cpu", lr=5e-3,
+                      warmup_steps=5, gate_input_scale=4, gate_recall=1.0,
+                      arch={"rpn_batch": 64, "roi_batch": 32, "pre_nms_train": 300, "post_nms_train": 64,
+                            "post_nms_test": 50})
+    model, meta = train_detector(tiles, ["square"], cfg, meta={"tile_size": 96, "overlap": 0})
+    assert model.config.gate_input_scale == 4
+    assert meta["arch_args"]["gate_input_scale"] == 4 and meta["training"]["gate_input_scale"] == 4
+    calib = meta["training"]["gate_calibration"]
+    assert calib["n_pos_tiles"] == 2 and calib["n_empty_tiles"] == 2 and calib["pos_kept"] == 1.0
+    assert 0 < meta["gate_threshold"] <= 0.5
+    det = Detector(model, meta, torch.device("cpu"))
+    fresh = np.random.default_rng(5)
+    pos = det.gate(np.stack([squares_tile(fresh, 2).image for _ in range(8)]))
+    neg = det.gate(np.stack([squares_tile(fresh, 0).image for _ in range(8)]))
+    assert pos.min() > neg.max() and pos.mean() - neg.mean() > 0.5, (pos, neg)

@@ -31,6 +31,9 @@ def _detector_options(f):
         click.option("--lr", type=float, default=2e-3, show_default=True),
         click.option("--assigner", type=click.Choice(["nwd_rka", "iou"]), default="nwd_rka", show_default=True,
                      help="RPN label assignment."),
+        click.option("--gate-scale", type=int, default=4, show_default=True,
+                     help="The gate reads tiles average-pooled by this factor (cheap gate); 1 = the paper's "
+                          "gate on the shared full-resolution features."),
         click.option("--device", default="auto", show_default=True, help="auto, cpu or cuda."),
         click.option("--seed", type=int, default=0, show_default=True),
         click.option("--allow-ungeoreferenced", is_flag=True, help="Accept images without CRS (pixel labels)."),
@@ -43,7 +46,7 @@ def _detector_options(f):
 
 @_detector_options
 @handle_errors
-def _train(scenes, labels, class_field, epochs, steps_per_epoch, batch_size, crop, lr, assigner, device, seed,
+def _train(scenes, labels, class_field, epochs, steps_per_epoch, batch_size, crop, lr, assigner, gate_scale, device, seed,
            allow_ungeoreferenced, output, tile_size, overlap, bands) -> None:
     """Train the R2-CNN gate + detector (one network; `gate` and `detector` train the same model)."""
     from geors.errors import ConfigError
@@ -54,11 +57,13 @@ def _train(scenes, labels, class_field, epochs, steps_per_epoch, batch_size, cro
         raise ConfigError(f"give one --labels per --scene ({len(scenes)} scenes, {len(labels)} label files).")
     if epochs < 1 or batch_size < 1 or crop < 32:
         raise ConfigError("--epochs and --batch-size must be >= 1 and --crop >= 32 pixels.")
+    if gate_scale < 1 or crop // gate_scale < 8:
+        raise ConfigError(f"--gate-scale must be >= 1 and leave at least 8 px of the --crop ({crop} // {gate_scale}).")
     tiles, classes, info = tiles_from_scenes(list(zip(scenes, labels, strict=True)), class_field, tile_size, overlap,
                                              parse_bands(bands), seed=seed,
                                              allow_ungeoreferenced=allow_ungeoreferenced)
     cfg = TrainConfig(epochs=epochs, steps_per_epoch=steps_per_epoch, batch_size=batch_size, crop_size=crop, lr=lr,
-                      assigner=assigner, device=device, seed=seed)
+                      assigner=assigner, device=device, seed=seed, gate_input_scale=gate_scale)
     model, meta = train_detector(tiles, classes, cfg, meta={
         "tile_size": tile_size, "overlap": overlap, "gsd_m": info["gsd_m"],
         "training": {"sources": info["sources"], "band_indexes": info["band_indexes"]},

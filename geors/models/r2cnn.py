@@ -16,6 +16,21 @@ Joint loss (μ = λ = 1 by default)::
     L = CE(gate) + μ · [tile has targets] · (L_rpn_obj + L_rpn_box + L_cls + λ · L_box)
 
 The detector loss is computed only for tiles with targets, as in the paper.
+
+**Cheap gate (deviation from the paper).** With ``gate_input_scale = s > 1``
+the gate branch does not read the full-resolution shared map: it reads the
+same backbone (same weights) applied to the tile average-pooled by ``s``
+(:meth:`R2CNN.gate_forward`). The paper runs the backbone once at full
+resolution and feeds both branches from it; on a CPU the Tiny-Net backbone is
+about 85% of the per-tile cost of gate + detector (measured with
+``benchmarks/bench_models.py``), so skipping only the detector branch saves
+little. At ``s = 4`` the gate pass costs about 1/16 of a full-resolution
+backbone, and tiles that pass pay one extra full-resolution backbone pass.
+Trees of 20-100 px at 0.1 m are 5-25 px after ×4 pooling, still visible to
+the gate. Training then uses the gate loss on the pooled crop and the
+detector loss on the full-resolution crop. ``s = 1`` (the dataclass
+default, so older model files load unchanged) is the paper's shared pass.
+
 Images are ``(B, C, H, W)`` float tensors in ``[0, 1]``; boxes are
 ``x1, y1, x2, y2`` in tile pixels. No I/O here.
 """
@@ -71,6 +86,7 @@ class R2CNNConfig:
     rpn_nms: float = 0.7
     det_nms: float = 0.4
     max_detections: int = 300
+    gate_input_scale: int = 1  # 1 = paper (gate on the shared full-res map); s > 1 = gate on the tile pooled by s
 
     def to_dict(self) -> dict[str, Any]:
         """Plain-JSON form."""
@@ -109,6 +125,8 @@ class R2CNN(nn.Module):
             raise ValueError(f"assigner must be one of {ASSIGNERS}, got {cfg.assigner!r}")
         if not cfg.anchor_scales:
             raise ValueError("anchor_scales must not be empty")
+        if int(cfg.gate_input_scale) < 1:
+            raise ValueError(f"gate_input_scale must be >= 1, got {cfg.gate_input_scale!r}")
         self.config = cfg
         self.backbone = TinyNet(cfg.in_channels)
         ch = self.backbone.out_channels
@@ -152,6 +170,26 @@ class R2CNN(nn.Module):
     def gate_logits(self, feats: Tensor) -> Tensor:
         """Classifier branch on the shared map -> ``(B, 2)`` logits (index 1 = objects present)."""
         return self.gate_head(feats).flatten(1)
+
+    def gate_input(self, images: Tensor) -> Tensor:
+        """Tiles as the gate sees them: average-pooled by ``config.gate_input_scale`` (unchanged at 1).
+
+        Sizes that are not a multiple of the scale are pooled with ``ceil_mode``
+        (the last row/column averages the pixels that exist).
+        """
+        s = int(self.config.gate_input_scale)
+        if s == 1:
+            return images
+        return F.avg_pool2d(images, kernel_size=s, stride=s, ceil_mode=True)
+
+    def gate_forward(self, images: Tensor) -> Tensor:
+        """Gate logits ``(B, 2)`` from images: ``gate_logits(features(gate_input(images)))``.
+
+        At ``gate_input_scale == 1`` this is the paper's classifier on the
+        full-resolution shared map; a gated pipeline that also needs the
+        detector should then reuse the features (see ``geors.detect.Detector``).
+        """
+        return self.gate_logits(self.features(self.gate_input(images)))
 
     def anchors(self, feat_h: int, feat_w: int, device: torch.device) -> Tensor:
         """Square anchors ``(feat_h * feat_w * S, 4)`` xyxy pixels, location-major, scale-minor.
@@ -281,17 +319,25 @@ class R2CNN(nn.Module):
 
         Returns:
             dict with ``gate``, ``rpn``, ``roi_cls``, ``roi_box`` and ``total``.
+
+        With ``gate_input_scale > 1`` the gate loss is computed on the pooled
+        crops and the detector loss on the full-resolution crops that have
+        targets (the backbone runs at full resolution only for those).
         """
         cfg = self.config
-        feats = self.features(images)
-        gate = self.gate_logits(feats).float()
         has = torch.tensor([t["boxes"].shape[0] > 0 for t in targets], device=images.device)
+        pos_idx = torch.nonzero(has).flatten()
+        if int(cfg.gate_input_scale) == 1:
+            feats = self.features(images)
+            gate = self.gate_logits(feats).float()
+        else:
+            gate = self.gate_forward(images).float()
+            feats = self.features(images[pos_idx]) if pos_idx.numel() > 0 else None
         loss_gate = F.cross_entropy(gate, has.long())
         zero = gate.new_zeros(())
         losses = {"gate": loss_gate, "rpn": zero, "roi_cls": zero, "roi_box": zero}
-        pos_idx = torch.nonzero(has).flatten()
         if pos_idx.numel() > 0:
-            det = self.det_conv(feats[pos_idx])
+            det = self.det_conv(feats[pos_idx] if int(cfg.gate_input_scale) == 1 else feats)
             pos_targets = [targets[int(i)] for i in pos_idx]
             obj, reg = self._rpn(det)
             anchors = self.anchors(det.shape[-2], det.shape[-1], det.device)
@@ -337,6 +383,10 @@ class R2CNN(nn.Module):
         return out
 
     def forward(self, images: Tensor, score_threshold: float = 0.05) -> tuple[Tensor, list[Detections]]:
-        """Inference on every tile: gate logits ``(B, 2)`` and detections per tile."""
+        """Inference on every tile: gate logits ``(B, 2)`` and detections per tile.
+
+        At ``gate_input_scale > 1`` the gate reads the pooled tiles (see :meth:`gate_forward`).
+        """
         feats = self.features(images)
-        return self.gate_logits(feats), self.detect_from_features(feats, tuple(images.shape[-2:]), score_threshold)
+        gate = self.gate_logits(feats) if int(self.config.gate_input_scale) == 1 else self.gate_forward(images)
+        return gate, self.detect_from_features(feats, tuple(images.shape[-2:]), score_threshold)

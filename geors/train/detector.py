@@ -5,7 +5,11 @@ boxes ``(N, 4)`` xyxy tile pixels, class ids). Each step draws a batch of
 random crops, half of them around a labelled object ("positive") and half
 without any object ("empty") when empty examples exist, applies a random
 flip/90° rotation, and minimises the joint R2-CNN loss (gate loss on every
-crop, detector loss only on crops with targets). CPU works for small runs;
+crop, detector loss only on crops with targets). With the cheap gate
+(``gate_input_scale > 1``, the default of :class:`TrainConfig`) the gate loss
+is computed on the crops average-pooled by that factor and the detector loss on
+the full-resolution crops. After training, :func:`calibrate_gate_threshold`
+sets the gate threshold from positive training tiles. CPU works for small runs;
 on CUDA the forward pass runs under mixed precision. Everything is seeded.
 """
 
@@ -27,7 +31,7 @@ from geors.models.r2cnn import R2CNN, R2CNNConfig
 from geors.train.anchors import box_sizes, kmeans_anchor_scales
 from geors.train.augment import random_dihedral, random_photometric
 
-__all__ = ["TrainTile", "TrainConfig", "train_detector", "sample_batch"]
+__all__ = ["TrainTile", "TrainConfig", "train_detector", "sample_batch", "calibrate_gate_threshold"]
 
 log = logging.getLogger(__name__)
 
@@ -67,6 +71,8 @@ class TrainConfig:
         scales: multi-scale training factors (image is resized by one of them).
         pos_fraction: share of crops centred on an object when empty examples exist.
         color_jitter: strength of the per-band gain / gamma jitter (0 = off).
+        paste_fraction: share of positive crops pasted onto crops of images
+            without objects (see :func:`sample_batch`; 0 = off).
         lr, weight_decay, warmup_steps: AdamW with linear warm-up then cosine decay.
         assigner: ``"nwd_rka"`` (default) or ``"iou"`` for the RPN.
         num_anchor_scales: k of the anchor k-means.
@@ -80,6 +86,14 @@ class TrainConfig:
         seed: seeds numpy and torch.
         max_seconds: optional wall-clock budget; training stops early at it.
         log_every: steps between log lines.
+        gate_input_scale: the gate reads crops/tiles average-pooled by this
+            factor (4 = cheap gate, default for new models; 1 = the paper's
+            gate on the shared full-resolution map).
+        init_from: optional model file to start from (fine-tuning); its
+            anchor scales and architecture arguments are kept, except
+            ``gate_input_scale`` and ``arch`` overrides.
+        gate_recall: share of positive training tiles the calibrated gate
+            threshold keeps (see :func:`calibrate_gate_threshold`); None keeps 0.5.
         arch: other :class:`R2CNNConfig` fields to override.
     """
 
@@ -90,6 +104,7 @@ class TrainConfig:
     scales: tuple[float, ...] = (1.0,)
     pos_fraction: float = 0.5
     color_jitter: float = 0.1
+    paste_fraction: float = 0.0
     lr: float = 2e-3
     weight_decay: float = 1e-4
     warmup_steps: int = 50
@@ -101,6 +116,9 @@ class TrainConfig:
     seed: int = 0
     max_seconds: float | None = None
     log_every: int = 20
+    gate_input_scale: int = 4
+    init_from: str | None = None
+    gate_recall: float | None = 0.99
     arch: dict[str, Any] = field(default_factory=dict)
 
 
@@ -127,6 +145,30 @@ def _touches_box(tile: TrainTile, x0: int, y0: int, side: int) -> bool:
     return bool(np.any((b[:, 0] < x0 + side) & (b[:, 2] > x0) & (b[:, 1] < y0 + side) & (b[:, 3] > y0)))
 
 
+def _paste_on_empty(
+    crop: tuple[np.ndarray, np.ndarray, np.ndarray], empty_tiles: Sequence[TrainTile], side: int,
+    rng: np.random.Generator,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Paste a random window of a positive crop onto a crop of an image without objects (see sample_batch)."""
+    img, bx, ci = crop
+    ws = int(rng.integers(max(side // 4, 1), max(3 * side // 4, 1) + 1))
+    src = TrainTile(img, bx, ci)
+    # place the window around a random object so it holds one
+    b = bx[int(rng.integers(len(bx)))]
+    cx, cy = int((b[0] + b[2]) / 2), int((b[1] + b[3]) / 2)
+    wx = int(np.clip(cx - int(rng.integers(ws)), 0, side - ws))
+    wy = int(np.clip(cy - int(rng.integers(ws)), 0, side - ws))
+    win, wbx, wci = _crop(src, wx, wy, ws)
+    if not len(wbx):
+        return crop
+    t = empty_tiles[int(rng.integers(len(empty_tiles)))]
+    _, h, w = t.image.shape
+    base, _, _ = _crop(t, int(rng.integers(max(w - side, 0) + 1)), int(rng.integers(max(h - side, 0) + 1)), side)
+    px, py = int(rng.integers(side - ws + 1)), int(rng.integers(side - ws + 1))
+    base[:, py : py + ws, px : px + ws] = win
+    return base, (wbx + np.array([px, py, px, py], np.float32)).astype(np.float32), wci
+
+
 def sample_batch(
     tiles: Sequence[TrainTile],
     batch_size: int,
@@ -135,13 +177,23 @@ def sample_batch(
     pos_fraction: float = 0.5,
     scales: Sequence[float] = (1.0,),
     color_jitter: float = 0.0,
+    paste_fraction: float = 0.0,
 ) -> tuple[np.ndarray, list[np.ndarray], list[np.ndarray]]:
     """Draw a balanced batch of augmented crops.
 
     A positive crop is placed so that a randomly chosen object's centre lies
     inside it; an empty crop comes from an image without objects, or is a
-    random crop that touches no box (up to 20 tries; otherwise a positive crop
-    is used). Without any empty source every crop is positive.
+    random crop that touches no box (up to 20 tries; if none is found, a crop
+    of an image without objects when there is one, otherwise a positive crop).
+    Without any empty source every crop is positive.
+
+    With ``paste_fraction > 0`` and images without objects, that share of the
+    positive crops is a copy-paste composite: a random window (1/4 to 3/4 of
+    the crop side, holding at least one object by the visibility rule) of the
+    positive crop pasted at a random place on a crop of an image without
+    objects. Real scenes have isolated stands of trees on open ground or
+    water; dense-canopy crops alone teach the gate (global average pooling)
+    that a tile is positive only when trees fill it.
 
     Returns:
         images ``(B, C, S, S)`` float32, per-crop boxes ``(N, 4)`` float32 xyxy
@@ -172,6 +224,12 @@ def sample_batch(
                     if not _touches_box(t, x0, y0, side):
                         crop = _crop(t, x0, y0, side)
                         break
+                if crop is None and empty_tiles:
+                    t = empty_tiles[int(rng.integers(len(empty_tiles)))]
+                    _, h, w = t.image.shape
+                    x0 = int(rng.integers(max(w - side, 0) + 1))
+                    y0 = int(rng.integers(max(h - side, 0) + 1))
+                    crop = _crop(t, x0, y0, side)
         if crop is None:
             t = pos_tiles[int(rng.integers(len(pos_tiles)))]
             _, h, w = t.image.shape
@@ -185,6 +243,8 @@ def sample_batch(
             x0 = int(rng.integers(lo_x, max(hi_x, lo_x) + 1))
             y0 = int(rng.integers(lo_y, max(hi_y, lo_y) + 1))
             crop = _crop(t, x0, y0, side)
+            if empty_tiles and paste_fraction > 0 and rng.random() < paste_fraction:
+                crop = _paste_on_empty(crop, empty_tiles, side, rng)
         img, bx, ci = crop
         img, bx = random_dihedral(img, bx, rng)
         img = random_photometric(img, rng, color_jitter)
@@ -212,7 +272,7 @@ def train_detector(
     config: TrainConfig | None = None,
     meta: dict[str, Any] | None = None,
 ) -> tuple[R2CNN, dict[str, Any]]:
-    """Train an R2-CNN gate + detector from scratch.
+    """Train an R2-CNN gate + detector from scratch (or from ``config.init_from``).
 
     Args:
         tiles: labelled training images, see :class:`TrainTile`.
@@ -245,12 +305,27 @@ def train_detector(
     torch.manual_seed(cfg.seed)
     rng = np.random.default_rng(cfg.seed)
     device = resolve_device(cfg.device)
-    scales = cfg.anchor_scales or kmeans_anchor_scales(all_boxes, cfg.num_anchor_scales)
-    arch = R2CNNConfig(
-        num_classes=len(classes), in_channels=n_bands, anchor_scales=list(scales), assigner=cfg.assigner,
-        nwd_c=cfg.nwd_c, **cfg.arch,
-    )
-    model = R2CNN(arch).to(device)
+    init_meta: dict[str, Any] | None = None
+    if cfg.init_from:
+        from geors.models.registry import load_model
+
+        init_model, init_meta = load_model(cfg.init_from, torch.device("cpu"))
+        if list(init_meta["classes"]) != list(classes) or int(init_meta["bands"]) != n_bands:
+            raise LabelError(f"init_from {cfg.init_from}: classes {init_meta['classes']} / {init_meta['bands']} bands "
+                             f"do not match the training data ({list(classes)} / {n_bands} bands).")
+        arch_args = {**init_model.config.to_dict(), **cfg.arch, "gate_input_scale": int(cfg.gate_input_scale)}
+        arch = R2CNNConfig.from_dict(arch_args)
+        scales = list(arch.anchor_scales)
+        model = R2CNN(arch)
+        model.load_state_dict(init_model.state_dict())
+        model = model.to(device)
+    else:
+        scales = cfg.anchor_scales or kmeans_anchor_scales(all_boxes, cfg.num_anchor_scales)
+        arch = R2CNNConfig(
+            num_classes=len(classes), in_channels=n_bands, anchor_scales=list(scales), assigner=cfg.assigner,
+            nwd_c=cfg.nwd_c, **{"gate_input_scale": int(cfg.gate_input_scale), **cfg.arch},
+        )
+        model = R2CNN(arch).to(device)
     model.train()
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     n_pos_tiles = sum(1 for t in tiles if len(t.boxes))
@@ -271,7 +346,7 @@ def train_detector(
         for g in opt.param_groups:
             g["lr"] = cfg.lr * _lr_factor(step, total, cfg.warmup_steps)
         imgs, bxs, cids = sample_batch(tiles, cfg.batch_size, cfg.crop_size, rng, cfg.pos_fraction, cfg.scales,
-                                      cfg.color_jitter)
+                                      cfg.color_jitter, cfg.paste_fraction)
         x = torch.from_numpy(imgs).to(device)
         targets = [
             {"boxes": torch.from_numpy(b).to(device), "labels": torch.from_numpy(c).to(device)}
@@ -298,6 +373,12 @@ def train_detector(
             break
     seconds = time.monotonic() - t0
     model.eval().cpu()
+    gate_threshold, calib = 0.5, None
+    if cfg.gate_recall is not None:
+        calib = calibrate_gate_threshold(model, tiles, recall=cfg.gate_recall,
+                                         tile_size=int((meta or {}).get("tile_size", 640)),
+                                         overlap=int((meta or {}).get("overlap", 128)))
+        gate_threshold = calib["gate_threshold"]
 
     sizes = box_sizes(all_boxes)
     out_meta: dict[str, Any] = {
@@ -310,9 +391,9 @@ def train_detector(
         "tile_size": 640,
         "overlap": 128,
         "gsd_m": None,
-        "gate_threshold": 0.5,
+        "gate_threshold": gate_threshold,
         "anchor_scales": list(scales),
-        "nwd_c": cfg.nwd_c,
+        "nwd_c": arch.nwd_c,
         "training": {
             "n_images": len(tiles),
             "n_images_with_objects": n_pos_tiles,
@@ -325,6 +406,10 @@ def train_detector(
             "initial_loss": float(np.mean(history[:10])) if history else None,
             "final_loss": float(np.mean(history[-10:])) if history else None,
             "config": {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(cfg).items()},
+            "gate_input_scale": int(arch.gate_input_scale),
+            "gate_calibration": calib,
+            "init_from": ({"path": str(cfg.init_from), "weights_sha256": init_meta.get("weights_sha256")}
+                          if init_meta else None),
         },
     }
     if meta:
@@ -333,6 +418,83 @@ def train_detector(
         if training_extra:
             out_meta["training"].update(training_extra)
     return model, out_meta
+
+
+def _tile_crops(tiles: Sequence[TrainTile], tile_size: int, overlap: int) -> tuple[list[np.ndarray], list[bool]]:
+    """Inference-grid windows (``tile_size``, stride ``tile_size - overlap``, zero-padded) of every image,
+    with whether each holds a labelled object (kept by the crop rule of :func:`sample_batch`)."""
+    stride = max(tile_size - overlap, 1)
+    crops, has = [], []
+    for t in tiles:
+        _, h, w = t.image.shape
+        ys = list(range(0, max(h - tile_size, 0) + 1, stride))
+        xs = list(range(0, max(w - tile_size, 0) + 1, stride))
+        if ys[-1] + tile_size < h:
+            ys.append(h - tile_size)
+        if xs[-1] + tile_size < w:
+            xs.append(w - tile_size)
+        for y0 in ys:
+            for x0 in xs:
+                img, bx, _ = _crop(t, x0, y0, tile_size)
+                crops.append(img)
+                has.append(len(bx) > 0)
+    return crops, has
+
+
+@torch.no_grad()
+def calibrate_gate_threshold(
+    model: R2CNN,
+    tiles: Sequence[TrainTile],
+    recall: float = 0.99,
+    tile_size: int = 640,
+    overlap: int = 128,
+    max_threshold: float = 0.5,
+    batch_size: int = 4,
+) -> dict[str, Any]:
+    """Gate threshold that keeps at least ``recall`` of the positive training tiles.
+
+    The training images are cut into the inference tile grid (zero-padded at
+    the edges); the threshold is the largest value ``t <= max_threshold`` such
+    that at least ``ceil(recall * n_pos)`` tiles holding an object have gate
+    probability ``>= t``, i.e. the ``k``-th highest positive probability with
+    ``k = ceil(recall * n_pos)``, capped at ``max_threshold``.
+
+    Args:
+        model: trained model (eval mode, on CPU or its device).
+        tiles: the training images.
+        recall: share of positive tiles to keep, in ``(0, 1]``.
+        tile_size, overlap: the inference grid in pixels.
+        max_threshold: upper bound of the threshold.
+        batch_size: tiles per forward pass.
+
+    Returns:
+        ``{"gate_threshold", "rule", "n_pos_tiles", "n_empty_tiles", "pos_kept", "empty_rejected"}``
+        (shares at the returned threshold; ``empty_rejected`` is None without empty tiles).
+    """
+    if not 0 < recall <= 1:
+        raise ValueError(f"recall must lie in (0, 1], got {recall}")
+    crops, has = _tile_crops(tiles, tile_size, overlap)
+    dev = next(model.parameters()).device
+    probs = []
+    for i in range(0, len(crops), batch_size):
+        x = torch.from_numpy(np.stack(crops[i : i + batch_size])).to(dev)
+        probs.append(model.gate_forward(x).float().softmax(dim=1)[:, 1].cpu().numpy())
+    p = np.concatenate(probs) if probs else np.zeros(0, np.float32)
+    hv = np.asarray(has, bool)
+    pos, neg = p[hv], p[~hv]
+    if len(pos):
+        k = int(math.ceil(recall * len(pos)))
+        thr = float(min(np.sort(pos)[::-1][k - 1], max_threshold))
+    else:
+        thr = max_threshold
+    return {
+        "gate_threshold": thr,
+        "rule": f"k-th highest gate probability of the positive {tile_size} px training tiles, "
+                f"k = ceil({recall} * n_pos), capped at {max_threshold}",
+        "n_pos_tiles": int(len(pos)), "n_empty_tiles": int(len(neg)),
+        "pos_kept": float((pos >= thr).mean()) if len(pos) else None,
+        "empty_rejected": float((neg < thr).mean()) if len(neg) else None,
+    }
 
 
 def tiles_from_scenes(
