@@ -116,6 +116,7 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--paste", type=float, default=0.0,
                     help="share of positive crops pasted onto crops of the image without trees")
+    ap.add_argument("--contrast-jitter", type=float, default=0.0, help="contrast/brightness jitter strength")
     ap.add_argument("--gate-scale", type=int, default=4, help="gate input pooling factor (1 = paper)")
     ap.add_argument("--gate-recall", type=float, default=0.99,
                     help="calibrate the gate threshold to keep this share of positive training tiles")
@@ -142,7 +143,8 @@ def main() -> None:
             tiles.append(TrainTile(load_empty_image(f), np.zeros((0, 4), np.float32), np.zeros(0, np.int64), f))
         cfg = TrainConfig(epochs=1, steps_per_epoch=args.steps, batch_size=args.batch, crop_size=args.crop,
                           lr=args.lr, assigner=args.assigner, warmup_steps=args.warmup,
-                          scales=tuple(args.scales), color_jitter=args.color_jitter, paste_fraction=args.paste, seed=args.seed, device="cpu",
+                          scales=tuple(args.scales), color_jitter=args.color_jitter, paste_fraction=args.paste,
+                          contrast_jitter=args.contrast_jitter, seed=args.seed, device="cpu",
                           log_every=25, gate_input_scale=args.gate_scale, gate_recall=args.gate_recall,
                           init_from=str(args.init_from) if args.init_from else None)
         model, meta = train_detector(tiles, ["tree"], cfg, meta={

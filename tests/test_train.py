@@ -173,3 +173,16 @@ def test_cheap_gate_training_separates_empty_from_object_crops():
     pos = det.gate(np.stack([squares_tile(fresh, 2).image for _ in range(8)]))
     neg = det.gate(np.stack([squares_tile(fresh, 0).image for _ in range(8)]))
     assert pos.min() > neg.max() and pos.mean() - neg.mean() > 0.5, (pos, neg)
+
+
+def test_random_contrast_lowers_contrast_within_range():
+    from geors.train.augment import random_contrast
+
+    img = np.random.default_rng(0).random((3, 32, 32)).astype(np.float32)
+    assert random_contrast(img, np.random.default_rng(1), 0.0) is img
+    out = random_contrast(img, np.random.default_rng(1), 0.6)
+    assert out.shape == img.shape and out.dtype == np.float32 and out.min() >= 0 and out.max() <= 1
+    assert np.all(out.reshape(3, -1).std(axis=1) < img.reshape(3, -1).std(axis=1))
+    # away from the clip bounds the change is a per-band affine map with one shared factor < 1
+    c = np.corrcoef(img[0].ravel(), out[0].ravel())[0, 1]
+    assert c > 0.95

@@ -65,3 +65,20 @@ def random_photometric(image: np.ndarray, rng: np.random.Generator, strength: fl
     gain = rng.uniform(1 - strength, 1 + strength, size=(c, 1, 1)).astype(np.float32)
     gamma = float(np.exp(rng.uniform(-np.log1p(strength), np.log1p(strength))))
     return np.clip(np.power(np.clip(image, 0, 1), gamma) * gain, 0, 1).astype(np.float32)
+
+
+def random_contrast(image: np.ndarray, rng: np.random.Generator, strength: float = 0.0) -> np.ndarray:
+    """Lower contrast and shift brightness per band (haze, other sensors, other scene-wide stretches).
+
+    ``strength`` s scales the deviation from each band's mean by one factor
+    drawn from ``[1 - s, 1]`` and adds a per-band offset drawn from
+    ``[-s / 2, s / 2]``; the result is clipped to ``[0, 1]``. Geometry is
+    unchanged; ``strength = 0`` returns the image unchanged.
+    """
+    if strength <= 0:
+        return image
+    c = image.shape[0]
+    mean = image.reshape(c, -1).mean(axis=1).reshape(c, 1, 1)
+    factor = float(rng.uniform(1 - strength, 1))
+    offset = rng.uniform(-strength / 2, strength / 2, size=(c, 1, 1)).astype(np.float32)
+    return np.clip(mean + factor * (image - mean) + offset, 0, 1).astype(np.float32)

@@ -29,7 +29,7 @@ import torch.nn.functional as F
 from geors.errors import LabelError
 from geors.models.r2cnn import R2CNN, R2CNNConfig
 from geors.train.anchors import box_sizes, kmeans_anchor_scales
-from geors.train.augment import random_dihedral, random_photometric
+from geors.train.augment import random_contrast, random_dihedral, random_photometric
 
 __all__ = ["TrainTile", "TrainConfig", "train_detector", "sample_batch", "calibrate_gate_threshold"]
 
@@ -71,6 +71,8 @@ class TrainConfig:
         scales: multi-scale training factors (image is resized by one of them).
         pos_fraction: share of crops centred on an object when empty examples exist.
         color_jitter: strength of the per-band gain / gamma jitter (0 = off).
+        contrast_jitter: strength of the contrast reduction / per-band
+            brightness offset (:func:`geors.train.augment.random_contrast`; 0 = off).
         paste_fraction: share of positive crops pasted onto crops of images
             without objects (see :func:`sample_batch`; 0 = off).
         lr, weight_decay, warmup_steps: AdamW with linear warm-up then cosine decay.
@@ -105,6 +107,7 @@ class TrainConfig:
     pos_fraction: float = 0.5
     color_jitter: float = 0.1
     paste_fraction: float = 0.0
+    contrast_jitter: float = 0.0
     lr: float = 2e-3
     weight_decay: float = 1e-4
     warmup_steps: int = 50
@@ -178,6 +181,7 @@ def sample_batch(
     scales: Sequence[float] = (1.0,),
     color_jitter: float = 0.0,
     paste_fraction: float = 0.0,
+    contrast_jitter: float = 0.0,
 ) -> tuple[np.ndarray, list[np.ndarray], list[np.ndarray]]:
     """Draw a balanced batch of augmented crops.
 
@@ -248,6 +252,7 @@ def sample_batch(
         img, bx, ci = crop
         img, bx = random_dihedral(img, bx, rng)
         img = random_photometric(img, rng, color_jitter)
+        img = random_contrast(img, rng, contrast_jitter)
         if side != crop_size:
             f = crop_size / side
             img = F.interpolate(torch.from_numpy(img)[None], size=(crop_size, crop_size), mode="bilinear",
@@ -346,7 +351,7 @@ def train_detector(
         for g in opt.param_groups:
             g["lr"] = cfg.lr * _lr_factor(step, total, cfg.warmup_steps)
         imgs, bxs, cids = sample_batch(tiles, cfg.batch_size, cfg.crop_size, rng, cfg.pos_fraction, cfg.scales,
-                                      cfg.color_jitter, cfg.paste_fraction)
+                                      cfg.color_jitter, cfg.paste_fraction, cfg.contrast_jitter)
         x = torch.from_numpy(imgs).to(device)
         targets = [
             {"boxes": torch.from_numpy(b).to(device), "labels": torch.from_numpy(c).to(device)}
