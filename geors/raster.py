@@ -100,6 +100,19 @@ class TileImage:
         return float(self.valid.mean()) if self.valid.size else 0.0
 
 
+def _open(path: Path, quiet_georef: bool):
+    """rasterio.open, without the NotGeoreferencedWarning when the caller accepts such images."""
+    if not quiet_georef:
+        return rasterio.open(path)
+    import warnings
+
+    from rasterio.errors import NotGeoreferencedWarning
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", NotGeoreferencedWarning)
+        return rasterio.open(path)
+
+
 def _check_path(path: Path) -> None:
     if not path.exists():
         raise SceneReadError(f"{path}: file not found. Check the path (is the drive mounted?).")
@@ -183,8 +196,9 @@ class Scene:
     ):
         self.path = Path(path)
         _check_path(self.path)
+        self._quiet_georef = allow_ungeoreferenced
         try:
-            ds = rasterio.open(self.path)
+            ds = _open(self.path, allow_ungeoreferenced)
         except RasterioIOError as exc:
             raise SceneReadError(
                 f"{self.path}: not a raster GDAL can read ({exc}). Pass a GeoTIFF/COG/VRT; check that "
@@ -274,7 +288,7 @@ class Scene:
     def _ds(self):
         ds = getattr(self._local, "ds", None)
         if ds is None or ds.closed:
-            ds = rasterio.open(self.path)
+            ds = _open(self.path, self._quiet_georef)
             self._local.ds = ds
         return ds
 
