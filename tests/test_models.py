@@ -216,3 +216,30 @@ def test_cheap_gate_losses_gate_on_pooled_detector_on_full_resolution():
 def test_gate_input_scale_must_be_positive():
     with pytest.raises(ValueError, match="gate_input_scale"):
         R2CNN(R2CNNConfig(gate_input_scale=0))
+
+
+def test_gate_topk_pooling_is_the_mean_of_the_k_highest_location_margins():
+    import torch
+
+    from geors.models.r2cnn import R2CNN, R2CNNConfig
+
+    torch.manual_seed(0)
+    avg = R2CNN(R2CNNConfig(gate_input_scale=4)).eval()
+    top = R2CNN(R2CNNConfig(gate_input_scale=4, gate_pool="top3")).eval()
+    top.load_state_dict(avg.state_dict())
+    x = torch.rand(2, 3, 256, 256)
+    with torch.no_grad():
+        f = avg.features(avg.gate_input(x))
+        h = avg.gate_head
+        per_loc = h[3](h[1](h[0](f)))
+        margin = (per_loc[:, 1] - per_loc[:, 0]).flatten(1)
+        expect = margin.topk(3, dim=1).values.mean(1)
+        got = top.gate_forward(x)
+        # average pooling then the 1x1 conv equals the mean of per-location logits
+        assert torch.allclose(avg.gate_forward(x), per_loc.mean(dim=(2, 3)), atol=1e-5)
+    assert torch.allclose(got[:, 1], expect, atol=1e-5) and torch.all(got[:, 0] == 0)
+    # one bright location is enough for top-K, while the average dilutes it
+    assert torch.all(expect >= margin.mean(1))
+    import pytest
+    with pytest.raises(ValueError, match="gate_pool"):
+        R2CNN(R2CNNConfig(gate_pool="median"))

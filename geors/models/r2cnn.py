@@ -87,6 +87,7 @@ class R2CNNConfig:
     det_nms: float = 0.4
     max_detections: int = 300
     gate_input_scale: int = 1  # 1 = paper (gate on the shared full-res map); s > 1 = gate on the tile pooled by s
+    gate_pool: str = "avg"  # "avg" = paper (global average pooling); "topK" (e.g. "top3") = mean of the K highest locations
 
     def to_dict(self) -> dict[str, Any]:
         """Plain-JSON form."""
@@ -125,6 +126,9 @@ class R2CNN(nn.Module):
             raise ValueError(f"assigner must be one of {ASSIGNERS}, got {cfg.assigner!r}")
         if not cfg.anchor_scales:
             raise ValueError("anchor_scales must not be empty")
+        if not (cfg.gate_pool == "avg" or (cfg.gate_pool.startswith("top") and cfg.gate_pool[3:].isdigit()
+                                           and int(cfg.gate_pool[3:]) >= 1)):
+            raise ValueError(f"gate_pool must be 'avg' or 'topK' (K >= 1), got {cfg.gate_pool!r}")
         if int(cfg.gate_input_scale) < 1:
             raise ValueError(f"gate_input_scale must be >= 1, got {cfg.gate_input_scale!r}")
         self.config = cfg
@@ -168,8 +172,25 @@ class R2CNN(nn.Module):
         return self.attention(self.backbone(images))
 
     def gate_logits(self, feats: Tensor) -> Tensor:
-        """Classifier branch on the shared map -> ``(B, 2)`` logits (index 1 = objects present)."""
-        return self.gate_head(feats).flatten(1)
+        """Classifier branch on the shared map -> ``(B, 2)`` logits (index 1 = objects present).
+
+        With ``gate_pool = "avg"`` (the paper) the head averages the map, so a
+        tile whose objects cover a small part of it is diluted by the empty
+        rest. With ``"topK"`` the final 1x1 conv is applied per location (the
+        same weights: average pooling then a 1x1 conv equals the average of
+        per-location logits) and the tile's evidence is the mean of the ``K``
+        highest per-location object-vs-empty margins: "is there an object
+        somewhere", which is what a gate asks. Returned as logits ``(0, margin)``.
+        """
+        pool = self.config.gate_pool
+        if pool == "avg":
+            return self.gate_head(feats).flatten(1)
+        k = int(pool[3:])
+        head = self.gate_head
+        per_loc = head[3](head[1](head[0](feats)))  # (B, 2, h, w)
+        margin = (per_loc[:, 1] - per_loc[:, 0]).flatten(1)
+        top = margin.topk(min(k, margin.shape[1]), dim=1).values.mean(dim=1)
+        return torch.stack([torch.zeros_like(top), top], dim=1)
 
     def gate_input(self, images: Tensor) -> Tensor:
         """Tiles as the gate sees them: average-pooled by ``config.gate_input_scale`` (unchanged at 1).
