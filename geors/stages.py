@@ -25,6 +25,11 @@ log = logging.getLogger(__name__)
 
 __all__ = ["DetectStage"]
 
+# Models loaded in this process, keyed by (kind, spec, device). A Dask worker
+# receives a fresh unpickled stage with every task; this cache makes it load the
+# weights once per worker process instead of once per batch.
+_LOADED: dict[tuple[str, str, str], object] = {}
+
 
 class DetectStage:
     """R2-CNN gate + detector (+ optional box->mask engine) as a pipeline stage.
@@ -67,7 +72,10 @@ class DetectStage:
         if self._detector is None:
             from geors.detect import Detector
 
-            self._detector = Detector.load(self.model_spec, device=self.device)
+            key = ("detector", str(self.model_spec), self.device)
+            if key not in _LOADED:
+                _LOADED[key] = Detector.load(self.model_spec, device=self.device)
+            self._detector = _LOADED[key]
         return self._detector
 
     @property
@@ -75,7 +83,10 @@ class DetectStage:
         if self._engine is None and self.mask_spec:
             from geors.masks import make_mask_engine
 
-            self._engine = make_mask_engine(self.mask_spec, device=self.device)
+            key = ("masks", str(self.mask_spec), self.device)
+            if key not in _LOADED:
+                _LOADED[key] = make_mask_engine(self.mask_spec, device=self.device)
+            self._engine = _LOADED[key]
         return self._engine
 
     @property

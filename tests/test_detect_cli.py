@@ -93,3 +93,26 @@ def test_bad_input_exit_2_and_output_untouched(tmp_path, random_model):
         assert res.exit_code == 2, (args, res.output)
         assert needle in res.output
     assert out.read_bytes() == before
+
+
+def test_stage_loads_weights_once_per_process_even_when_unpickled(random_model, monkeypatch):
+    import pickle
+
+    from geors import stages
+    from geors.detect import Detector
+
+    calls = []
+    real = Detector.load.__func__
+
+    def counting(cls, *a, **k):
+        calls.append(a)
+        return real(cls, *a, **k)
+
+    monkeypatch.setattr(Detector, "load", classmethod(counting))
+    monkeypatch.setattr(stages, "_LOADED", {})
+    stage = stages.DetectStage(str(random_model), device="cpu")
+    for _ in range(3):  # what a Dask worker does with each task
+        copy = pickle.loads(pickle.dumps(stage))
+        assert copy._detector is None
+        assert copy.detector.classes == ["blob"]
+    assert len(calls) == 1
