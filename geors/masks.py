@@ -373,16 +373,6 @@ class GrabCutEngine(MaskEngine):
         return [self._one(image_rgb8, b) for b in _as_boxes(boxes_xyxy)]
 
 
-def _resolve_device(device: str) -> str:
-    import torch
-
-    if device in (None, "auto"):
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise ConfigError(f"device '{device}' requested but CUDA is not available; use --device cpu")
-    return device
-
-
 class SamBoxPredictor:
     """Box-prompted SAM inference: embed an image once, decode many boxes in batches.
 
@@ -504,7 +494,9 @@ class SamEngine(MaskEngine):
                  clip_margin: float | None = 0.1, bf16: bool = False):
         import torch
 
-        self.device = _resolve_device(device)
+        from geors.detect import resolve_device  # one device rule for detector and SAM
+
+        self.device = str(resolve_device(device))
         dtype = torch.bfloat16 if (bf16 and self.device.startswith("cuda")) else None
         self.predictor = SamBoxPredictor(model, self.device, batch_size, dtype)
         self.kind = kind
