@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+import numpy as np
 from rasterio.windows import Window
 
 
@@ -37,6 +38,7 @@ class SegmentPolygon:
     geometry: object  # shapely (Multi)Polygon in scene CRS
     class_name: str
     class_id: int
+    edge: bool = False  # touches an inner core edge: a candidate for the dissolve across cores
 
 
 @dataclass
@@ -52,4 +54,7 @@ class TileResult:
     detections: list[Detection] = field(default_factory=list)
     instances: list[Instance] = field(default_factory=list)
     segmentation: list[SegmentPolygon] = field(default_factory=list)
+    # tile-local class ids (H, W) uint8, 255 = no class; a segmentation stage fills it and the
+    # pipeline (not the stage) clips it to the core and polygonises it into ``segmentation``
+    class_raster: np.ndarray | None = None
     message: str = ""
