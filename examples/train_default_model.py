@@ -8,7 +8,7 @@ crops are drawn about 50/50. SOAP_031 has no labels and is not used.
 Held out: OSBS_029 and SOAP_061. All labels are one class, ``tree``.
 The images are read through ``geors.open_scene`` (scene-wide 2-98 percentile
 stretch, the same normalisation inference uses) and the labels through
-``geors.train.labels.read_labels``.
+``geors.io.labels.read_labels``.
 
 The default options train with the cheap gate (``--gate-scale 4``: the gate
 reads tiles average-pooled by 4) and calibrate the gate threshold to keep 99%
@@ -44,10 +44,10 @@ from rasterio.windows import Window
 from geors import open_scene
 from geors.detect import Detector
 from geors.evaluate import evaluate_detections
+from geors.io.labels import read_labels
 from geors.models.registry import save_model
 from geors.train.anchors import box_sizes
 from geors.train.detector import TrainConfig, TrainTile, train_detector
-from geors.train.labels import read_labels
 
 SAMPLES = Path(os.environ.get("GEORS_NEON_DIR", Path.home() / ".cache/geors/samples/neon"))
 TRAIN = ["2019_YELL_2_528000_4978000_image_crop2", "2019_YELL_2_541000_4977000_image_crop"]

@@ -27,7 +27,7 @@ _LAZY = {
     "make_mask_engine": "geors.masks",
     "write_instance_masks": "geors.masks",
     "write_label_raster": "geors.label",
-    "read_labels": "geors.train.labels",
+    "read_labels": "geors.io.labels",
     "evaluate_detections": "geors.evaluate",
     "evaluate_detection_files": "geors.evaluate",
     "miou_instances": "geors.evaluate",

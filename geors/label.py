@@ -3,7 +3,7 @@
 The recipe of SAMRS (Wang et al., 2023) as a GIS tool:
 
 1. Boxes come from any vector file OGR reads, in any CRS (reprojected to the
-   scene CRS by :func:`geors.train.labels.read_labels`), or from arrays. A
+   scene CRS by :func:`geors.io.labels.read_labels`), or from arrays. A
    rotated box becomes its circumscribed horizontal box (RH-box), the prompt
    SAMRS recommends for rotated-box labels.
 2. Each box is turned into a mask by a mask engine (SAM, GrabCut or the box
@@ -178,7 +178,7 @@ def write_label_raster(
     Args:
         scene: a :class:`geors.raster.Scene` or a raster path.
         boxes: a vector file path (boxes/polygons in any CRS), a
-            :class:`geors.train.labels.LabelSet`, or a tuple
+            :class:`geors.io.labels.LabelSet`, or a tuple
             ``(boxes, names)`` with (N, 4) scene pixel boxes xyxy (or (N, 4, 2)
             rotated corners) and N class names (or None).
         out_path: label GeoTIFF to write (replaced atomically if it exists).
@@ -315,7 +315,7 @@ def _window_hits(tree, win, transform) -> np.ndarray:
 def _read_boxes(scene, boxes, class_field: str | None, layer: str | None) -> tuple[np.ndarray, list[str]]:
     """Boxes in scene pixels and their class names from a file, a LabelSet or arrays."""
     if isinstance(boxes, str | os.PathLike):
-        from geors.train.labels import read_labels
+        from geors.io.labels import read_labels
 
         ls = read_labels(boxes, scene, class_field=class_field, layer=layer)
         names = list(ls.class_names) if class_field is not None else _default_names(ls)

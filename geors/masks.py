@@ -805,7 +805,7 @@ def write_instance_masks(
     """Boxes from a vector file -> instance masks -> ``instances`` layer of a GeoPackage.
 
     What ``geors masks`` runs. Boxes are read with
-    :func:`geors.train.labels.read_labels` (any OGR vector in any CRS,
+    :func:`geors.io.labels.read_labels` (any OGR vector in any CRS,
     reprojected; rotated boxes become their RH-box), decoded with
     :func:`masks_for_boxes` and appended to the ``instances`` layer (scene
     CRS) with :class:`geors.vector.GeoPackageWriter`. ``score`` is empty
@@ -814,7 +814,7 @@ def write_instance_masks(
 
     Args:
         scene: a :class:`geors.raster.Scene` or a raster path.
-        boxes: vector file path, or a :class:`geors.train.labels.LabelSet`.
+        boxes: vector file path, or a :class:`geors.io.labels.LabelSet`.
         out_path: ``.gpkg`` to create or append to.
         engine: a :class:`MaskEngine` or a spec for :func:`make_mask_engine`.
         class_field: attribute holding the class (default ``class``/``label``).
@@ -826,8 +826,8 @@ def write_instance_masks(
     Returns:
         Summary dict: ``n_boxes``, ``n_written``, ``n_empty``, ``mask_method``, ``run_id``, ``path``.
     """
+    from geors.io.labels import read_labels
     from geors.raster import Scene, open_scene
-    from geors.train.labels import read_labels
     from geors.vector import GeoPackageWriter
 
     if not isinstance(scene, Scene):

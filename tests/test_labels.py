@@ -9,9 +9,10 @@ from affine import Affine
 from rasterio.crs import CRS
 
 from geors.errors import LabelError
+from geors.io.labels import read_labels
 from geors.raster import open_scene
 from geors.tiling import TileGrid
-from geors.train.labels import read_labels, tiles_with_labels
+from geors.train.labels import tiles_with_labels
 
 # Scene: 200 x 100 px, EPSG:32617, 0.5 m pixels, top-left at (500000, 4500000).
 ORIGIN_X, ORIGIN_Y, RES = 500_000.0, 4_500_000.0, 0.5
@@ -150,7 +151,7 @@ def test_real_neon_voc_and_csv_agree():
 
 def test_tiles_with_labels_assigns_clipped_local_boxes(scene):
     grid = TileGrid(scene, size=64, overlap=16)  # cols start 0,48,96,136; rows 0,36
-    from geors.train.labels import LabelSet
+    from geors.io.labels import LabelSet
 
     boxes = np.array([[40, 10, 60, 20],  # whole in tile c0 (0..64); 48..60 = 60% in c1 (48..112)
                       [5, 5, 10, 10]], dtype=float)
@@ -177,7 +178,7 @@ def test_tiles_with_labels_matches_bruteforce(scene):
     xy = rng.uniform(-10, 200, (300, 2))
     wh = rng.uniform(1, 40, (300, 2))
     boxes = np.concatenate([xy, xy + wh], axis=1)
-    from geors.train.labels import LabelSet, clip_boxes
+    from geors.io.labels import LabelSet, clip_boxes
 
     ls = LabelSet(boxes=boxes, class_names=("a",) * 300, class_ids=np.arange(300), classes=("a",), source=None)
     grid = TileGrid(scene, size=48, overlap=8)

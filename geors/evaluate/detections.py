@@ -533,7 +533,7 @@ def evaluate_detection_files(
     import geopandas as gpd
 
     from geors.errors import LabelError
-    from geors.train.labels import _is_pixel_csv, read_labels
+    from geors.io.labels import is_pixel_csv, read_labels
 
     pred = _read_layer(pred_path, layer, "predictions")
     sc = None
@@ -545,7 +545,7 @@ def evaluate_detection_files(
             pred = pred[pred["scene"].astype(str).isin([sc.name, str(sc.path)])]
     truth_path = Path(truth_path)
     pixel_truth = truth_path.suffix.lower() == ".xml" or (
-        truth_path.suffix.lower() == ".csv" and truth_path.exists() and _is_pixel_csv(truth_path))
+        truth_path.suffix.lower() == ".csv" and truth_path.exists() and is_pixel_csv(truth_path))
     truth_boxes_px = None
     if pixel_truth:
         if sc is None:
@@ -588,7 +588,7 @@ def _gate_from_ledger(pred_path, scene, truth_boxes_px: np.ndarray, gate_thresho
     """Gate metrics from the ``geors_tiles`` ledger; None when it holds no gate scores for the scene."""
     import pyogrio
 
-    from geors.train.labels import MIN_VISIBLE, clip_boxes
+    from geors.io.labels import MIN_VISIBLE, clip_boxes
 
     try:
         ledger = pyogrio.read_dataframe(pred_path, layer="geors_tiles", read_geometry=False)

@@ -521,7 +521,7 @@ def tiles_from_scenes(
 
     Args:
         pairs: ``(scene path, label path)`` pairs; labels in any format
-            :func:`geors.train.labels.read_labels` accepts.
+            :func:`geors.io.labels.read_labels` accepts.
         class_field: attribute holding the class in vector labels.
         tile_size, overlap: tile grid in pixels (as at inference).
         bands: 1-based band indexes; default as :func:`geors.open_scene`.
@@ -536,9 +536,10 @@ def tiles_from_scenes(
     Raises:
         LabelError, SceneReadError, GeoreferenceError, BandError: bad inputs.
     """
+    from geors.io.labels import read_labels
     from geors.raster import open_scene
     from geors.tiling import TileGrid
-    from geors.train.labels import read_labels, tiles_with_labels
+    from geors.train.labels import tiles_with_labels
 
     rng = np.random.default_rng(seed)
     opened = []

@@ -1,0 +1,424 @@
+"""Labels for every command: boxes from GIS vectors, Pascal VOC XML or CSV, in scene pixels.
+
+Used by training, ``geors masks``/``geors label`` (boxes as prompts) and evaluation.
+
+Supported inputs:
+
+- Any vector file OGR reads (GeoPackage, GeoJSON, Shapefile, ...), boxes or
+  polygons in any CRS. Geometries are reprojected to the scene CRS, mapped to
+  scene pixels with the scene's inverse geotransform, and replaced by their
+  bounding box. The class comes from ``class_field``; without it a field named
+  ``class`` or ``label`` is used when present (so a geors ``detections`` layer
+  reads back as labels), otherwise every box is of class ``"object"``.
+- Pascal VOC XML (``<object><name>`` + ``<bndbox>``) and CSV with columns
+  ``image_path,xmin,ymin,xmax,ymax,label`` (DeepForest style), both in pixel
+  coordinates of the image, taken as given (0-based, as DeepForest writes
+  them; geors does not apply VOC's historical 1-based offset). A CSV may list
+  several images: rows are kept whose ``image_path`` file name (or its stem,
+  so ``OSBS_029.png`` matches ``OSBS_029.tif``) matches the scene.
+
+Boxes are ``(xmin, ymin, xmax, ymax)`` floats in scene pixel coordinates:
+x = column, y = row, origin at the top-left corner of the top-left pixel.
+
+A box that lies partly outside the scene (or a tile) is clipped to it and kept
+only when at least half of its area is visible (``MIN_VISIBLE``): a detector
+cannot learn from a sliver, and a tile holding less than half of an object is
+not asked to find it. Every problem a user can fix raises
+:class:`geors.errors.LabelError` naming the file and what to do.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import xml.etree.ElementTree as ET
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from geors.errors import LabelError
+
+__all__ = ["LabelSet", "MIN_VISIBLE", "read_labels", "clip_boxes", "is_pixel_csv"]
+
+log = logging.getLogger(__name__)
+
+#: Minimum visible share of a box's area for it to be kept after clipping.
+MIN_VISIBLE = 0.5
+
+#: Field names used for the class when ``class_field`` is not given (case-insensitive).
+DEFAULT_CLASS_FIELDS = ("class", "label")
+
+#: Class of every box when the labels carry no class.
+DEFAULT_CLASS = "object"
+
+_PIXEL_CSV_COLUMNS = ("xmin", "ymin", "xmax", "ymax")
+
+
+@dataclass(frozen=True)
+class LabelSet:
+    """Boxes of one scene in scene pixel coordinates.
+
+    Attributes:
+        boxes: ``(N, 4)`` float64 ``(xmin, ymin, xmax, ymax)`` in scene pixels
+            (x = column, y = row), clipped to the scene.
+        class_names: per-box class name, length N.
+        class_ids: ``(N,)`` int64 index of each box's class in ``classes``.
+        classes: class names; ``classes[i]`` has id ``i``.
+        source: the label file.
+    """
+
+    boxes: np.ndarray
+    class_names: tuple[str, ...]
+    class_ids: np.ndarray
+    classes: tuple[str, ...]
+    source: Path
+
+    def __len__(self) -> int:
+        return len(self.boxes)
+
+    @property
+    def sizes(self) -> np.ndarray:
+        """``(N, 2)`` box widths and heights in pixels (for anchor k-means)."""
+        return np.stack([self.boxes[:, 2] - self.boxes[:, 0], self.boxes[:, 3] - self.boxes[:, 1]], axis=1)
+
+    def summary(self) -> dict:
+        """Counts per class and box size statistics (pixels), JSON-ready."""
+        sizes = self.sizes
+        counts = {c: int((self.class_ids == i).sum()) for i, c in enumerate(self.classes)}
+        side = np.sqrt(sizes.prod(axis=1)) if len(sizes) else np.zeros(0)
+        return {
+            "source": str(self.source),
+            "n_boxes": len(self),
+            "per_class": counts,
+            "mean_size_px": float(side.mean()) if len(side) else None,
+            "min_size_px": float(side.min()) if len(side) else None,
+            "max_size_px": float(side.max()) if len(side) else None,
+        }
+
+
+def read_labels(
+    path: str | os.PathLike,
+    scene,
+    class_field: str | None = None,
+    class_map: Mapping[str, int] | Sequence[str] | None = None,
+    layer: str | None = None,
+) -> LabelSet:
+    """Read boxes for ``scene`` from a vector file, Pascal VOC XML or CSV.
+
+    Args:
+        path: label file. ``.xml`` is read as Pascal VOC and ``.csv`` with
+            ``xmin,ymin,xmax,ymax`` columns as DeepForest CSV (pixels); anything
+            else through OGR (coordinates in the layer's CRS).
+        scene: a :class:`geors.raster.Scene` (uses ``width``, ``height``,
+            ``crs``, ``transform``, ``name``).
+        class_field: attribute/column holding the class; default ``class`` or
+            ``label`` when present (vector files), ``label`` (CSV).
+        class_map: fixed classes, e.g. a model's: a sequence of names (id =
+            position) or a mapping name -> id with ids ``0..K-1``. Labels of
+            other classes are an error. Default: the sorted unique names.
+        layer: layer of a multi-layer vector file (default: the first).
+
+    Returns:
+        The boxes inside the scene, in scene pixels.
+
+    Raises:
+        LabelError: missing/unreadable/empty file, unknown class field, layer
+            without CRS or a CRS that cannot be transformed, classes outside
+            ``class_map``, or no box inside the scene.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise LabelError(f"{path}: label file not found. Check the path.")
+    if path.is_dir() and path.suffix.lower() != ".gdb":
+        raise LabelError(f"{path}: is a directory; pass a label file (GeoPackage, GeoJSON, Shapefile, VOC XML or CSV).")
+    suffix = path.suffix.lower()
+    if suffix == ".xml":
+        boxes, names = _read_voc(path, scene)
+    elif suffix == ".csv" and is_pixel_csv(path):
+        boxes, names = _read_pixel_csv(path, scene, class_field)
+    else:
+        boxes, names = _read_vector(path, scene, class_field, layer)
+    n_read = len(boxes)
+    boxes, keep = clip_boxes(boxes, (0.0, 0.0, float(scene.width), float(scene.height)))
+    names = [n for n, k in zip(names, keep, strict=True) if k]
+    if len(boxes) == 0:
+        raise LabelError(
+            f"{path}: all {n_read} labels fall outside the scene bounds of {getattr(scene, 'name', scene)} "
+            f"({scene.width} x {scene.height} px) or are less than half inside; check the CRS of the labels "
+            "and that they belong to this scene."
+        )
+    if len(boxes) < n_read:
+        log.warning("%s: %d of %d labels are outside the scene or less than half inside; dropped",
+                    path, n_read - len(boxes), n_read)
+    classes, ids = _class_ids(path, names, class_map)
+    return LabelSet(
+        boxes=boxes,
+        class_names=tuple(names),
+        class_ids=ids,
+        classes=classes,
+        source=path,
+    )
+
+
+def clip_boxes(boxes: np.ndarray, bounds: tuple[float, float, float, float],
+               min_visible: float = MIN_VISIBLE) -> tuple[np.ndarray, np.ndarray]:
+    """Clip xyxy boxes to ``bounds`` and keep those with enough visible area.
+
+    Args:
+        boxes: ``(N, 4)`` boxes, pixels.
+        bounds: ``(xmin, ymin, xmax, ymax)`` of the window, same pixels.
+        min_visible: minimum share of a box's area inside ``bounds``.
+
+    Returns:
+        The clipped kept boxes ``(K, 4)`` and the ``(N,)`` boolean keep mask.
+    """
+    boxes = np.asarray(boxes, dtype=np.float64).reshape(-1, 4)
+    x0, y0, x1, y1 = bounds
+    clipped = np.stack([
+        np.clip(boxes[:, 0], x0, x1), np.clip(boxes[:, 1], y0, y1),
+        np.clip(boxes[:, 2], x0, x1), np.clip(boxes[:, 3], y0, y1),
+    ], axis=1)
+    area = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
+    vis = (clipped[:, 2] - clipped[:, 0]) * (clipped[:, 3] - clipped[:, 1])
+    keep = (area > 0) & (vis > 0) & (vis >= min_visible * area)
+    return clipped[keep], keep
+
+
+# --------------------------------------------------------------------------- readers
+
+
+def is_pixel_csv(path: Path) -> bool:
+    try:
+        with open(path, encoding="utf-8-sig") as fh:
+            header = fh.readline()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise LabelError(f"{path}: cannot read the CSV file ({exc}).") from None
+    cols = {c.strip().lower() for c in header.split(",")}
+    return all(c in cols for c in _PIXEL_CSV_COLUMNS)
+
+
+def _matches_scene(image_path: str, scene) -> bool:
+    name = getattr(scene, "name", None)
+    if not name:
+        return False
+    img = Path(str(image_path).replace("\\", "/")).name
+    return img == name or Path(img).stem == Path(name).stem
+
+
+def _read_pixel_csv(path: Path, scene, class_field: str | None) -> tuple[np.ndarray, list[str]]:
+    import pandas as pd
+
+    try:
+        df = pd.read_csv(path, encoding="utf-8-sig")
+    except (OSError, ValueError, pd.errors.ParserError) as exc:
+        raise LabelError(f"{path}: cannot parse the CSV ({exc}). Expected columns "
+                         "image_path,xmin,ymin,xmax,ymax,label.") from None
+    df.columns = [str(c).strip() for c in df.columns]
+    lower = {c.lower(): c for c in df.columns}
+    if len(df) == 0:
+        raise LabelError(f"{path}: the CSV has a header but no label rows; add boxes or pass another file.")
+    if "image_path" in lower:
+        col = df[lower["image_path"]].astype(str)
+        images = sorted(set(col))
+        hit = col.map(lambda p: _matches_scene(p, scene))
+        if hit.any():
+            df = df[hit.to_numpy()]
+        elif len(images) == 1:
+            log.warning("%s: image_path %r does not match scene %s; using the rows anyway",
+                        path, images[0], getattr(scene, "name", "?"))
+        else:
+            shown = ", ".join(images[:10]) + (" ..." if len(images) > 10 else "")
+            raise LabelError(f"{path}: no row has an image_path matching scene {getattr(scene, 'name', '?')}; "
+                             f"the CSV lists {len(images)} images ({shown}). Pass the matching scene or "
+                             "fix image_path.")
+    try:
+        boxes = df[[lower[c] for c in _PIXEL_CSV_COLUMNS]].to_numpy(dtype=np.float64)
+    except ValueError as exc:
+        raise LabelError(f"{path}: box coordinates must be numbers ({exc}).") from None
+    if class_field is not None:
+        if class_field not in df.columns:
+            raise LabelError(f"{path}: no column {class_field!r}; available columns: "
+                             f"{', '.join(df.columns)}. Pass one of them as class field.")
+        names = df[class_field]
+    elif "label" in lower:
+        names = df[lower["label"]]
+    else:
+        names = None
+    if names is not None and names.isna().any():
+        raise LabelError(f"{path}: {int(names.isna().sum())} rows have no class; fill the class column.")
+    names_list = [DEFAULT_CLASS] * len(df) if names is None else [str(v) for v in names]
+    # DeepForest writes a single row with all-zero coordinates for an image without trees.
+    real = ~np.all(boxes == 0, axis=1)
+    boxes, names_list = boxes[real], [n for n, r in zip(names_list, real, strict=True) if r]
+    _check_boxes(path, boxes)
+    return boxes, names_list
+
+
+def _read_voc(path: Path, scene) -> tuple[np.ndarray, list[str]]:
+    try:
+        root = ET.parse(path).getroot()
+    except (ET.ParseError, OSError) as exc:
+        raise LabelError(f"{path}: not a readable Pascal VOC XML file ({exc}).") from None
+    if root.tag != "annotation":
+        raise LabelError(f"{path}: root element is <{root.tag}>, expected Pascal VOC <annotation>.")
+    filename = root.findtext("filename")
+    if filename and not _matches_scene(filename, scene):
+        log.warning("%s: annotation is for %r, not scene %s; using it anyway",
+                    path, filename, getattr(scene, "name", "?"))
+    boxes, names = [], []
+    for i, obj in enumerate(root.iter("object")):
+        bb = obj.find("bndbox")
+        name = (obj.findtext("name") or "").strip()
+        if bb is None or not name:
+            raise LabelError(f"{path}: <object> number {i + 1} lacks <name> or <bndbox>.")
+        try:
+            boxes.append([float(bb.findtext(k)) for k in _PIXEL_CSV_COLUMNS])
+        except (TypeError, ValueError):
+            raise LabelError(f"{path}: <object> number {i + 1} has a missing or non-numeric "
+                             "xmin/ymin/xmax/ymax.") from None
+        names.append(name)
+    arr = np.asarray(boxes, dtype=np.float64).reshape(-1, 4)
+    _check_boxes(path, arr)
+    return arr, names
+
+
+def _check_boxes(path: Path, boxes: np.ndarray) -> None:
+    if len(boxes) == 0:
+        raise LabelError(f"{path}: contains no labels; add boxes or pass another file.")
+    if not np.all(np.isfinite(boxes)):
+        raise LabelError(f"{path}: some box coordinates are not finite numbers.")
+    bad = (boxes[:, 2] <= boxes[:, 0]) | (boxes[:, 3] <= boxes[:, 1])
+    if bad.any():
+        i = int(np.flatnonzero(bad)[0])
+        raise LabelError(f"{path}: {int(bad.sum())} boxes have xmax <= xmin or ymax <= ymin "
+                         f"(first: {boxes[i].tolist()}); boxes must be xmin,ymin,xmax,ymax in pixels.")
+
+
+def _read_vector(path: Path, scene, class_field: str | None, layer: str | None) -> tuple[np.ndarray, list[str]]:
+    import pyogrio
+    import shapely
+
+    try:
+        gdf = pyogrio.read_dataframe(path, layer=layer)
+    except Exception as exc:  # pyogrio raises several GDAL-backed types
+        raise LabelError(f"{path}: cannot read it as a vector file ({exc}). Pass a GeoPackage, GeoJSON, "
+                         "Shapefile, Pascal VOC XML or CSV with xmin,ymin,xmax,ymax columns.") from None
+    if "geometry" not in getattr(gdf, "columns", []):
+        raise LabelError(f"{path}: layer has no geometry column; pass a layer of boxes or polygons.")
+    if len(gdf) == 0:
+        raise LabelError(f"{path}: contains no labels (the layer has no features); add boxes or pass "
+                         "another file/layer.")
+    geoms = gdf.geometry.to_numpy()
+    valid = ~(shapely.is_missing(geoms) | shapely.is_empty(geoms))
+    if not valid.any():
+        raise LabelError(f"{path}: all {len(gdf)} features have empty geometries.")
+    if (~valid).any():
+        log.warning("%s: %d features without geometry skipped", path, int((~valid).sum()))
+        gdf = gdf[valid]
+
+    fields = [c for c in gdf.columns if c != "geometry"]
+    if class_field is not None:
+        if class_field not in fields:
+            raise LabelError(f"{path}: no field {class_field!r}; available fields: "
+                             f"{', '.join(fields) or '(none)'}. Pass one of them as class field.")
+        field = class_field
+    else:
+        field = next((f for f in fields if f.lower() in DEFAULT_CLASS_FIELDS), None)
+    if field is None:
+        names = [DEFAULT_CLASS] * len(gdf)
+    else:
+        values = gdf[field]
+        if values.isna().any():
+            raise LabelError(f"{path}: {int(values.isna().sum())} features have no value in field "
+                             f"{field!r}; fill it or choose another class field.")
+        names = [str(v) for v in values]
+
+    layer_crs, scene_crs = gdf.crs, getattr(scene, "crs", None)
+    if layer_crs is None and scene_crs is not None:
+        raise LabelError(f"{path}: the layer has no CRS, so its coordinates cannot be placed on the scene "
+                         f"(CRS {scene_crs}). Assign the right one, e.g. `ogr2ogr -a_srs EPSG:XXXX out.gpkg "
+                         f"{path.name}`.")
+    if layer_crs is not None and scene_crs is None:
+        raise LabelError(f"{path}: the scene has no CRS, so labels in {layer_crs} cannot be placed on it. "
+                         "Use pixel-coordinate labels (VOC XML or CSV) for ungeoreferenced images.")
+    geoms = gdf.geometry.to_numpy()
+    if layer_crs is not None and not _same_crs(layer_crs, scene_crs):
+        geoms = _reproject(path, geoms, layer_crs, scene_crs)
+    inv = ~scene.transform
+
+    def to_pixels(xy: np.ndarray) -> np.ndarray:
+        x, y = xy[:, 0], xy[:, 1]
+        return np.column_stack([inv.a * x + inv.b * y + inv.c, inv.d * x + inv.e * y + inv.f])
+
+    # Bounds after mapping to pixels (not before), so the box stays tight
+    # whatever the sign of the scene's pixel height.
+    boxes = shapely.bounds(shapely.transform(geoms, to_pixels))
+    if not np.all(np.isfinite(boxes)):
+        raise LabelError(f"{path}: some labels cannot be transformed from {layer_crs} to the scene CRS "
+                         f"{scene_crs} (non-finite coordinates); check the layer's CRS.")
+    area = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
+    degenerate = ~(area > 0)
+    if degenerate.all():
+        raise LabelError(f"{path}: no feature has an area (points or lines?); labels must be boxes or "
+                         "polygons.")
+    if degenerate.any():
+        log.warning("%s: %d point/line features without area skipped", path, int(degenerate.sum()))
+        boxes = boxes[~degenerate]
+        names = [n for n, d in zip(names, degenerate, strict=True) if not d]
+    return boxes, names
+
+
+def _same_crs(a, b) -> bool:
+    from pyproj import CRS
+
+    try:
+        return CRS.from_user_input(a) == CRS.from_user_input(b)
+    except Exception:
+        return False
+
+
+def _reproject(path: Path, geoms: np.ndarray, src, dst) -> np.ndarray:
+    import shapely
+    from pyproj import CRS, Transformer
+    from pyproj.exceptions import CRSError, ProjError
+
+    try:
+        src_crs = CRS.from_user_input(src)
+        dst_crs = CRS.from_user_input(dst.to_wkt() if hasattr(dst, "to_wkt") else dst)
+        tr = Transformer.from_crs(src_crs, dst_crs, always_xy=True)
+    except (CRSError, ProjError) as exc:
+        raise LabelError(f"{path}: cannot transform labels from {src} to the scene CRS {dst} ({exc}). "
+                         "Reproject the labels to the scene CRS (e.g. with ogr2ogr -t_srs).") from None
+
+    coords = shapely.get_coordinates(geoms)
+    try:
+        x, y = tr.transform(coords[:, 0], coords[:, 1], errcheck=False)
+    except ProjError as exc:
+        raise LabelError(f"{path}: cannot transform labels from {src} to the scene CRS {dst} ({exc}). "
+                         "Reproject the labels to the scene CRS (e.g. with ogr2ogr -t_srs).") from None
+    bad = ~(np.isfinite(x) & np.isfinite(y))
+    if bad.any():
+        raise LabelError(f"{path}: {int(bad.sum())} label vertices cannot be transformed from {src} to the "
+                         f"scene CRS {dst} (coordinates invalid in {src}?); check the layer's CRS or "
+                         "reproject the labels to the scene CRS.")
+    return shapely.set_coordinates(geoms.copy(), np.column_stack([x, y]))
+
+
+def _class_ids(path: Path, names: list[str], class_map) -> tuple[tuple[str, ...], np.ndarray]:
+    if class_map is None:
+        classes = tuple(sorted(set(names)))
+    elif isinstance(class_map, Mapping):
+        ids = sorted(class_map.values())
+        if ids != list(range(len(ids))):
+            raise LabelError(f"class map ids must be 0..{len(ids) - 1} without gaps, got {ids}")
+        classes = tuple(sorted(class_map, key=lambda k: class_map[k]))
+    else:
+        classes = tuple(str(c) for c in class_map)
+    index = {c: i for i, c in enumerate(classes)}
+    unknown = sorted(set(names) - set(index))
+    if unknown:
+        raise LabelError(f"{path}: classes {unknown} are not among the expected classes {list(classes)}; "
+                         "choose the right class field or relabel.")
+    return classes, np.asarray([index[n] for n in names], dtype=np.int64)
