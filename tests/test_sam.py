@@ -15,7 +15,7 @@ pytest.importorskip("segment_anything")
 
 from geors import sam_weights  # noqa: E402
 from geors.errors import DownloadError, ModelError  # noqa: E402
-from geors.masks import SamEngine, make_mask_engine, masks_for_boxes  # noqa: E402
+from geors.masks import FALLBACK, SamEngine, instances_for_tile, make_mask_engine  # noqa: E402
 from tests.mask_scenes import transform, write_disc_scene  # noqa: E402
 
 TINY = dict(name="tiny", img_size=256, encoder_embed_dim=32, encoder_depth=2, encoder_num_heads=2,
@@ -95,25 +95,29 @@ def test_masks_clipped_to_dilated_box_and_world_coordinates(tmp_path):
     assert scores.dtype == np.float32
 
     from geors.raster import open_scene
+    from geors.results import Detection
     from geors.tiling import TileGrid
 
     scene_path, _ = write_disc_scene(tmp_path / "discs.tif")
     scene = open_scene(scene_path)
-    sboxes = np.array([[100, 60, 160, 140], [240, 200, 280, 300]], float)  # 2nd crosses tile edges
-    res = masks_for_boxes(scene, sboxes, eng, TileGrid(scene, 256, 32), simplify_px=0)
+    tile = next(iter(TileGrid(scene, 256, 32)))  # the top-left tile
+    sboxes = np.array([[100, 60, 160, 140], [200, 180, 250, 260]], float)  # 2nd crosses the tile edge
+    dets = [Detection(None, "disc", 0, 0.9, box_px=tuple(b - [tile.col_off, tile.row_off] * 2)) for b in sboxes]
+    res = instances_for_tile(scene, tile, scene.read_tile(tile), dets, eng, simplify_px=0)
     t = transform()
     for r, b in zip(res, sboxes, strict=True):
         m = max(2.0, 0.1 * max(b[2] - b[0], b[3] - b[1]))
         x0, y0 = t @ (b[0] - m, b[1] - m)
         x1, y1 = t @ (b[2] + m, b[3] + m)
-        assert r.method == "sam:tiny" and r.geometry.equals(sbox(x0, y1, x1, y0))
+        assert r.mask_method == "sam:tiny" and r.geometry.equals(sbox(x0, y1, x1, y0))
 
 
-def test_all_off_masks_give_no_geometry(tmp_path):
+def test_all_off_masks_fall_back_to_the_box(tmp_path):
     path = sam_weights.save_sam_checkpoint(tiny_sam(force=-1.0), TINY, tmp_path / "off.pth")
     eng = make_mask_engine(str(path), device="cpu")
-    masks, _ = eng.predict(np.zeros((64, 64, 3), np.uint8), np.array([[5, 5, 30, 30]], float))
-    assert not masks.any()
+    (crop,) = eng.predict_crops(np.zeros((64, 64, 3), np.uint8), np.array([[5, 5, 30, 30]], float))
+    assert crop.method == FALLBACK and crop.score == 0.0
+    assert (crop.row_off, crop.col_off) == (5, 5) and crop.mask.shape == (25, 25) and crop.mask.all()
 
 
 def test_checkpoint_resolution_order(tiny_ckpt, tmp_path, clean_env, monkeypatch):
