@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 
 import click
 
@@ -58,16 +59,33 @@ def list_command(as_json: bool) -> None:
 
 @models_group.command("info")
 @click.argument("name")
+@click.option("--json", "as_json", is_flag=True,
+              help="One JSON document including the model file's metadata (classes, tile size, overlap, "
+                   "gate threshold, class colours when present); NAME may also be a model file.")
 @handle_errors
-def info_command(name: str) -> None:
+def info_command(name: str, as_json: bool) -> None:
     """Details of one model as JSON (e.g. sam-vit_b)."""
     from geors.errors import ModelError
 
     for r in _all_rows():
         if r["name"] == name or r["name"] == f"sam-{name}":
-            click.echo(json.dumps(r, indent=2, default=str))
+            if as_json and r.get("kind") == "detector" and r.get("installed"):
+                r = {**r, "metadata": _file_metadata(r["path"])}
+            click.echo(json.dumps(r, indent=None if as_json else 2, default=str))
             return
+    if as_json and name.endswith(".safetensors") and os.path.isfile(name):
+        meta = _file_metadata(name)
+        click.echo(json.dumps({"name": meta.get("name", name), "kind": "detector", "path": name,
+                               "installed": True, "metadata": meta}, default=str))
+        return
     raise ModelError(f"unknown model '{name}'; 'geors models list' shows the known ones.")
+
+
+def _file_metadata(path: str) -> dict:
+    """A model file's geors metadata without the bulky training record (for programs such as the QGIS plugin)."""
+    from geors.models.registry import read_metadata
+
+    return {k: v for k, v in read_metadata(path).items() if k != "training"}
 
 
 @models_group.command("download")

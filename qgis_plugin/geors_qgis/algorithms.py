@@ -1,0 +1,477 @@
+"""Processing algorithms: one per ``geors`` command, each a thin shell that runs the CLI in a subprocess."""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from qgis.core import (
+    QgsProcessing,
+    QgsProcessingAlgorithm,
+    QgsProcessingException,
+    QgsProcessingOutputBoolean,
+    QgsProcessingOutputFile,
+    QgsProcessingOutputString,
+    QgsProcessingOutputVectorLayer,
+    QgsProcessingParameterFeatureSource,
+    QgsProcessingParameterFileDestination,
+    QgsProcessingParameterMultipleLayers,
+    QgsProcessingParameterRasterDestination,
+    QgsProcessingParameterRasterLayer,
+    QgsRasterLayer,
+)
+from qgis.PyQt.QtGui import QIcon
+
+from . import options as O
+from .environment import EnvironmentNotFound, GeorsEnvironment, Probe
+from .install_check import NOT_FOUND_HELP, check_installation, format_report
+from .layers import load_results_on_completion
+from .runner import RunResult, resume_args, run_geors
+from .settings import configured_environment
+
+ICON = str(Path(__file__).with_name("icon.png"))
+VECTOR_FORMATS = ["gpkg", "shp", "geojson", "json", "fgb", "gml", "kml", "sqlite", "tab", "mif"]
+
+
+@dataclass
+class ProviderInfo:
+    """What the provider learnt about the geors environment when it loaded (shared by its algorithms)."""
+
+    env: GeorsEnvironment | None = None
+    probe: Probe | None = None
+    model: dict | None = None  # `geors models info DEFAULT --json` of the default detector
+    segment_help: list[dict] = field(default_factory=list)
+    segment_usage: str = ""
+    segment_has_progress: bool = False
+
+    @property
+    def model_metadata(self) -> dict | None:
+        if not self.model:
+            return None
+        return self.model.get("metadata") or self.model
+
+
+def _environment() -> GeorsEnvironment:
+    try:
+        from .environment import find_environment
+
+        return find_environment(configured_environment())
+    except EnvironmentNotFound as exc:
+        raise QgsProcessingException(f"{exc}\n\n{NOT_FOUND_HELP}") from None
+
+
+def raster_path(layer: QgsRasterLayer | None, param: str) -> str:
+    """The file behind a raster layer, or a clear message when it is not a file on disk (WMS, XYZ, ...)."""
+    if layer is None:
+        raise QgsProcessingException(f"{param}: no raster layer given.")
+    src = layer.source()
+    path = src.split("|")[0]
+    if layer.providerType() == "gdal" and (os.path.isfile(path) or path.startswith("/vsi")):
+        return path
+    raise QgsProcessingException(
+        f"The layer '{layer.name()}' is not a raster file on disk (provider '{layer.providerType()}', source "
+        f"'{src[:200]}'). geors reads raster files (GeoTIFF, COG, VRT, ...) itself, tile by tile; it cannot "
+        "read web services such as WMS/WMTS/XYZ. Save the area you need first (right-click the layer > "
+        "Export > Save As..., format GeoTIFF, with the resolution you want), then run geors on the saved file.")
+
+
+class GeorsAlgorithm(QgsProcessingAlgorithm):
+    """Base class: options from :mod:`options`, execution through :func:`runner.run_geors`."""
+
+    command: tuple[str, ...] = ()
+    display: str = ""
+    group_id = "pipeline"
+    group_name = "Pipeline"
+    description = ""
+    opts: tuple[O.Opt, ...] = ()
+    jsonl = True  # the command has --progress
+
+    def __init__(self, info: ProviderInfo | None = None):
+        super().__init__()
+        self.info = info or ProviderInfo()
+
+    def createInstance(self):  # noqa: N802
+        return type(self)(self.info)
+
+    def name(self):
+        return "_".join(self.command)
+
+    def displayName(self):  # noqa: N802
+        return self.display
+
+    def group(self):
+        return self.group_name
+
+    def groupId(self):  # noqa: N802
+        return self.group_id
+
+    def icon(self):
+        return QIcon(ICON)
+
+    def shortHelpString(self):  # noqa: N802
+        return (f"{self.description}\n\nRuns <b>geors {' '.join(self.command)}</b> in the configured geors "
+                "environment (a separate Python with torch; QGIS itself never loads it). Every parameter is one "
+                "command-line option of the same name (SCORE_THRESHOLD = --score-threshold); values left at "
+                "their default are not passed, so the model's own tile size, overlap and gate threshold apply.")
+
+    def options(self) -> tuple[O.Opt, ...]:
+        return self.opts
+
+    def add_options(self):
+        for o in self.options():
+            self.addParameter(o.parameter())
+
+    def option_values(self, parameters, context) -> dict:
+        values = {}
+        for o in self.options():
+            raw = parameters.get(o.name)
+            if raw is None or raw == "" or (hasattr(raw, "isNull") and raw.isNull()):
+                continue
+            if o.kind == "bool":
+                values[o.name] = self.parameterAsBool(parameters, o.name, context)
+            elif o.kind == "int":
+                values[o.name] = self.parameterAsInt(parameters, o.name, context)
+            elif o.kind == "float":
+                values[o.name] = self.parameterAsDouble(parameters, o.name, context)
+            elif o.kind == "enum":
+                values[o.name] = self.parameterAsEnumString(parameters, o.name, context)
+            elif o.kind == "file":
+                values[o.name] = self.parameterAsFile(parameters, o.name, context)
+            else:
+                values[o.name] = self.parameterAsString(parameters, o.name, context)
+        return values
+
+    def run_cli(self, args: list[str], feedback, n_scenes: int = 1, output: str | None = None) -> RunResult:
+        """Run ``geors ARGS`` with progress; turn cancel and failure into messages that say what to do."""
+        env = _environment()
+        full = [*args, "--progress", "jsonl"] if self.jsonl else list(args)
+        result = run_geors(env, full, feedback, n_scenes=n_scenes)
+        if result.cancelled:
+            msg = "Cancelled."
+            if output and "--resume" in self.option_flags():
+                msg += (f" {output} is a valid GeoPackage with every batch finished before the stop. "
+                        f"Continue the run with:\n\n    {env.display(resume_args(args))}\n\n"
+                        "or run this algorithm again on the same output with 'Resume' checked.")
+            feedback.pushWarning(msg)
+            raise QgsProcessingException(msg)
+        if result.returncode != 0:
+            detail = "\n".join(result.errors) or "\n".join(result.stderr_tail[-15:])
+            kind = "bad input" if result.returncode == 2 else "failure while processing"
+            raise QgsProcessingException(f"geors {' '.join(self.command)} stopped ({kind}, exit code "
+                                         f"{result.returncode}):\n{detail}")
+        return result
+
+    def option_flags(self) -> set[str]:
+        return {o.flag for o in self.options()}
+
+
+class _GpkgOutputAlgorithm(GeorsAlgorithm):
+    """Commands that write GeoPackage layers: adds OUTPUT and loads the result layers grouped per run."""
+
+    result_outputs = ("detections", "instances")
+
+    def add_gpkg_output(self):
+        self.addParameter(QgsProcessingParameterFileDestination("OUTPUT", "Output GeoPackage",
+                                                                "GeoPackage (*.gpkg *.GPKG)"))
+        for name in self.result_outputs:
+            self.addOutput(QgsProcessingOutputVectorLayer(name.upper(), f"{name} layer"))
+
+    def finish(self, result: RunResult, out: str, existed: bool, resume: bool, context, label: str) -> dict:
+        summary = result.parsed_stdout() or {}
+        run_id = summary.get("run_id")
+        group = f"geors {' '.join(self.command)}: {label}" + (f" ({run_id})" if run_id else "")
+        # A new file shows everything; an appended one only this run's rows (a resumed run shows all).
+        only_run = run_id if existed and not resume else None
+        uris = load_results_on_completion(context, out, group, self.info.model_metadata, only_run)
+        outputs = {"OUTPUT": out, "SUMMARY": json.dumps(summary)}
+        for name in self.result_outputs:
+            outputs[name.upper()] = uris.get(name)
+        return outputs
+
+
+class _SceneListMixin:
+    def add_scenes(self):
+        self.addParameter(QgsProcessingParameterMultipleLayers("SCENES", "Scenes (raster files)",
+                                                               QgsProcessing.TypeRaster))
+
+    def scene_paths(self, parameters, context) -> list[str]:
+        layers = self.parameterAsLayerList(parameters, "SCENES", context)
+        if not layers:
+            raise QgsProcessingException("SCENES: give at least one raster layer.")
+        return [raster_path(lyr, "SCENES") for lyr in layers]
+
+
+class DetectAlgorithm(_SceneListMixin, _GpkgOutputAlgorithm):
+    command = ("detect",)
+    display = "Detect objects"
+    description = ("Gate every tile, detect objects on tiles that pass; writes the 'detections' layer (boxes in the "
+                   "scene's CRS) of the output GeoPackage. Interrupted runs continue with 'Resume'.")
+    opts = O.DETECT
+    result_outputs = ("detections",)
+
+    def options(self):
+        return O.with_model_defaults(self.opts, self.info.model_metadata)
+
+    def initAlgorithm(self, config=None):  # noqa: N802
+        self.add_scenes()
+        self.add_options()
+        self.add_gpkg_output()
+        self.addOutput(QgsProcessingOutputString("SUMMARY", "Summary (JSON)"))
+
+    def processAlgorithm(self, parameters, context, feedback):  # noqa: N802
+        scenes = self.scene_paths(parameters, context)
+        out = self.parameterAsFileOutput(parameters, "OUTPUT", context)
+        values = self.option_values(parameters, context)
+        existed = os.path.exists(out)
+        args = [*self.command, *scenes, "-o", out, *O.option_args(self.options(), values)]
+        result = self.run_cli(args, feedback, n_scenes=len(scenes), output=out)
+        label = Path(scenes[0]).stem + (f" +{len(scenes) - 1}" if len(scenes) > 1 else "")
+        return self.finish(result, out, existed, bool(values.get("RESUME")), context, label)
+
+
+class RunAlgorithm(DetectAlgorithm):
+    command = ("run",)
+    display = "Run pipeline (detect + masks)"
+    description = ("The full pipeline: gate -> detect -> masks (SAM, GrabCut or the box). Writes 'detections' and "
+                   "'instances' layers. Interrupted runs continue with 'Resume'.")
+    opts = O.RUN
+    result_outputs = ("detections", "instances")
+
+
+class MasksAlgorithm(_GpkgOutputAlgorithm):
+    command = ("masks",)
+    display = "Masks from boxes"
+    group_id, group_name = "boxes", "From boxes"
+    description = ("Outline the objects in a box layer (any CRS; rotated boxes become their circumscribed box) on "
+                   "the scene; writes the 'instances' layer. Each tile is read once; its boxes share one SAM "
+                   "image embedding.")
+    opts = O.MASKS
+    jsonl = False
+    result_outputs = ("instances",)
+
+    def initAlgorithm(self, config=None):  # noqa: N802
+        self.addParameter(QgsProcessingParameterRasterLayer("SCENE", "Scene (raster file)"))
+        self.addParameter(QgsProcessingParameterFeatureSource("BOXES", "Boxes",
+                                                              [QgsProcessing.TypeVectorPolygon]))
+        self.add_options()
+        self.add_gpkg_output()
+        self.addOutput(QgsProcessingOutputString("SUMMARY", "Summary (JSON)"))
+
+    def boxes_args(self, parameters, context, feedback) -> list[str]:
+        path, layer = self.parameterAsCompatibleSourceLayerPathAndLayerName(
+            parameters, "BOXES", context, VECTOR_FORMATS, "gpkg", feedback)
+        return ["--boxes", path] + (["--layer", layer] if layer else [])
+
+    def processAlgorithm(self, parameters, context, feedback):  # noqa: N802
+        scene = raster_path(self.parameterAsRasterLayer(parameters, "SCENE", context), "SCENE")
+        out = self.parameterAsFileOutput(parameters, "OUTPUT", context)
+        existed = os.path.exists(out)
+        args = [*self.command, scene, *self.boxes_args(parameters, context, feedback), "-o", out,
+                *O.option_args(self.options(), self.option_values(parameters, context))]
+        result = self.run_cli(args, feedback, output=out)
+        return self.finish(result, out, existed, False, context, Path(scene).stem)
+
+
+class LabelAlgorithm(MasksAlgorithm):
+    command = ("label",)
+    display = "Label raster from boxes (SAMRS)"
+    description = ("Write a label raster for the scene from boxes: same grid and CRS, uint8 class ids, "
+                   "255 = unlabelled. Boxes become masks with the chosen engine (the SAMRS idea).")
+    opts = O.LABEL
+
+    def initAlgorithm(self, config=None):  # noqa: N802
+        self.addParameter(QgsProcessingParameterRasterLayer("SCENE", "Scene (raster file)"))
+        self.addParameter(QgsProcessingParameterFeatureSource("BOXES", "Boxes",
+                                                              [QgsProcessing.TypeVectorPolygon]))
+        self.add_options()
+        self.addParameter(QgsProcessingParameterRasterDestination("OUTPUT", "Label raster"))
+        self.addParameter(QgsProcessingParameterRasterDestination("INSTANCES", "Instance-id raster (uint32)",
+                                                                  None, True, False))
+        self.addOutput(QgsProcessingOutputString("SUMMARY", "Summary (JSON)"))
+
+    def processAlgorithm(self, parameters, context, feedback):  # noqa: N802
+        scene = raster_path(self.parameterAsRasterLayer(parameters, "SCENE", context), "SCENE")
+        out = self.parameterAsOutputLayer(parameters, "OUTPUT", context)
+        inst = self.parameterAsOutputLayer(parameters, "INSTANCES", context)
+        args = [*self.command, scene, *self.boxes_args(parameters, context, feedback), "-o", out,
+                *(["--instances", inst] if inst else []),
+                *O.option_args(self.options(), self.option_values(parameters, context))]
+        result = self.run_cli(args, feedback)
+        return {"OUTPUT": out, "INSTANCES": inst or None, "SUMMARY": json.dumps(result.parsed_stdout() or {})}
+
+
+class InfoAlgorithm(GeorsAlgorithm):
+    command = ("info",)
+    display = "Scene info"
+    group_id, group_name = "scene", "Scene"
+    description = "Size, bands, dtype, CRS, pixel size, nodata, tile count and a memory estimate of a raster file."
+    opts = O.INFO
+    jsonl = False
+
+    def initAlgorithm(self, config=None):  # noqa: N802
+        self.addParameter(QgsProcessingParameterRasterLayer("SCENE", "Scene (raster file)"))
+        self.add_options()
+        self.addOutput(QgsProcessingOutputString("INFO", "Scene info (JSON)"))
+
+    def processAlgorithm(self, parameters, context, feedback):  # noqa: N802
+        scene = raster_path(self.parameterAsRasterLayer(parameters, "SCENE", context), "SCENE")
+        args = [*self.command, scene, "--json", *O.option_args(self.options(), self.option_values(parameters, context))]
+        result = self.run_cli(args, feedback)
+        return {"INFO": json.dumps(result.parsed_stdout() or {})}
+
+
+class TilesAlgorithm(_GpkgOutputAlgorithm):
+    command = ("tiles",)
+    display = "Tile grid"
+    group_id, group_name = "scene", "Scene"
+    description = ("Write the tile footprints ('tiles', with nodata fraction and brightness) and their cores "
+                   "('tile_cores': each object belongs to the tile whose core holds its box centre).")
+    opts = O.TILES
+    result_outputs = ("tiles", "tile_cores")
+
+    def initAlgorithm(self, config=None):  # noqa: N802
+        self.addParameter(QgsProcessingParameterRasterLayer("SCENE", "Scene (raster file)"))
+        self.add_options()
+        self.add_gpkg_output()
+
+    def processAlgorithm(self, parameters, context, feedback):  # noqa: N802
+        scene = raster_path(self.parameterAsRasterLayer(parameters, "SCENE", context), "SCENE")
+        out = self.parameterAsFileOutput(parameters, "OUTPUT", context)
+        existed = os.path.exists(out)
+        args = [*self.command, scene, "-o", out, *O.option_args(self.options(), self.option_values(parameters, context))]
+        result = self.run_cli(args, feedback, output=out)
+        return self.finish(result, out, existed, False, context, Path(scene).stem)
+
+
+class TrainDetectorAlgorithm(GeorsAlgorithm):
+    command = ("train", "detector")
+    display = "Train detector"
+    group_id, group_name = "training", "Training"
+    description = ("Train the R2-CNN gate + detector on scenes and matching box labels (the n-th label layer goes "
+                   "with the n-th scene). Writes a .safetensors model usable as MODEL in Detect / Run.")
+    opts = O.TRAIN
+    jsonl = False
+
+    def name(self):
+        return "train_detector"
+
+    def initAlgorithm(self, config=None):  # noqa: N802
+        self.addParameter(QgsProcessingParameterMultipleLayers("SCENES", "Training scenes (raster files)",
+                                                               QgsProcessing.TypeRaster))
+        self.addParameter(QgsProcessingParameterMultipleLayers("LABELS", "Box labels, one layer per scene (same order)",
+                                                               QgsProcessing.TypeVectorPolygon))
+        self.add_options()
+        self.addParameter(QgsProcessingParameterFileDestination("OUTPUT", "Model file",
+                                                                "geors model (*.safetensors)"))
+        self.addOutput(QgsProcessingOutputString("SUMMARY", "Summary (JSON)"))
+
+    def processAlgorithm(self, parameters, context, feedback):  # noqa: N802
+        scenes = [raster_path(lyr, "SCENES") for lyr in self.parameterAsLayerList(parameters, "SCENES", context)]
+        labels = self.parameterAsLayerList(parameters, "LABELS", context)
+        if not scenes or len(scenes) != len(labels):
+            raise QgsProcessingException(f"Give one label layer per scene ({len(scenes)} scenes, "
+                                         f"{len(labels)} label layers).")
+        pairs = []
+        for scene, lab in zip(scenes, labels):
+            path = lab.source().split("|")[0]
+            if lab.providerType() != "ogr" or not os.path.isfile(path):
+                raise QgsProcessingException(f"The label layer '{lab.name()}' is not a file on disk; save it "
+                                             "(e.g. as GeoPackage) first.")
+            pairs += ["--scene", scene, "--labels", path]
+        out = self.parameterAsFileOutput(parameters, "OUTPUT", context)
+        args = [*self.command, *pairs, "-o", out,
+                *O.option_args(self.options(), self.option_values(parameters, context))]
+        result = self.run_cli(args, feedback)
+        return {"OUTPUT": out, "SUMMARY": json.dumps(result.parsed_stdout() or {})}
+
+
+class SegmentAlgorithm(_SceneListMixin, _GpkgOutputAlgorithm):
+    """``geors segment``: listed only when the environment's CLI has it; options read from its ``--help``."""
+
+    command = ("segment",)
+    display = "Segment scene"
+    description = "Semantic segmentation (C2FNet): writes the 'segmentation' layer, coloured by class."
+    result_outputs = ("segmentation",)
+
+    def options(self):
+        return O.with_model_defaults(O.opts_from_help(self.info.segment_help, skip=("--output", "--progress")), None)
+
+    def option_flags(self):
+        return {o["flag"] for o in self.info.segment_help}
+
+    def initAlgorithm(self, config=None):  # noqa: N802
+        if "SCENES..." in self.info.segment_usage or not self.info.segment_usage:
+            self.add_scenes()
+        else:
+            self.addParameter(QgsProcessingParameterRasterLayer("SCENE", "Scene (raster file)"))
+        self.add_options()
+        self.add_gpkg_output()
+        self.addOutput(QgsProcessingOutputString("SUMMARY", "Summary (JSON)"))
+
+    def processAlgorithm(self, parameters, context, feedback):  # noqa: N802
+        if "SCENES" in parameters:
+            scenes = self.scene_paths(parameters, context)
+        else:
+            scenes = [raster_path(self.parameterAsRasterLayer(parameters, "SCENE", context), "SCENE")]
+        self.jsonl = self.info.segment_has_progress
+        out = self.parameterAsFileOutput(parameters, "OUTPUT", context)
+        values = self.option_values(parameters, context)
+        existed = os.path.exists(out)
+        args = [*self.command, *scenes, "-o", out, *O.option_args(self.options(), values)]
+        result = self.run_cli(args, feedback, n_scenes=len(scenes), output=out)
+        return self.finish(result, out, existed, bool(values.get("RESUME")), context, Path(scenes[0]).stem)
+
+
+class CheckInstallationAlgorithm(QgsProcessingAlgorithm):
+    """Reports the geors environment and, for each missing piece, the command that fixes it."""
+
+    def __init__(self, info: ProviderInfo | None = None):
+        super().__init__()
+        self.info = info or ProviderInfo()
+
+    def createInstance(self):  # noqa: N802
+        return type(self)(self.info)
+
+    def name(self):
+        return "check_installation"
+
+    def displayName(self):  # noqa: N802
+        return "Check installation"
+
+    def group(self):
+        return "Setup"
+
+    def groupId(self):  # noqa: N802
+        return "setup"
+
+    def icon(self):
+        return QIcon(ICON)
+
+    def shortHelpString(self):  # noqa: N802
+        return ("Finds the geors environment (plugin setting, $GEORS_PYTHON, or 'geors' on PATH) and reports the "
+                "versions of geors and torch, CUDA, the detector models and SAM checkpoints present; for every "
+                "missing piece it prints the exact command that fixes it.")
+
+    def initAlgorithm(self, config=None):  # noqa: N802
+        self.addParameter(QgsProcessingParameterFileDestination("REPORT_FILE", "Save report as",
+                                                                "Text (*.txt)", None, True, False))
+        self.addOutput(QgsProcessingOutputString("REPORT", "Report"))
+        self.addOutput(QgsProcessingOutputBoolean("OK", "Everything needed is installed"))
+        self.addOutput(QgsProcessingOutputFile("REPORT_FILE", "Report file"))
+
+    def processAlgorithm(self, parameters, context, feedback):  # noqa: N802
+        report = check_installation(configured_environment(), feedback)
+        text = format_report(report)
+        for line in text.splitlines():
+            feedback.pushInfo(line)
+        path = self.parameterAsFileOutput(parameters, "REPORT_FILE", context)
+        if path:
+            Path(path).write_text(text, encoding="utf-8")
+        return {"REPORT": text, "OK": report["ok"], "REPORT_FILE": path or None}
+
+
+ALGORITHMS = (RunAlgorithm, DetectAlgorithm, MasksAlgorithm, LabelAlgorithm, TrainDetectorAlgorithm, InfoAlgorithm,
+              TilesAlgorithm, CheckInstallationAlgorithm)
+"""Always listed; :class:`SegmentAlgorithm` is added when the environment's CLI has ``segment``."""

@@ -1,0 +1,179 @@
+""""Check installation": what the geors environment has, and the exact command for each missing piece.
+
+Standard library only (runs the environment's Python in subprocesses); the
+Processing algorithm formats the report.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shlex
+import subprocess
+
+from .environment import (
+    ENV_VAR,
+    INSTALL_COMMAND,
+    EnvironmentNotFound,
+    GeorsEnvironment,
+    _no_window,
+    find_environment,
+    models_list,
+    probe,
+    subprocess_env,
+)
+
+SETTING_PATH = "Settings > Options > Processing > Providers > geors > 'geors Python environment'"
+
+NOT_FOUND_HELP = (
+    "geors runs in its own Python environment (with torch), outside QGIS. Create one with:\n"
+    f"    {INSTALL_COMMAND}\n"
+    f"then point the plugin at it: {SETTING_PATH} = ~/geors-env (the venv folder, its python, or a geors "
+    f"executable), or start QGIS with {ENV_VAR}=~/geors-env/bin/python.\n"
+    "Processing Toolbox > geors > Setup > Check installation shows what is found and what is missing."
+)
+
+# Asks the environment's interpreter about torch, CUDA and the SAM package without importing geors' models.
+_PY_CHECK = r"""
+import json, importlib.util, sys
+out = {"python": sys.version.split()[0], "executable": sys.executable}
+try:
+    import torch
+    out["torch"] = torch.__version__
+    out["cuda"] = bool(torch.cuda.is_available())
+    out["cuda_device"] = torch.cuda.get_device_name(0) if out["cuda"] else None
+    out["cuda_build"] = torch.version.cuda
+except Exception as exc:
+    out["torch_error"] = f"{type(exc).__name__}: {exc}"
+for mod in ("segment_anything", "rasterio", "distributed"):
+    out[mod] = importlib.util.find_spec(mod) is not None
+print(json.dumps(out))
+"""
+
+
+def environment_python(env: GeorsEnvironment) -> str | None:
+    """The interpreter behind ``env``: the configured one, or the ``#!`` line of a geors script."""
+    if env.python:
+        return env.python
+    exe = env.argv[0]
+    try:
+        with open(exe, "rb") as f:
+            first = f.readline(500).decode("utf-8", "replace").strip()
+    except OSError:
+        return None
+    if first.startswith("#!"):
+        parts = shlex.split(first[2:])
+        if parts and os.path.basename(parts[0]) == "env" and len(parts) > 1:
+            return parts[1]
+        if parts and os.path.isfile(parts[0]):
+            return parts[0]
+    for name in ("python3", "python", "python.exe"):  # Windows: Scripts\geors.exe beside python.exe
+        cand = os.path.join(os.path.dirname(exe), name)
+        if os.path.isfile(cand):
+            return cand
+    return None
+
+
+def _item(status: str, what: str, detail: str = "", fix: str = "") -> dict:
+    return {"status": status, "what": what, "detail": detail, "fix": fix}
+
+
+def check_installation(configured: str | None = None, feedback=None, environ: dict | None = None) -> dict:
+    """Report on the geors environment: ``{"ok": bool, "environment": str, "items": [...]}``.
+
+    Each item has ``status`` (ok, missing, optional, info), ``what``, ``detail``
+    and ``fix`` (the exact command, or the setting to change). ``ok`` is false
+    when geors cannot run a detection (no environment, no geors, no torch, no
+    default model).
+    """
+    items: list[dict] = []
+
+    def step(text: str) -> None:
+        if feedback is not None:
+            feedback.setProgressText(text)
+
+    step("Looking for the geors environment")
+    try:
+        env = find_environment(configured, environ)
+    except EnvironmentNotFound as exc:
+        items.append(_item("missing", "geors environment", str(exc), NOT_FOUND_HELP))
+        return {"ok": False, "environment": None, "items": items}
+    items.append(_item("ok", "geors environment", f"{' '.join(env.argv[:1])} (from {env.source})"))
+
+    step("Asking geors for its version and commands")
+    pr = probe(env)
+    py = environment_python(env)
+    pip = f"{shlex.quote(py)} -m pip install" if py else "python3 -m pip install"
+    if not pr.ok:
+        items.append(_item("missing", "geors package", pr.error.splitlines()[-1] if pr.error else "does not run",
+                           f'{pip} "geors[dev]"   (in the environment above), or fix the setting: {SETTING_PATH}'))
+        return {"ok": False, "environment": env.argv[0], "items": items}
+    items.append(_item("ok", "geors", f"version {pr.version}; commands: {', '.join(pr.commands)}"))
+    ok = True
+
+    step("Checking torch and CUDA")
+    facts: dict = {}
+    if py:
+        try:
+            r = subprocess.run([py, "-c", _PY_CHECK], capture_output=True, text=True, timeout=180,
+                               env=subprocess_env(), stdin=subprocess.DEVNULL, **_no_window())
+            facts = json.loads(r.stdout.strip().splitlines()[-1]) if r.returncode == 0 and r.stdout.strip() else {}
+        except (OSError, subprocess.TimeoutExpired, ValueError, IndexError):
+            facts = {}
+    if facts:
+        items.append(_item("info", "Python", f"{facts.get('python')} ({facts.get('executable')})"))
+        if "torch" in facts:
+            items.append(_item("ok", "torch", f"version {facts['torch']}"))
+            if facts.get("cuda"):
+                items.append(_item("ok", "CUDA", f"available: {facts.get('cuda_device')} (CUDA {facts.get('cuda_build')})"))
+            else:
+                items.append(_item("info", "CUDA", "not available: geors runs on the CPU (slower, works)",
+                                   f"for an NVIDIA GPU: {pip} torch torchvision --index-url "
+                                   "https://download.pytorch.org/whl/cu121  (pick the CUDA version of your driver)"))
+        else:
+            ok = False
+            items.append(_item("missing", "torch", facts.get("torch_error", "not importable"),
+                               f"{pip} torch torchvision"))
+        if not facts.get("segment_anything"):
+            items.append(_item("optional", "segment-anything package", "SAM masks unavailable (GrabCut is used)",
+                               f"{pip} segment-anything"))
+    else:
+        items.append(_item("info", "torch / CUDA", "could not ask the environment's Python (interpreter not found)"))
+
+    step("Listing models and SAM checkpoints")
+    rows = models_list(env)
+    if rows is None:
+        items.append(_item("info", "models", "'geors models list --json' failed"))
+    else:
+        for r in rows:
+            name = r.get("name", "?")
+            if r.get("kind") == "sam":
+                if r.get("installed"):
+                    items.append(_item("ok", f"SAM checkpoint {name}", r.get("path", "")))
+                else:
+                    size = f"{r['size_bytes'] / 1e6:.0f} MB" if r.get("size_bytes") else ""
+                    items.append(_item("optional", f"SAM checkpoint {name}", f"not downloaded {size}".strip(),
+                                       env.display(["models", "download", name])))
+            else:
+                if r.get("installed"):
+                    classes = ", ".join(r.get("classes") or [])
+                    items.append(_item("ok", f"detector {name}", f"classes: {classes}"))
+                else:
+                    ok = ok and not r.get("default")
+                    items.append(_item("missing", f"detector {name}", r.get("path", ""),
+                                       f'{pip} --force-reinstall --no-deps "geors"'))
+    if not pr.has_segment:
+        items.append(_item("info", "geors segment", "this geors has no 'segment' command yet; "
+                                                    "'Segment scene' is hidden until it has"))
+    return {"ok": ok, "environment": env.argv[0], "version": pr.version, "items": items}
+
+
+def format_report(report: dict) -> str:
+    """The report as text: one line per item, each missing piece followed by its fix."""
+    lines = ["geors installation: " + ("OK" if report["ok"] else "NOT READY")]
+    for it in report["items"]:
+        lines.append(f"[{it['status']:>8}] {it['what']}: {it['detail']}".rstrip(": "))
+        if it["fix"] and it["status"] != "ok":
+            for i, fl in enumerate(it["fix"].splitlines()):
+                lines.append(("           fix: " if i == 0 else "                ") + fl)
+    return "\n".join(lines)

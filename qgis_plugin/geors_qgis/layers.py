@@ -1,0 +1,172 @@
+"""Result layers: which GeoPackage layers to load, their styles, and one layer-tree group per run.
+
+Processing adds the layers to the project on the main thread after the
+algorithm finished and then calls :class:`RunLayerStyler` for each of them; it
+styles the layer (by class) and moves it into the run's group.
+"""
+
+from __future__ import annotations
+
+from qgis.core import (
+    QgsCategorizedSymbolRenderer,
+    QgsFillSymbol,
+    QgsProcessingContext,
+    QgsProcessingLayerPostProcessorInterface,
+    QgsProcessingUtils,
+    QgsProject,
+    QgsRendererCategory,
+    QgsSingleSymbolRenderer,
+    QgsVectorLayer,
+)
+from qgis.PyQt.QtGui import QColor
+
+RESULT_LAYERS = ("detections", "instances", "segmentation", "tiles", "tile_cores")
+"""GeoPackage layers loaded into the project, top to bottom in the run's group."""
+
+# Distinct colours for classes without a colour in the model metadata (class index order).
+PALETTE = ("#e6194b", "#3cb44b", "#4363d8", "#f58231", "#911eb4", "#42d4f4", "#f032e6", "#bfef45",
+           "#fabed4", "#469990", "#dcbeff", "#9a6324", "#fffac8", "#800000", "#aaffc3", "#808000")
+
+
+def class_colours(metadata: dict | None, classes: list[str]) -> dict[str, QColor]:
+    """Colour per class name: the model metadata's colours when it has them, else :data:`PALETTE`.
+
+    Accepted metadata forms: ``class_colors``/``class_colours``/``colors``/``colours``/``palette`` as
+    ``{"name": "#rrggbb" | [r, g, b]}`` or a list in ``classes`` order.
+    """
+    meta = metadata or {}
+    model_classes = list(meta.get("classes") or [])
+    order = model_classes + [c for c in classes if c not in model_classes]
+    given: dict[str, object] = {}
+    for key in ("class_colors", "class_colours", "colors", "colours", "palette"):
+        raw = meta.get(key)
+        if isinstance(raw, dict):
+            given = {str(k): v for k, v in raw.items()}
+            break
+        if isinstance(raw, list):
+            given = {c: v for c, v in zip(model_classes, raw)}
+            break
+    out = {}
+    for i, name in enumerate(order):
+        c = _colour(given.get(name))
+        out[name] = c if c is not None else QColor(PALETTE[i % len(PALETTE)])
+    return out
+
+
+def _colour(value) -> QColor | None:
+    if isinstance(value, str) and QColor(value).isValid():
+        return QColor(value)
+    if isinstance(value, (list, tuple)) and len(value) in (3, 4):
+        return QColor(*[int(v) for v in value])
+    return None
+
+
+def _symbol(layer_name: str, colour: QColor) -> QgsFillSymbol:
+    rgb = f"{colour.red()},{colour.green()},{colour.blue()}"
+    if layer_name == "detections":  # outlined boxes: the image stays visible
+        return QgsFillSymbol.createSimple({"style": "no", "outline_color": rgb + ",255", "outline_width": "0.5"})
+    if layer_name == "instances":  # filled, semi-transparent masks
+        return QgsFillSymbol.createSimple({"color": rgb + ",110", "outline_color": rgb + ",230",
+                                           "outline_width": "0.26"})
+    return QgsFillSymbol.createSimple({"color": rgb + ",150", "outline_style": "no"})  # segmentation
+
+
+def style_layer(layer: QgsVectorLayer, layer_name: str, metadata: dict | None = None) -> None:
+    """Style one geors result layer: categorized by ``class`` for objects, outlines for tile grids."""
+    if layer_name in ("tiles", "tile_cores"):
+        dash = "dash" if layer_name == "tiles" else "solid"
+        colour = "120,120,120,255" if layer_name == "tiles" else "255,200,0,255"
+        layer.setRenderer(QgsSingleSymbolRenderer(QgsFillSymbol.createSimple(
+            {"style": "no", "outline_color": colour, "outline_style": dash, "outline_width": "0.4"})))
+        layer.triggerRepaint()
+        return
+    field = "class"
+    idx = layer.fields().indexOf(field)
+    if idx < 0:
+        return
+    classes = sorted(str(v) for v in layer.uniqueValues(idx) if v is not None)
+    colours = class_colours(metadata, classes)
+    names = [c for c in colours if c in classes] + [c for c in (metadata or {}).get("classes") or []
+                                                    if c not in classes]
+    cats = [QgsRendererCategory(name, _symbol(layer_name, colours[name]), name) for name in names]
+    cats.append(QgsRendererCategory(None, _symbol(layer_name, QColor("#999999")), "other"))
+    layer.setRenderer(QgsCategorizedSymbolRenderer(field, cats))
+    layer.triggerRepaint()
+
+
+def layer_uri(gpkg: str, layer_name: str, run_id: str | None = None) -> str:
+    """OGR URI of one GeoPackage layer, restricted to one run when ``run_id`` is given."""
+    uri = f"{gpkg}|layername={layer_name}"
+    if run_id:
+        uri += f"|subset=\"run_id\" = '{run_id}'"
+    return uri
+
+
+def existing_result_layers(gpkg: str) -> list[str]:
+    """The :data:`RESULT_LAYERS` present in ``gpkg`` (in display order)."""
+    probe = QgsVectorLayer(gpkg, "probe", "ogr")
+    if not probe.isValid():
+        return []
+    present = set()
+    for sub in probe.dataProvider().subLayers():
+        # "index!!::!!name!!::!!count!!::!!geometry type!!::!!..." (separator of QgsDataProvider.SUBLAYER_SEPARATOR)
+        parts = sub.split("!!::!!")
+        if len(parts) > 1:
+            present.add(parts[1])
+    return [n for n in RESULT_LAYERS if n in present]
+
+
+class RunLayerStyler(QgsProcessingLayerPostProcessorInterface):
+    """Styles a result layer and moves it into the run's layer-tree group (main thread, after the run)."""
+
+    _alive: list[RunLayerStyler] = []  # Processing keeps a raw pointer: Python must own these
+
+    def __init__(self, layer_name: str, group: str, metadata: dict | None):
+        super().__init__()
+        self.layer_name, self.group, self.metadata = layer_name, group, metadata
+
+    @classmethod
+    def create(cls, layer_name: str, group: str, metadata: dict | None) -> RunLayerStyler:
+        obj = cls(layer_name, group, metadata)
+        cls._alive.append(obj)
+        return obj
+
+    def postProcessLayer(self, layer, context, feedback):  # noqa: N802 (QGIS API)
+        if not isinstance(layer, QgsVectorLayer):
+            return
+        style_layer(layer, self.layer_name, self.metadata)
+        project = context.project() or QgsProject.instance()
+        move_to_group(project, layer, self.group, RESULT_LAYERS.index(self.layer_name)
+                      if self.layer_name in RESULT_LAYERS else 99)
+
+
+def move_to_group(project: QgsProject, layer, group_name: str, rank: int) -> None:
+    """Put ``layer``'s tree node into the group ``group_name`` (created on top), ordered by ``rank``."""
+    root = project.layerTreeRoot()
+    node = root.findLayer(layer.id())
+    if node is None:
+        return
+    group = root.findGroup(group_name)
+    if group is None:
+        group = root.insertGroup(0, group_name)
+    ranks = [int(c.customProperty("geors/rank", 99)) for c in group.children()]
+    pos = sum(r <= rank for r in ranks)
+    clone = node.clone()
+    clone.setCustomProperty("geors/rank", rank)
+    group.insertChildNode(pos, clone)
+    node.parent().removeChildNode(node)
+
+
+def load_results_on_completion(context: QgsProcessingContext, gpkg: str, group: str, metadata: dict | None,
+                               run_id: str | None, output_name: str = "OUTPUT") -> dict[str, str]:
+    """Ask Processing to load the result layers of ``gpkg`` when the algorithm ends; returns name -> URI."""
+    uris = {}
+    for name in existing_result_layers(gpkg):
+        uri = layer_uri(gpkg, name, run_id)
+        details = QgsProcessingContext.LayerDetails(name, context.project(), output_name,
+                                                    QgsProcessingUtils.LayerHint.Vector)
+        details.forceName = True
+        details.setPostProcessor(RunLayerStyler.create(name, group, metadata))
+        context.addLayerToLoadOnCompletion(uri, details)
+        uris[name] = uri
+    return uris

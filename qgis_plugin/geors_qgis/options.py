@@ -1,0 +1,230 @@
+"""CLI options as Processing parameters, one to one, and back to command-line arguments.
+
+Each :class:`Opt` is one ``geors`` option. Its Processing parameter is named
+after the flag (``--score-threshold`` -> ``SCORE_THRESHOLD``). A value left at
+its default is not passed, so the command line stays minimal and options whose
+default comes from the model (tile size, overlap, gate threshold) follow the
+model that is actually chosen.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from qgis.core import (
+    QgsProcessingParameterBoolean,
+    QgsProcessingParameterDefinition,
+    QgsProcessingParameterEnum,
+    QgsProcessingParameterFile,
+    QgsProcessingParameterNumber,
+    QgsProcessingParameterString,
+)
+
+
+@dataclass(frozen=True)
+class Opt:
+    """One CLI option.
+
+    Attributes:
+        flag: the option, e.g. ``--tile``.
+        kind: ``int``, ``float``, ``str``, ``bool`` (a switch), ``enum`` or ``file`` (an input file).
+        label: what the dialog shows.
+        default: the CLI's default (or the model's, filled in at load time); ``None`` = not given.
+        choices: values of an ``enum``.
+        advanced: shown under "Advanced parameters".
+        help: tooltip / help text (the CLI's help).
+    """
+
+    flag: str
+    kind: str
+    label: str
+    default: object = None
+    choices: tuple[str, ...] = ()
+    advanced: bool = False
+    help: str = ""
+
+    @property
+    def name(self) -> str:
+        return self.flag.lstrip("-").replace("-", "_").upper()
+
+    def with_default(self, value) -> Opt:
+        return Opt(self.flag, self.kind, self.label, value, self.choices, self.advanced, self.help)
+
+    def parameter(self) -> QgsProcessingParameterDefinition:
+        optional = self.default is None or self.kind in ("bool", "str", "file")
+        if self.kind == "bool":
+            p = QgsProcessingParameterBoolean(self.name, self.label, bool(self.default))
+        elif self.kind in ("int", "float"):
+            typ = QgsProcessingParameterNumber.Integer if self.kind == "int" else QgsProcessingParameterNumber.Double
+            p = QgsProcessingParameterNumber(self.name, self.label, typ, self.default, optional)
+        elif self.kind == "enum":
+            p = QgsProcessingParameterEnum(self.name, self.label, list(self.choices), False, self.default,
+                                           optional, True)
+        elif self.kind == "file":
+            p = QgsProcessingParameterFile(self.name, self.label, QgsProcessingParameterFile.File, "", None, True)
+        else:
+            p = QgsProcessingParameterString(self.name, self.label, self.default, False, True)
+        if self.advanced:
+            p.setFlags(p.flags() | QgsProcessingParameterDefinition.FlagAdvanced)
+        if self.help:
+            p.setHelp(f"{self.flag}: {self.help}")
+        return p
+
+    def args(self, value) -> list[str]:
+        """Command-line arguments for ``value`` (nothing when it is empty or the default)."""
+        if value is None or value == "":
+            return []
+        if self.kind == "bool":
+            return [self.flag] if value and not self.default else []
+        if self.kind == "enum" and isinstance(value, int) and not isinstance(value, bool):
+            value = self.choices[value]
+        if self.default is not None and _same(value, self.default, self.kind):
+            return []
+        if self.kind == "int":
+            value = int(value)
+        return [self.flag, str(value)]
+
+
+def _same(a, b, kind: str) -> bool:
+    if kind in ("int", "float"):
+        try:
+            return abs(float(a) - float(b)) < 1e-12
+        except (TypeError, ValueError):
+            return False
+    return str(a) == str(b)
+
+
+def option_args(opts, values: dict) -> list[str]:
+    """Arguments for every option in ``opts`` from ``values`` (parameter name -> value)."""
+    out: list[str] = []
+    for o in opts:
+        out += o.args(values.get(o.name))
+    return out
+
+
+# --- the options of each command, as `geors CMD --help` lists them ---------------------------------
+
+DEVICE = Opt("--device", "enum", "Device", "auto", ("auto", "cpu", "cuda"), True,
+             "auto = CUDA when torch sees a GPU, else CPU.")
+BANDS = Opt("--bands", "str", "Bands (comma-separated, 1-based, e.g. 4,3,2)", None, (), False,
+            "Default: red/green/blue colour interpretation, else the first three.")
+TILE = Opt("--tile", "int", "Tile size D (pixels)", 640, (), True, "Tile size D, pixels.")
+OVERLAP = Opt("--overlap", "int", "Overlap d (pixels, >= largest object)", 128, (), True,
+              "Overlap d between neighbouring tiles, pixels (>= largest object).")
+SAM = Opt("--sam", "str", "Mask engine (vit_b|vit_l|vit_h|vit_t|CHECKPOINT.pth|grabcut|box|auto)", "auto", (), False,
+          "auto = SAM vit_b when its checkpoint is found, else grabcut.")
+
+DETECT = (
+    Opt("--model", "str", "Model (name or .safetensors file; empty = built-in tree model)", None, (), False,
+        "Model name or file (default: the built-in tree model)."),
+    TILE.with_default(None),
+    OVERLAP.with_default(None),
+    BANDS,
+    Opt("--gate-threshold", "float", "Gate threshold P (tiles below skip the detector)", None, (), True,
+        "Tiles with gate probability below P skip the detector (default: the model's)."),
+    Opt("--no-gate", "bool", "No gate: run the detector on every tile", False, (), False,
+        "Run the detector on every tile."),
+    Opt("--score-threshold", "float", "Minimum detection score", 0.3, (), False, "Minimum detection score written."),
+    DEVICE,
+    Opt("--batch-size", "int", "Tiles per model call", 8, (), True, "Tiles per model call."),
+    Opt("--workers", "int", "Workers (batches run concurrently)", 1, (), True,
+        "Batches run concurrently (threads), or cluster workers with --scheduler local."),
+    Opt("--scheduler", "str", "Dask scheduler (synchronous, local or tcp://HOST:PORT)", None, (), True,
+        "Dask: 'synchronous', 'local' (start a LocalCluster) or tcp://HOST:PORT."),
+    Opt("--resume", "bool", "Resume: skip tiles already in the output's ledger", False, (), False,
+        "Skip tiles already in OUTPUT's ledger (geors_tiles)."),
+)
+RUN = (*DETECT, SAM)
+
+MASKS = (
+    Opt("--class-field", "str", "Class field of the boxes (default: 'class' or 'label')", None),
+    SAM,
+    DEVICE,
+    Opt("--simplify", "float", "Simplification tolerance (pixels)", 0.5, (), True),
+    Opt("--all-parts", "bool", "Keep every part of a mask (MultiPolygon)", False, (), True),
+    BANDS, TILE, OVERLAP,
+)
+
+LABEL = (
+    Opt("--class-field", "str", "Class field of the boxes", None),
+    Opt("--class-map", "file", "Class map (JSON {name: id} or CSV name,id; ids 0..254)", None),
+    Opt("--order", "enum", "Paint order of overlapping instances", "larger_first",
+        ("larger_first", "smaller_first", "input"), True),
+    SAM, DEVICE, BANDS, TILE, OVERLAP,
+)
+
+INFO = (
+    TILE, OVERLAP, BANDS,
+    Opt("--tiles-in-flight", "int", "Tiles held at once (for the memory estimate)", 16, (), True),
+    Opt("--stats", "bool", "Also estimate the scene-wide stretch (reads a sample)", False),
+)
+
+TILES = (
+    TILE, OVERLAP, BANDS,
+    Opt("--no-stats", "bool", "Skip reading pixels (no nodata fraction / brightness)", False),
+)
+
+TRAIN = (
+    Opt("--class-field", "str", "Class field of the labels", None),
+    Opt("--epochs", "int", "Epochs", 10),
+    Opt("--steps-per-epoch", "int", "Batches per epoch (empty = from the number of boxes)", None, (), True),
+    Opt("--batch-size", "int", "Batch size", 4, (), True),
+    Opt("--crop", "int", "Training crop size (pixels)", 384, (), True),
+    Opt("--lr", "float", "Learning rate", 0.002, (), True),
+    Opt("--assigner", "enum", "RPN label assignment", "nwd_rka", ("nwd_rka", "iou"), True),
+    Opt("--gate-scale", "int", "Gate input pooling factor (1 = paper's gate)", 4, (), True),
+    DEVICE,
+    Opt("--seed", "int", "Random seed", 0, (), True),
+    Opt("--allow-ungeoreferenced", "bool", "Accept images without CRS (pixel labels)", False, (), True),
+    BANDS, TILE.with_default(640), OVERLAP,
+)
+
+MODEL_DEFAULTS = {"--tile": "tile_size", "--overlap": "overlap", "--gate-threshold": "gate_threshold"}
+"""Options whose default is read from the model metadata (``geors models info NAME --json``)."""
+
+
+def with_model_defaults(opts, metadata: dict | None):
+    """``opts`` with the model's tile size, overlap and gate threshold as defaults (when known)."""
+    if not metadata:
+        return tuple(opts)
+    out = []
+    for o in opts:
+        key = MODEL_DEFAULTS.get(o.flag)
+        value = metadata.get(key) if key else None
+        if value is not None:
+            if o.kind == "float":
+                value = round(float(value), 4)
+            o = o.with_default(value)
+        out.append(o)
+    return tuple(out)
+
+
+def opts_from_help(parsed: list[dict], skip: tuple[str, ...] = ("--output",)) -> tuple[Opt, ...]:
+    """Options for a command known only from its ``--help`` (see ``environment.parse_help_options``)."""
+    out = []
+    for o in parsed:
+        if o["flag"] in skip:
+            continue
+        meta, default = o["metavar"], o["default"]
+        choice = re.fullmatch(r"\[(.+)\]", meta)
+        if not meta:
+            out.append(Opt(o["flag"], "bool", o["help"] or o["flag"], False, (), False, o["help"]))
+        elif choice:
+            choices = tuple(choice.group(1).split("|"))
+            out.append(Opt(o["flag"], "enum", o["flag"].lstrip("-"), default if default in choices else None,
+                           choices, False, o["help"]))
+        elif meta == "INTEGER":
+            out.append(Opt(o["flag"], "int", o["flag"].lstrip("-"), _num(default, int), (), False, o["help"]))
+        elif meta == "FLOAT":
+            out.append(Opt(o["flag"], "float", o["flag"].lstrip("-"), _num(default, float), (), False, o["help"]))
+        else:
+            out.append(Opt(o["flag"], "str", o["flag"].lstrip("-"), default, (), False, o["help"]))
+    return tuple(out)
+
+
+def _num(value, typ):
+    try:
+        return typ(value)
+    except (TypeError, ValueError):
+        return None

@@ -1,0 +1,35 @@
+"""The plugin's one setting: where the geors environment is (Processing > Options > Providers > geors)."""
+
+from __future__ import annotations
+
+from qgis.core import QgsSettings
+
+SETTING_NAME = "GEORS_PYTHON"
+SETTING_GROUP = "geors"
+SETTING_DESCRIPTION = "geors Python environment (venv folder, python interpreter or geors executable)"
+
+
+def configured_environment() -> str:
+    """The setting's value ("" when unset): read from QgsSettings, so it also works without the Processing GUI."""
+    value = QgsSettings().value(f"Processing/Configuration/{SETTING_NAME}", "")
+    return str(value or "")
+
+
+def register_setting() -> None:
+    """Show the setting in Processing's options dialog (does nothing when the Processing plugin is absent)."""
+    try:
+        from processing.core.ProcessingConfig import ProcessingConfig, Setting
+    except ImportError:
+        return
+    ProcessingConfig.addSetting(Setting(SETTING_GROUP, SETTING_NAME, SETTING_DESCRIPTION, "",
+                                        valuetype=Setting.FILE))
+    ProcessingConfig.readSettings()
+
+
+def unregister_setting() -> None:
+    try:
+        from processing.core.ProcessingConfig import ProcessingConfig
+    except ImportError:
+        return
+    if SETTING_NAME in ProcessingConfig.settings:
+        ProcessingConfig.removeSetting(SETTING_NAME)

@@ -1,0 +1,185 @@
+"""Run the geors QGIS plugin inside QGIS's own Python, headless; used by tests/test_qgis_plugin.py.
+
+    QT_QPA_PLATFORM=offscreen /usr/bin/python3 tests/qgis_harness.py CASE [ARGS...]
+
+Each case starts QgsApplication (a throw-away profile folder, so no user
+settings leak in), initialises Processing, registers the provider from
+qgis_plugin/ and prints one line ``RESULT <json>`` that the test reads. The
+geors environment comes from $GEORS_PYTHON (the test passes its own
+interpreter), exactly as a user would configure it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import tempfile
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "qgis_plugin"))
+sys.path.append("/usr/share/qgis/python/plugins")
+
+from qgis.core import (  # noqa: E402
+    QgsApplication,
+    QgsProcessingException,
+    QgsProcessingFeedback,
+    QgsProject,
+    QgsVectorLayer,
+)
+
+
+class LogFeedback(QgsProcessingFeedback):
+    """Keeps what the algorithm reported; optionally cancels once some tiles are done."""
+
+    def __init__(self, cancel_after: float | None = None):
+        super().__init__()
+        self.cancel_after = cancel_after
+        self.progress: list[float] = []
+        self.log: list[str] = []
+
+    def setProgress(self, p):  # noqa: N802
+        super().setProgress(p)
+        self.progress.append(float(p))
+        if self.cancel_after is not None and 0 < p and p >= self.cancel_after and not self.isCanceled():
+            self.cancel()
+
+    def pushInfo(self, t):  # noqa: N802
+        self.log.append("info: " + t)
+
+    def pushWarning(self, t):  # noqa: N802
+        self.log.append("warning: " + t)
+
+    def reportError(self, t, fatal=False):  # noqa: N802
+        self.log.append("error: " + t)
+
+    def pushConsoleInfo(self, t):  # noqa: N802
+        self.log.append("console: " + t)
+
+    def pushCommandInfo(self, t):  # noqa: N802
+        self.log.append("command: " + t)
+
+
+def start():
+    profile = tempfile.mkdtemp(prefix="geors-qgis-profile-")
+    app = QgsApplication([], False, profile)
+    app.initQgis()
+    from processing.core.Processing import Processing
+
+    Processing.initialize()
+    from geors_qgis.provider import GeorsProvider
+
+    provider = GeorsProvider()
+    QgsApplication.processingRegistry().addProvider(provider)
+    return app, provider
+
+
+def layer_facts(uri: str) -> dict:
+    lyr = QgsVectorLayer(uri, "l", "ogr")
+    if not lyr.isValid():
+        return {"valid": False}
+    return {"valid": True, "crs": lyr.crs().authid(), "count": lyr.featureCount(),
+            "fields": [f.name() for f in lyr.fields()],
+            "boxes": sorted([round(c, 3) for c in (f.geometry().boundingBox().xMinimum(),
+                                                   f.geometry().boundingBox().yMinimum())]
+                            for f in lyr.getFeatures())}
+
+
+def detect_params(scene: str, out: str, **extra) -> dict:
+    p = {"SCENES": [scene], "OUTPUT": out, "NO_GATE": True, "SCORE_THRESHOLD": 0.05, "TILE": 256, "OVERLAP": 64,
+         "DEVICE": "cpu", "BATCH_SIZE": 1}
+    p.update(extra)
+    return p
+
+
+def case_list(provider) -> dict:
+    return {"provider": provider.longName(),
+            "algorithms": {a.id(): a.displayName() for a in provider.algorithms()},
+            "parameters": {a.id(): [p.name() for p in a.parameterDefinitions()] for a in provider.algorithms()},
+            "defaults": {p.name(): p.defaultValue() for p in provider.algorithm("detect").parameterDefinitions()
+                         if p.name() in ("TILE", "OVERLAP", "GATE_THRESHOLD", "SCORE_THRESHOLD")}}
+
+
+def case_detect(scene: str, out: str) -> dict:
+    import processing
+
+    fb = LogFeedback()
+    res = processing.run("geors:detect", detect_params(scene, out), feedback=fb)
+    return {"outputs": {k: v for k, v in res.items()}, "layer": layer_facts(res["DETECTIONS"]),
+            "progress_max": max(fb.progress or [0]), "log": fb.log[-30:]}
+
+
+def case_cancel(scene: str, out: str) -> dict:
+    import processing
+
+    fb = LogFeedback(cancel_after=1.0)
+    message = None
+    try:
+        processing.run("geors:detect", detect_params(scene, out), feedback=fb)
+    except QgsProcessingException as exc:
+        message = str(exc)
+    return {"message": message, "log": fb.log[-30:]}
+
+
+def case_resume(scene: str, out: str) -> dict:
+    import processing
+
+    res = processing.run("geors:detect", detect_params(scene, out, RESUME=True), feedback=LogFeedback())
+    return {"outputs": dict(res), "layer": layer_facts(f"{out}|layername=detections")}
+
+
+def case_missing(scene: str, out: str) -> dict:
+    import processing
+
+    check = processing.run("geors:check_installation", {}, feedback=LogFeedback())
+    message = None
+    try:
+        processing.run("geors:detect", detect_params(scene, out), feedback=LogFeedback())
+    except QgsProcessingException as exc:
+        message = str(exc)
+    return {"check": check, "detect_message": message}
+
+
+def case_load(scene: str, out: str) -> dict:
+    """runAndLoadResults: the layers land in the project, styled, in one group per run."""
+    import processing
+
+    processing.runAndLoadResults("geors:run", detect_params(scene, out, SAM="box"), feedback=LogFeedback())
+    root = QgsProject.instance().layerTreeRoot()
+    groups = {}
+    for g in root.findGroups():
+        groups[g.name()] = [(c.layer().name(), c.layer().renderer().type(), c.layer().crs().authid(),
+                             [cat.value() for cat in getattr(c.layer().renderer(), "categories", lambda: [])()])
+                            for c in g.findLayers()]
+    return {"groups": groups, "root_layers": [c.name() for c in root.children() if c not in root.findGroups()]}
+
+
+def case_wms(out: str) -> dict:
+    import processing
+    from qgis.core import QgsRasterLayer
+
+    wms = QgsRasterLayer("type=xyz&url=https://tile.openstreetmap.org/{z}/{x}/{y}.png&zmax=19&zmin=0",
+                         "OpenStreetMap", "wms")
+    QgsProject.instance().addMapLayer(wms)
+    try:
+        processing.run("geors:detect", {"SCENES": [wms.id()], "OUTPUT": out}, feedback=LogFeedback())
+    except QgsProcessingException as exc:
+        return {"message": str(exc)}
+    return {"message": None}
+
+
+if __name__ == "__main__":
+    case, args = sys.argv[1], sys.argv[2:]
+    app, provider = start()
+    try:
+        if case == "list":
+            result = case_list(provider)
+        else:
+            result = globals()[f"case_{case}"](*args)
+    except Exception as exc:  # the test shows this instead of a bare exit code
+        import traceback
+
+        result = {"exception": f"{type(exc).__name__}: {exc}", "traceback": traceback.format_exc()}
+    print("RESULT " + json.dumps(result, default=str), flush=True)
+    os._exit(0)  # QgsApplication's exitQgis can crash after Processing; the result is out
