@@ -64,14 +64,30 @@ def test_duplicates_count_as_false_positives():
 
 
 def test_missed_truth_and_score_threshold():
-    # One truth found with score 0.4 (below threshold) -> recall 0 at 0.5 but AP counts it.
-    r = run([GT[0]], [0.4])
+    # One truth found with score 0.2 (below the default 0.3) -> recall 0 but AP and max_recall count it.
+    r = run([GT[0]], [0.2])
     o = r["overall"]
+    assert r["score_threshold"] == 0.3
     assert o["recall"] == 0.0 and o["precision"] is None and o["n_pred_above_threshold"] == 0
+    assert o["max_recall"] == 0.5 and r["per_class"]["t"]["max_recall"] == 0.5
     # recall reaches 0.5 with precision 1 -> 51 of 101 points.
     assert o["AP50"] == pytest.approx(51 / 101)
-    r = run([GT[0]], [0.4], score_threshold=0.3)
+    r = run([GT[0]], [0.2], score_threshold=0.1)
     assert r["overall"]["recall"] == 0.5 and r["overall"]["precision"] == 1.0
+
+
+def test_default_score_threshold_is_the_one_detect_keeps():
+    from geors.cli.eval import detections_command
+    from geors.config import DEFAULT_SCORE_THRESHOLD
+
+    opt = next(p for p in detections_command.params if p.name == "score_threshold")
+    assert opt.default == DEFAULT_SCORE_THRESHOLD == 0.3
+    assert run([GT[0]], [0.3])["overall"]["recall"] == 0.5
+
+
+def test_max_recall_ignores_scores_but_not_duplicates():
+    r = run([GT[0], GT[0], FAR], [0.01, 0.9, 0.5])
+    assert r["overall"]["max_recall"] == 0.5 and r["overall"]["tp"] == 1
 
 
 def test_coco_ap_averages_iou_thresholds():

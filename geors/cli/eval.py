@@ -12,6 +12,7 @@ from pathlib import Path
 import click
 
 from geors.cli.options import handle_errors
+from geors.config import DEFAULT_SCORE_THRESHOLD
 from geors.errors import OutputError
 
 
@@ -46,8 +47,9 @@ def emit_json(result: dict, output: str | None) -> None:
 @click.option("--class-agnostic", is_flag=True, default=False,
               help="Ignore classes (default when TRUTH has no class field).")
 @click.option("--layer", default="detections", show_default=True, help="Detections layer in PRED.")
-@click.option("--score-threshold", type=click.FloatRange(0, 1), default=0.5, show_default=True,
-              help="Detections scoring at least this count for recall and precision (AP uses all).")
+@click.option("--score-threshold", type=click.FloatRange(0, 1), default=DEFAULT_SCORE_THRESHOLD, show_default=True,
+              help="Detections scoring at least this count for recall and precision (the score from which "
+                   "`geors detect` keeps detections); AP and max_recall use all.")
 @click.option("--iou", "match_iou", type=click.FloatRange(0, 1, min_open=True), default=0.5, show_default=True,
               help="IoU needed for a match in recall and precision.")
 @click.option("--gate-threshold", type=click.FloatRange(0, 1), default=None,

@@ -18,9 +18,12 @@ evaluation protocol where it applies to geors:
 - Unlike COCO there is no per-image cap on detections (COCO keeps 100 per
   image; a geors "image" is a whole scene with thousands of objects) and no
   area ranges or crowd regions.
-- Recall and precision are reported at ``score_threshold`` and ``match_iou``
-  (default 0.5); the overall values pool the counts of all classes (micro
-  average).
+- Recall and precision are reported at ``score_threshold`` (default
+  :data:`geors.config.DEFAULT_SCORE_THRESHOLD`, 0.3: the score from which
+  ``geors detect``/``geors run`` keep detections) and ``match_iou`` (default
+  0.5); the overall values pool the counts of all classes (micro average).
+  ``max_recall`` is the recall with every detection (no score threshold): the
+  ceiling any threshold can reach.
 
 Boxes are ``(xmin, ymin, xmax, ymax)``; any unit works (scene pixels or CRS
 units) as long as predictions and truth share it, because IoU is unit-free.
@@ -34,6 +37,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+
+from geors.config import DEFAULT_SCORE_THRESHOLD
 
 __all__ = [
     "COCO_IOU_THRESHOLDS",
@@ -215,7 +220,7 @@ def evaluate_detections(
     pred,
     truth,
     iou_thresholds: Sequence[float] = COCO_IOU_THRESHOLDS,
-    score_threshold: float = 0.5,
+    score_threshold: float = DEFAULT_SCORE_THRESHOLD,
     match_iou: float = 0.5,
     class_agnostic: bool = False,
 ) -> dict:
@@ -237,7 +242,7 @@ def evaluate_detections(
     Returns:
         JSON-ready dict: ``overall`` and ``per_class`` (keyed by class as a
         string), each with ``AP50``, ``AP``, ``recall``, ``precision``,
-        ``n_truth``, ``n_pred``, ``n_pred_above_threshold``, ``tp``, ``fp``,
+        ``max_recall`` (recall with every detection), ``n_truth``, ``n_pred``, ``n_pred_above_threshold``, ``tp``, ``fp``,
         ``fn``; plus the thresholds used. Values that are undefined (no truth,
         no detections above the threshold) are ``None``.
     """
@@ -261,6 +266,7 @@ def evaluate_detections(
 
     per_class: dict[str, dict] = {}
     totals = {"tp": 0, "fp": 0, "fn": 0, "n_truth": 0, "n_pred": 0, "n_pred_above_threshold": 0}
+    tp_any_total = 0
     aps50, aps = [], []
     for c in classes:
         pm, gm = p_cls == c, g_cls == c
@@ -279,11 +285,13 @@ def evaluate_detections(
         tp = int(tp_all[imatch][above].sum())
         fp = int(above.sum()) - tp
         fn = n_truth - tp
+        tp_any = int(tp_all[imatch].sum())
         per_class[str(c)] = {
             "AP50": _nan_to_none(ap50),
             "AP": _nan_to_none(ap),
             "recall": _ratio(tp, n_truth),
             "precision": _ratio(tp, tp + fp),
+            "max_recall": _ratio(tp_any, n_truth),
             "n_truth": n_truth,
             "n_pred": int(pm.sum()),
             "n_pred_above_threshold": int(above.sum()),
@@ -296,12 +304,14 @@ def evaluate_detections(
             aps.append(ap)
         for k in totals:
             totals[k] += per_class[str(c)][k]
+        tp_any_total += tp_any
 
     overall = {
         "AP50": float(np.mean(aps50)) if aps50 else None,
         "AP": float(np.mean(aps)) if aps else None,
         "recall": _ratio(totals["tp"], totals["n_truth"]),
         "precision": _ratio(totals["tp"], totals["tp"] + totals["fp"]),
+        "max_recall": _ratio(tp_any_total, totals["n_truth"]),
         **totals,
     }
     return {
