@@ -11,15 +11,34 @@ those few functions on our connection so the index stays correct.
 
 An existing file is checked before anything is written (a GeoPackage? layers
 with compatible fields and geometry?) and only ever appended to.
+
+Crash and race safety (what a kill or a second process can and cannot do):
+
+- A new file is built under a temporary name in the same directory, with all
+  its layers, and renamed to the user's name: a half-made file never has the
+  user's name.
+- Creating a file or adding layers to it happens under an exclusive lock
+  (``fcntl.flock`` on ``<out>.lock``), so two processes that start on the same
+  new output at once take turns: the second finds the first one's layers and
+  appends to them, reprojecting into their CRS.
+- A kill inside a transaction leaves SQLite's hot rollback journal; it is
+  rolled back (the way SQLite does it: a read on a read-write connection)
+  before the file is inspected, so the file is again the last committed state.
+- Each run row records its process (host, pid), so a later run can tell an
+  abandoned ``running`` row from a live one (:meth:`GeoPackageWriter.mark_interrupted_runs`).
 """
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import json
 import logging
 import os
+import socket
 import sqlite3
 import struct
+import time
 import uuid
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -32,6 +51,7 @@ from pyproj import CRS as ProjCRS
 from pyproj import Geod, Transformer
 
 from geors.errors import OutputError
+from geors.faults import checkpoint
 from geors.results import TileResult
 
 log = logging.getLogger(__name__)
@@ -44,15 +64,21 @@ __all__ = [
     "areas_m2",
     "pixel_box_to_polygon",
     "new_run_id",
+    "RUN_STATUSES",
 ]
 
 
 @dataclass(frozen=True)
 class LayerSchema:
-    """Geometry type (None for an attribute table) and fields ``(name, kind)``; kind in str/int/float."""
+    """Geometry type (None for an attribute table) and fields ``(name, kind)``; kind in str/int/float.
+
+    ``added`` names fields introduced after files were already written: an
+    existing layer without them is accepted and gets the columns added.
+    """
 
     geometry: str | None
     fields: tuple[tuple[str, str], ...]
+    added: tuple[str, ...] = ()
 
 
 LAYERS: dict[str, LayerSchema] = {
@@ -80,8 +106,12 @@ LAYERS: dict[str, LayerSchema] = {
         ("message", "str"))),
     "geors_runs": LayerSchema(None, (
         ("run_id", "str"), ("geors_version", "str"), ("command", "str"), ("config", "str"),
-        ("models", "str"), ("started", "str"), ("finished", "str"), ("status", "str"))),
+        ("models", "str"), ("started", "str"), ("finished", "str"), ("status", "str"),
+        ("host", "str"), ("pid", "int")), added=("host", "pid")),
 }
+
+#: values of ``geors_runs.status``
+RUN_STATUSES = ("running", "finished", "cancelled", "failed", "interrupted")
 
 _SQL_TYPES = {"str": "TEXT", "int": "INTEGER", "float": "REAL"}
 _COMPATIBLE = {"str": {"TEXT"}, "int": {"INTEGER", "MEDIUMINT", "SMALLINT", "TINYINT", "INT", "BIGINT"},
@@ -153,17 +183,62 @@ def pixel_box_to_polygon(box_xyxy: Sequence[float], transform) -> shapely.Polygo
     return shapely.Polygon(corners)
 
 
+@functools.lru_cache(maxsize=64)
+def _crs(wkt: str) -> ProjCRS:
+    return ProjCRS.from_user_input(wkt)
+
+
+def _wkt(crs) -> str:
+    return crs.to_wkt() if hasattr(crs, "to_wkt") else str(crs)
+
+
+@functools.lru_cache(maxsize=64)
+def _geodesic(wkt: str) -> tuple[Geod, Transformer] | None:
+    """The ellipsoid of ``wkt``'s datum and a transformer to its (lon, lat); None without a datum."""
+    pcrs = _crs(wkt)
+    geo = pcrs.geodetic_crs
+    if geo is None or geo.ellipsoid is None:
+        return None
+    ell = geo.ellipsoid
+    return Geod(a=ell.semi_major_metre, b=ell.semi_minor_metre), Transformer.from_crs(pcrs, geo, always_xy=True)
+
+
+def _apply(tr: Transformer, geoms: np.ndarray) -> np.ndarray:
+    """Transform an object array of shapely geometries (None allowed) with one call to PROJ."""
+    return shapely.transform(geoms, lambda xy: np.column_stack(tr.transform(xy[:, 0], xy[:, 1])))
+
+
 def areas_m2(geoms: Sequence, crs) -> np.ndarray:
-    """Areas in square metres: planar for projected CRS (unit-scaled), geodesic for geographic."""
+    """True (geodesic) areas in square metres of geometries in ``crs``.
+
+    Vertices are taken to longitude/latitude on the ellipsoid of ``crs``'s own
+    datum and the area is computed on that ellipsoid (``pyproj.Geod``), so the
+    result does not depend on the projection's scale distortion (EPSG:3857 at
+    60 degrees N would otherwise report 4x the area). Edges are the straight
+    lines of ``crs`` sampled at the vertices, which for objects up to a few km is
+    far below pixel size. A CRS without a datum (engineering CRS) falls back to
+    planar area scaled by the axis unit. None/empty geometries get 0.
+    """
     if len(geoms) == 0:
         return np.zeros(0)
-    pcrs = ProjCRS.from_user_input(crs.to_wkt() if hasattr(crs, "to_wkt") else crs)
-    if pcrs.is_geographic:
-        geod = Geod(ellps="WGS84") if pcrs.ellipsoid is None else Geod(
-            a=pcrs.ellipsoid.semi_major_metre, rf=pcrs.ellipsoid.inverse_flattening or 0.0)
-        return np.array([abs(geod.geometry_area_perimeter(g)[0]) if g is not None else 0.0 for g in geoms])
-    unit = pcrs.axis_info[0].unit_conversion_factor if pcrs.axis_info else 1.0
-    return shapely.area(np.asarray(geoms, dtype=object)) * unit * unit
+    arr = np.empty(len(geoms), dtype=object)
+    arr[:] = list(geoms)
+    present = ~(shapely.is_missing(arr) | shapely.is_empty(arr))
+    out = np.zeros(len(arr))
+    if not present.any():
+        return out
+    wkt = _wkt(crs)
+    geodesic = _geodesic(wkt)
+    if geodesic is None:
+        pcrs = _crs(wkt)
+        unit = pcrs.axis_info[0].unit_conversion_factor if pcrs.axis_info else 1.0
+        out[present] = shapely.area(arr[present]) * unit * unit
+        return out
+    geod, tr = geodesic
+    # counter-clockwise shells, clockwise holes: Geod adds shells and subtracts holes by orientation
+    lonlat = shapely.orient_polygons(_apply(tr, arr[present]))
+    out[present] = [abs(geod.geometry_area_perimeter(g)[0]) for g in lonlat]
+    return out
 
 
 def _to_multi(geom):
@@ -178,53 +253,171 @@ def _to_multi(geom):
     return shapely.MultiPolygon(parts)
 
 
+# ---------------------------------------------------------------- files, locks
+_GPKG_APPLICATION_IDS = {0x47504B47, 0x47503130, 0x47503131}  # "GPKG", "GP10", "GP11"
+_GPKG_APPLICATION_ID = 0x47504B47
+_GPKG_USER_VERSION = 10400  # GeoPackage 1.4, what GDAL writes
+_LOCK_WAIT_S = 120.0
+
+
+def _temp_prefix(path: Path) -> str:
+    return f".{path.name}.creating-"
+
+
+@contextlib.contextmanager
+def _creation_lock(path: Path, wait_s: float = _LOCK_WAIT_S):
+    """Exclusive lock for creating ``path`` or adding layers to it (``<path>.lock``, flock).
+
+    The lock file is removed when released. A waiter that then holds a lock on
+    the removed file notices (its inode is no longer the path's) and retries,
+    so exactly one process at a time holds a lock on the live lock file.
+    """
+    import fcntl
+
+    lock_path = path.with_name(path.name + ".lock")
+    deadline = time.monotonic() + wait_s
+    while True:
+        try:
+            fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as exc:
+            raise OutputError(f"{path}: cannot create the lock file {lock_path} ({exc.strerror}). "
+                              "Make the directory writable or choose another output.") from None
+        try:
+            while True:
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    break
+                except BlockingIOError:
+                    if time.monotonic() > deadline:
+                        holder = _read_small(lock_path)
+                        raise OutputError(
+                            f"{path}: another geors process ({holder or 'unknown'}) has been creating this "
+                            f"output for more than {wait_s:.0f} s (lock {lock_path}). Wait for it, or write to "
+                            "another output.") from None
+                    time.sleep(0.05)
+            try:
+                same = os.fstat(fd).st_ino == os.stat(lock_path).st_ino
+            except FileNotFoundError:
+                same = False
+        except BaseException:
+            os.close(fd)
+            raise
+        if same:
+            break
+        os.close(fd)  # the holder before us removed that file: lock the new one
+    try:
+        os.ftruncate(fd, 0)
+        os.write(fd, f"pid {os.getpid()} on {socket.gethostname()}".encode())
+        yield
+    finally:
+        with contextlib.suppress(OSError):
+            os.unlink(lock_path)
+        os.close(fd)
+
+
+def _read_small(path: Path) -> str:
+    try:
+        return path.read_text()[:200]
+    except OSError:
+        return ""
+
+
+def _fsync_path(path: Path, directory: bool = False) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY | (os.O_DIRECTORY if directory else 0))
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def _process_start(pid: int) -> float | None:
+    """Start time (Unix seconds) of process ``pid`` from /proc, None where unknown."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+        ticks = int(stat[stat.rindex(")") + 2:].split()[19])
+        btime = next(int(line.split()[1]) for line in Path("/proc/stat").read_text().splitlines()
+                     if line.startswith("btime"))
+        return btime + ticks / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, StopIteration, IndexError):
+        return None
+
+
+def _process_alive(pid: int, started_iso: str | None) -> bool:
+    """Whether ``pid`` on this host still is the process that started a run at ``started_iso``."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        pass  # exists, owned by someone else
+    start = _process_start(pid)
+    if start is not None and started_iso:
+        try:
+            run_started = datetime.fromisoformat(started_iso).timestamp()
+        except ValueError:
+            return True
+        if start > run_started + 2:  # the pid was reused by a younger process
+            return False
+    return True
+
+
 # ---------------------------------------------------------------- writer
 class GeoPackageWriter:
     """Appends results to a GeoPackage, one transaction per batch of tiles.
 
     Args:
         path: output ``.gpkg``; its directory must exist.
-        crs: CRS of the data written (rasterio or pyproj CRS, or WKT). New layers
-            take it; existing layers keep theirs and geometries are reprojected.
+        crs: default CRS of the geometries written (rasterio or pyproj CRS, or
+            WKT). New layers take it; existing layers keep theirs, and
+            geometries are reprojected into them. Writes that pass their own
+            ``crs`` (e.g. each scene of an archive) are reprojected from it.
         layers: layer names from :data:`LAYERS` this writer will fill; the
             ``geors_tiles`` ledger and ``geors_runs`` table are always included.
         run_id: id recorded in every row (default: a new one).
 
     Raises:
-        OutputError: directory missing, the file is not a GeoPackage, or a layer
-            exists with an incompatible schema. Raised before anything is written.
+        OutputError: directory missing or not writable, the file is read-only,
+            not a GeoPackage, or has a layer with an incompatible schema; another
+            process holds the creation lock for too long. Raised before anything
+            is written.
     """
 
     def __init__(self, path: str | os.PathLike, crs, layers: Iterable[str] = ("detections",),
                  run_id: str | None = None):
         self.path = Path(path)
-        self.crs_wkt = crs.to_wkt() if hasattr(crs, "to_wkt") else str(crs)
-        self.crs = ProjCRS.from_user_input(self.crs_wkt)
+        self._con: sqlite3.Connection | None = None
+        self.crs_wkt = _wkt(crs)
+        self.crs = _crs(self.crs_wkt)
         self.layers = list(dict.fromkeys([*layers, "geors_tiles", "geors_runs"]))
         unknown = [n for n in self.layers if n not in LAYERS]
         if unknown:
             raise ValueError(f"unknown layer(s) {unknown}; known: {sorted(LAYERS)}")
         self.run_id = run_id or new_run_id()
-        self._check_destination()
-        self._existing = self._inspect_existing()
-        self._create_missing_layers()
-        self._con = sqlite3.connect(self.path, timeout=60, isolation_level=None)
-        _register_st_functions(self._con)
+        self._extents: dict[str, tuple] = {}
         self._layer_srs: dict[str, int] = {}
-        self._layer_transformer: dict[str, Transformer | None] = {}
-        for name in self.layers:
-            if LAYERS[name].geometry:
-                srs_id, wkt = self._con.execute(
-                    "SELECT g.srs_id, s.definition FROM gpkg_geometry_columns g JOIN gpkg_spatial_ref_sys s "
-                    "ON g.srs_id = s.srs_id WHERE lower(g.table_name) = lower(?)", (name,)).fetchone()
-                self._layer_srs[name] = srs_id
-                layer_crs = ProjCRS.from_user_input(wkt) if wkt and wkt != "undefined" else self.crs
-                if layer_crs.equals(self.crs, ignore_axis_order=True):
-                    self._layer_transformer[name] = None
-                else:
-                    log.warning("%s: layer %s is in %s; reprojecting from %s", self.path, name,
-                                layer_crs.name, self.crs.name)
-                    self._layer_transformer[name] = Transformer.from_crs(self.crs, layer_crs, always_xy=True)
+        self._layer_crs: dict[str, ProjCRS] = {}
+        self._transformers: dict[tuple[str, str], Transformer | None] = {}
+        self._check_destination()
+        with _creation_lock(self.path):
+            self._remove_stale_temp_files()
+            self._recover_hot_journal()
+            if self._needs_creation():
+                self._existing: dict[str, dict] = {}
+                self._create_new_file()
+            else:
+                self._complete_gpkg_header()
+                self._existing = self._inspect_existing()
+                self._create_missing_layers(self.path)
+                self._open()
+                self._add_missing_columns()
+            if self._con is None:
+                self._open()
+            self._read_layer_crs()
 
     # -- checks -----------------------------------------------------------------
     def _check_destination(self) -> None:
@@ -234,34 +427,121 @@ class GeoPackageWriter:
                               f"(mkdir -p {parent}) or choose another path.")
         if self.path.suffix.lower() != ".gpkg":
             raise OutputError(f"{self.path}: output must be a GeoPackage file ending in .gpkg.")
-        if self.path.exists():
-            if self.path.is_dir():
-                raise OutputError(f"{self.path}: is a directory; give a .gpkg file path.")
-            try:
-                con = sqlite3.connect(f"file:{self.path}?mode=ro", uri=True)
-                try:
-                    con.execute("SELECT count(*) FROM gpkg_contents").fetchone()
-                finally:
-                    con.close()
-            except sqlite3.DatabaseError:
-                raise OutputError(f"{self.path}: exists but is not a GeoPackage (or is corrupt). geors does not "
-                                  "overwrite it; choose another output name.") from None
+        if self.path.is_dir():
+            raise OutputError(f"{self.path}: is a directory; give a .gpkg file path.")
+        if not os.access(parent, os.W_OK | os.X_OK):
+            what = "append to it" if self.path.exists() else "create it"
+            raise OutputError(f"{self.path}: the directory {parent} is not writable, so geors cannot {what} "
+                              "(SQLite keeps its rollback journal next to the file). Make the directory writable "
+                              "or choose an output in a writable directory.")
+        if self.path.exists() and not os.access(self.path, os.R_OK | os.W_OK):
+            raise OutputError(f"{self.path}: the file is read-only (or unreadable) and geors only appends to "
+                              f"existing outputs. Make it writable (chmod u+rw {self.path}) or choose another "
+                              "output name.")
 
-    def _inspect_existing(self) -> dict[str, dict]:
+    def _remove_stale_temp_files(self) -> None:
+        # Only a creator holding the lock makes temporary files, and we hold it: any left are from a killed run.
+        prefix = _temp_prefix(self.path)
+        for p in self.path.parent.glob(prefix + "*"):
+            log.info("%s: removing %s left by an interrupted creation", self.path, p.name)
+            with contextlib.suppress(OSError):
+                p.unlink()
+
+    def _recover_hot_journal(self) -> None:
+        """Roll back a transaction a killed process left half-done (SQLite's hot journal).
+
+        SQLite rolls a hot journal back on the first read through a read-write
+        connection; a read-only one cannot and reports the file as unreadable.
+        """
         if not self.path.exists():
-            return {}
-        con = sqlite3.connect(f"file:{self.path}?mode=ro", uri=True)
+            return
+        leftovers = [p for p in (Path(f"{self.path}-journal"), Path(f"{self.path}-wal")) if p.exists()]
+        if not leftovers:
+            return
         try:
-            found = {}
-            for (name,) in con.execute("SELECT table_name FROM gpkg_contents").fetchall():
-                if name.lower() not in {n.lower() for n in self.layers}:
-                    continue
-                cols = {r[1].lower(): (r[2] or "").upper() for r in con.execute(f'PRAGMA table_info("{name}")')}
-                gt = con.execute("SELECT geometry_type_name FROM gpkg_geometry_columns WHERE lower(table_name)"
-                                 " = lower(?)", (name,)).fetchone()
-                found[name.lower()] = {"columns": cols, "geometry": gt[0].upper() if gt else None}
+            con = sqlite3.connect(self.path, timeout=60)
+            try:
+                con.execute("SELECT count(*) FROM sqlite_master").fetchone()
+            finally:
+                con.close()
+        except sqlite3.DatabaseError as exc:
+            log.warning("%s: could not recover %s: %s", self.path, leftovers[0].name, exc)
+        else:
+            log.info("%s: recovered an interrupted transaction (%s)", self.path, leftovers[0].name)
+
+    def _needs_creation(self) -> bool:
+        """True when there is no file, or one that holds nothing (0 bytes, or SQLite without tables).
+
+        Such a file is what an interrupted creation by an older geors leaves; it
+        is replaced by a complete GeoPackage. Anything else that is not a
+        GeoPackage is refused with a message.
+        """
+        if not self.path.exists():
+            return True
+        if self.path.stat().st_size == 0:
+            log.warning("%s: empty file (an interrupted creation?): creating the GeoPackage in its place", self.path)
+            return True
+        try:
+            con = sqlite3.connect(f"file:{self.path}?mode=ro", uri=True, timeout=60)
+            try:
+                tables = {r[0].lower() for r in con.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+            finally:
+                con.close()
+        except sqlite3.DatabaseError:
+            raise OutputError(f"{self.path}: exists but is not a GeoPackage (or is corrupt). geors does not "
+                              "overwrite it: delete it if it is yours and unneeded, or choose another output "
+                              "name.") from None
+        if not tables:
+            log.warning("%s: SQLite file without tables (an interrupted creation?): creating the GeoPackage in "
+                        "its place", self.path)
+            return True
+        if not {"gpkg_contents", "gpkg_spatial_ref_sys", "gpkg_geometry_columns"} <= tables:
+            user = sorted(t for t in tables if not t.startswith(("gpkg_", "rtree_", "sqlite_")))
+            detail = (f"it has tables {user[:5]} but no GeoPackage metadata" if user else
+                      "it is a half-initialised GeoPackage (its metadata tables are incomplete), probably left "
+                      "by an interrupted run of an older geors")
+            raise OutputError(f"{self.path}: exists but is not a GeoPackage: {detail}. geors does not overwrite "
+                              "it: delete it if it holds nothing you need, or choose another output name.")
+        return False
+
+    def _complete_gpkg_header(self) -> None:
+        """Set application_id/user_version when a GeoPackage lacks them (an interrupted older creation)."""
+        con = sqlite3.connect(self.path, timeout=60)
+        try:
+            app = con.execute("PRAGMA application_id").fetchone()[0]
+            if app in _GPKG_APPLICATION_IDS:
+                return
+            if app != 0:
+                raise OutputError(f"{self.path}: is an SQLite file of another application (application_id "
+                                  f"{app:#x}), not a GeoPackage. Choose another output name.")
+            con.execute(f"PRAGMA application_id = {_GPKG_APPLICATION_ID}")
+            if con.execute("PRAGMA user_version").fetchone()[0] == 0:
+                con.execute(f"PRAGMA user_version = {_GPKG_USER_VERSION}")
+            con.commit()
+            log.warning("%s: completed the GeoPackage header (application_id, user_version)", self.path)
+        except sqlite3.OperationalError as exc:
+            raise self._output_error(exc) from None
         finally:
             con.close()
+
+    def _inspect_existing(self) -> dict[str, dict]:
+        try:
+            con = sqlite3.connect(f"file:{self.path}?mode=ro", uri=True, timeout=60)
+            try:
+                found = {}
+                for (name,) in con.execute("SELECT table_name FROM gpkg_contents").fetchall():
+                    if name.lower() not in {n.lower() for n in self.layers}:
+                        continue
+                    cols = {r[1].lower(): (r[2] or "").upper()
+                            for r in con.execute(f'PRAGMA table_info("{name}")')}
+                    gt = con.execute("SELECT geometry_type_name FROM gpkg_geometry_columns WHERE lower(table_name)"
+                                     " = lower(?)", (name,)).fetchone()
+                    found[name.lower()] = {"columns": cols, "geometry": gt[0].upper() if gt else None}
+            finally:
+                con.close()
+        except sqlite3.DatabaseError as exc:
+            raise OutputError(f"{self.path}: exists but cannot be read as a GeoPackage ({exc}). geors does not "
+                              "overwrite it: choose another output name.") from None
         for name, info in found.items():
             schema = LAYERS[name]
             problems = []
@@ -272,7 +552,8 @@ class GeoPackageWriter:
             for fname, kind in schema.fields:
                 have = info["columns"].get(fname)
                 if have is None:
-                    problems.append(f"field '{fname}' missing")
+                    if fname not in schema.added:
+                        problems.append(f"field '{fname}' missing")
                 elif have.split("(")[0] not in _COMPATIBLE[kind]:
                     problems.append(f"field '{fname}' is {have} (need {_SQL_TYPES[kind]})")
             if problems:
@@ -281,49 +562,147 @@ class GeoPackageWriter:
                     "geors leaves the file untouched; write to a new .gpkg or remove that layer.")
         return found
 
-    def _create_missing_layers(self) -> None:
+    # -- creation ---------------------------------------------------------------
+    def _create_new_file(self) -> None:
+        """Build the file with all layers under a temporary name, then give it the user's name."""
+        tmp = self.path.with_name(f"{_temp_prefix(self.path)}{os.getpid()}.gpkg")
+        try:
+            self._create_missing_layers(tmp)
+            _fsync_path(tmp)
+            os.replace(tmp, self.path)  # we hold the lock; replaces only an empty leftover
+        except BaseException:
+            for p in (tmp, Path(f"{tmp}-journal"), Path(f"{tmp}-wal")):
+                with contextlib.suppress(OSError):
+                    p.unlink()
+            raise
+        _fsync_path(self.path.parent, directory=True)
+
+    def _create_missing_layers(self, target: Path) -> None:
         import geopandas as gpd
         import pandas as pd
         import pyogrio
 
         dtypes = {"str": str, "int": "int64", "float": "float64"}
+        created = 0
         for name in self.layers:
             if name.lower() in self._existing:
                 continue
             schema = LAYERS[name]
             cols = {f: pd.Series([], dtype=dtypes[k]) for f, k in schema.fields}
-            try:
-                if schema.geometry:
-                    df = gpd.GeoDataFrame(cols, geometry=gpd.GeoSeries([], crs=self.crs_wkt))
-                    pyogrio.write_dataframe(df, self.path, layer=name, driver="GPKG",
-                                            geometry_type=schema.geometry)
-                else:
-                    pyogrio.write_dataframe(pd.DataFrame(cols), self.path, layer=name, driver="GPKG")
-            except Exception as exc:  # GDAL errors come in several classes
-                raise OutputError(f"{self.path}: cannot create layer '{name}': {exc}") from exc
+            if schema.geometry:
+                df = gpd.GeoDataFrame(cols, geometry=gpd.GeoSeries([], crs=self.crs_wkt))
+                kwargs = {"geometry_type": schema.geometry}
+            else:
+                df, kwargs = pd.DataFrame(cols), {}
+            for attempt in range(600):  # another process may be inside a transaction on an existing file
+                try:
+                    pyogrio.write_dataframe(df, target, layer=name, driver="GPKG", **kwargs)
+                    break
+                except Exception as exc:  # GDAL errors come in several classes
+                    if "locked" in str(exc).lower() and attempt < 599:
+                        time.sleep(0.1)
+                        continue
+                    if not os.access(target.parent, os.W_OK) or "readonly" in str(exc).lower().replace("-", ""):
+                        raise OutputError(f"{self.path}: cannot create layer '{name}': the file or its directory "
+                                          "is read-only. Make it writable or choose another output.") from exc
+                    raise OutputError(f"{self.path}: cannot create layer '{name}': {exc}") from exc
+            created += 1
+            if created == 1:
+                checkpoint("create")
+
+    def _open(self) -> None:
+        self._con = sqlite3.connect(self.path, timeout=60, isolation_level=None)
+        _register_st_functions(self._con)
+
+    def _add_missing_columns(self) -> None:
+        """Columns added to :data:`LAYERS` after files were written (e.g. ``geors_runs.pid``)."""
+        todo = []
+        for name, info in self._existing.items():
+            schema = LAYERS[name]
+            todo += [(name, f, k) for f, k in schema.fields if f in schema.added and f not in info["columns"]]
+        if not todo:
+            return
+        with self.transaction():
+            for name, f, k in todo:
+                self._con.execute(f'ALTER TABLE "{name}" ADD COLUMN "{f}" {_SQL_TYPES[k]}')
+        for name, f, _ in todo:
+            self._existing[name]["columns"][f] = _SQL_TYPES[dict(LAYERS[name].fields)[f]]
+
+    def _read_layer_crs(self) -> None:
+        for name in self.layers:
+            if not LAYERS[name].geometry:
+                continue
+            row = self._con.execute(
+                "SELECT g.srs_id, s.definition FROM gpkg_geometry_columns g JOIN gpkg_spatial_ref_sys s "
+                "ON g.srs_id = s.srs_id WHERE lower(g.table_name) = lower(?)", (name,)).fetchone()
+            if row is None:
+                raise OutputError(f"{self.path}: layer '{name}' has no entry in gpkg_geometry_columns; the file "
+                                  "is damaged. Choose another output name.")
+            srs_id, wkt = row
+            self._layer_srs[name] = srs_id
+            self._layer_crs[name] = _crs(wkt) if wkt and wkt != "undefined" else self.crs
+
+    def _output_error(self, exc: sqlite3.Error) -> Exception:
+        """A user-facing error for SQLite failures the user can fix (read-only, locked); others unchanged."""
+        msg = str(exc).lower()
+        if "readonly" in msg or "read-only" in msg or "unable to open" in msg:
+            return OutputError(f"{self.path}: cannot write ({exc}): the file or its directory is read-only. "
+                               "Make both writable or choose another output.")
+        if "locked" in msg:
+            return OutputError(f"{self.path}: another process has held a write lock on this file for more than "
+                               "60 s. Wait for it to finish, or write to another output.")
+        return exc
+
+    # -- reprojection -------------------------------------------------------------
+    def layer_crs(self, layer: str) -> ProjCRS:
+        """CRS of an output layer (the file's, which can differ from the writer's ``crs``)."""
+        return self._layer_crs[layer]
+
+    def _transformer(self, src_wkt: str, layer: str) -> Transformer | None:
+        key = (src_wkt, layer)
+        if key not in self._transformers:
+            src, dst = _crs(src_wkt), self._layer_crs[layer]
+            if src.equals(dst, ignore_axis_order=True):
+                self._transformers[key] = None
+            else:
+                same = [t for (w, _), t in self._transformers.items() if w == src_wkt and t is not None
+                        and _crs(t.target_crs.to_wkt()).equals(dst, ignore_axis_order=True)]
+                if not same:
+                    log.warning("%s: layer %s is in %s; reprojecting features from %s", self.path, layer,
+                                dst.name, src.name)
+                self._transformers[key] = same[0] if same else Transformer.from_crs(src, dst, always_xy=True)
+        return self._transformers[key]
 
     # -- writing ----------------------------------------------------------------
-    def _insert(self, layer: str, rows: list[dict], geoms: list | None) -> list[int]:
+    def _insert(self, layer: str, rows: list[dict], geoms: Sequence | None, crs_wkt: str | None = None) -> list[int]:
+        """Insert rows (geometries in ``crs_wkt``, default the writer's CRS) into the open transaction."""
         schema = LAYERS[layer]
         names = [f for f, _ in schema.fields]
         cols = ['"geom"'] if schema.geometry else []
         cols += [f'"{n}"' for n in names]
         sql = f'INSERT INTO "{layer}" ({", ".join(cols)}) VALUES ({", ".join("?" * len(cols))})'
-        fids = []
-        tr = self._layer_transformer.get(layer)
-        for i, row in enumerate(rows):
-            values = [row.get(n) for n in names]
-            if schema.geometry:
-                g = geoms[i]
-                if tr is not None and g is not None:
-                    g = shapely.transform(g, lambda xy, tr=tr: np.column_stack(tr.transform(xy[:, 0], xy[:, 1])))
+        blobs: list = [None] * len(rows)
+        if schema.geometry:
+            if geoms is None or len(geoms) != len(rows):
+                raise ValueError(f"layer {layer}: {len(rows)} rows need as many geometries")
+            arr = np.empty(len(rows), dtype=object)
+            arr[:] = list(geoms)
+            tr = self._transformer(crs_wkt or self.crs_wkt, layer)
+            if tr is not None:
+                arr = _apply(tr, arr)
+            srs = self._layer_srs[layer]
+            for i, g in enumerate(arr):
                 if schema.geometry == "MultiPolygon":
                     g = _to_multi(g)
-                values = [gpkg_blob(g, self._layer_srs[layer]), *values]
+                blobs[i] = gpkg_blob(g, srs)
                 if g is not None and not shapely.is_empty(g):
                     self._extent_update(layer, shapely.bounds(g))
-            cur = self._con.execute(sql, values)
-            fids.append(cur.lastrowid)
+        fids = []
+        for row, blob in zip(rows, blobs, strict=True):
+            values = [row.get(n) for n in names]
+            if schema.geometry:
+                values = [blob, *values]
+            fids.append(self._con.execute(sql, values).lastrowid)
         return fids
 
     def _extent_update(self, layer: str, b) -> None:
@@ -338,34 +717,57 @@ class GeoPackageWriter:
                 " max_x = max(coalesce(max_x, ?), ?), max_y = max(coalesce(max_y, ?), ?),"
                 " last_change = strftime('%Y-%m-%dT%H:%M:%fZ','now') WHERE lower(table_name) = lower(?)",
                 (x0, x0, y0, y0, x1, x1, y1, y1, layer))
+        self._extents = {}
 
+    @contextlib.contextmanager
     def transaction(self):
-        """Context manager: one SQLite transaction (BEGIN IMMEDIATE ... COMMIT/ROLLBACK)."""
-        writer = self
+        """One SQLite transaction (BEGIN IMMEDIATE ... COMMIT, ROLLBACK on error).
 
-        class _Tx:
-            def __enter__(self_inner):
-                writer._extents = {}
-                writer._con.execute("BEGIN IMMEDIATE")
-                return writer
+        Re-entrant: inside an open transaction it joins it, so
+        ``with w.transaction(): w.write_rows(...); w.write_rows(...)`` commits
+        both together.
+        """
+        if self._con is None:
+            raise ValueError(f"{self.path}: writer is closed")
+        if self._con.in_transaction:
+            yield self
+            return
+        self._extents = {}
+        try:
+            self._con.execute("BEGIN IMMEDIATE")
+        except sqlite3.OperationalError as exc:
+            raise self._output_error(exc) from None
+        try:
+            yield self
+            self._flush_extents()
+            checkpoint("commit")
+            self._con.execute("COMMIT")
+        except BaseException as exc:
+            if self._con is not None and self._con.in_transaction:
+                self._con.execute("ROLLBACK")
+            self._extents = {}
+            if isinstance(exc, sqlite3.OperationalError):
+                err = self._output_error(exc)
+                if err is not exc:
+                    raise err from None
+            raise
 
-            def __exit__(self_inner, et, ev, tb):
-                if et is None:
-                    writer._flush_extents()
-                    writer._con.execute("COMMIT")
-                else:
-                    writer._con.execute("ROLLBACK")
-                return False
+    def write_results(self, results: Sequence[TileResult], model: str = "", crs=None) -> None:
+        """Write a batch of tiles: their features and ledger rows in one transaction.
 
-        return _Tx()
-
-    def write_results(self, results: Sequence[TileResult], model: str = "") -> None:
-        """Write a batch of tiles: their features and ledger rows in one transaction."""
+        Args:
+            results: tile results of one batch (any scenes).
+            model: model name recorded with detections.
+            crs: CRS of the results' geometries (the scene's); default the
+                writer's ``crs``. Features are reprojected into each layer's
+                CRS; ``area_m2`` is computed before, in this CRS.
+        """
+        src = _wkt(crs) if crs is not None else self.crs_wkt
         with self.transaction():
             for res in results:
-                self._write_one(res, model)
+                self._write_one(res, model, src)
 
-    def _write_one(self, res: TileResult, model: str) -> None:
+    def _write_one(self, res: TileResult, model: str, src: str) -> None:
         for layer, items in (("detections", res.detections), ("instances", res.instances),
                              ("segmentation", res.segmentation)):
             if items and layer not in self.layers:
@@ -376,9 +778,9 @@ class GeoPackageWriter:
             rows = [{**common, "class": d.class_name, "class_id": int(d.class_id), "score": float(d.score),
                      "gate_score": None if d.gate_score is None else float(d.gate_score), "model": model}
                     for d in res.detections]
-            det_fids = self._insert("detections", rows, [d.geometry for d in res.detections])
+            det_fids = self._insert("detections", rows, [d.geometry for d in res.detections], src)
         if res.instances:
-            areas = areas_m2([i.geometry for i in res.instances], self.crs)
+            areas = areas_m2([i.geometry for i in res.instances], src)
             rows = []
             for inst, area in zip(res.instances, areas, strict=True):
                 fid = det_fids[inst.detection_index] if inst.detection_index is not None and det_fids else None
@@ -386,12 +788,12 @@ class GeoPackageWriter:
                              "class_id": inst.class_id, "score": float(inst.score),
                              "mask_score": None if inst.mask_score is None else float(inst.mask_score),
                              "area_m2": float(area), "mask_method": inst.mask_method})
-            self._insert("instances", rows, [i.geometry for i in res.instances])
+            self._insert("instances", rows, [i.geometry for i in res.instances], src)
         if res.segmentation:
-            areas = areas_m2([s.geometry for s in res.segmentation], self.crs)
+            areas = areas_m2([s.geometry for s in res.segmentation], src)
             rows = [{**common, "class": s.class_name, "class_id": int(s.class_id), "area_m2": float(a)}
                     for s, a in zip(res.segmentation, areas, strict=True)]
-            self._insert("segmentation", rows, [s.geometry for s in res.segmentation])
+            self._insert("segmentation", rows, [s.geometry for s in res.segmentation], src)
         w = res.window
         ledger = {**common, "col_off": int(w.col_off), "row_off": int(w.row_off), "width": int(w.width),
                   "height": int(w.height), "status": res.status,
@@ -400,26 +802,115 @@ class GeoPackageWriter:
                   "n_segments": len(res.segmentation), "seconds": float(res.seconds), "message": res.message}
         self._insert("geors_tiles", [ledger], None)
 
-    def write_features(self, layer: str, rows: list[dict], geoms: list) -> list[int]:
-        """Write plain rows to any layer of :data:`LAYERS` in one transaction; returns fids."""
+    def write_rows(self, layer: str, rows: Sequence[dict], geoms: Sequence | None = None, crs=None) -> list[int]:
+        """Write plain rows to a layer of :data:`LAYERS` in one transaction; returns their fids.
+
+        Args:
+            layer: a layer this writer was opened for.
+            rows: field name -> value; missing fields are NULL, ``run_id``
+                defaults to this writer's.
+            geoms: one shapely geometry (or None) per row, for layers with geometry.
+            crs: CRS of ``geoms`` (default the writer's); reprojected into the layer's.
+
+        Inside ``with writer.transaction():`` the rows join that transaction.
+        """
+        if layer not in self.layers:
+            raise ValueError(f"layer {layer!r} was not opened by this writer ({self.layers})")
+        src = _wkt(crs) if crs is not None else self.crs_wkt
         with self.transaction():
-            return self._insert(layer, [{"run_id": self.run_id, **r} for r in rows], geoms)
+            return self._insert(layer, [{"run_id": self.run_id, **r} for r in rows], geoms, src)
+
+    def write_features(self, layer: str, rows: list[dict], geoms: list) -> list[int]:
+        """Same as :meth:`write_rows` (kept for existing callers)."""
+        return self.write_rows(layer, rows, geoms)
+
+    def delete_scene_rows(self, scene: str) -> dict[str, int]:
+        """Remove every row of ``scene`` from all layers and the ledger in one transaction (``--overwrite``).
+
+        Returns:
+            rows deleted per layer (layers without rows of that scene omitted).
+        """
+        deleted: dict[str, int] = {}
+        with self.transaction():
+            tables = [r[0] for r in self._con.execute("SELECT table_name FROM gpkg_contents")]
+            for name in tables:
+                cols = {r[1].lower() for r in self._con.execute(f'PRAGMA table_info("{name}")')}
+                if name.lower() not in LAYERS or "scene" not in cols:
+                    continue
+                n = self._con.execute(f'DELETE FROM "{name}" WHERE scene = ?', (scene,)).rowcount
+                if n:
+                    deleted[name] = n
+        return deleted
 
     # -- runs and resume ----------------------------------------------------------
     def start_run(self, command: str, config: dict, models: dict | None = None) -> None:
-        """Record the run (version, full config as JSON, model names and sha256)."""
+        """Record the run (version, full config as JSON, model names and sha256, host and pid)."""
         from geors import __version__
 
         with self.transaction():
             self._insert("geors_runs", [{"run_id": self.run_id, "geors_version": __version__, "command": command,
                                          "config": json.dumps(config, default=str, sort_keys=True),
                                          "models": json.dumps(models or {}, default=str, sort_keys=True),
-                                         "started": _now(), "finished": None, "status": "running"}], None)
+                                         "started": _now(), "finished": None, "status": "running",
+                                         "host": socket.gethostname(), "pid": os.getpid()}], None)
 
     def finish_run(self, status: str = "finished") -> None:
+        """Close this run's row: ``finished``, ``cancelled``, ``failed`` or ``interrupted``."""
+        if status not in RUN_STATUSES or status == "running":
+            raise ValueError(f"run status must be one of {RUN_STATUSES[1:]}, got {status!r}")
+        if status == "finished":
+            checkpoint("finish")
         with self.transaction():
             self._con.execute('UPDATE "geors_runs" SET finished = ?, status = ? WHERE run_id = ?',
                               (_now(), status, self.run_id))
+
+    def mark_interrupted_runs(self, exclude_run_id: str | None = None) -> list[str]:
+        """Mark runs left ``running`` by a process that is gone as ``interrupted``.
+
+        A run is abandoned when its recorded process (host, pid) no longer
+        exists on this host, or the pid now belongs to a younger process. Rows
+        without a pid (written by geors before it recorded one) count as
+        abandoned. Runs recorded on another host are left alone: their liveness
+        cannot be checked from here.
+
+        Args:
+            exclude_run_id: a run never marked (default: this writer's run).
+
+        Returns:
+            the run ids marked.
+        """
+        exclude = exclude_run_id if exclude_run_id is not None else self.run_id
+        host = socket.gethostname()
+        marked = []
+        with self.transaction():
+            rows = self._con.execute(
+                'SELECT run_id, host, pid, started FROM "geors_runs" WHERE status = \'running\' AND run_id != ?',
+                (exclude,)).fetchall()
+            for run_id, run_host, pid, started in rows:
+                if pid is not None:
+                    if run_host != host:
+                        log.info("%s: run %s is 'running' on host %s; left as is", self.path, run_id, run_host)
+                        continue
+                    if int(pid) == os.getpid() or _process_alive(int(pid), started):
+                        continue
+                self._con.execute('UPDATE "geors_runs" SET status = \'interrupted\' WHERE run_id = ?', (run_id,))
+                marked.append(run_id)
+        if marked:
+            log.info("%s: marked %d abandoned run(s) interrupted: %s", self.path, len(marked), ", ".join(marked))
+        return marked
+
+    def runs(self) -> list[dict]:
+        """The ``geors_runs`` rows in order, as dicts; ``config`` and ``models`` decoded from JSON."""
+        cur = self._con.execute('SELECT * FROM "geors_runs" ORDER BY fid')
+        names = [d[0] for d in cur.description]
+        out = []
+        for values in cur.fetchall():
+            row = dict(zip(names, values, strict=True))
+            for key in ("config", "models"):
+                with contextlib.suppress(TypeError, ValueError):
+                    row[key] = json.loads(row[key])
+            out.append(row)
+        return out
 
     def finished_tiles(self, scene: str) -> dict[str, tuple[int, int, int, int]]:
         """Tiles of ``scene`` already committed (any run): tile_id -> window, for ``--resume``."""
