@@ -86,6 +86,10 @@ def _build(meta: dict[str, Any]) -> nn.Module:
         from geors.models.r2cnn import R2CNN, R2CNNConfig
 
         return R2CNN(R2CNNConfig.from_dict(meta["arch_args"]))
+    if arch == "c2fnet":
+        from geors.models.c2fnet import C2FNet, C2FNetConfig
+
+        return C2FNet(C2FNetConfig.from_dict(meta["arch_args"]))
     raise ValueError(f"unknown architecture {arch!r}")
 
 

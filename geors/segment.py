@@ -1,0 +1,260 @@
+"""Semantic segmentation: the C2FNet predictor, its pipeline stage and the class-raster writer.
+
+* :class:`Segmenter` loads a C2FNet model file once and turns batches of tile
+  pixels ``(B, C, H, W)`` float32 [0, 1] into uint8 class maps ``(B, H, W)``
+  (255 where the pixel is not valid).
+* :class:`SegmentStage` is the pipeline stage (``stage(scene, tiles, images)
+  -> list[TileResult]``): it fills ``TileResult.class_raster`` only. It never
+  clips to cores, polygonises, dissolves or writes: the pipeline does that with
+  :func:`geors.merge.segment_polygons` and :func:`geors.merge.dissolve_groups`.
+* :class:`ClassRasterWriter` writes a class GeoTIFF of the scene window by
+  window from each tile's core (tiled, DEFLATE, colour table, class names in
+  the ``geors_classes`` tag), to a temporary file renamed into place on
+  :meth:`ClassRasterWriter.close`; the scene is never held in memory.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import tempfile
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from geors.errors import BandError, ConfigError, ModelError, OutputError
+from geors.results import TileResult
+
+__all__ = ["Segmenter", "SegmentStage", "ClassRasterWriter", "DEFAULT_SEGMENTER", "NO_CLASS"]
+
+log = logging.getLogger(__name__)
+
+NO_CLASS = 255
+DEFAULT_SEGMENTER = "c2fnet-neon-dota"
+
+# Models loaded in this process (a Dask worker unpickles a fresh stage with every task).
+_LOADED: dict[tuple[str, str, bool], Segmenter] = {}
+
+
+class Segmenter:
+    """C2FNet predictor: device, batching, inference mode.
+
+    Create with :meth:`load`. Attributes: ``model``, ``meta``, ``classes``,
+    ``colours``, ``bands``, ``tile_size``, ``overlap``, ``device``, ``name``,
+    ``refine`` (False = coarse only, the ablation baseline).
+    """
+
+    def __init__(self, model: torch.nn.Module, meta: dict[str, Any], device: torch.device, refine: bool = True,
+                 batch_size: int = 4):
+        self.model = model.eval().to(device)
+        self.meta = meta
+        self.device = device
+        self.refine = refine
+        self.batch_size = max(1, int(batch_size))
+        self.classes: list[str] = list(meta["classes"])
+        self.colours: list[list[int]] = [list(c) for c in meta.get("colours") or []]
+        self.bands: int = int(meta["bands"])
+        self.tile_size: int = int(meta["tile_size"])
+        self.overlap: int = int(meta.get("overlap", 0))
+        self.name: str = str(meta.get("name") or Path(str(meta.get("path", "segmenter"))).stem)
+
+    @classmethod
+    def load(cls, name_or_path: str | os.PathLike | None = None, device: str = "auto", refine: bool = True,
+             batch_size: int = 4) -> Segmenter:
+        """Load a segmenter file or built-in name (None = the default segmenter)."""
+        from geors.detect import resolve_device
+        from geors.models.registry import load_model
+
+        dev = resolve_device(device)
+        model, meta = load_model(DEFAULT_SEGMENTER if name_or_path is None else name_or_path, dev)
+        if meta.get("architecture") != "c2fnet":
+            raise ModelError(f"{meta.get('path')}: a {meta.get('architecture')} model, not a segmenter; pass a "
+                             "C2FNet model (geors train segmenter) to --segmenter.")
+        log.info("loaded segmenter %s (%s) on %s", meta.get("path"), ", ".join(meta["classes"]), dev)
+        return cls(model, meta, dev, refine, batch_size)
+
+    def probabilities(self, images: np.ndarray) -> np.ndarray:
+        """Class probabilities ``(B, K, H, W)`` float32 of ``(B, C, H, W)`` float32 images in [0, 1]."""
+        return self._run(images, probs=True)
+
+    def predict(self, images: np.ndarray, valid: np.ndarray | None = None) -> np.ndarray:
+        """uint8 class ids ``(B, H, W)``; 255 where ``valid`` ``(B, H, W)`` is False."""
+        out = self._run(images, probs=False)
+        if valid is not None:
+            out[~np.asarray(valid, bool).reshape(out.shape)] = NO_CLASS
+        return out
+
+    def _run(self, images: np.ndarray, probs: bool) -> np.ndarray:
+        arr = np.asarray(images, np.float32)
+        if arr.ndim == 3:
+            arr = arr[None]
+        if arr.ndim != 4:
+            raise ValueError(f"images must be (B, C, H, W) float32, got shape {arr.shape}")
+        if arr.shape[1] != self.bands:
+            raise BandError(f"segmenter {self.name} was trained on {self.bands}-band images but the tiles have "
+                            f"{arr.shape[1]} band(s); select {self.bands} bands (--bands) or use a segmenter "
+                            f"trained for {arr.shape[1]}.")
+        outs = []
+        with torch.inference_mode():
+            for i in range(0, arr.shape[0], self.batch_size):
+                x = torch.from_numpy(np.ascontiguousarray(arr[i:i + self.batch_size])).to(self.device)
+                p = self.model(x, refine=self.refine)
+                outs.append(p.float().cpu().numpy() if probs else p.argmax(1).to(torch.uint8).cpu().numpy())
+        return np.concatenate(outs)
+
+
+class SegmentStage:
+    """C2FNet as a pipeline stage: fills ``TileResult.class_raster`` (uint8 (H, W), 255 = no class).
+
+    Args:
+        segmenter: model name or path (None = :data:`DEFAULT_SEGMENTER`).
+        device: ``auto``, ``cpu`` or ``cuda``.
+        refine: False runs the coarse network only.
+        batch_size: tiles per forward pass.
+    """
+
+    name = "segment"
+    layers: tuple[str, ...] = ("segmentation",)
+
+    def __init__(self, segmenter: str | None = None, device: str = "auto", refine: bool = True, batch_size: int = 4):
+        self.spec = segmenter
+        self.device = device
+        self.refine = refine
+        self.batch_size = batch_size
+        self._seg: Segmenter | None = None
+
+    def __getstate__(self):
+        state = self.__dict__.copy()
+        state["_seg"] = None
+        return state
+
+    @property
+    def segmenter(self) -> Segmenter:
+        if self._seg is None:
+            key = (str(self.spec), self.device, self.refine)
+            if key not in _LOADED:
+                _LOADED[key] = Segmenter.load(self.spec, device=self.device, refine=self.refine,
+                                              batch_size=self.batch_size)
+            self._seg = _LOADED[key]
+        return self._seg
+
+    @property
+    def classes(self) -> list[str]:
+        return self.segmenter.classes
+
+    @property
+    def colours(self) -> list[list[int]]:
+        return self.segmenter.colours
+
+    def check_scene(self, scene) -> None:
+        """Fail before anything is written when the segmenter does not fit the scene's bands."""
+        seg = self.segmenter
+        if scene.channels != seg.bands:
+            raise BandError(
+                f"{scene.path}: segmenter {seg.name} expects {seg.bands} band(s) but geors would feed "
+                f"{scene.channels} (bands {list(scene.band_indexes)}). Choose {seg.bands} bands with --bands "
+                f"or train a segmenter on these bands.")
+
+    def describe(self) -> dict:
+        from geors.models.registry import file_sha256
+
+        seg = self.segmenter
+        path = seg.meta.get("path")
+        return {"segmenter": seg.name, "model": seg.name,
+                "model_sha256": file_sha256(path) if path else None,
+                "classes": seg.classes, "colours": seg.colours, "small_classes": seg.meta.get("small_classes"),
+                "refine": self.refine, "aggregation": seg.model.config.aggregation}
+
+    def __call__(self, scene, tiles: Sequence, images: Sequence) -> list[TileResult]:
+        t0 = time.perf_counter()
+        seg = self.segmenter
+        x = np.stack([img.image for img in images])
+        valid = np.stack([img.valid for img in images])
+        classes = seg.predict(x, valid)
+        per_tile = (time.perf_counter() - t0) / max(len(tiles), 1)
+        return [TileResult(scene.name, tile.id, tile.window, "done", seconds=per_tile,
+                           class_raster=cr[: tile.height, : tile.width])
+                for tile, cr in zip(tiles, classes, strict=True)]
+
+
+class ClassRasterWriter:
+    """Class GeoTIFF of a scene written window by window from tile cores.
+
+    uint8, same grid and CRS as the scene, tiled 256 x 256, DEFLATE, nodata
+    255, a colour table from ``colours``, class names in the ``geors_classes``
+    tag (JSON ``{"name": id}``, like ``geors label``). Pixels no tile wrote stay
+    255. Written to a temporary file in the destination directory; :meth:`close`
+    renames it into place, :meth:`abort` deletes it.
+
+    Args:
+        path: output ``.tif``.
+        scene: the :class:`geors.raster.Scene` (grid, CRS).
+        classes: class names, id order.
+        colours: RGB per class (None = no colour table).
+    """
+
+    def __init__(self, path: str | os.PathLike, scene, classes: Sequence[str],
+                 colours: Sequence[Sequence[int]] | None = None):
+        import rasterio
+
+        self.path = Path(path)
+        parent = self.path.parent if str(self.path.parent) else Path(".")
+        if not parent.is_dir():
+            raise OutputError(f"{self.path}: the output directory {parent} does not exist; create it first.")
+        if self.path.is_dir():
+            raise OutputError(f"{self.path}: is a directory; give a .tif file path.")
+        if len(classes) > 255:
+            raise ConfigError(f"{len(classes)} classes do not fit a uint8 class raster (255 = no class).")
+        fd, tmp = tempfile.mkstemp(prefix=f".{self.path.name}.", suffix=".tmp.tif", dir=parent)
+        os.close(fd)
+        self._tmp = Path(tmp)
+        profile = {"driver": "GTiff", "width": scene.width, "height": scene.height, "count": 1, "dtype": "uint8",
+                   "crs": scene.crs, "transform": scene.transform, "tiled": True, "blockxsize": 256,
+                   "blockysize": 256, "compress": "DEFLATE", "nodata": NO_CLASS, "BIGTIFF": "IF_SAFER"}
+        self._ds = rasterio.open(self._tmp, "w", **profile)
+        self._ds.update_tags(geors_classes=json.dumps({str(n): i for i, n in enumerate(classes)}),
+                             geors_nodata=str(NO_CLASS))
+        if colours:
+            cmap = {i: tuple(int(v) for v in c[:3]) + (255,) for i, c in enumerate(colours)}
+            cmap[NO_CLASS] = (0, 0, 0, 0)
+            self._ds.write_colormap(1, cmap)
+        self.pixels_written = 0
+
+    def write(self, tile, class_raster: np.ndarray) -> None:
+        """Write the core of ``tile`` from its tile-local ``class_raster`` (uint8 (H, W))."""
+        core = tile.core_in_tile
+        r0, c0 = int(core.row_off), int(core.col_off)
+        block = np.asarray(class_raster, np.uint8)[r0:r0 + int(core.height), c0:c0 + int(core.width)]
+        self._ds.write(block, 1, window=tile.core)
+        self.pixels_written += block.size
+
+    def close(self) -> Path:
+        """Finish the file and move it into place; returns the path."""
+        if self._ds is not None:
+            self._ds.close()
+            self._ds = None
+            os.replace(self._tmp, self.path)
+        return self.path
+
+    def abort(self) -> None:
+        """Drop the temporary file (nothing is left at ``path``)."""
+        if self._ds is not None:
+            self._ds.close()
+            self._ds = None
+        if self._tmp.exists():
+            self._tmp.unlink()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, et, ev, tb):
+        if et is None:
+            self.close()
+        else:
+            self.abort()
+        return False
