@@ -141,6 +141,12 @@ def case_missing(scene: str, out: str) -> dict:
     return {"check": check, "detect_message": message}
 
 
+def case_check() -> dict:
+    import processing
+
+    return dict(processing.run("geors:check_installation", {}, feedback=LogFeedback()))
+
+
 def case_load(scene: str, out: str) -> dict:
     """runAndLoadResults: the layers land in the project, styled, in one group per run."""
     import processing

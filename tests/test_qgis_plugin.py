@@ -1,0 +1,308 @@
+"""The QGIS plugin (qgis_plugin/geors_qgis) in a real, headless QGIS.
+
+QGIS's Python is the system interpreter (``/usr/bin/python3`` with ``python3-qgis``),
+not the one running these tests, which has geors and torch. So each ``qgis`` test
+runs tests/qgis_harness.py with QGIS's Python (``QT_QPA_PLATFORM=offscreen``) and
+points the plugin at this interpreter through ``$GEORS_PYTHON``, the way a user
+points it at their geors environment. The tests skip when QGIS is not installed.
+
+The tests at the bottom need no QGIS: the subprocess runner and the environment
+lookup are standard-library modules, and ``geors models info --json`` is what the
+plugin reads its defaults from.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+import sqlite3
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from affine import Affine
+from rasterio.crs import CRS
+
+import scenes
+
+REPO = Path(__file__).resolve().parents[1]
+HARNESS = Path(__file__).with_name("qgis_harness.py")
+QGIS_PYTHON = os.environ.get("GEORS_QGIS_PYTHON", "/usr/bin/python3")
+sys.path.insert(0, str(REPO / "qgis_plugin"))
+
+# The plugin's own settings: what the algorithms pass for a deterministic, quick detection run.
+DETECT_ARGS = ["--no-gate", "--score-threshold", "0.05", "--tile", "256", "--overlap", "64", "--device", "cpu",
+               "--batch-size", "1"]
+
+
+GEORS_MAIN = "import sys; from geors.cli.main import main; sys.exit(main(prog_name='geors'))"
+
+
+@functools.lru_cache(maxsize=1)
+def _qgis_missing() -> str | None:
+    try:
+        r = subprocess.run([QGIS_PYTHON, "-c", "import qgis.core"], capture_output=True, text=True, timeout=60)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        return f"{QGIS_PYTHON} does not run ({exc})"
+    if r.returncode != 0:
+        return f"{QGIS_PYTHON} cannot import qgis (apt-get install qgis python3-qgis): {r.stderr.strip()[-200:]}"
+    return None
+
+
+@pytest.fixture
+def qgis():
+    reason = _qgis_missing()
+    if reason:
+        pytest.skip(reason)
+
+
+def harness(case: str, *args: str, env: dict | None = None, timeout: float = 300) -> dict:
+    """Run one harness case in QGIS's Python and return its RESULT json."""
+    full_env = {**os.environ, "QT_QPA_PLATFORM": "offscreen", "GEORS_PYTHON": sys.executable}
+    full_env.pop("PYTHONPATH", None)
+    if env:
+        full_env.update(env)
+    full_env = {k: v for k, v in full_env.items() if v is not None}
+    r = subprocess.run([QGIS_PYTHON, str(HARNESS), case, *args], capture_output=True, text=True, timeout=timeout,
+                       env=full_env, cwd=REPO)
+    lines = [ln for ln in r.stdout.splitlines() if ln.startswith("RESULT ")]
+    assert lines, f"harness {case} gave no result (exit {r.returncode}):\n{r.stdout[-3000:]}\n{r.stderr[-3000:]}"
+    data = json.loads(lines[-1][len("RESULT "):])
+    assert "exception" not in data, data.get("traceback")
+    return data
+
+
+def crowns_scene(path: Path, width: int, height: int, seed: int = 5) -> Path:
+    """Green-ish uint8 RGB at 0.1 m in UTM 17N with dark-edged bright discs (tree-crown-like blobs)."""
+    rng = np.random.default_rng(seed)
+    data = np.empty((3, height, width), np.uint8)
+    for b, (lo, hi) in enumerate(((60, 90), (90, 120), (40, 70))):
+        data[b] = rng.integers(lo, hi, (height, width))
+    yy, xx = np.mgrid[:height, :width]
+    for _ in range(width * height // 10000):
+        cy, cx, r = rng.integers(20, height - 20), rng.integers(20, width - 20), rng.integers(6, 14)
+        disc = (yy - cy) ** 2 + (xx - cx) ** 2 < r * r
+        data[0][disc], data[1][disc], data[2][disc] = 30, rng.integers(110, 160), 30
+    return scenes.write(path, data, CRS.from_epsg(32617), Affine(0.1, 0, 404000.0, 0, -0.1, 3285000.0))
+
+
+@pytest.fixture(scope="module")
+def scene_and_reference(tmp_path_factory):
+    """A 48-tile scene (at 256/64 px) and the CLI's own detections on it, to compare the plugin with."""
+    if _qgis_missing():
+        pytest.skip(_qgis_missing())
+    d = tmp_path_factory.mktemp("qgis")
+    scene = crowns_scene(d / "crowns.tif", 1536, 1024)
+    ref = d / "reference.gpkg"
+    r = subprocess.run([sys.executable, "-c", GEORS_MAIN, "detect", str(scene), "-o", str(ref), *DETECT_ARGS],
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    return scene, ref
+
+
+def _reference_boxes(ref: Path) -> list[list[float]]:
+    import pyogrio
+
+    df = pyogrio.read_dataframe(ref, layer="detections")
+    return sorted([round(b[0], 3), round(b[1], 3)] for b in df.geometry.bounds.values.tolist())
+
+
+@pytest.mark.qgis
+def test_provider_lists_algorithms(qgis):
+    res = harness("list")
+    algs = res["algorithms"]
+    for alg_id in ("geors:run", "geors:detect", "geors:masks", "geors:label", "geors:train_detector",
+                   "geors:info", "geors:tiles", "geors:check_installation"):
+        assert alg_id in algs
+    # 'Segment scene' only when this geors has the command
+    help_text = subprocess.run([sys.executable, "-c", GEORS_MAIN, "--help"],
+                               capture_output=True, text=True).stdout
+    assert ("geors:segment" in algs) == ("\n  segment " in help_text)
+    assert res["provider"].startswith("geors (") and "not found" not in res["provider"]
+    # one parameter per CLI option, defaults from the model metadata
+    assert {"SCORE_THRESHOLD", "NO_GATE", "GATE_THRESHOLD", "RESUME", "SAM"} <= set(res["parameters"]["geors:run"])
+    assert res["defaults"]["TILE"] == 640 and res["defaults"]["OVERLAP"] == 128
+    assert 0 < res["defaults"]["GATE_THRESHOLD"] < 1
+
+
+@pytest.mark.qgis
+def test_detect_matches_cli(qgis, scene_and_reference, tmp_path):
+    scene, ref = scene_and_reference
+    out = tmp_path / "plugin.gpkg"
+    res = harness("detect", str(scene), str(out))
+    layer = res["layer"]
+    assert layer["valid"] and layer["crs"] == "EPSG:32617"
+    assert {"class", "score", "gate_score", "tile_id", "run_id"} <= set(layer["fields"])
+    reference = _reference_boxes(ref)
+    assert layer["count"] == len(reference) > 0
+    assert layer["boxes"] == reference
+    assert res["progress_max"] == pytest.approx(100.0)
+    assert any(line.startswith("command: ") and "--progress jsonl" in line for line in res["log"])
+
+
+@pytest.mark.qgis
+def test_cancel_leaves_resumable_geopackage(qgis, scene_and_reference, tmp_path):
+    scene, ref = scene_and_reference
+    out = tmp_path / "cancelled.gpkg"
+    res = harness("cancel", str(scene), str(out))
+    msg = res["message"]
+    assert msg and "Cancelled" in msg and "--resume" in msg and str(out) in msg
+    with sqlite3.connect(out) as db:
+        assert db.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+        done = db.execute("SELECT count(*) FROM geors_tiles").fetchone()[0]
+        status = db.execute("SELECT status FROM geors_runs").fetchall()
+    assert 0 <= done < 48
+    assert status == [("cancelled",)]
+    resumed = harness("resume", str(scene), str(out))
+    with sqlite3.connect(out) as db:
+        assert db.execute("SELECT count(*) FROM geors_tiles").fetchone()[0] == 48
+    assert resumed["layer"]["boxes"] == _reference_boxes(ref)
+
+
+@pytest.mark.qgis
+def test_results_loaded_styled_and_grouped(qgis, tmp_path):
+    scene = crowns_scene(tmp_path / "small.tif", 512, 384)
+    res = harness("load", str(scene), str(tmp_path / "run.gpkg"))
+    (name, layers), = res["groups"].items()
+    assert name.startswith("geors run: small")
+    assert [lyr[0] for lyr in layers] == ["detections", "instances"]
+    for _, renderer, crs, categories in layers:
+        assert renderer == "categorizedSymbol" and crs == "EPSG:32617"
+        assert "tree" in categories
+
+
+@pytest.mark.qgis
+def test_missing_environment_gives_check_installation_message(qgis, tmp_path):
+    scene = crowns_scene(tmp_path / "s.tif", 300, 200)
+    res = harness("missing", str(scene), str(tmp_path / "o.gpkg"),
+                  env={"GEORS_PYTHON": None, "PATH": "/usr/bin:/bin"})
+    report = res["check"]["REPORT"]
+    assert res["check"]["OK"] is False
+    assert "No geors environment found" in report and "pip install" in report and "GEORS_PYTHON" in report
+    msg = res["detect_message"]
+    assert "No geors environment found" in msg and "Check installation" in msg and "Traceback" not in msg
+
+
+@pytest.mark.qgis
+def test_web_layer_gets_clear_message(qgis, tmp_path):
+    res = harness("wms", str(tmp_path / "o.gpkg"))
+    assert "not a raster file on disk" in res["message"] and "Save As" in res["message"]
+
+
+@pytest.mark.qgis
+def test_check_installation_reports_environment(qgis):
+    res = harness("check")
+    report = res["REPORT"]
+    assert "geors installation: OK" in report
+    assert "torch: version" in report and "CUDA" in report
+    assert "SAM checkpoint sam-vit_b" in report
+    if "[optional] SAM checkpoint sam-vit_b" in report:
+        assert "models download sam-vit_b" in report
+
+
+# --- without QGIS ----------------------------------------------------------------------------------------
+
+
+def test_models_info_json_has_model_defaults():
+    from click.testing import CliRunner
+
+    from geors.cli.main import main
+
+    r = CliRunner().invoke(main, ["models", "info", "r2cnn-neon-trees", "--json"])
+    assert r.exit_code == 0, r.output
+    info = json.loads(r.output)
+    meta = info["metadata"]
+    assert meta["tile_size"] == 640 and meta["overlap"] == 128 and 0 < meta["gate_threshold"] < 1
+    assert meta["classes"] == ["tree"] and "training" not in meta
+    bad = CliRunner().invoke(main, ["models", "info", "no-such-model", "--json"])
+    assert bad.exit_code == 2
+
+
+class _Feedback:
+    def __init__(self, cancel_at: float | None = None):
+        self.cancel_at, self.cancelled, self.progress, self.log = cancel_at, False, [], []
+
+    def isCanceled(self):  # noqa: N802
+        return self.cancelled
+
+    def setProgress(self, p):  # noqa: N802
+        self.progress.append(p)
+        if self.cancel_at is not None and p >= self.cancel_at:
+            self.cancelled = True
+
+    def setProgressText(self, t):  # noqa: N802
+        self.log.append(("text", t))
+
+    def pushInfo(self, t):  # noqa: N802
+        self.log.append(("info", t))
+
+    def pushWarning(self, t):  # noqa: N802
+        self.log.append(("warning", t))
+
+    def pushConsoleInfo(self, t):  # noqa: N802
+        self.log.append(("console", t))
+
+    def pushCommandInfo(self, t):  # noqa: N802
+        self.log.append(("command", t))
+
+    def reportError(self, t, fatal=False):  # noqa: N802
+        self.log.append(("error", t))
+
+
+# A stand-in for `geors ... --progress jsonl`: two scenes of 4 tiles; stops cleanly on SIGINT.
+_FAKE = r"""
+import json, sys, time
+print("INFO geors.cli: starting", file=sys.stderr, flush=True)
+try:
+    for scene in ("a.tif", "b.tif"):
+        print(json.dumps({"event": "start", "desc": scene, "total": 4}), flush=True)
+        for i in range(1, 5):
+            time.sleep(float(sys.argv[1]))
+            print(json.dumps({"event": "progress", "desc": scene, "done": i, "total": 4, "detections": i}), flush=True)
+        print(json.dumps({"event": "end", "desc": scene, "done": 4, "total": 4}), flush=True)
+    print(json.dumps({"run_id": "r1", "detections": 8}), flush=True)
+except KeyboardInterrupt:
+    print("Error: interrupted", file=sys.stderr, flush=True)
+    sys.exit(130)
+"""
+
+
+def test_runner_maps_progress_and_summary():
+    from geors_qgis.environment import GeorsEnvironment
+    from geors_qgis.runner import run_geors
+
+    fb = _Feedback()
+    res = run_geors(GeorsEnvironment((sys.executable, "-c", _FAKE), "test"), ["0.01"], fb, n_scenes=2)
+    assert res.returncode == 0 and not res.cancelled and res.summary == {"run_id": "r1", "detections": 8}
+    assert fb.progress == sorted(fb.progress) and fb.progress[-1] == 100.0
+    assert 50.0 in fb.progress  # the first scene's end is half of the bar
+    assert ("console", "INFO geors.cli: starting") in fb.log
+
+
+def test_runner_cancel_interrupts_subprocess():
+    from geors_qgis.environment import GeorsEnvironment
+    from geors_qgis.runner import run_geors
+
+    fb = _Feedback(cancel_at=10.0)
+    res = run_geors(GeorsEnvironment((sys.executable, "-c", _FAKE), "test"), ["0.5"], fb, n_scenes=2)
+    assert res.cancelled and res.returncode == 130 and res.errors == ["interrupted"]
+    assert max(fb.progress) < 100.0
+
+
+def test_environment_lookup_order(tmp_path):
+    from geors_qgis.environment import EnvironmentNotFound, find_environment, parse_commands
+
+    venv = tmp_path / "venv" / "bin"
+    venv.mkdir(parents=True)
+    (venv / "python3").write_text("")
+    env = find_environment(str(tmp_path / "venv"), {"GEORS_PYTHON": "/elsewhere/python"})
+    assert env.python == str(venv / "python3") and env.argv[1] == "-c"
+    assert find_environment(None, {"GEORS_PYTHON": str(venv / "python3")}).source == "$GEORS_PYTHON"
+    with pytest.raises(EnvironmentNotFound, match="does not exist"):
+        find_environment(None, {"GEORS_PYTHON": str(tmp_path / "nope")})
+    with pytest.raises(EnvironmentNotFound, match="No geors environment found"):
+        find_environment(None, {"PATH": str(tmp_path)})
+    assert parse_commands("Usage: x\n\nCommands:\n  detect  Gate...\n  segment  Seg...\n") == ["detect", "segment"]
