@@ -58,6 +58,20 @@ class ProcessingError(GeorsError, RuntimeError):
     exit_code = 1
 
 
+class Cancelled(GeorsError):
+    """A run was cancelled (Ctrl-C, SIGTERM, a cancel request): what was committed stays valid.
+
+    Attributes:
+        summary: the run summary up to the cancellation (tiles saved...), or None.
+    """
+
+    exit_code = 130
+
+    def __init__(self, message: str = "cancelled", summary=None):
+        super().__init__(message)
+        self.summary = summary
+
+
 def require(module: str, extra: str, purpose: str):
     """Import an optional dependency or raise :class:`DependencyNotFoundError`.
 

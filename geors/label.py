@@ -6,21 +6,26 @@ The recipe of SAMRS (Wang et al., 2023) as a GIS tool:
    scene CRS by :func:`geors.io.labels.read_labels`), or from arrays. A
    rotated box becomes its circumscribed horizontal box (RH-box), the prompt
    SAMRS recommends for rotated-box labels.
-2. Each box is turned into a mask by a mask engine (SAM, GrabCut or the box
-   itself, see :mod:`geors.masks`), reading each tile of the scene once.
-3. The label raster is written window by window (never the whole scene in
-   memory): uint8, same width/height/transform/CRS as the scene, tiled
-   256 x 256, DEFLATE; 255 = unlabelled (also set as nodata), otherwise the
-   class id (0..254).
+2. Each box is turned into a mask by a mask engine (SAM, the weight-free
+   engine, GrabCut or the box itself, see :mod:`geors.masks`) through the
+   pipeline (:class:`geors.stages.BoxMasksStage`): each tile is read once, the
+   masks go to the ``instances`` layer of a GeoPackage beside the label raster
+   (``LABELS.masks.gpkg``) batch by batch with the tile ledger, so an
+   interrupted run resumes and memory does not grow with the number of boxes.
+3. The label raster is rasterised from that layer window by window (never
+   the whole scene in memory): uint8, same width/height/transform/CRS as the
+   scene, tiled 256 x 256, DEFLATE; 255 = unlabelled (also set as nodata),
+   otherwise the class id (0..254).
 
 Overlapping instances: instances are painted in order, later ones overwrite
 earlier ones. ``order="larger_first"`` (default) paints larger masks first so
 small objects on top of large ones stay visible; ``"smaller_first"`` is the
-reverse; ``"input"`` keeps file order. Ties keep file order.
+reverse; ``"input"`` keeps the order the masks were written (tile by tile, file
+order within a tile). Ties keep that order.
 
-The optional instance raster (uint32, same grid, 0 = no instance) holds
-``1 + k`` where ``k`` is the index of the box among the boxes read (file order,
-after boxes outside the scene were dropped), with the same overwrite order.
+The optional instance raster (uint32, same grid, 0 = no instance) holds the
+``fid`` of each instance in the masks GeoPackage, with the same overwrite
+order, so a pixel leads back to its polygon.
 
 Class ids: with ``class_map`` (a dict, or a JSON ``{"name": id}`` / CSV
 ``name,id`` file) names map to the given ids. Without it, when every class
@@ -28,8 +33,10 @@ value is an integer in 0..254 the value itself is the id; otherwise the sorted
 unique names get ids 0..K-1. Without a class field every box is class 0. The
 mapping used is stored in the TIFF metadata tag ``geors_classes`` (JSON).
 
-Outputs are written to a temporary file in the destination directory and
-renamed into place, so an existing file is never left half written.
+Rasters are written to a temporary file in the destination directory and
+renamed into place, so an existing file is never left half written; an
+existing raster is only replaced with ``overwrite=True``, and an input scene
+never.
 """
 
 from __future__ import annotations
@@ -40,7 +47,7 @@ import logging
 import os
 import tempfile
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -77,7 +84,8 @@ class LabelRasterReport:
     mask_method: str
     labelled_pixels: int = 0
     order: str = "larger_first"
-    extra: dict = field(default_factory=dict)
+    masks_path: Path | None = None
+    summary: object = None  # the masks run's geors.pipeline.RunSummary
 
     def to_dict(self) -> dict:
         return {
@@ -89,6 +97,7 @@ class LabelRasterReport:
             "mask_method": self.mask_method,
             "labelled_pixels": self.labelled_pixels,
             "order": self.order,
+            "masks_path": str(self.masks_path) if self.masks_path else None,
         }
 
 
@@ -148,14 +157,27 @@ def _class_ids(names: list[str], class_map) -> tuple[np.ndarray, dict[str, int]]
 
 
 def _atomic_target(out: Path) -> Path:
+    fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp.tif", dir=out.parent if str(out.parent) else ".")
+    os.close(fd)
+    return Path(tmp)
+
+
+def check_raster_output(out: Path, scene_path, overwrite: bool, option: str = "-o") -> None:
+    """Refuse, before any work, an output raster that is the input, a folder, or exists (unless overwrite)."""
     parent = out.parent if str(out.parent) else Path(".")
     if not parent.is_dir():
         raise OutputError(f"{out}: the output directory {parent} does not exist; create it first.")
+    if out.suffix.lower() not in (".tif", ".tiff"):
+        raise OutputError(f"{out}: {option} must be a GeoTIFF path ending in .tif")
     if out.is_dir():
         raise OutputError(f"{out}: is a directory; give a .tif file path.")
-    fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp.tif", dir=parent)
-    os.close(fd)
-    return Path(tmp)
+    if out.exists():
+        if Path(scene_path).exists() and os.path.samefile(out, scene_path):
+            raise OutputError(f"{out}: is the input scene; geors never overwrites an input. Choose another name.")
+        if not overwrite:
+            raise OutputError(f"{out}: exists; add --overwrite to replace it, or choose another name.")
+    if not os.access(parent, os.W_OK):
+        raise OutputError(f"{out}: the directory {parent} is not writable.")
 
 
 def write_label_raster(
@@ -164,53 +186,54 @@ def write_label_raster(
     out_path: str | os.PathLike,
     class_field: str | None = None,
     class_map: Mapping[str, int] | str | os.PathLike | None = None,
-    engine="auto",
+    engine: str = "auto",
     instance_raster: str | os.PathLike | None = None,
     order: str = "larger_first",
     *,
-    grid=None,
-    device: str = "auto",
+    masks_path: str | os.PathLike | None = None,
+    config=None,
     layer: str | None = None,
     block: int = 1024,
+    overwrite: bool = False,
+    progress=None,
+    cancel=None,
 ) -> LabelRasterReport:
     """Write a SAMRS-style semantic label raster (and optionally instance ids) for a scene.
 
     Args:
         scene: a :class:`geors.raster.Scene` or a raster path.
         boxes: a vector file path (boxes/polygons in any CRS), a
-            :class:`geors.io.labels.LabelSet`, or a tuple
-            ``(boxes, names)`` with (N, 4) scene pixel boxes xyxy (or (N, 4, 2)
-            rotated corners) and N class names (or None).
-        out_path: label GeoTIFF to write (replaced atomically if it exists).
+            :class:`geors.io.labels.LabelSet`, or a tuple ``(boxes, names)``
+            with (N, 4) scene pixel boxes xyxy (or (N, 4, 2) rotated corners)
+            and N class names (or None).
+        out_path: label GeoTIFF to write.
         class_field: attribute holding the class (vector input).
         class_map: name -> id mapping, or a JSON/CSV file of it (ids 0..254).
-        engine: a :class:`geors.masks.MaskEngine` or a spec for
-            :func:`geors.masks.make_mask_engine` (``auto``, ``vit_b``,
-            ``grabcut``, ``box``, a checkpoint path...).
+        engine: mask engine spec (``auto``, ``vit_b``, ``watershed``, ``grabcut``,
+            ``box``, a checkpoint path...); ignored when ``config`` is given.
         instance_raster: optional uint32 instance-id GeoTIFF to write.
         order: ``larger_first`` | ``smaller_first`` | ``input`` (see module doc).
-        grid: :class:`geors.tiling.TileGrid` for reading pixels (default
-            1024 px tiles, 256 px overlap).
-        device: for SAM engines.
+        masks_path: the masks GeoPackage (default ``<out>.masks.gpkg``); with
+            ``config.output.resume`` an interrupted run continues from it.
+        config: a :class:`geors.config.PipelineConfig` for the masks run
+            (tiling, execution, resume); default: box masks config with ``engine``.
         layer: layer of a multi-layer vector file.
         block: output window size in pixels (multiple of 256).
+        overwrite: replace existing output rasters.
+        progress, cancel: as for :func:`geors.pipeline.process_scenes`.
 
     Returns:
-        A :class:`LabelRasterReport`.
+        A :class:`LabelRasterReport` (``summary`` holds the masks run's summary).
 
     Raises:
         LabelError: unreadable/empty boxes, unknown classes, ids outside 0..254.
-        OutputError: output directory missing or not writable.
+        OutputError: output is the input, exists (without overwrite), directory missing.
         ConfigError: unknown ``order``.
     """
-    import rasterio
-    from rasterio.features import rasterize
-    from rasterio.windows import Window
-    from rasterio.windows import transform as window_transform
-    from shapely import STRtree
-
-    from geors.masks import MaskEngine, make_mask_engine, masks_for_boxes
+    from geors.config import MaskConfig, PipelineConfig
+    from geors.pipeline import process_scenes
     from geors.raster import Scene, open_scene
+    from geors.stages import BoxMasksStage
 
     if order not in ORDERS:
         raise ConfigError(f"order must be one of {ORDERS}, got {order!r}")
@@ -220,61 +243,113 @@ def write_label_raster(
         scene = open_scene(scene)
     out_path = Path(out_path)
     inst_path = Path(instance_raster) if instance_raster is not None else None
+    check_raster_output(out_path, scene.path, overwrite)
+    if inst_path is not None:
+        check_raster_output(inst_path, scene.path, overwrite, "--instances")
+    masks_path = Path(masks_path) if masks_path is not None else out_path.with_name(out_path.stem + ".masks.gpkg")
+    if config is None:
+        config = PipelineConfig(detect=None, masks=MaskConfig(engine=str(engine), simplify_px=0.0, multipart="all"))
+    if config.masks is None:
+        raise ConfigError("write_label_raster needs a configuration with a [masks] section")
+    # class ids must be decidable before the long part runs
+    from geors.io.labels import as_labelset
+
+    ls = as_labelset(boxes, scene, class_field=class_field, layer=layer)
+    _, mapping = _class_ids([str(n) for n in ls.class_names], class_map)
+    stage = BoxMasksStage(ls, config.masks, device=config.execution.device)
+    summary = process_scenes([scene], masks_path, stage, config, progress=progress, cancel=cancel, command="label")
+    report = rasterize_instances(scene, masks_path, out_path, mapping, inst_path, order, block)
+    n_written = report.n_boxes  # instances of this scene in the masks GeoPackage
+    report.n_boxes = len(ls)
+    report.n_empty = max(0, len(ls) - n_written)
+    if report.n_empty:
+        log.warning("%d of %d boxes gave an empty mask and were not painted", report.n_empty, len(ls))
+    report.summary = summary
+    report.masks_path = masks_path
+    return report
+
+
+def rasterize_instances(scene, masks_path: Path, out_path: Path, mapping: dict[str, int],
+                        inst_path: Path | None = None, order: str = "larger_first",
+                        block: int = 1024) -> LabelRasterReport:
+    """Paint a scene's ``instances`` (from a GeoPackage) into a label raster, window by window.
+
+    Each window reads only the instances that intersect it (GeoPackage spatial
+    index) and paints them in a scene-wide consistent order (area, then fid),
+    so windows agree along their edges.
+    """
+    import pyogrio
+    import rasterio
+    from rasterio.features import rasterize
+    from rasterio.windows import Window
+    from rasterio.windows import transform as window_transform
+
+    from geors.tiling import window_bounds
+
+    where = "scene = '" + scene.name.replace("'", "''") + "'"
+    profile = {
+        "driver": "GTiff", "width": scene.width, "height": scene.height, "count": 1,
+        "crs": scene.crs, "transform": scene.transform, "tiled": True, "blockxsize": 256,
+        "blockysize": 256, "compress": "DEFLATE", "BIGTIFF": "IF_SAFER",
+    }
     tmp_label = _atomic_target(out_path)
     tmp_inst = _atomic_target(inst_path) if inst_path is not None else None
+    labelled = 0
+    n_instances = 0
+    method = ""
     try:
-        px_boxes, names = _read_boxes(scene, boxes, class_field, layer)
-        class_ids, mapping = _class_ids(names, class_map)
-        if not isinstance(engine, MaskEngine):
-            engine = make_mask_engine(str(engine), device=device)
-        results = masks_for_boxes(scene, px_boxes, engine, grid, simplify_px=0.0, multipart="all")
-        keep = [i for i, r in enumerate(results) if r.geometry is not None]
-        geoms = [results[i].geometry for i in keep]
-        areas = np.array([results[i].area_px for i in keep], dtype=np.int64)
-        idx = np.array(keep, dtype=np.int64)
-        if order == "larger_first":
-            rank = np.lexsort((idx, -areas))
-        elif order == "smaller_first":
-            rank = np.lexsort((idx, areas))
-        else:
-            rank = np.argsort(idx, kind="stable")
-        paint_pos = np.empty(len(keep), dtype=np.int64)
-        paint_pos[rank] = np.arange(len(keep))
-        tree = STRtree(geoms) if geoms else None
-
-        profile = {
-            "driver": "GTiff", "width": scene.width, "height": scene.height, "count": 1,
-            "crs": scene.crs, "transform": scene.transform, "tiled": True, "blockxsize": 256,
-            "blockysize": 256, "compress": "DEFLATE", "BIGTIFF": "IF_SAFER",
-        }
-        labelled = 0
+        info = pyogrio.read_info(masks_path, layer="instances")
+        layer_crs = info.get("crs")
         with rasterio.open(tmp_label, "w", dtype="uint8", nodata=UNLABELLED, **profile) as dst, \
                 _maybe_open(tmp_inst, dict(profile, dtype="uint32", nodata=0)) as idst:
-            dst.update_tags(
-                geors_classes=json.dumps(mapping, sort_keys=True), geors_mask_method=engine.method,
-                geors_order=order, geors_unlabelled=str(UNLABELLED),
-            )
+            dst.update_tags(geors_classes=json.dumps(mapping, sort_keys=True), geors_order=order,
+                            geors_unlabelled=str(UNLABELLED), geors_masks=str(masks_path))
             for r0 in range(0, scene.height, block):
                 for c0 in range(0, scene.width, block):
                     win = Window(c0, r0, min(block, scene.width - c0), min(block, scene.height - r0))
                     wt = window_transform(win, scene.transform)
                     shape = (int(win.height), int(win.width))
-                    hits = _window_hits(tree, win, scene.transform)
-                    hits = hits[np.argsort(paint_pos[hits], kind="stable")] if len(hits) else hits
-                    if len(hits):
-                        lab = rasterize(((geoms[k], int(class_ids[idx[k]])) for k in hits), out_shape=shape,
-                                        transform=wt, fill=UNLABELLED, dtype="uint8")
-                    else:
-                        lab = np.full(shape, UNLABELLED, dtype=np.uint8)
+                    bounds = window_bounds(win, scene.transform)
+                    df = pyogrio.read_dataframe(masks_path, layer="instances", where=where,
+                                                bbox=_bbox_in(bounds, scene.crs, layer_crs), fid_as_index=True,
+                                                columns=["class", "area_m2", "mask_method"])
+                    if len(df) and layer_crs and not _same_crs(layer_crs, scene.crs):
+                        df = df.to_crs(scene.crs.to_wkt())
+                    lab = np.full(shape, UNLABELLED, dtype=np.uint8)
+                    ins = np.zeros(shape, dtype=np.uint32) if idst is not None else None
+                    if len(df):
+                        method = method or str(df["mask_method"].iloc[0])
+                        unknown = sorted(set(df["class"].astype(str)) - set(mapping))
+                        if unknown:
+                            raise LabelError(f"{masks_path}: classes {unknown} are not in the class map {mapping}.")
+                        fids = df.index.to_numpy()
+                        area = df["area_m2"].to_numpy(dtype=np.float64)
+                        if order == "larger_first":
+                            rank = np.lexsort((fids, -area))
+                        elif order == "smaller_first":
+                            rank = np.lexsort((fids, area))
+                        else:
+                            rank = np.argsort(fids, kind="stable")
+                        geoms = df.geometry.to_numpy()[rank]
+                        cls = df["class"].astype(str).to_numpy()[rank]
+                        lab = rasterize(((g, mapping[c]) for g, c in zip(geoms, cls, strict=True)),
+                                        out_shape=shape, transform=wt, fill=UNLABELLED, dtype="uint8")
+                        if ins is not None:
+                            ins = rasterize(((g, int(f)) for g, f in zip(geoms, fids[rank], strict=True)),
+                                            out_shape=shape, transform=wt, fill=0, dtype="uint32")
                     labelled += int((lab != UNLABELLED).sum())
                     dst.write(lab, 1, window=win)
                     if idst is not None:
-                        if len(hits):
-                            ins = rasterize(((geoms[k], int(idx[k]) + 1) for k in hits), out_shape=shape,
-                                            transform=wt, fill=0, dtype="uint32")
-                        else:
-                            ins = np.zeros(shape, dtype=np.uint32)
                         idst.write(ins, 1, window=win)
+            dst.update_tags(geors_mask_method=method)
+        import sqlite3
+
+        con = sqlite3.connect(f"file:{masks_path}?mode=ro", uri=True)
+        try:
+            n_instances = int(con.execute('SELECT count(*) FROM "instances" WHERE scene = ?',
+                                          (scene.name,)).fetchone()[0])
+        finally:
+            con.close()
         os.replace(tmp_label, out_path)
         if tmp_inst is not None and inst_path is not None:
             os.replace(tmp_inst, inst_path)
@@ -282,10 +357,23 @@ def write_label_raster(
         for t in (tmp_label, tmp_inst):
             if t is not None and t.exists():
                 t.unlink()
-    n_empty = len(results) - len(keep)
-    if n_empty:
-        log.warning("%d of %d boxes gave an empty mask and were not painted", n_empty, len(results))
-    return LabelRasterReport(out_path, inst_path, mapping, len(results), n_empty, engine.method, labelled, order)
+    return LabelRasterReport(out_path, inst_path, mapping, n_instances, 0, method, labelled, order)
+
+
+def _same_crs(a, b) -> bool:
+    from pyproj import CRS
+
+    return CRS.from_user_input(a).equals(CRS.from_user_input(b.to_wkt() if hasattr(b, "to_wkt") else b),
+                                         ignore_axis_order=True)
+
+
+def _bbox_in(bounds, scene_crs, layer_crs):
+    if not layer_crs or _same_crs(layer_crs, scene_crs):
+        return tuple(bounds)
+    from pyproj import Transformer
+
+    tr = Transformer.from_crs(scene_crs.to_wkt(), layer_crs, always_xy=True)
+    return tuple(tr.transform_bounds(*bounds, densify_pts=21))
 
 
 class _NullCtx:
@@ -300,44 +388,3 @@ def _maybe_open(path: Path | None, profile: dict):
     import rasterio
 
     return rasterio.open(path, "w", **profile) if path is not None else _NullCtx()
-
-
-def _window_hits(tree, win, transform) -> np.ndarray:
-    if tree is None:
-        return np.zeros(0, dtype=np.int64)
-    from shapely.geometry import box as sbox
-
-    from geors.tiling import window_bounds
-
-    return np.asarray(tree.query(sbox(*window_bounds(win, transform)), predicate="intersects"), dtype=np.int64)
-
-
-def _read_boxes(scene, boxes, class_field: str | None, layer: str | None) -> tuple[np.ndarray, list[str]]:
-    """Boxes in scene pixels and their class names from a file, a LabelSet or arrays."""
-    if isinstance(boxes, str | os.PathLike):
-        from geors.io.labels import read_labels
-
-        ls = read_labels(boxes, scene, class_field=class_field, layer=layer)
-        names = list(ls.class_names) if class_field is not None else _default_names(ls)
-        return np.asarray(ls.boxes, dtype=np.float64), names
-    if hasattr(boxes, "boxes") and hasattr(boxes, "class_names"):
-        return np.asarray(boxes.boxes, dtype=np.float64), [str(n) for n in boxes.class_names]
-    if isinstance(boxes, tuple) and len(boxes) == 2:
-        arr, names = boxes
-        from geors.masks import _as_boxes
-
-        b = _as_boxes(arr)
-        if names is None:
-            return b, ["0"] * len(b)
-        names = [str(n) for n in names]
-        if len(names) != len(b):
-            raise LabelError(f"{len(b)} boxes but {len(names)} class names")
-        return b, names
-    raise LabelError("boxes must be a vector file path, a LabelSet or a (boxes, names) tuple")
-
-
-def _default_names(ls) -> list[str]:
-    # without an explicit class field read_labels uses a 'class'/'label' field when present,
-    # else the single class "object" -> id 0
-    names = [str(n) for n in ls.class_names]
-    return ["0"] * len(names) if set(names) == {"object"} else names

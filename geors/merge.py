@@ -19,8 +19,8 @@ import numpy as np
 from geors.results import SegmentPolygon
 from geors.tiling import Tile
 
-__all__ = ["owned_mask", "box_centres", "segment_polygons", "dissolve_groups", "merge_geometries",
-           "dissolve_across_cores"]
+__all__ = ["owned_mask", "box_centres", "on_valid", "apply_seams", "segment_polygons", "dissolve_groups",
+           "merge_geometries", "dissolve_across_cores", "dissolve_scene"]
 
 
 def box_centres(boxes_xyxy: np.ndarray) -> np.ndarray:
@@ -39,6 +39,64 @@ def owned_mask(tile: Tile, boxes_xyxy: np.ndarray) -> np.ndarray:
     core = tile.core_in_tile
     x0, y0 = core.col_off, core.row_off
     return (c[:, 0] >= x0) & (c[:, 0] < x0 + core.width) & (c[:, 1] >= y0) & (c[:, 1] < y0 + core.height)
+
+
+def on_valid(valid: np.ndarray, boxes_xyxy: np.ndarray) -> np.ndarray:
+    """Bool (N,): box centres that fall on valid pixels of the tile (not nodata, not padding)."""
+    c = box_centres(boxes_xyxy)
+    h, w = valid.shape
+    cx = np.clip(c[:, 0].astype(int), 0, w - 1)
+    cy = np.clip(c[:, 1].astype(int), 0, h - 1)
+    return valid[cy, cx]
+
+
+def apply_seams(tile: Tile, image, result, classes: tuple[str, ...] = ()):
+    """The pipeline's seam rules on one tile's stage result (in place; returns it).
+
+    - detections: kept when the tile's core holds the box centre and the centre
+      lies on valid pixels (a box centred on nodata or padding is an artefact
+      of the border);
+    - instances: kept with their detection (``detection_index`` remapped), or,
+      for box-prompted instances without a detection, by their own ``box_px``;
+    - class raster: clipped to the core and polygonised (``segment_polygons``);
+      polygons along inner core edges are marked for the dissolve across cores.
+
+    Stages return everything they saw; only this function decides what a tile keeps.
+
+    Args:
+        tile: the :class:`geors.tiling.Tile`.
+        image: its :class:`geors.raster.TileImage` (``valid`` marks nodata and padding).
+        result: the stage's :class:`geors.results.TileResult` for the tile.
+        classes: names of the class raster's ids.
+    """
+    valid = image.valid
+    if result.detections:
+        boxes = np.array([d.box_px if d.box_px is not None else (np.nan,) * 4 for d in result.detections],
+                         dtype=np.float64)
+        has_box = ~np.isnan(boxes).any(axis=1)
+        keep = ~has_box
+        if has_box.any():
+            keep[has_box] = owned_mask(tile, boxes[has_box]) & on_valid(valid, boxes[has_box])
+        remap = {old: new for new, old in enumerate(np.flatnonzero(keep))}
+        result.detections = [d for d, k in zip(result.detections, keep, strict=True) if k]
+    else:
+        remap = {}
+    kept_instances = []
+    for inst in result.instances:
+        if inst.detection_index is not None:
+            if inst.detection_index in remap:
+                inst.detection_index = remap[inst.detection_index]
+                kept_instances.append(inst)
+        elif inst.box_px is not None:
+            b = np.asarray(inst.box_px, dtype=np.float64)[None]
+            if owned_mask(tile, b)[0] and on_valid(valid, b)[0]:
+                kept_instances.append(inst)
+        else:
+            kept_instances.append(inst)
+    result.instances = kept_instances
+    if result.class_raster is not None:
+        result.segmentation.extend(segment_polygons(tile, image, result.class_raster, classes))  # noqa: F821
+    return result
 
 
 # ----------------------------------------------------------------------------- segmentation seams
@@ -199,3 +257,43 @@ def dissolve_across_cores(polygons: Sequence[SegmentPolygon], tolerance: float =
         out.append(SegmentPolygon(merge_geometries([polygons[i].geometry for i in g], tolerance),
                                   first.class_name, first.class_id, False))
     return out
+
+
+def dissolve_scene(writer, scene: str, tolerance: float | None = None) -> int:
+    """Dissolve one scene's segmentation rows across core boundaries, in the GeoPackage (idempotent).
+
+    Reads only the rows marked ``edge`` (polygons that reach an inner core
+    edge), groups them with :func:`dissolve_groups`, and replaces each group
+    by one feature (union, still ``edge`` so a later pass can extend it, area recomputed) in one transaction. A
+    run interrupted before or during this step leaves correct per-core
+    polygons; the next ``--resume`` dissolves them.
+
+    Args:
+        writer: an open :class:`geors.vector.GeoPackageWriter` with a ``segmentation`` layer.
+        scene: the scene's name.
+        tolerance: coordinate tolerance in the layer's CRS units (default: 1e-6 of the layer's extent).
+
+    Returns:
+        The number of features removed by merging.
+    """
+    from geors.vector import areas_m2
+
+    rows = writer.read_rows("segmentation", "scene = ? AND edge = 1", (scene,),
+                            fields=("class", "class_id", "tile_id", "scene"))
+    if len(rows) < 2:
+        return 0
+    if tolerance is None:
+        import shapely
+
+        b = shapely.total_bounds([g for _, _, g in rows])
+        tolerance = 1e-7 * max(b[2] - b[0], b[3] - b[1], 1e-9)
+    groups = dissolve_groups(((fid, f["class_id"], g, True) for fid, f, g in rows), tolerance)
+    if not groups:
+        return 0
+    by_fid = {fid: (f, g) for fid, f, g in rows}
+    merged = [merge_geometries([by_fid[i][1] for i in g], tolerance) for g in groups]
+    areas = areas_m2(merged, writer.layer_crs("segmentation"))
+    new_rows = [{**{k: by_fid[g[0]][0][k] for k in ("class", "class_id", "tile_id", "scene")},
+                 "area_m2": float(a), "edge": 1} for g, a in zip(groups, areas, strict=True)]
+    writer.replace_rows("segmentation", [i for g in groups for i in g], new_rows, merged)
+    return sum(len(g) for g in groups) - len(groups)

@@ -40,10 +40,13 @@ from geors.errors import BandError, ConfigError, GeoreferenceError, SceneReadErr
 log = logging.getLogger(__name__)
 
 # GDAL's block cache defaults to 5% of RAM and fills as a scene streams by, so
-# peak memory would grow with the scene up to that size. One row of 640 px tiles
-# of a 20,000 px wide RGB uint8 scene needs ~60 MB of blocks, so 128 MB keeps the
-# overlap re-reads cached while memory stays flat. Set GDAL_CACHEMAX to override.
-os.environ.setdefault("GDAL_CACHEMAX", "128")
+# peak memory grows with the scene up to that size. The CLI sets GDAL_CACHEMAX
+# (see geors.cli.main.configure_environment); a library user sets it (or
+# rasterio.Env) in their own process: the library changes no process-wide state.
+RECOMMENDED_GDAL_CACHEMAX_MB = 128
+
+# warnings.catch_warnings swaps process-wide state: serialise the opens that use it
+_WARNINGS_LOCK = threading.Lock()
 
 __all__ = ["BandStats", "Scene", "TileImage", "open_scene"]
 
@@ -108,7 +111,7 @@ def _open(path: Path, quiet_georef: bool):
 
     from rasterio.errors import NotGeoreferencedWarning
 
-    with warnings.catch_warnings():
+    with _WARNINGS_LOCK, warnings.catch_warnings():
         warnings.simplefilter("ignore", NotGeoreferencedWarning)
         return rasterio.open(path)
 

@@ -31,6 +31,7 @@ class Instance:
     mask_method: str  # "sam:vit_b", "grabcut", "box", ...
     detection_index: int | None = None  # index into the same TileResult.detections
     class_id: int | None = None
+    box_px: tuple[float, float, float, float] | None = None  # tile-local prompt box (ownership by its centre)
 
 
 @dataclass
@@ -57,4 +58,7 @@ class TileResult:
     # tile-local class ids (H, W) uint8, 255 = no class; a segmentation stage fills it and the
     # pipeline (not the stage) clips it to the core and polygonises it into ``segmentation``
     class_raster: np.ndarray | None = None
+    # rows of plain layers (e.g. ``tiles``, ``tile_cores``): layer -> [(fields, geometry in scene CRS)]
+    rows: dict[str, list[tuple[dict, object]]] = field(default_factory=dict)
+    stage_seconds: dict[str, float] = field(default_factory=dict)  # seconds per step, for the run summary
     message: str = ""

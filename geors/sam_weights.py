@@ -43,6 +43,7 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
+from geors import paths
 from geors.errors import DependencyNotFoundError, DownloadError, ModelError, require
 
 __all__ = [
@@ -51,7 +52,6 @@ __all__ = [
     "cache_dir",
     "find_checkpoint",
     "download",
-    "sha256_file",
     "load_sam",
     "build_sam_from_config",
     "save_sam_checkpoint",
@@ -60,7 +60,7 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 ENV_CHECKPOINT = "GEORS_SAM_CHECKPOINT"
-ENV_CACHE = "GEORS_CACHE_DIR"
+ENV_CACHE = paths.ENV_CACHE
 
 
 @dataclass(frozen=True)
@@ -128,11 +128,8 @@ _EMBED_TO_KIND = {768: "vit_b", 1024: "vit_l", 1280: "vit_h"}
 
 
 def cache_dir() -> Path:
-    """Directory where downloaded model files live (not created here)."""
-    root = os.environ.get(ENV_CACHE)
-    if root:
-        return Path(root).expanduser() / "models"
-    return Path.home() / ".cache" / "geors" / "models"
+    """Directory where downloaded model files live (not created here): ``<cache>/models``."""
+    return paths.cache_dir("models")
 
 
 def _entry(kind: str) -> SamCheckpoint:
@@ -184,15 +181,6 @@ def missing_checkpoint_message(kind: str) -> str:
     )
 
 
-def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
-    """Hex sha256 of a file, read in chunks of ``chunk`` bytes."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(chunk), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def download(
     name: str,
     dest_dir: str | os.PathLike | None = None,
@@ -222,7 +210,7 @@ def download(
     dest_dir = Path(dest_dir) if dest_dir is not None else cache_dir()
     final = dest_dir / e.filename
     by_hand = f"Download {e.url} by hand (sha256 {e.sha256}) and save it as {final}."
-    if final.is_file() and final.stat().st_size == e.size and sha256_file(final) == e.sha256:
+    if final.is_file() and final.stat().st_size == e.size and paths.sha256_file(final) == e.sha256:
         log.info("%s already present at %s", e.name, final)
         return final
     try:

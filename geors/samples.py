@@ -16,6 +16,7 @@ import zipfile
 from pathlib import Path
 
 from geors.errors import DownloadError
+from geors.paths import cache_dir
 
 log = logging.getLogger(__name__)
 
@@ -27,13 +28,8 @@ NEON_FILES = (
 DEEPFOREST_SPEC = "deepforest==2.1.0"
 
 
-def cache_dir() -> Path:
-    """The geors cache: ``$GEORS_CACHE_DIR`` or ``~/.cache/geors``."""
-    return Path(os.environ.get("GEORS_CACHE_DIR", Path.home() / ".cache" / "geors"))
-
-
 def neon_dir() -> Path:
-    return cache_dir() / "samples" / "neon"
+    return cache_dir("samples", "neon")
 
 
 def fetch_neon(force: bool = False) -> dict[str, Path]:

@@ -1,147 +1,307 @@
-"""Pipeline stages built from predictors: gate -> detect -> (masks) on a batch of tiles.
+"""Concrete stages (see :mod:`geors.stage` for the contract): detection (+ masks), masks of given boxes,
+tile-grid statistics.
 
-A stage holds loaded models (loaded lazily in the worker that first runs it,
-so a stage can be shipped to Dask workers without its weights) and turns a
-batch of tile pixels into :class:`geors.results.TileResult` objects. Pixels
-are read once by the pipeline; the mask engine decodes boxes on the same
-tile arrays.
+Each stage loads its models once per process (:func:`geors.stage.load_once`),
+is shipped to Dask workers without its weights, returns tile-local results and
+leaves seams and writing to the pipeline.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import time
+from collections import defaultdict
 from collections.abc import Sequence
 
 import numpy as np
 
-from geors.merge import owned_mask
-from geors.raster import Scene, TileImage
+from geors.config import DetectConfig, MaskConfig
+from geors.errors import BandError
+from geors.raster import Scene
 from geors.results import Detection, TileResult
-from geors.tiling import Tile
+from geors.stage import TileBatch, load_once
+from geors.tiling import Tile, TileGrid, window_bounds
 from geors.vector import pixel_box_to_polygon
 
 log = logging.getLogger(__name__)
 
-__all__ = ["DetectStage"]
+__all__ = ["DetectStage", "BoxMasksStage", "TileInfoStage", "mask_engine_info"]
 
-# Models loaded in this process, keyed by (kind, spec, device). A Dask worker
-# receives a fresh unpickled stage with every task; this cache makes it load the
-# weights once per worker process instead of once per batch.
-_LOADED: dict[tuple[str, str, str], object] = {}
+# SAM's native input size: box-prompted masks read 1024 px tiles unless told otherwise.
+SAM_TILING = (1024, 256)
+
+
+def _engine(spec: str, device: str):
+    from geors.masks import make_mask_engine
+
+    return load_once(("masks", str(spec), device), lambda: make_mask_engine(spec, device=device))
+
+
+def mask_engine_info(engine) -> dict:
+    """Provenance of a mask engine: method and, for SAM, the checkpoint file and its sha256."""
+    info = {"mask_method": engine.method}
+    ckpt = getattr(engine, "checkpoint", None)
+    if ckpt is not None:
+        from geors.paths import sha256_file
+
+        info.update(mask_checkpoint=str(ckpt), mask_checkpoint_sha256=sha256_file(ckpt))
+    return info
+
+
+def _mask_instances(batch: TileBatch, k: int, dets: list[Detection], engine, masks: MaskConfig):
+    from geors.masks import instances_for_tile
+
+    return instances_for_tile(batch.scene, batch.tiles[k], batch.images[k], dets, engine,
+                              simplify_px=masks.simplify_px, multipart=masks.multipart)
 
 
 class DetectStage:
-    """R2-CNN gate + detector (+ optional box->mask engine) as a pipeline stage.
+    """R2-CNN gate + detector, and masks of the detections when ``masks`` is given.
 
     Args:
-        model: model name or path (None = the default model shipped with geors).
+        detect: model and thresholds (:class:`geors.config.DetectConfig`).
+        masks: box -> mask engine and polygon options, or None for no masks.
         device: ``auto``, ``cpu`` or ``cuda``.
-        gate_threshold: tiles whose gate probability is below it skip the
-            detector (status ``gated``); None disables gating. Default: the
-            model's recorded threshold, else 0.5.
-        score_threshold: minimum detection score kept.
-        mask_engine: spec for :func:`geors.masks.make_mask_engine` (``grabcut``,
-            ``box``, ``vit_b``, a checkpoint path...) or None for no masks.
-        use_gate: False runs the detector on every tile (``--no-gate``).
     """
 
     name = "detect"
+    classes: tuple[str, ...] = ()
+    skip_nodata = True
 
-    def __init__(self, model: str | None = None, device: str = "auto", gate_threshold: float | None = None,
-                 score_threshold: float = 0.3, mask_engine: str | None = None, use_gate: bool = True):
-        self.model_spec = model
+    def __init__(self, detect: DetectConfig | None = None, masks: MaskConfig | None = None, device: str = "auto"):
+        self.config = detect or DetectConfig()
+        self.masks = masks
         self.device = device
-        self.score_threshold = score_threshold
-        self.mask_spec = mask_engine
-        self.use_gate = use_gate
-        self._gate_threshold = gate_threshold
-        self._detector = None
-        self._engine = None
-        self.layers: tuple[str, ...] = ("detections", "instances") if mask_engine else ("detections",)
-
-    # Dask ships stages to workers: send the specs, not the loaded weights.
-    def __getstate__(self):
-        state = self.__dict__.copy()
-        state["_detector"] = None
-        state["_engine"] = None
-        return state
+        self.layers: tuple[str, ...] = ("detections", "instances") if masks else ("detections",)
 
     @property
     def detector(self):
-        if self._detector is None:
-            from geors.detect import Detector
+        from geors.detect import Detector
 
-            key = ("detector", str(self.model_spec), self.device)
-            if key not in _LOADED:
-                _LOADED[key] = Detector.load(self.model_spec, device=self.device)
-            self._detector = _LOADED[key]
-        return self._detector
+        return load_once(("detector", str(self.config.model), self.device),
+                         lambda: Detector.load(self.config.model, device=self.device))
 
     @property
     def engine(self):
-        if self._engine is None and self.mask_spec:
-            from geors.masks import make_mask_engine
-
-            key = ("masks", str(self.mask_spec), self.device)
-            if key not in _LOADED:
-                _LOADED[key] = make_mask_engine(self.mask_spec, device=self.device)
-            self._engine = _LOADED[key]
-        return self._engine
+        return _engine(self.masks.engine, self.device) if self.masks else None
 
     @property
     def gate_threshold(self) -> float | None:
-        if not self.use_gate:
+        if not self.config.use_gate:
             return None
-        if self._gate_threshold is not None:
-            return self._gate_threshold
+        if self.config.gate_threshold is not None:
+            return self.config.gate_threshold
         return float(self.detector.meta.get("gate_threshold", 0.5))
 
-    def check_scene(self, scene: Scene) -> None:
-        """Fail early (before any tile) when the model and the scene do not fit together."""
-        from geors.errors import BandError
+    def prepare(self, scenes: Sequence[Scene]) -> None:
+        det = self.detector  # loads (and validates) the model before any output is touched
+        for scene in scenes:
+            if scene.channels != det.bands:
+                raise BandError(
+                    f"{scene.path}: model {det.name} expects {det.bands} band(s) but geors would feed "
+                    f"{scene.channels} (bands {list(scene.band_indexes)}). Choose bands with --bands.")
+        if self.masks:
+            _ = self.engine
 
-        det = self.detector
-        if scene.channels != det.bands:
-            raise BandError(
-                f"{scene.path}: model {det.name} expects {det.bands} band(s) but geors would feed "
-                f"{scene.channels} (bands {list(scene.band_indexes)}). Choose bands with --bands.")
+    def default_tiling(self) -> tuple[int, int]:
+        return self.detector.tile_size, self.detector.overlap
 
     def describe(self) -> dict:
         det = self.detector
-        info = {"model": det.name, "model_sha256": det.meta.get("sha256"), "classes": det.classes,
-                "gate_threshold": self.gate_threshold, "score_threshold": self.score_threshold}
-        if self.mask_spec:
-            info["mask_method"] = self.engine.method
+        info = {"model": det.name, "model_path": det.meta.get("path"), "model_sha256": det.meta.get("file_sha256"),
+                "classes": det.classes, "gate_threshold": self.gate_threshold,
+                "score_threshold": self.config.score_threshold}
+        if self.masks:
+            info.update(mask_engine_info(self.engine))
         return info
 
-    def __call__(self, scene: Scene, tiles: Sequence[Tile], images: Sequence[TileImage]) -> list[TileResult]:
+    def tile_inputs(self, scene: Scene, tiles: Sequence[Tile]) -> None:
+        return None
+
+    def __call__(self, batch: TileBatch) -> list[TileResult]:
         t0 = time.perf_counter()
         det = self.detector
-        x = np.stack([img.image for img in images])
-        probs, per_tile = det.gate_and_detect(x, gate_threshold=self.gate_threshold,
-                                              score_threshold=self.score_threshold)
-        per_tile_s = (time.perf_counter() - t0) / len(tiles)
+        x = np.stack([img.image for img in batch.images])
+        threshold = self.gate_threshold
+        probs, per_tile = det.gate_and_detect(x, gate_threshold=threshold,
+                                              score_threshold=self.config.score_threshold)
+        detect_s = (time.perf_counter() - t0) / len(batch.tiles)
         results = []
-        for tile, img, p, (boxes, scores, labels) in zip(tiles, images, probs, per_tile, strict=True):
-            t1 = time.perf_counter()
-            gated = self.gate_threshold is not None and p < self.gate_threshold
-            dets: list[Detection] = []
-            if len(boxes):
-                keep = owned_mask(tile, boxes)
-                # a box whose centre falls on nodata/padding is an artefact of the border
-                cx = np.clip(((boxes[:, 0] + boxes[:, 2]) / 2).astype(int), 0, img.valid.shape[1] - 1)
-                cy = np.clip(((boxes[:, 1] + boxes[:, 3]) / 2).astype(int), 0, img.valid.shape[0] - 1)
-                keep &= img.valid[cy, cx]
-                for b, s, c in zip(boxes[keep], scores[keep], labels[keep], strict=True):
-                    dets.append(Detection(pixel_box_to_polygon(b, tile.transform), det.classes[int(c)], int(c),
-                                          float(s), tuple(float(v) for v in b), float(p)))
-            instances = []
-            if dets and self.engine is not None:
-                from geors.masks import instances_for_tile
-
-                instances = instances_for_tile(scene, tile, img, dets, self.engine)
-            results.append(TileResult(scene.name, tile.id, tile.window, "gated" if gated else "done",
-                                      gate_score=float(p), seconds=per_tile_s + time.perf_counter() - t1,
-                                      detections=dets, instances=instances))
+        for k, (tile, p, (boxes, scores, labels)) in enumerate(zip(batch.tiles, probs, per_tile, strict=True)):
+            dets = [Detection(pixel_box_to_polygon(b, tile.transform), det.classes[int(c)], int(c), float(s),
+                              tuple(float(v) for v in b), float(p))
+                    for b, s, c in zip(boxes, scores, labels, strict=True)]
+            res = TileResult(batch.scene.name, tile.id, tile.window,
+                             "gated" if threshold is not None and p < threshold else "done",
+                             gate_score=float(p), detections=dets, stage_seconds={"detect": detect_s})
+            if dets and self.masks:
+                t1 = time.perf_counter()
+                # masks only for the boxes this tile keeps; the pipeline applies the same rule to all results
+                keep = batch.kept(k, np.array([d.box_px for d in dets]))
+                owned = [d for d, kk in zip(dets, keep, strict=True) if kk]
+                res.detections = owned
+                res.instances = _mask_instances(batch, k, owned, self.engine, self.masks)
+                res.stage_seconds["masks"] = time.perf_counter() - t1
+            res.seconds = sum(res.stage_seconds.values())
+            results.append(res)
         return results
+
+
+class BoxMasksStage:
+    """Masks of given boxes (``geors masks``, ``geors label``): each tile decodes the boxes its core owns.
+
+    Boxes come from any vector file in any CRS (or a Pascal VOC / CSV file),
+    read per scene with :func:`geors.io.labels.read_labels` in the main
+    process; :meth:`tile_inputs` hands each batch only its tiles' boxes.
+
+    Args:
+        boxes: path of the boxes/polygons file, a :class:`geors.io.labels.LabelSet` or
+            ``(boxes, names)`` arrays in scene pixels (see :func:`geors.io.labels.as_labelset`).
+        masks: engine and polygon options.
+        device: for SAM.
+        class_field: attribute holding the class (default ``class``/``label``).
+        layer: layer of a multi-layer vector file.
+    """
+
+    name = "masks"
+    layers = ("instances",)
+    classes: tuple[str, ...] = ()
+    skip_nodata = False  # boxes given on nodata are still outlined (as the box, by the engine's own rule)
+
+    def __init__(self, boxes, masks: MaskConfig | None = None, device: str = "auto",
+                 class_field: str | None = None, layer: str | None = None):
+        self.boxes = str(boxes) if isinstance(boxes, str | os.PathLike) else boxes
+        self.masks = masks or MaskConfig()
+        self.device = device
+        self.class_field = class_field
+        self.layer = layer
+        self._labels: dict[str, object] = {}
+        self._owners: dict[str, dict[str, list[int]]] = {}
+
+    def __getstate__(self):
+        state = self.__dict__.copy()
+        state["_labels"] = {}  # workers get their boxes with each batch, never the whole set
+        state["_owners"] = {}
+        if not isinstance(state["boxes"], str):
+            state["boxes"] = None
+        return state
+
+    @property
+    def engine(self):
+        return _engine(self.masks.engine, self.device)
+
+    def prepare(self, scenes: Sequence[Scene]) -> None:
+        from geors.io.labels import as_labelset
+
+        for scene in scenes:
+            self._labels[scene.name] = as_labelset(self.boxes, scene, class_field=self.class_field,
+                                                   layer=self.layer)
+        _ = self.engine
+
+    def default_tiling(self) -> tuple[int, int]:
+        return SAM_TILING
+
+    def describe(self) -> dict:
+        boxes = self.boxes if isinstance(self.boxes, str) else str(getattr(self.boxes, "source", "<arrays>"))
+        return {"boxes": boxes, "class_field": self.class_field, "simplify_px": self.masks.simplify_px,
+                "multipart": self.masks.multipart, **mask_engine_info(self.engine)}
+
+    def n_boxes(self, scene: Scene) -> int:
+        return len(self._labels[scene.name])
+
+    def tile_inputs(self, scene: Scene, tiles: Sequence[Tile]) -> list:
+        """Per tile: (boxes (K, 4) tile-local, class names, class ids) of the boxes whose centre its core holds."""
+        index = self._owner_index(scene, tiles[0])
+        ls = self._labels[scene.name]
+        out = []
+        for t in tiles:
+            idx = np.asarray(index.get(t.id, []), dtype=np.int64)
+            boxes = np.asarray(ls.boxes, dtype=np.float64).reshape(-1, 4)[idx] - np.array(
+                [t.col_off, t.row_off] * 2, dtype=np.float64)
+            out.append((boxes, [str(ls.class_names[i]) for i in idx], [int(ls.class_ids[i]) for i in idx]))
+        return out
+
+    def _owner_index(self, scene: Scene, tile: Tile) -> dict[str, list[int]]:
+        key = scene.name
+        if key not in self._owners:
+            grid = TileGrid(scene, tile.size, tile.overlap)
+            boxes = np.asarray(self._labels[key].boxes, dtype=np.float64).reshape(-1, 4)
+            groups: dict[str, list[int]] = defaultdict(list)
+            for i, b in enumerate(boxes):
+                cx = min(max((b[0] + b[2]) / 2, 0), grid.width - 1e-6)
+                cy = min(max((b[1] + b[3]) / 2, 0), grid.height - 1e-6)
+                groups[grid.owner(cx, cy).id].append(i)
+            self._owners[key] = dict(groups)
+        return self._owners[key]
+
+    def __call__(self, batch: TileBatch) -> list[TileResult]:
+        results = []
+        for k, tile in enumerate(batch.tiles):
+            t0 = time.perf_counter()
+            boxes, names, ids = batch.inputs[k]
+            dets = [Detection(None, n, c, 1.0, tuple(float(v) for v in b)) for b, n, c in
+                    zip(boxes, names, ids, strict=True)]
+            instances = _mask_instances(batch, k, dets, self.engine, self.masks) if dets else []
+            for inst in instances:  # given boxes, not detections: no detection link, no detector score
+                inst.box_px = dets[inst.detection_index].box_px
+                inst.detection_index = None
+                inst.score = None
+            res = TileResult(batch.scene.name, tile.id, tile.window, "done", instances=instances,
+                             stage_seconds={"masks": time.perf_counter() - t0})
+            res.seconds = res.stage_seconds["masks"]
+            results.append(res)
+        return results
+
+
+class TileInfoStage:
+    """The tile grid as layers (``geors tiles``): footprints with nodata fraction and brightness, and cores."""
+
+    name = "tiles"
+    layers = ("tiles", "tile_cores")
+    classes: tuple[str, ...] = ()
+    skip_nodata = False
+
+    def __init__(self, with_stats: bool = True):
+        self.with_stats = with_stats
+
+    def prepare(self, scenes: Sequence[Scene]) -> None:
+        pass
+
+    def default_tiling(self) -> tuple[int, int]:
+        return 640, 128
+
+    def describe(self) -> dict:
+        return {"with_stats": self.with_stats}
+
+    def tile_inputs(self, scene: Scene, tiles: Sequence[Tile]) -> None:
+        return None
+
+    def __call__(self, batch: TileBatch) -> list[TileResult]:
+        import shapely
+
+        out = []
+        for tile, img in zip(batch.tiles, batch.images, strict=True):
+            base = {"scene": batch.scene.name, "tile_id": tile.id, "row": tile.row, "col": tile.col}
+            stats = tile_statistics(tile, img) if self.with_stats else {"nodata_fraction": None,
+                                                                         "mean_brightness": None}
+            c = tile.core
+            rows = {
+                "tiles": [({**base, "col_off": tile.col_off, "row_off": tile.row_off, "width": tile.width,
+                            "height": tile.height, **stats},
+                           shapely.box(*window_bounds(tile.window, batch.scene.transform)))],
+                "tile_cores": [({**base, "col_off": int(c.col_off), "row_off": int(c.row_off),
+                                 "width": int(c.width), "height": int(c.height)},
+                                shapely.box(*window_bounds(c, batch.scene.transform)))],
+            }
+            status = "nodata" if stats["nodata_fraction"] == 1.0 else "done"
+            out.append(TileResult(batch.scene.name, tile.id, tile.window, status, rows=rows))
+        return out
+
+
+def tile_statistics(tile: Tile, img) -> dict:
+    """Nodata fraction and mean brightness (0..1, valid pixels) of one tile's pixels."""
+    valid = img.valid[: tile.height, : tile.width]
+    n = int(valid.sum())
+    mean = float(img.image[:, : tile.height, : tile.width][:, valid].mean()) if n else None
+    return {"nodata_fraction": 1.0 - n / valid.size, "mean_brightness": mean}

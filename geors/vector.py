@@ -65,6 +65,7 @@ __all__ = [
     "pixel_box_to_polygon",
     "new_run_id",
     "RUN_STATUSES",
+    "recover_hot_journal",
 ]
 
 
@@ -91,7 +92,7 @@ LAYERS: dict[str, LayerSchema] = {
         ("scene", "str"), ("run_id", "str"))),
     "segmentation": LayerSchema("MultiPolygon", (
         ("class", "str"), ("class_id", "int"), ("area_m2", "float"), ("tile_id", "str"),
-        ("scene", "str"), ("run_id", "str"))),
+        ("scene", "str"), ("run_id", "str"), ("edge", "int"))),
     "tiles": LayerSchema("Polygon", (
         ("scene", "str"), ("tile_id", "str"), ("row", "int"), ("col", "int"), ("col_off", "int"),
         ("row_off", "int"), ("width", "int"), ("height", "int"), ("nodata_fraction", "float"),
@@ -158,6 +159,15 @@ def _blob_envelope(blob: bytes) -> tuple[float, float, float, float] | None:
         return None
     minx, miny, maxx, maxy = geom.bounds
     return (minx, maxx, miny, maxy)
+
+
+def gpkg_geometry(blob: bytes | None):
+    """The shapely geometry of a GeoPackage binary geometry (None for NULL)."""
+    if blob is None or len(blob) < 8:
+        return None
+    flags = blob[3]
+    sizes = {0: 0, 1: 32, 2: 48, 3: 48, 4: 64}
+    return shapely.from_wkb(bytes(blob[8 + sizes.get((flags >> 1) & 0x07, 0):]))
 
 
 def _register_st_functions(con: sqlite3.Connection) -> None:
@@ -258,6 +268,32 @@ _GPKG_APPLICATION_IDS = {0x47504B47, 0x47503130, 0x47503131}  # "GPKG", "GP10", 
 _GPKG_APPLICATION_ID = 0x47504B47
 _GPKG_USER_VERSION = 10400  # GeoPackage 1.4, what GDAL writes
 _LOCK_WAIT_S = 120.0
+
+
+def recover_hot_journal(path: Path) -> None:
+    """Roll back a transaction a killed process left half-done (SQLite's hot journal).
+
+    SQLite rolls a hot journal back on the first read through a read-write
+    connection; a read-only one cannot and reports the file as unreadable. Called
+    before an existing output is inspected (by the writer and by the pipeline's
+    read-only look at what an output already holds).
+    """
+    path = Path(path)
+    if not path.exists():
+        return
+    leftovers = [p for p in (Path(f"{path}-journal"), Path(f"{path}-wal")) if p.exists()]
+    if not leftovers:
+        return
+    try:
+        con = sqlite3.connect(path, timeout=60)
+        try:
+            con.execute("SELECT count(*) FROM sqlite_master").fetchone()
+        finally:
+            con.close()
+    except sqlite3.DatabaseError as exc:
+        log.warning("%s: could not recover %s: %s", path, leftovers[0].name, exc)
+    else:
+        log.info("%s: recovered an interrupted transaction (%s)", path, leftovers[0].name)
 
 
 def _temp_prefix(path: Path) -> str:
@@ -448,26 +484,7 @@ class GeoPackageWriter:
                 p.unlink()
 
     def _recover_hot_journal(self) -> None:
-        """Roll back a transaction a killed process left half-done (SQLite's hot journal).
-
-        SQLite rolls a hot journal back on the first read through a read-write
-        connection; a read-only one cannot and reports the file as unreadable.
-        """
-        if not self.path.exists():
-            return
-        leftovers = [p for p in (Path(f"{self.path}-journal"), Path(f"{self.path}-wal")) if p.exists()]
-        if not leftovers:
-            return
-        try:
-            con = sqlite3.connect(self.path, timeout=60)
-            try:
-                con.execute("SELECT count(*) FROM sqlite_master").fetchone()
-            finally:
-                con.close()
-        except sqlite3.DatabaseError as exc:
-            log.warning("%s: could not recover %s: %s", self.path, leftovers[0].name, exc)
-        else:
-            log.info("%s: recovered an interrupted transaction (%s)", self.path, leftovers[0].name)
+        recover_hot_journal(self.path)
 
     def _needs_creation(self) -> bool:
         """True when there is no file, or one that holds nothing (0 bytes, or SQLite without tables).
@@ -791,9 +808,13 @@ class GeoPackageWriter:
             self._insert("instances", rows, [i.geometry for i in res.instances], src)
         if res.segmentation:
             areas = areas_m2([s.geometry for s in res.segmentation], src)
-            rows = [{**common, "class": s.class_name, "class_id": int(s.class_id), "area_m2": float(a)}
-                    for s, a in zip(res.segmentation, areas, strict=True)]
+            rows = [{**common, "class": s.class_name, "class_id": int(s.class_id), "area_m2": float(a),
+                     "edge": int(bool(s.edge))} for s, a in zip(res.segmentation, areas, strict=True)]
             self._insert("segmentation", rows, [s.geometry for s in res.segmentation], src)
+        for layer, items in res.rows.items():  # plain layers (the tile grid): fields given by the stage
+            if layer not in self.layers:
+                raise ValueError(f"tile {res.tile_id} has {layer} rows but this writer was opened for {self.layers}")
+            self._insert(layer, [{"run_id": self.run_id, **row} for row, _ in items], [g for _, g in items], src)
         w = res.window
         ledger = {**common, "col_off": int(w.col_off), "row_off": int(w.row_off), "width": int(w.width),
                   "height": int(w.height), "status": res.status,
@@ -819,6 +840,26 @@ class GeoPackageWriter:
         src = _wkt(crs) if crs is not None else self.crs_wkt
         with self.transaction():
             return self._insert(layer, [{"run_id": self.run_id, **r} for r in rows], geoms, src)
+
+    def read_rows(self, layer: str, where: str = "1", params: Sequence = (),
+                  fields: Sequence[str] = ()) -> list[tuple[int, dict, object]]:
+        """Rows of ``layer`` matching an SQL ``where`` clause: ``(fid, fields, geometry in the layer's CRS)``."""
+        names = list(fields) or [f for f, _ in LAYERS[layer].fields]
+        geom = ', "geom"' if LAYERS[layer].geometry else ""
+        cols = ", ".join(f'"{n}"' for n in names)
+        out = []
+        for row in self._con.execute(f'SELECT fid, {cols}{geom} FROM "{layer}" WHERE {where}', tuple(params)):
+            out.append((int(row[0]), dict(zip(names, row[1:1 + len(names)], strict=True)),
+                        gpkg_geometry(row[-1]) if geom else None))
+        return out
+
+    def replace_rows(self, layer: str, delete_fids: Sequence[int], rows: Sequence[dict], geoms: Sequence) -> list[int]:
+        """Delete rows by fid and insert others (geometries in the layer's CRS) in one transaction."""
+        with self.transaction():
+            for fid in delete_fids:
+                self._con.execute(f'DELETE FROM "{layer}" WHERE fid = ?', (int(fid),))
+            return self._insert(layer, [{"run_id": self.run_id, **r} for r in rows], geoms,
+                                _wkt(self.layer_crs(layer)))
 
     def write_features(self, layer: str, rows: list[dict], geoms: list) -> list[int]:
         """Same as :meth:`write_rows` (kept for existing callers)."""

@@ -11,8 +11,8 @@ from click.testing import CliRunner
 from rasterio.crs import CRS
 
 from geors.cli.main import main
-from geors.merge import owned_mask
-from geors.pipeline import RunConfig, process_scenes
+from geors.config import ExecutionConfig, OutputConfig, PipelineConfig, TilingConfig
+from geors.pipeline import process_scenes
 from geors.results import Detection, TileResult
 from geors.vector import pixel_box_to_polygon
 
@@ -20,29 +20,48 @@ import scenes
 
 
 class BrightBlobStage:
-    """A real (if simple) stage: bright connected components -> boxes, kept by the owner tile."""
+    """A real (if simple) stage: bright connected components -> boxes.
+
+    It returns every blob it sees in the tile, overlap included, like every stage
+    must: keeping only what a tile's core owns is the pipeline's job.
+    """
 
     name = "bright-blobs"
     layers = ("detections",)
+    classes = ()
+    skip_nodata = True
 
     def __init__(self):
         self.calls = 0
 
+    def prepare(self, scenes):
+        pass
+
+    def default_tiling(self):
+        return 640, 128
+
     def describe(self):
         return {"model": "bright-blobs"}
 
-    def __call__(self, scene, tiles, images):
+    def tile_inputs(self, scene, tiles):
+        return None
+
+    def __call__(self, batch):
         self.calls += 1
         out = []
-        for t, img in zip(tiles, images, strict=True):
+        for t, img in zip(batch.tiles, batch.images, strict=True):
             m = (img.image.min(0) > 0.99).astype(np.uint8)
             n, _, st, _ = cv2.connectedComponentsWithStats(m)
             boxes = np.array([[x, y, x + w, y + h] for x, y, w, h, a in st[1:] if a >= 25], float).reshape(-1, 4)
-            keep = owned_mask(t, boxes)
-            dets = [Detection(pixel_box_to_polygon(b, t.transform), "blob", 0, 1.0, tuple(b))
-                    for b in boxes[keep]]
-            out.append(TileResult(scene.name, t.id, t.window, "done", detections=dets))
+            dets = [Detection(pixel_box_to_polygon(b, t.transform), "blob", 0, 1.0, tuple(b)) for b in boxes]
+            out.append(TileResult(batch.scene.name, t.id, t.window, "done", detections=dets))
         return out
+
+
+def cfg(tile_size=640, overlap=128, batch_size=8, workers=1, scheduler=None, **output):
+    return PipelineConfig(detect=None, tiling=TilingConfig(tile_size, overlap),
+                          execution=ExecutionConfig(batch_size=batch_size, workers=workers, scheduler=scheduler),
+                          output=OutputConfig(**output))
 
 
 def _blob_scene(path, w=1500, h=1100):
@@ -57,7 +76,7 @@ def _blob_scene(path, w=1500, h=1100):
 def test_objects_across_seams_are_written_once(tmp_path):
     p, blobs = _blob_scene(tmp_path / "blobs.tif")
     out = tmp_path / "o.gpkg"
-    summary = process_scenes([p], out, BrightBlobStage(), RunConfig(tile_size=640, overlap=128, batch_size=2))
+    summary = process_scenes([p], out, BrightBlobStage(), cfg(batch_size=2))
     df = pyogrio.read_dataframe(out, layer="detections")
     assert summary.detections == len(df) == len(blobs)
     for x, y, _size in blobs:
@@ -67,25 +86,25 @@ def test_objects_across_seams_are_written_once(tmp_path):
     ledger = pyogrio.read_dataframe(out, layer="geors_tiles")
     assert len(ledger) == summary.tiles == 6 and set(ledger["status"]) == {"done"}
     config = json.loads(pyogrio.read_dataframe(out, layer="geors_runs")["config"][0])
-    assert config["stretch"]["blobs.tif"]["percentiles"] == [2.0, 98.0]
+    assert config["scenes"][0]["stretch"]["percentiles"] == [2.0, 98.0]
     assert config["tile_size"] == 640 and config["overlap"] == 128
 
 
 def test_nodata_tiles_skip_the_stage_and_are_ledgered(tmp_path):
     p = scenes.nodata_border(tmp_path / "nd.tif")
     stage = BrightBlobStage()
-    s = process_scenes([p], tmp_path / "o.gpkg", stage, RunConfig(tile_size=256, overlap=0, batch_size=100))
+    s = process_scenes([p], tmp_path / "o.gpkg", stage, cfg(256, 0, batch_size=100))
     ledger = pyogrio.read_dataframe(tmp_path / "o.gpkg", layer="geors_tiles")
-    assert s.skipped_nodata == (ledger["status"] == "nodata").sum() == 4 + 3  # first tile row and column
-    assert s.processed == len(ledger) - s.skipped_nodata
+    assert s.nodata == (ledger["status"] == "nodata").sum() == 4 + 3  # first tile row and column
+    assert s.processed == len(ledger) - s.nodata
 
 
 def test_resume_skips_finished_tiles_and_refuses_other_grid(tmp_path):
     p, _ = _blob_scene(tmp_path / "blobs.tif")
     out = tmp_path / "o.gpkg"
-    process_scenes([p], out, BrightBlobStage(), RunConfig(batch_size=3))
+    process_scenes([p], out, BrightBlobStage(), cfg(batch_size=3))
     stage = BrightBlobStage()
-    s = process_scenes([p], out, stage, RunConfig(batch_size=3, resume=True))
+    s = process_scenes([p], out, stage, cfg(batch_size=3, resume=True))
     assert s.skipped_resume == 6 and stage.calls == 0
     assert len(pyogrio.read_dataframe(out, layer="detections")) == 5
     # half-finished: delete ledger rows of some tiles, resume redoes only those
@@ -94,17 +113,17 @@ def test_resume_skips_finished_tiles_and_refuses_other_grid(tmp_path):
     con.execute("DELETE FROM geors_tiles WHERE tile_id IN ('r1_c1', 'r1_c2')")
     con.commit()
     con.close()
-    s = process_scenes([p], out, BrightBlobStage(), RunConfig(batch_size=3, resume=True))
+    s = process_scenes([p], out, BrightBlobStage(), cfg(batch_size=3, resume=True))
     assert s.skipped_resume == 4 and s.processed == 2
     from geors.errors import OutputError
-    with pytest.raises(OutputError, match="another tile grid"):
-        process_scenes([p], out, BrightBlobStage(), RunConfig(tile_size=512, overlap=64, resume=True))
+    with pytest.raises(OutputError, match="--tile: was 640, now 512"):
+        process_scenes([p], out, BrightBlobStage(), cfg(512, 64, resume=True))
 
 
 def test_synchronous_and_threads_agree(tmp_path):
     p, _ = _blob_scene(tmp_path / "blobs.tif")
-    a = process_scenes([p], tmp_path / "a.gpkg", BrightBlobStage(), RunConfig(scheduler="synchronous"))
-    b = process_scenes([p], tmp_path / "b.gpkg", BrightBlobStage(), RunConfig(workers=2))
+    a = process_scenes([p], tmp_path / "a.gpkg", BrightBlobStage(), cfg(scheduler="synchronous"))
+    b = process_scenes([p], tmp_path / "b.gpkg", BrightBlobStage(), cfg(workers=2))
     ga = pyogrio.read_dataframe(tmp_path / "a.gpkg", layer="detections").sort_values("tile_id")
     gb = pyogrio.read_dataframe(tmp_path / "b.gpkg", layer="detections").sort_values("tile_id")
     assert a.detections == b.detections and list(ga["tile_id"]) == list(gb["tile_id"])
@@ -114,7 +133,7 @@ def test_synchronous_and_threads_agree(tmp_path):
 def test_dask_local_cluster(tmp_path):
     pytest.importorskip("distributed")
     p, blobs = _blob_scene(tmp_path / "blobs.tif")
-    s = process_scenes([p], tmp_path / "o.gpkg", BrightBlobStage(), RunConfig(scheduler="local", workers=2))
+    s = process_scenes([p], tmp_path / "o.gpkg", BrightBlobStage(), cfg(scheduler="local", workers=2))
     assert s.detections == len(blobs)
 
 
@@ -131,7 +150,8 @@ def test_cli_info_tiles_and_bad_inputs(tmp_path):
                           "--progress", "jsonl"])
     assert res.exit_code == 0, res.output
     events = [json.loads(line) for line in res.stdout.splitlines() if line.startswith("{")]
-    assert events[0]["event"] == "start" and events[-1]["event"] == "end" and events[-1]["done"] == 6
+    assert events[0]["event"] == "start" and events[-2]["event"] == "end" and events[-2]["done"] == 6
+    assert events[-1]["event"] == "summary" and events[-1]["tiles"] == 6
     tiles = pyogrio.read_dataframe(out, layer="tiles")
     cores = pyogrio.read_dataframe(out, layer="tile_cores")
     assert len(tiles) == len(cores) == 6
@@ -169,21 +189,21 @@ def test_cli_info_tiles_and_bad_inputs(tmp_path):
 class FlakyStage(BrightBlobStage):
     """Fails on the first call, like a model running out of memory once."""
 
-    def __call__(self, scene, tiles, images):
-        self.calls += 1
-        if self.calls == 1:
+    def __call__(self, batch):
+        if self.calls == 0:
+            self.calls += 1
             raise RuntimeError("out of memory")
-        return super().__call__(scene, tiles, images)
+        return super().__call__(batch)
 
 
 def test_failed_tiles_are_ledgered_and_resume_retries_them(tmp_path):
     p, blobs = _blob_scene(tmp_path / "blobs.tif")
     out = tmp_path / "o.gpkg"
-    s = process_scenes([p], out, FlakyStage(), RunConfig(batch_size=2, workers=1))
+    s = process_scenes([p], out, FlakyStage(), cfg(batch_size=2, workers=1))
     assert s.failed == 2 and s.processed == 4
     ledger = pyogrio.read_dataframe(out, layer="geors_tiles")
     assert (ledger["status"] == "failed").sum() == 2
     assert ledger.loc[ledger["status"] == "failed", "message"].str.contains("out of memory").all()
-    s2 = process_scenes([p], out, BrightBlobStage(), RunConfig(batch_size=2, resume=True))
+    s2 = process_scenes([p], out, BrightBlobStage(), cfg(batch_size=2, resume=True))
     assert s2.skipped_resume == 4 and s2.processed == 2
     assert len(pyogrio.read_dataframe(out, layer="detections")) == len(blobs)

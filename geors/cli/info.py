@@ -22,7 +22,9 @@ from geors.tiling import TileGrid
 @handle_errors
 def command(scene, tile_size, overlap, bands, tiles_in_flight, stats, as_json):
     """Size, bands, dtype, CRS, pixel size, nodata, tile count and a memory estimate."""
-    sc = open_scene(scene, bands=parse_bands(bands))
+    sc = open_scene(scene, bands=list(parse_bands(bands)) if bands else None)
+    tile_size = tile_size or 640
+    overlap = overlap if overlap is not None else 128
     grid = TileGrid(sc, tile_size, overlap)
     info = sc.describe()
     mem = grid.memory_estimate(bands=sc.channels, tiles_in_flight=tiles_in_flight)

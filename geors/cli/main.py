@@ -21,6 +21,26 @@ def main(verbose: int, quiet: bool) -> None:
     level = logging.ERROR if quiet else (logging.WARNING, logging.INFO, logging.DEBUG)[min(verbose, 2)]
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
     logging.getLogger("geors").setLevel(level)
+    configure_environment(level)
+
+
+def configure_environment(level: int) -> None:
+    """Process-wide settings that belong to the program, not the library (which sets none on import).
+
+    - GDAL's block cache defaults to 5% of RAM and fills as a scene streams by, so
+      memory would grow with the scene; 128 MB keeps a row of 640 px tiles of a
+      20,000 px wide scene cached (overlap re-reads) while memory stays flat.
+    - dask.distributed installs INFO-level handlers (and shutdown chatter); keep
+      it as quiet as geors' own logs.
+    """
+    import os
+
+    from geors.raster import RECOMMENDED_GDAL_CACHEMAX_MB
+
+    os.environ.setdefault("GDAL_CACHEMAX", str(RECOMMENDED_GDAL_CACHEMAX_MB))
+    for name in ("distributed", "distributed.nanny", "distributed.worker", "distributed.scheduler"):
+        logging.getLogger(name).setLevel(max(logging.ERROR if name == "distributed.nanny" else logging.WARNING,
+                                             level))
 
 
 def _register() -> None:
@@ -47,6 +67,12 @@ def _register() -> None:
     from geors.cli import train  # R2-CNN gate + detector training
 
     main.add_command(train.command)
+
+    from geors.cli import segment as segment_cli  # C2FNet: segment, train segmenter, eval segmentation
+
+    main.add_command(segment_cli.command)
+    train.train_group.add_command(segment_cli.train_command)
+    eval_cli.eval_group.add_command(segment_cli.eval_command)
     eval_cli.eval_group.add_command(eval_masks.command)
 
 

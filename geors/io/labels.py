@@ -40,7 +40,7 @@ import numpy as np
 
 from geors.errors import LabelError
 
-__all__ = ["LabelSet", "MIN_VISIBLE", "read_labels", "clip_boxes", "is_pixel_csv"]
+__all__ = ["LabelSet", "MIN_VISIBLE", "read_labels", "as_labelset", "clip_boxes", "is_pixel_csv"]
 
 log = logging.getLogger(__name__)
 
@@ -422,3 +422,27 @@ def _class_ids(path: Path, names: list[str], class_map) -> tuple[tuple[str, ...]
         raise LabelError(f"{path}: classes {unknown} are not among the expected classes {list(classes)}; "
                          "choose the right class field or relabel.")
     return classes, np.asarray([index[n] for n in names], dtype=np.int64)
+
+
+def as_labelset(boxes, scene, class_field: str | None = None, layer: str | None = None) -> LabelSet:
+    """Boxes of ``scene`` from a label file path, a :class:`LabelSet`, or ``(boxes, names)`` arrays.
+
+    Arrays are scene pixel boxes ``(N, 4)`` xyxy or rotated corners ``(N, 4, 2)``
+    (which become their RH-box); ``names`` may be None (every box class ``"0"``).
+    """
+    if isinstance(boxes, str | os.PathLike):
+        return read_labels(boxes, scene, class_field=class_field, layer=layer)
+    if isinstance(boxes, LabelSet):
+        return boxes
+    if isinstance(boxes, tuple) and len(boxes) == 2:
+        from geors.masks.boxes import as_boxes
+
+        arr, names = boxes
+        b = as_boxes(arr)
+        names = ["0"] * len(b) if names is None else [str(n) for n in names]
+        if len(names) != len(b):
+            raise LabelError(f"{len(b)} boxes but {len(names)} class names")
+        classes = tuple(sorted(set(names)))
+        ids = np.array([classes.index(n) for n in names], dtype=np.int64)
+        return LabelSet(b, tuple(names), ids, classes, Path("<arrays>"))
+    raise LabelError("boxes must be a label file path, a LabelSet or a (boxes, names) tuple")

@@ -30,6 +30,7 @@ import torch
 from torch import nn
 
 from geors.errors import ModelError
+from geors.paths import sha256_file
 
 __all__ = [
     "FORMAT",
@@ -71,13 +72,7 @@ def weights_sha256(state: dict[str, torch.Tensor]) -> str:
     return h.hexdigest()
 
 
-def file_sha256(path: str | os.PathLike) -> str:
-    """SHA-256 of a whole file (what run ledgers record)."""
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
+file_sha256 = sha256_file  # the one sha256 rule (geors.paths); kept as the registry's name
 
 
 def _build(meta: dict[str, Any]) -> nn.Module:

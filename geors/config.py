@@ -1,0 +1,322 @@
+"""Frozen run configuration: one dataclass per stage and :class:`PipelineConfig`, readable and writable as TOML.
+
+The CLI builds a :class:`PipelineConfig` from its options (or from
+``--config run.toml`` with options on the command line overriding the file),
+the Python API takes the same object, and the pipeline records the effective
+configuration as JSON in ``geors_runs``. Everything is validated here, before
+any output is created or opened for writing; a bad value raises
+:class:`geors.errors.ConfigError` naming the option and its allowed range.
+
+``None`` in a field means "the default of the model or stage": e.g. the tile
+size of a detector run is the model's tile size, of a box-prompted mask run
+SAM's native 1024 px. Python and the CLI therefore get the same defaults.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+import tomllib
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+from geors.errors import ConfigError
+
+__all__ = [
+    "TilingConfig",
+    "DetectConfig",
+    "MaskConfig",
+    "SegmentConfig",
+    "ExecutionConfig",
+    "OutputConfig",
+    "PipelineConfig",
+    "DEFAULT_SCORE_THRESHOLD",
+    "MAX_TILE_SIZE",
+]
+
+#: Detections below this score are not written (and evaluation reports precision/recall at it).
+DEFAULT_SCORE_THRESHOLD = 0.3
+
+#: Largest tile side accepted: a 8192² x 4-band float32 tile is already 1 GiB.
+MAX_TILE_SIZE = 8192
+
+# Options that change what a run writes: a --resume must use the same values.
+RESULT_OPTIONS = ("tiling.tile_size", "tiling.overlap", "tiling.bands", "detect.model", "detect.gate_threshold",
+                  "detect.use_gate", "detect.score_threshold", "masks.engine", "masks.simplify_px",
+                  "masks.multipart", "segment.segmenter")
+
+
+def _opt(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+@dataclass(frozen=True)
+class TilingConfig:
+    """Tiles of ``tile_size`` px with ``overlap`` px (None = the model's or stage's default)."""
+
+    tile_size: int | None = None
+    overlap: int | None = None
+    bands: tuple[int, ...] | None = None
+
+    def validate(self) -> None:
+        if self.tile_size is not None:
+            if not isinstance(self.tile_size, int) or isinstance(self.tile_size, bool) or not (
+                    16 <= self.tile_size <= MAX_TILE_SIZE):
+                raise ConfigError(f"--tile must be an integer from 16 to {MAX_TILE_SIZE} pixels, "
+                                  f"got {self.tile_size!r}")
+        if self.overlap is not None:
+            if not isinstance(self.overlap, int) or isinstance(self.overlap, bool) or self.overlap < 0:
+                raise ConfigError(f"--overlap must be an integer >= 0 pixels, got {self.overlap!r}")
+            if self.tile_size is not None and self.overlap >= self.tile_size:
+                raise ConfigError(f"--overlap must be smaller than --tile ({self.tile_size}), got {self.overlap}")
+        if self.bands is not None:
+            if not self.bands or any(not isinstance(b, int) or b < 1 for b in self.bands):
+                raise ConfigError(f"--bands must be 1-based band numbers, e.g. 4,3,2; got {self.bands!r}")
+
+
+@dataclass(frozen=True)
+class DetectConfig:
+    """R2-CNN gate + detector. ``gate_threshold`` None = the model's calibrated threshold."""
+
+    model: str | None = None
+    gate_threshold: float | None = None
+    use_gate: bool = True
+    score_threshold: float = DEFAULT_SCORE_THRESHOLD
+
+    def validate(self) -> None:
+        if self.gate_threshold is not None:
+            if not self.use_gate:
+                raise ConfigError("--gate-threshold and --no-gate exclude each other")
+            _unit("--gate-threshold", self.gate_threshold)
+        _unit("--score-threshold", self.score_threshold)
+
+
+@dataclass(frozen=True)
+class MaskConfig:
+    """Box -> mask engine (``auto``, ``box``, ``grabcut``, a SAM kind or checkpoint) and polygon options."""
+
+    engine: str = "auto"
+    simplify_px: float = 0.5
+    multipart: str = "largest"
+
+    def validate(self) -> None:
+        if not str(self.engine).strip():
+            raise ConfigError("--sam must name an engine: auto, box, grabcut, vit_b, ... or a checkpoint path")
+        if not (isinstance(self.simplify_px, int | float) and 0 <= self.simplify_px <= 100):
+            raise ConfigError(f"--simplify must be within [0, 100] pixels, got {self.simplify_px!r}")
+        if self.multipart not in ("largest", "all"):
+            raise ConfigError(f"multipart must be 'largest' or 'all', got {self.multipart!r}")
+
+
+@dataclass(frozen=True)
+class SegmentConfig:
+    """C2FNet semantic segmentation; ``raster_out`` also writes a class GeoTIFF."""
+
+    segmenter: str | None = None
+    raster_out: str | None = None
+
+    def validate(self) -> None:
+        pass
+
+
+@dataclass(frozen=True)
+class ExecutionConfig:
+    """Where and how the work runs.
+
+    Attributes:
+        device: ``auto``, ``cpu`` or ``cuda``.
+        batch_size: tiles per stage call.
+        workers: batches run at once (threads here, or LocalCluster processes).
+        scheduler: None (threads here), ``synchronous``, ``local`` (start a
+            LocalCluster) or a scheduler address ``tcp://host:port``.
+        threads: torch/OpenCV threads per worker; None = cores / workers, so
+            several workers do not oversubscribe the CPU.
+    """
+
+    device: str = "auto"
+    batch_size: int = 8
+    workers: int = 1
+    scheduler: str | None = None
+    threads: int | None = None
+
+    def validate(self) -> None:
+        if self.device not in ("auto", "cpu", "cuda") and not str(self.device).startswith("cuda:"):
+            raise ConfigError(f"--device must be auto, cpu or cuda, got {self.device!r}")
+        for name in ("batch_size", "workers"):
+            v = getattr(self, name)
+            if not isinstance(v, int) or isinstance(v, bool) or not 1 <= v <= 1024:
+                raise ConfigError(f"{_opt(name)} must be an integer from 1 to 1024, got {v!r}")
+        if self.threads is not None and (not isinstance(self.threads, int) or not 1 <= self.threads <= 1024):
+            raise ConfigError(f"--threads must be an integer from 1 to 1024, got {self.threads!r}")
+        s = self.scheduler
+        if s is not None and s not in ("threads", "synchronous", "local") and not (
+                isinstance(s, str) and "://" in s):
+            raise ConfigError(f"--scheduler must be synchronous, local or an address like tcp://host:8786, got {s!r}")
+
+    def threads_per_worker(self) -> int:
+        if self.threads is not None:
+            return self.threads
+        return max(1, (os.cpu_count() or 1) // max(1, self.workers))
+
+
+@dataclass(frozen=True)
+class OutputConfig:
+    """What happens to the output.
+
+    Attributes:
+        crs: CRS of new layers (any pyproj input, e.g. ``EPSG:32617``); None =
+            the first scene's. Features of scenes in other CRSs are reprojected.
+        per_scene: write one GeoPackage per scene into the output directory.
+        resume: continue a run: skip tiles already in the ledger (same scenes,
+            same result-affecting options, or the run is refused).
+        overwrite: replace the rows of the given scenes (one transaction per scene).
+        strict: a scene that fails to open stops the run (exit 2) instead of
+            being reported and skipped.
+    """
+
+    crs: str | None = None
+    per_scene: bool = False
+    resume: bool = False
+    overwrite: bool = False
+    strict: bool = False
+
+    def validate(self) -> None:
+        if self.resume and self.overwrite:
+            raise ConfigError("--resume and --overwrite exclude each other")
+        if self.crs is not None:
+            from pyproj import CRS
+            from pyproj.exceptions import CRSError
+
+            try:
+                CRS.from_user_input(self.crs)
+            except CRSError as exc:
+                raise ConfigError(f"--crs {self.crs!r} is not a CRS pyproj understands: {exc}") from None
+
+
+@dataclass(frozen=True)
+class PipelineConfig:
+    """Everything a run needs besides scenes and output. Which stages run follows from which parts are set:
+    ``detect`` (detector), ``masks`` (with detect: masks of detections), ``segment`` (C2FNet)."""
+
+    tiling: TilingConfig = field(default_factory=TilingConfig)
+    detect: DetectConfig | None = field(default_factory=DetectConfig)
+    masks: MaskConfig | None = None
+    segment: SegmentConfig | None = None
+    execution: ExecutionConfig = field(default_factory=ExecutionConfig)
+    output: OutputConfig = field(default_factory=OutputConfig)
+
+    def validate(self) -> PipelineConfig:
+        for f in fields(self):
+            part = getattr(self, f.name)
+            if part is not None:
+                part.validate()
+        return self
+
+    def replace(self, **parts) -> PipelineConfig:
+        """A copy with whole parts or ``section__field`` values replaced, e.g. ``output__resume=True``."""
+        direct = {k: v for k, v in parts.items() if "__" not in k}
+        cfg = dataclasses.replace(self, **direct)
+        nested: dict[str, dict] = {}
+        for k, v in parts.items():
+            if "__" in k:
+                sec, name = k.split("__", 1)
+                nested.setdefault(sec, {})[name] = v
+        for sec, values in nested.items():
+            cur = getattr(cfg, sec)
+            if cur is None:
+                cur = _SECTIONS[sec]()
+            cfg = dataclasses.replace(cfg, **{sec: dataclasses.replace(cur, **values)})
+        return cfg
+
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for f in fields(self):
+            part = getattr(self, f.name)
+            out[f.name] = None if part is None else {
+                k: (list(v) if isinstance(v, tuple) else v) for k, v in dataclasses.asdict(part).items()}
+        return out
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], source: str = "config") -> PipelineConfig:
+        unknown = set(data) - set(_SECTIONS)
+        if unknown:
+            raise ConfigError(f"{source}: unknown section(s) {sorted(unknown)}; known: {sorted(_SECTIONS)}")
+        parts: dict[str, Any] = {}
+        for sec, kind in _SECTIONS.items():
+            if sec not in data:
+                continue
+            values = data[sec]
+            if values is None or values is False:
+                parts[sec] = None
+                continue
+            if not isinstance(values, dict):
+                raise ConfigError(f"{source}: [{sec}] must be a table")
+            names = {f.name for f in fields(kind)}
+            bad = set(values) - names
+            if bad:
+                raise ConfigError(f"{source}: unknown option(s) {sorted(bad)} in [{sec}]; known: {sorted(names)}")
+            values = {k: (tuple(v) if isinstance(v, list) else v) for k, v in values.items()}
+            parts[sec] = kind(**values)
+        return cls(**parts)
+
+    def to_toml(self) -> str:
+        """TOML text; a section that is off is written as ``enabled = false``."""
+        lines = []
+        for sec, values in self.to_dict().items():
+            lines.append(f"[{sec}]")
+            if values is None:
+                lines.append("enabled = false")
+            else:
+                for k, v in values.items():
+                    if v is not None:
+                        lines.append(f"{k} = {_toml_value(v)}")
+            lines.append("")
+        return "\n".join(lines)
+
+    @classmethod
+    def from_toml(cls, path: str | os.PathLike) -> PipelineConfig:
+        p = Path(path)
+        try:
+            with open(p, "rb") as fh:
+                data = tomllib.load(fh)
+        except FileNotFoundError:
+            raise ConfigError(f"{p}: config file not found") from None
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"{p}: not valid TOML: {exc}") from None
+        for sec, values in list(data.items()):
+            if isinstance(values, dict) and values.get("enabled", True) is False:
+                data[sec] = None
+            elif isinstance(values, dict):
+                values.pop("enabled", None)
+        return cls.from_dict(data, source=str(p))
+
+    def result_options(self) -> dict[str, Any]:
+        """The options that change what a run writes, flattened as ``section.field``."""
+        d = self.to_dict()
+        out = {}
+        for key in RESULT_OPTIONS:
+            sec, name = key.split(".")
+            out[key] = None if d.get(sec) is None else d[sec].get(name)
+        return out
+
+
+_SECTIONS = {"tiling": TilingConfig, "detect": DetectConfig, "masks": MaskConfig, "segment": SegmentConfig,
+             "execution": ExecutionConfig, "output": OutputConfig}
+
+
+def _unit(option: str, value) -> None:
+    if not isinstance(value, int | float) or isinstance(value, bool) or math.isnan(value) or not 0 <= value <= 1:
+        raise ConfigError(f"{option} must be within [0, 1], got {value!r}")
+
+
+def _toml_value(v) -> str:
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, int | float):
+        return repr(v)
+    if isinstance(v, list | tuple):
+        return "[" + ", ".join(_toml_value(x) for x in v) + "]"
+    s = str(v).replace("\\", "\\\\").replace('"', '\\"')
+    return f'"{s}"'
