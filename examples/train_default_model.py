@@ -103,26 +103,32 @@ def evaluate(detector: Detector) -> dict:
     return res
 
 
+def training_tiles(no_empty_images: bool = False) -> list[TrainTile]:
+    """The training images (whole), YELL crops with their boxes and the image without trees."""
+    tiles = []
+    for stem in TRAIN:
+        image, boxes = load_image(stem)
+        tiles.append(TrainTile(image, boxes, np.zeros(len(boxes), np.int64), stem))
+    for f in [] if no_empty_images else EMPTY_IMAGES:
+        tiles.append(TrainTile(load_empty_image(f), np.zeros((0, 4), np.float32), np.zeros(0, np.int64), f))
+    return tiles
+
+
 def set_gate_pool(args) -> dict:
-    """Switch a trained model's gate pooling (weights unchanged) and recalibrate its threshold."""
+    """Switch a trained model's gate pooling (weights unchanged) and recalibrate its threshold.
+
+    Uses the same split and calibration as training (``split_validation`` + ``calibrate_gate``).
+    """
     from geors.models.registry import load_model
-    from geors.train.detector import calibrate_gate_threshold
+    from geors.train.detector import calibrate_gate, split_validation
 
     if args.init_from is None:
         raise SystemExit("--set-gate-pool needs --init-from MODEL")
     model, meta = load_model(args.init_from, "cpu")
     model.config.gate_pool = args.set_gate_pool
     model.eval()
-    tiles = []
-    for stem in TRAIN:
-        image, boxes = load_image(stem)
-        tiles.append(TrainTile(image, boxes, np.zeros(len(boxes), np.int64), stem))
-    for f in EMPTY_IMAGES:
-        tiles.append(TrainTile(load_empty_image(f), np.zeros((0, 4), np.float32), np.zeros(0, np.int64), f))
-    with torch.no_grad():
-        # Top-K margins of tiles with trees are large (sigmoid near 1), so the usual 0.5 cap would sit far
-        # below every positive tile; cap at 0.95 instead and let the 99%-recall rule set the value.
-        calib = calibrate_gate_threshold(model, tiles, recall=args.gate_recall, max_threshold=0.95)
+    train, val = split_validation(training_tiles(args.no_empty_images), args.val_fraction, args.seed)
+    calib = calibrate_gate(model, val, args.gate_recall, train_tiles=train)
     keep = {k: v for k, v in meta.items() if k not in ("path", "file_sha256", "arch_args", "weights_sha256",
                                                         "format", "format_version", "geors_version")}
     keep["gate_threshold"] = calib["gate_threshold"]
@@ -130,6 +136,7 @@ def set_gate_pool(args) -> dict:
         "from": meta["arch_args"].get("gate_pool", "avg"), "to": args.set_gate_pool,
         "source_sha256": meta.get("file_sha256"), "calibration": calib,
         "command": "examples/train_default_model.py --set-gate-pool ..."}
+    keep["training"]["gate_calibration"] = calib
     save_model(model, keep, args.out)
     metrics = evaluate(Detector.load(args.out, device="cpu"))
     metrics["gate_threshold"] = calib["gate_threshold"]
@@ -141,7 +148,13 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", type=Path, default=Path("geors/models/weights/r2cnn_neon_trees.safetensors"))
     ap.add_argument("--assigner", choices=["nwd_rka", "iou"], default="nwd_rka")
-    ap.add_argument("--steps", type=int, default=900)
+    ap.add_argument("--steps", type=int, default=900, help="total training steps (split into --epochs)")
+    ap.add_argument("--epochs", type=int, default=9, help="validation AP50 after each epoch; early stopping")
+    ap.add_argument("--patience", type=int, default=3, help="epochs without a better validation AP50 (0 = never stop)")
+    ap.add_argument("--val-fraction", type=float, default=0.2,
+                    help="share of the 640 px training tiles held out for validation and gate calibration")
+    ap.add_argument("--max-minutes", type=float, default=None, help="training time budget")
+    ap.add_argument("--gate-pool", default="top3", help="gate pooling trained and run with (avg|topK)")
     ap.add_argument("--batch", type=int, default=4)
     ap.add_argument("--crop", type=int, default=256)
     ap.add_argument("--lr", type=float, default=4e-3)
@@ -153,7 +166,7 @@ def main() -> None:
     ap.add_argument("--contrast-jitter", type=float, default=0.0, help="contrast/brightness jitter strength")
     ap.add_argument("--gate-scale", type=int, default=4, help="gate input pooling factor (1 = paper)")
     ap.add_argument("--gate-recall", type=float, default=0.99,
-                    help="calibrate the gate threshold to keep this share of positive training tiles")
+                    help="calibrated gate threshold passes this share of the validation tiles with trees")
     ap.add_argument("--no-empty-images", action="store_true", help="do not use the image without trees")
     ap.add_argument("--init-from", type=Path, default=None, help="fine-tune from this model file")
     ap.add_argument("--warmup", type=int, default=50, help="linear warm-up steps")
@@ -173,19 +186,18 @@ def main() -> None:
     elif args.set_gate_pool:
         metrics = set_gate_pool(args)
     else:
-        tiles = []
-        for stem in TRAIN:
-            image, boxes = load_image(stem)
-            tiles.append(TrainTile(image, boxes, np.zeros(len(boxes), np.int64), stem))
+        tiles = training_tiles(args.no_empty_images)
         empty = [] if args.no_empty_images else EMPTY_IMAGES
-        for f in empty:
-            tiles.append(TrainTile(load_empty_image(f), np.zeros((0, 4), np.float32), np.zeros(0, np.int64), f))
-        cfg = TrainConfig(epochs=1, steps_per_epoch=args.steps, batch_size=args.batch, crop_size=args.crop,
+        epochs = max(args.epochs, 1)
+        cfg = TrainConfig(epochs=epochs, steps_per_epoch=max(args.steps // epochs, 1), batch_size=args.batch,
+                          crop_size=args.crop,
                           lr=args.lr, assigner=args.assigner, warmup_steps=args.warmup,
                           scales=tuple(args.scales), color_jitter=args.color_jitter, paste_fraction=args.paste,
                           contrast_jitter=args.contrast_jitter, seed=args.seed, device="cpu",
                           log_every=25, gate_input_scale=args.gate_scale, gate_recall=args.gate_recall,
-                          init_from=str(args.init_from) if args.init_from else None)
+                          init_from=str(args.init_from) if args.init_from else None, gate_pool=args.gate_pool,
+                          val_fraction=args.val_fraction, patience=args.patience or None,
+                          max_seconds=args.max_minutes * 60 if args.max_minutes else None)
         model, meta = train_detector(tiles, ["tree"], cfg, meta={
             "name": "r2cnn-neon-trees" if args.assigner == "nwd_rka" else f"r2cnn-neon-trees-{args.assigner}",
             "tile_size": 640, "overlap": 128, "gsd_m": 0.1,
@@ -202,6 +214,9 @@ def main() -> None:
         metrics["assigner"] = args.assigner
         metrics["gate_threshold"] = meta["gate_threshold"]
         metrics["gate_calibration"] = meta["training"]["gate_calibration"]
+        metrics["validation"] = meta["training"]["validation"]
+        logging.info("model written to %s; run it with: geors detect SCENE.tif -o OUT.gpkg --model %s",
+                     args.out, args.out)
     print(json.dumps(metrics, indent=2))
     if args.metrics:
         args.metrics.write_text(json.dumps(metrics, indent=2))

@@ -13,7 +13,27 @@ from geors.detect import Detector
 from geors.errors import LabelError
 from geors.train.anchors import box_sizes, kmeans_anchor_scales
 from geors.train.augment import hflip, random_dihedral, rot90, vflip
-from geors.train.detector import TrainConfig, TrainTile, sample_batch, train_detector
+from geors.train.detector import (
+    GATE_TARGET_RECALL,
+    GateCalibrationError,
+    TrainConfig,
+    TrainTile,
+    calibrate_gate_threshold,
+    sample_batch,
+    split_validation,
+    train_detector,
+)
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """One torch thread: on a shared 2-core machine more threads make these tests several times slower."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+SMALL_ARCH = {"rpn_batch": 64, "roi_batch": 32, "pre_nms_train": 300, "post_nms_train": 64, "post_nms_test": 50}
 
 
 def squares_tile(rng, n, side=96):
@@ -81,12 +101,12 @@ def test_sample_batch_balances_positive_and_empty_crops():
             assert img[0, y0:y1, x0:x1].mean() > 0.5  # labelled pixels are the bright squares
 
 
+@pytest.mark.slow
 def test_training_reduces_loss_and_finds_squares():
     rng = np.random.default_rng(0)
     tiles = [squares_tile(rng, 3), squares_tile(rng, 3), squares_tile(rng, 0)]
     cfg = TrainConfig(epochs=1, steps_per_epoch=300, batch_size=2, crop_size=64, device="cpu", lr=5e-3,
-                      warmup_steps=5, gate_input_scale=1, arch={"rpn_batch": 64, "roi_batch": 32, "pre_nms_train": 300,
-                                            "post_nms_train": 64, "post_nms_test": 50})
+                      warmup_steps=5, gate_input_scale=1, val_fraction=0, arch=SMALL_ARCH)
     model, meta = train_detector(tiles, ["square"], cfg, meta={"tile_size": 96})
     assert meta["training"]["final_loss"] < 0.8 * meta["training"]["initial_loss"]
     assert meta["classes"] == ["square"] and meta["tile_size"] == 96 and len(meta["anchor_scales"]) <= 6
@@ -116,7 +136,7 @@ def _write_voc(path, boxes):
 
 
 def test_cli_train_detector_writes_loadable_model(tmp_path):
-    from geors.cli.main import main
+    from geors.cli.train import train_group as main
 
     t = squares_tile(np.random.default_rng(0), 3, side=160)
     scene = tmp_path / "sq.tif"
@@ -127,18 +147,18 @@ def test_cli_train_detector_writes_loadable_model(tmp_path):
     labels = tmp_path / "sq.xml"
     _write_voc(labels, t.boxes)
     out = tmp_path / "m.safetensors"
-    args = ["train", "detector", "--scene", str(scene), "--labels", str(labels), "--epochs", "1",
+    args = ["detector", "--scene", str(scene), "--labels", str(labels), "--epochs", "1",
             "--steps-per-epoch", "2", "--crop", "64", "--tile", "128", "--overlap", "32", "--device", "cpu",
             "-o", str(out)]
     r = CliRunner().invoke(main, args)
     assert r.exit_code == 0, r.output
-    assert json.loads(r.output.strip().splitlines()[-1])["classes"] == ["square"]
+    assert json.loads(r.stdout.strip().splitlines()[-1])["classes"] == ["square"]
     det = Detector.load(out, device="cpu")
     assert det.tile_size == 128 and det.overlap == 32 and det.meta["gsd_m"] == pytest.approx(0.5)
     # bad input: empty label file -> exit 2 with a message
     empty = tmp_path / "empty.xml"
     _write_voc(empty, [])
-    r = CliRunner().invoke(main, args[:5] + [str(empty)] + args[6:])
+    r = CliRunner().invoke(main, args[:4] + [str(empty)] + args[5:])
     assert r.exit_code == 2 and "Error" in r.output
 
 
@@ -155,24 +175,157 @@ def test_sample_batch_falls_back_to_empty_images_when_canopy_is_dense():
     assert all(len(b) for b in boxes)  # no empty source at all: every crop is positive
 
 
+@pytest.mark.slow
 def test_cheap_gate_training_separates_empty_from_object_crops():
     rng = np.random.default_rng(0)
     tiles = [squares_tile(rng, 4), squares_tile(rng, 4), squares_tile(rng, 0), squares_tile(rng, 0)]
-    cfg = TrainConfig(epochs=1, steps_per_epoch=80, batch_size=4, crop_size=64, device="cpu", lr=5e-3,
-                      warmup_steps=5, gate_input_scale=4, gate_recall=1.0,
-                      arch={"rpn_batch": 64, "roi_batch": 32, "pre_nms_train": 300, "post_nms_train": 64,
-                            "post_nms_test": 50})
-    model, meta = train_detector(tiles, ["square"], cfg, meta={"tile_size": 96, "overlap": 0})
-    assert model.config.gate_input_scale == 4
+    val = [squares_tile(rng, 3), squares_tile(rng, 2), squares_tile(rng, 0)]
+    cfg = TrainConfig(epochs=2, steps_per_epoch=40, batch_size=4, crop_size=64, device="cpu", lr=5e-3,
+                      warmup_steps=5, gate_input_scale=4, patience=None, arch=SMALL_ARCH)
+    model, meta = train_detector(tiles, ["square"], cfg, meta={"tile_size": 96, "overlap": 0}, val_tiles=val)
+    assert model.config.gate_input_scale == 4 and model.config.gate_pool == "top3"
     assert meta["arch_args"]["gate_input_scale"] == 4 and meta["training"]["gate_input_scale"] == 4
     calib = meta["training"]["gate_calibration"]
-    assert calib["n_pos_tiles"] == 2 and calib["n_empty_tiles"] == 2 and calib["pos_kept"] == 1.0
-    assert 0 < meta["gate_threshold"] <= 0.5
+    assert calib["status"] == "calibrated" and calib["n_pos_tiles"] == 2 and calib["n_empty_tiles"] == 1
+    assert calib["achieved_recall"] == 1.0 and calib["target_recall"] == GATE_TARGET_RECALL
+    assert len(meta["training"]["validation"]) == 2  # one validation AP50 per epoch
     det = Detector(model, meta, torch.device("cpu"))
     fresh = np.random.default_rng(5)
     pos = det.gate(np.stack([squares_tile(fresh, 2).image for _ in range(8)]))
     neg = det.gate(np.stack([squares_tile(fresh, 0).image for _ in range(8)]))
     assert pos.min() > neg.max() and pos.mean() - neg.mean() > 0.5, (pos, neg)
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_calibration_meets_recall_target_on_synthetic_scores(seed):
+    rng = np.random.default_rng(seed)
+    n_pos = int(rng.integers(1, 400))
+    pos = rng.beta(rng.uniform(0.3, 5), rng.uniform(0.3, 5), n_pos)
+    if seed % 3 == 0:
+        pos = np.round(pos, 1)  # ties
+    neg = rng.beta(1, 4, int(rng.integers(0, 300)))
+    target = float(rng.choice([0.5, 0.9, 0.95, GATE_TARGET_RECALL, 1.0]))
+    c = calibrate_gate_threshold(pos, neg, target)
+    assert c["status"] == "calibrated" and c["target_recall"] == target
+    assert (pos >= c["gate_threshold"]).mean() >= target
+    assert c["achieved_recall"] == pytest.approx((pos >= c["gate_threshold"]).mean())
+    # the highest such threshold: any higher value loses positives below the target
+    higher = pos[pos > c["gate_threshold"]]
+    if len(higher):
+        assert (pos >= higher.min()).mean() < target
+    assert c["pass_rate"] == pytest.approx((np.concatenate([pos, neg]) >= c["gate_threshold"]).mean())
+
+
+def test_calibration_never_rejects_more_training_tiles_than_the_target():
+    # one lucky validation tile would set 0.9; the training tiles with objects pull it down
+    c = calibrate_gate_threshold(np.array([0.9]), np.array([0.1]), 0.99, train_pos_scores=np.array([0.95, 0.4, 0.6]))
+    assert c["gate_threshold"] == 0.4 and c["train_recall"] == 1.0 and c["achieved_recall"] == 1.0
+
+
+def test_calibration_without_positive_tiles_disables_the_gate():
+    c = calibrate_gate_threshold(np.zeros(0), np.array([0.2, 0.9]))
+    assert c["status"] == "disabled" and c["gate_threshold"] == 0.0 and c["pass_rate"] == 1.0
+    with pytest.raises(ValueError):
+        calibrate_gate_threshold(np.ones(3), np.zeros(0), 0.0)
+    assert issubclass(GateCalibrationError, ValueError)
+
+
+def test_validation_split_keeps_both_kinds_on_each_side():
+    rng = np.random.default_rng(0)
+    big = squares_tile(rng, 12, side=256)
+    empty = squares_tile(rng, 0, side=200)
+    train, val = split_validation([big, empty], 0.25, seed=0, tile_size=96, overlap=32)
+    assert all(t.image.shape == (3, 96, 96) for t in train + val)
+    n_grid = 16 + 9
+    assert len(train) + len(val) == n_grid
+    for side in (train, val):
+        assert any(len(t.boxes) for t in side) and any(not len(t.boxes) for t in side)
+    assert split_validation([big], 0, tile_size=96, overlap=32) == ([big], [])
+
+
+def _squares_scene(path, rng, side=256, n=10):
+    """A georeferenced scene with bright squares in its upper-left 160 px only (the rest is empty)."""
+    t = squares_tile(rng, n, side=160)
+    img = rng.uniform(0, 0.25, (3, side, side)).astype(np.float32)
+    img[:, :160, :160] = t.image
+    with rasterio.open(path, "w", driver="GTiff", width=side, height=side, count=3, dtype="uint8",
+                       crs="EPSG:32617", transform=Affine(0.5, 0, 500000, 0, -0.5, 4000000)) as ds:
+        ds.write((img * 255).astype(np.uint8))
+    return t.boxes
+
+
+def test_own_training_scene_never_loses_detections_to_the_gate(tmp_path, monkeypatch):
+    """geors train (default gate settings) -> the gate passes every tile of its training scene that
+    yields detections without the gate; the CLI goes through ``calibrate_gate``."""
+    import geors.train.detector as td
+    from geors import open_scene
+    from geors.cli.train import train_group as main
+    from geors.tiling import TileGrid
+
+    scene = tmp_path / "sq.tif"
+    boxes = _squares_scene(scene, np.random.default_rng(3))
+    labels = tmp_path / "sq.xml"
+    _write_voc(labels, boxes)
+    calls = []
+    real = td.calibrate_gate
+    monkeypatch.setattr(td, "calibrate_gate", lambda *a, **k: calls.append(1) or real(*a, **k))
+    out = tmp_path / "m.safetensors"
+    r = CliRunner().invoke(main, ["detector", "--scene", str(scene), "--labels", str(labels),
+                                  "--epochs", "2", "--steps-per-epoch", "15", "--batch-size", "2", "--crop", "64",
+                                  "--tile", "96", "--overlap", "32", "--device", "cpu", "--lr", "5e-3",
+                                  "-o", str(out)])
+    assert r.exit_code == 0, r.output
+    assert calls == [1]
+    summary = json.loads(r.stdout.strip().splitlines()[-1])
+    calib = summary["gate_calibration"]
+    assert calib["status"] in ("calibrated", "disabled")
+    if calib["status"] == "calibrated":
+        assert calib["achieved_recall"] >= calib["target_recall"] == GATE_TARGET_RECALL
+    assert f"Model written to {out}" in r.output and "geors detect" in r.output
+    det = Detector.load(out, device="cpu")
+    sc = open_scene(scene)
+    grid = TileGrid(sc, det.tile_size, det.overlap)
+    x = np.stack([sc.read_tile(t).image for t in grid])
+    probs, gated = det.gate_and_detect(x, gate_threshold=det.meta["gate_threshold"])
+    _, ungated = det.gate_and_detect(x, gate_threshold=None)
+    n_gated, n_ungated = sum(len(d[0]) for d in gated), sum(len(d[0]) for d in ungated)
+    assert n_gated == n_ungated, (probs, det.meta["gate_threshold"])
+
+
+def test_example_and_cli_share_one_calibration_path():
+    import ast
+    from pathlib import Path
+
+    src = (Path(__file__).parents[1] / "examples" / "train_default_model.py").read_text()
+    called = {n.func.id for n in ast.walk(ast.parse(src)) if isinstance(n, ast.Call) and isinstance(n.func, ast.Name)}
+    assert {"train_detector", "calibrate_gate", "split_validation"} <= called
+    assert "max_threshold" not in src and "calibrate_gate_threshold" not in src
+
+
+def test_training_stops_at_the_time_budget_and_logs_eta(caplog):
+    rng = np.random.default_rng(0)
+    tiles = [squares_tile(rng, 3), squares_tile(rng, 3), squares_tile(rng, 0)]
+    cfg = TrainConfig(epochs=100, steps_per_epoch=50, batch_size=2, crop_size=48, device="cpu", log_every=1,
+                      max_seconds=0.5, val_fraction=0, arch=SMALL_ARCH)
+    with caplog.at_level("INFO", logger="geors.train"):
+        _, meta = train_detector(tiles, ["square"], cfg, meta={"tile_size": 96, "overlap": 0})
+    assert meta["training"]["steps"] < 5000 and "time budget" in meta["training"]["stop_reason"]
+    assert "ETA" in caplog.text
+    assert meta["gate_threshold"] == 0.0 and meta["training"]["gate_calibration"]["status"] == "disabled"
+
+
+def test_cli_train_on_ungeoreferenced_image_names_the_flag(tmp_path):
+    from geors.cli.train import train_group as main
+
+    png = tmp_path / "plain.png"
+    from PIL import Image
+
+    Image.fromarray(np.zeros((64, 64, 3), np.uint8)).save(png)
+    labels = tmp_path / "l.xml"
+    _write_voc(labels, [[2, 2, 10, 10]])
+    r = CliRunner().invoke(main, ["detector", "--scene", str(png), "--labels", str(labels), "-o",
+                                  str(tmp_path / "m.safetensors")])
+    assert r.exit_code == 2 and "--allow-ungeoreferenced" in r.output
 
 
 def test_random_contrast_lowers_contrast_within_range():

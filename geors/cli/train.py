@@ -34,6 +34,18 @@ def _detector_options(f):
         click.option("--gate-scale", type=int, default=4, show_default=True,
                      help="The gate reads tiles average-pooled by this factor (cheap gate); 1 = the paper's "
                           "gate on the shared full-resolution features."),
+        click.option("--gate-pool", default="top3", show_default=True,
+                     help="Gate pooling the gate is trained and run with: topK (mean of the K strongest "
+                          "locations) or avg (the paper's global average)."),
+        click.option("--gate-recall", type=click.FloatRange(0, 1, min_open=True), default=0.99, show_default=True,
+                     help="Share of the validation tiles with objects the calibrated gate threshold must pass."),
+        click.option("--val-fraction", type=click.FloatRange(0, 1, max_open=True), default=0.2, show_default=True,
+                     help="Share of the tiles held out for validation AP50, early stopping and the gate "
+                          "calibration (0 = none; the gate is then disabled)."),
+        click.option("--patience", type=int, default=3, show_default=True,
+                     help="Stop after this many epochs without a better validation AP50 (0 = never)."),
+        click.option("--max-minutes", type=click.FloatRange(0, min_open=True), default=None,
+                     help="Time budget: stop training after this many minutes (the best epoch is kept)."),
         click.option("--device", default="auto", show_default=True, help="auto, cpu or cuda."),
         click.option("--seed", type=int, default=0, show_default=True),
         click.option("--allow-ungeoreferenced", is_flag=True, help="Accept images without CRS (pixel labels)."),
@@ -46,10 +58,17 @@ def _detector_options(f):
 
 @_detector_options
 @handle_errors
-def _train(scenes, labels, class_field, epochs, steps_per_epoch, batch_size, crop, lr, assigner, gate_scale, device, seed,
-           allow_ungeoreferenced, output, tile_size, overlap, bands) -> None:
-    """Train the R2-CNN gate + detector (one network; `gate` and `detector` train the same model)."""
-    from geors.errors import ConfigError
+def _train(scenes, labels, class_field, epochs, steps_per_epoch, batch_size, crop, lr, assigner, gate_scale, gate_pool,
+           gate_recall, val_fraction, patience, max_minutes, device, seed, allow_ungeoreferenced, output, tile_size,
+           overlap, bands) -> None:
+    """Train the R2-CNN gate + detector (one network; `gate` and `detector` train the same model).
+
+    Progress (loss, ETA, validation AP50 per epoch) goes to stderr; the last
+    stdout line is a JSON summary, preceded by where the model is and how to run it.
+    """
+    import logging
+
+    from geors.errors import ConfigError, GeoreferenceError
     from geors.models.registry import save_model
     from geors.train.detector import TrainConfig, tiles_from_scenes, train_detector
 
@@ -59,18 +78,37 @@ def _train(scenes, labels, class_field, epochs, steps_per_epoch, batch_size, cro
         raise ConfigError("--epochs and --batch-size must be >= 1 and --crop >= 32 pixels.")
     if gate_scale < 1 or crop // gate_scale < 8:
         raise ConfigError(f"--gate-scale must be >= 1 and leave at least 8 px of the --crop ({crop} // {gate_scale}).")
-    tiles, classes, info = tiles_from_scenes(list(zip(scenes, labels, strict=True)), class_field, tile_size, overlap,
-                                             parse_bands(bands), seed=seed,
-                                             allow_ungeoreferenced=allow_ungeoreferenced)
+    train_log = logging.getLogger("geors.train")
+    if logging.getLogger("geors").getEffectiveLevel() > logging.INFO and train_log.getEffectiveLevel() < logging.ERROR:
+        train_log.setLevel(logging.INFO)  # training progress is shown unless -q
+    try:
+        tiles, classes, info = tiles_from_scenes(list(zip(scenes, labels, strict=True)), class_field, tile_size,
+                                                 overlap, parse_bands(bands), seed=seed,
+                                                 allow_ungeoreferenced=allow_ungeoreferenced)
+    except GeoreferenceError as exc:
+        if allow_ungeoreferenced or "no geotransform" not in str(exc):
+            raise
+        raise GeoreferenceError(f"{exc} To train on it anyway with labels in pixel coordinates (VOC XML, CSV), "
+                                "add --allow-ungeoreferenced.") from None
     cfg = TrainConfig(epochs=epochs, steps_per_epoch=steps_per_epoch, batch_size=batch_size, crop_size=crop, lr=lr,
-                      assigner=assigner, device=device, seed=seed, gate_input_scale=gate_scale)
+                      assigner=assigner, device=device, seed=seed, gate_input_scale=gate_scale, gate_pool=gate_pool,
+                      gate_recall=gate_recall, val_fraction=val_fraction, patience=patience or None,
+                      max_seconds=max_minutes * 60 if max_minutes else None)
     model, meta = train_detector(tiles, classes, cfg, meta={
         "tile_size": tile_size, "overlap": overlap, "gsd_m": info["gsd_m"],
         "training": {"sources": info["sources"], "band_indexes": info["band_indexes"]},
     })
     path = save_model(model, meta, output)
+    calib = meta["training"]["gate_calibration"]
+    gate = (f"gate threshold {calib['gate_threshold']:.4g} (passes {calib['achieved_recall']:.2f} of "
+            f"{calib['n_pos_tiles']} validation tiles with objects)" if calib["status"] == "calibrated"
+            else f"GATE DISABLED: {calib['reason']}")
     click.echo(json.dumps({"model": str(path), "classes": classes, "anchor_scales": meta["anchor_scales"],
-                           "steps": meta["training"]["steps"], "seconds": meta["training"]["seconds"]}))
+                           "steps": meta["training"]["steps"], "seconds": meta["training"]["seconds"],
+                           "gate_threshold": meta["gate_threshold"], "gate_calibration": calib,
+                           "validation": meta["training"]["validation"]}))
+    click.echo(f"Model written to {path} ({gate}). Run it with: geors detect SCENE.tif -o OUT.gpkg --model {path}",
+               err=True)
 
 
 train_group.add_command(click.command("detector")(_train))

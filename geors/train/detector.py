@@ -8,9 +8,21 @@ flip/90° rotation, and minimises the joint R2-CNN loss (gate loss on every
 crop, detector loss only on crops with targets). With the cheap gate
 (``gate_input_scale > 1``, the default of :class:`TrainConfig`) the gate loss
 is computed on the crops average-pooled by that factor and the detector loss on
-the full-resolution crops. After training, :func:`calibrate_gate_threshold`
-sets the gate threshold from positive training tiles. CPU works for small runs;
-on CUDA the forward pass runs under mixed precision. Everything is seeded.
+the full-resolution crops. The gate head is trained with the pooling it runs
+with (``TrainConfig.gate_pool``, top-3 by default).
+
+A validation split of the inference tile grid (``TrainConfig.val_fraction``)
+is held out of training: it gives a validation AP50 per epoch (early stopping
+keeps the best epoch) and calibrates the gate threshold
+(:func:`calibrate_gate`, the one calibration path of ``geors train`` and
+``examples/train_default_model.py``): the threshold is the highest value that
+still passes ``gate_recall`` (0.99) of the validation tiles holding objects.
+When no such threshold can be calibrated (no positive validation tile) the gate
+is disabled (threshold 0: every tile reaches the detector) and a warning says
+so; a calibration that misses its recall target raises
+:class:`GateCalibrationError` rather than ship a gate that hides objects.
+CPU works for small runs; on CUDA the forward pass runs under mixed precision.
+Everything is seeded.
 """
 
 from __future__ import annotations
@@ -25,18 +37,37 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
+from torch import Tensor
 
-from geors.errors import LabelError
+from geors.errors import GeorsError, LabelError
 from geors.models.r2cnn import R2CNN, R2CNNConfig
 from geors.train.anchors import box_sizes, kmeans_anchor_scales
 from geors.train.augment import random_contrast, random_dihedral, random_photometric
 
-__all__ = ["TrainTile", "TrainConfig", "train_detector", "sample_batch", "calibrate_gate_threshold"]
+__all__ = [
+    "GATE_TARGET_RECALL",
+    "GateCalibrationError",
+    "TrainTile",
+    "TrainConfig",
+    "train_detector",
+    "sample_batch",
+    "split_validation",
+    "gate_scores",
+    "calibrate_gate",
+    "calibrate_gate_threshold",
+]
 
 log = logging.getLogger(__name__)
 
 MIN_VISIBLE = 0.5
 """A box cut by a crop is kept if at least this share of its area stays visible."""
+
+GATE_TARGET_RECALL = 0.99
+"""Share of the validation tiles holding objects that the calibrated gate must pass."""
+
+
+class GateCalibrationError(GeorsError, ValueError):
+    """A gate threshold that passes fewer positive validation tiles than the recall target."""
 
 
 @dataclass
@@ -94,8 +125,18 @@ class TrainConfig:
         init_from: optional model file to start from (fine-tuning); its
             anchor scales and architecture arguments are kept, except
             ``gate_input_scale`` and ``arch`` overrides.
-        gate_recall: share of positive training tiles the calibrated gate
-            threshold keeps (see :func:`calibrate_gate_threshold`); None keeps 0.5.
+        gate_recall: share of the positive validation tiles the calibrated
+            gate threshold must pass (see :func:`calibrate_gate`); None
+            disables the gate (threshold 0).
+        gate_pool: gate pooling the head is trained and run with: ``"topK"``
+            (default ``"top3"``: mean of the K highest per-location margins) or
+            ``"avg"`` (the paper's global average pooling).
+        val_fraction: share of the inference-grid tiles (positive and empty
+            separately, at least one of each kind when there are two or more)
+            held out for the per-epoch validation AP50, early stopping and the
+            gate calibration; 0 = no split (the gate is then disabled).
+        patience: stop after this many epochs without a better validation
+            AP50 and keep the best epoch's weights; None = no early stopping.
         arch: other :class:`R2CNNConfig` fields to override.
     """
 
@@ -121,7 +162,10 @@ class TrainConfig:
     log_every: int = 20
     gate_input_scale: int = 4
     init_from: str | None = None
-    gate_recall: float | None = 0.99
+    gate_recall: float | None = GATE_TARGET_RECALL
+    gate_pool: str = "top3"
+    val_fraction: float = 0.2
+    patience: int | None = 3
     arch: dict[str, Any] = field(default_factory=dict)
 
 
@@ -276,6 +320,7 @@ def train_detector(
     classes: Sequence[str],
     config: TrainConfig | None = None,
     meta: dict[str, Any] | None = None,
+    val_tiles: Sequence[TrainTile] | None = None,
 ) -> tuple[R2CNN, dict[str, Any]]:
     """Train an R2-CNN gate + detector from scratch (or from ``config.init_from``).
 
@@ -285,17 +330,25 @@ def train_detector(
         config: training options.
         meta: extra model metadata (``tile_size``, ``overlap``, ``gsd_m``,
             ``normalisation``, ``training``...), merged into the result.
+        val_tiles: validation tiles (inference-grid size); None = split
+            ``config.val_fraction`` of ``tiles`` off with :func:`split_validation`.
 
     Returns:
         ``(model, meta)``: the trained model in eval mode on CPU, and metadata
-        ready for :func:`geors.models.registry.save_model`.
+        ready for :func:`geors.models.registry.save_model`. ``meta["gate_threshold"]``
+        is the calibrated threshold (0 when the gate is disabled) and
+        ``meta["training"]["gate_calibration"]`` records target, achieved
+        recall, pass rates and status.
 
     Raises:
         LabelError: no labelled object, or class ids outside ``classes``.
+        GateCalibrationError: the calibrated gate misses its recall target.
     """
     from geors.detect import resolve_device
 
     cfg = config or TrainConfig()
+    tile_size = int((meta or {}).get("tile_size", 640))
+    overlap = int((meta or {}).get("overlap", 128))
     all_boxes = np.concatenate([np.asarray(t.boxes, np.float64).reshape(-1, 4) for t in tiles]) if tiles else np.zeros((0, 4))
     all_ids = np.concatenate([np.asarray(t.class_ids, np.int64).reshape(-1) for t in tiles]) if tiles else np.zeros(0)
     if len(all_boxes) == 0:
@@ -306,6 +359,10 @@ def train_detector(
     if len(bands) != 1:
         raise LabelError(f"training images have different band counts {sorted(bands)}; use one band selection.")
     n_bands = bands.pop()
+    if val_tiles is None:
+        tiles, val_tiles = split_validation(tiles, cfg.val_fraction, cfg.seed, tile_size, overlap)
+    val_tiles = list(val_tiles)
+    val_pos = [t for t in val_tiles if len(t.boxes)]
 
     torch.manual_seed(cfg.seed)
     rng = np.random.default_rng(cfg.seed)
@@ -318,7 +375,8 @@ def train_detector(
         if list(init_meta["classes"]) != list(classes) or int(init_meta["bands"]) != n_bands:
             raise LabelError(f"init_from {cfg.init_from}: classes {init_meta['classes']} / {init_meta['bands']} bands "
                              f"do not match the training data ({list(classes)} / {n_bands} bands).")
-        arch_args = {**init_model.config.to_dict(), **cfg.arch, "gate_input_scale": int(cfg.gate_input_scale)}
+        arch_args = {**init_model.config.to_dict(), "gate_pool": cfg.gate_pool, **cfg.arch,
+                     "gate_input_scale": int(cfg.gate_input_scale)}
         arch = R2CNNConfig.from_dict(arch_args)
         scales = list(arch.anchor_scales)
         model = R2CNN(arch)
@@ -328,24 +386,30 @@ def train_detector(
         scales = cfg.anchor_scales or kmeans_anchor_scales(all_boxes, cfg.num_anchor_scales)
         arch = R2CNNConfig(
             num_classes=len(classes), in_channels=n_bands, anchor_scales=list(scales), assigner=cfg.assigner,
-            nwd_c=cfg.nwd_c, **{"gate_input_scale": int(cfg.gate_input_scale), **cfg.arch},
+            nwd_c=cfg.nwd_c, **{"gate_input_scale": int(cfg.gate_input_scale), "gate_pool": cfg.gate_pool, **cfg.arch},
         )
         model = R2CNN(arch).to(device)
     model.train()
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     n_pos_tiles = sum(1 for t in tiles if len(t.boxes))
+    if n_pos_tiles == 0:
+        raise LabelError("every tile with objects went to the validation split; lower the validation fraction.")
     spe = cfg.steps_per_epoch or max(1, int(math.ceil(len(all_boxes) / max(cfg.batch_size, 1) / 8)))
     total = max(cfg.epochs * spe, 1)
     use_amp = device.type == "cuda"
     amp_dtype = torch.bfloat16 if use_amp and torch.cuda.is_bf16_supported() else torch.float16
     scaler = torch.amp.GradScaler("cuda", enabled=use_amp and amp_dtype == torch.float16)
-    log.info("training R2-CNN on %d images (%d with objects, %d boxes), %d steps of %d crops of %d px on %s; "
-             "anchor scales %s; assigner %s", len(tiles), n_pos_tiles, len(all_boxes), total, cfg.batch_size,
-             cfg.crop_size, device, [round(s, 1) for s in scales], cfg.assigner)
+    log.info("training R2-CNN on %d images (%d with objects, %d boxes), validation %d tiles (%d with objects); "
+             "%d epochs x %d steps of %d crops of %d px on %s; anchor scales %s; assigner %s; gate pool %s",
+             len(tiles), n_pos_tiles, len(all_boxes), len(val_tiles), len(val_pos), cfg.epochs, spe, cfg.batch_size,
+             cfg.crop_size, device, [round(s, 1) for s in scales], cfg.assigner, arch.gate_pool)
 
     t0 = time.monotonic()
     running: dict[str, float] = {}
     history: list[float] = []
+    val_history: list[dict[str, Any]] = []
+    best: tuple[float, int, dict[str, Tensor]] | None = None
+    stop_reason = "all epochs done"
     step = 0
     for step in range(total):
         for g in opt.param_groups:
@@ -368,22 +432,44 @@ def train_detector(
         for k, v in losses.items():
             running[k] = running.get(k, 0.0) + float(v.detach())
         history.append(float(losses["total"].detach()))
+        elapsed = time.monotonic() - t0
         if (step + 1) % cfg.log_every == 0 or step + 1 == total:
             n = (step % cfg.log_every) + 1
-            log.info("step %d/%d %s (%.0f s)", step + 1, total,
-                     " ".join(f"{k}={v / n:.3f}" for k, v in running.items()), time.monotonic() - t0)
+            eta = elapsed / (step + 1) * (total - step - 1)
+            if cfg.max_seconds is not None:
+                eta = min(eta, max(cfg.max_seconds - elapsed, 0.0))
+            log.info("step %d/%d %s | %.0f s, ETA %.0f s", step + 1, total,
+                     " ".join(f"{k}={v / n:.3f}" for k, v in running.items()), elapsed, eta)
             running = {}
-        if cfg.max_seconds is not None and time.monotonic() - t0 > cfg.max_seconds:
-            log.warning("stopping after %d of %d steps: time budget of %.0f s reached", step + 1, total, cfg.max_seconds)
+        out_of_time = cfg.max_seconds is not None and elapsed > cfg.max_seconds
+        if ((step + 1) % spe == 0 or out_of_time) and val_pos:
+            epoch = (step + 1) / spe
+            model.eval()
+            ap50 = validation_ap50(model, val_tiles, len(classes))
+            model.train()
+            val_history.append({"epoch": round(epoch, 2), "step": step + 1, "val_AP50": ap50})
+            improved = best is None or ap50 > best[0]
+            if best is None or ap50 >= best[0]:  # ties: the later, longer-trained weights
+                best = (ap50, step + 1, {k: v.detach().clone() for k, v in model.state_dict().items()})
+            log.info("epoch %.2f/%d: validation AP50 %.3f (%d tiles)%s", epoch, cfg.epochs, ap50, len(val_tiles),
+                     " best so far" if improved else f", best {best[0]:.3f} at step {best[1]}")
+            if (cfg.patience is not None and not improved
+                    and len(val_history) - 1 - _index_of_best(val_history) >= cfg.patience):
+                stop_reason = f"early stop: no better validation AP50 for {cfg.patience} epochs"
+                log.info("%s", stop_reason)
+                break
+        if out_of_time:
+            stop_reason = f"time budget of {cfg.max_seconds:.0f} s reached after {step + 1} of {total} steps"
+            log.warning("stopping: %s", stop_reason)
             break
     seconds = time.monotonic() - t0
+    if best is not None and best[1] != step + 1:
+        model.load_state_dict(best[2])
+        log.info("keeping the weights of step %d (best validation AP50 %.3f)", best[1], best[0])
     model.eval().cpu()
-    gate_threshold, calib = 0.5, None
-    if cfg.gate_recall is not None:
-        calib = calibrate_gate_threshold(model, tiles, recall=cfg.gate_recall,
-                                         tile_size=int((meta or {}).get("tile_size", 640)),
-                                         overlap=int((meta or {}).get("overlap", 128)))
-        gate_threshold = calib["gate_threshold"]
+    calib = calibrate_gate(model, val_tiles, cfg.gate_recall, tile_size=tile_size, overlap=overlap,
+                           train_tiles=tiles)
+    gate_threshold = calib["gate_threshold"]
 
     sizes = box_sizes(all_boxes)
     out_meta: dict[str, Any] = {
@@ -402,10 +488,15 @@ def train_detector(
         "training": {
             "n_images": len(tiles),
             "n_images_with_objects": n_pos_tiles,
+            "n_validation_tiles": len(val_tiles),
+            "n_validation_tiles_with_objects": len(val_pos),
             "n_boxes": int(len(all_boxes)),
             "per_class": {c: int((all_ids == i).sum()) for i, c in enumerate(classes)},
             "box_size_px": {"mean": float(sizes.mean()), "min": float(sizes.min()), "max": float(sizes.max())},
             "steps": step + 1,
+            "best_step": best[1] if best is not None else step + 1,
+            "stop_reason": stop_reason,
+            "validation": val_history,
             "seconds": round(seconds, 1),
             "device": str(device),
             "initial_loss": float(np.mean(history[:10])) if history else None,
@@ -425,81 +516,244 @@ def train_detector(
     return model, out_meta
 
 
-def _tile_crops(tiles: Sequence[TrainTile], tile_size: int, overlap: int) -> tuple[list[np.ndarray], list[bool]]:
-    """Inference-grid windows (``tile_size``, stride ``tile_size - overlap``, zero-padded) of every image,
-    with whether each holds a labelled object (kept by the crop rule of :func:`sample_batch`)."""
+def _index_of_best(val_history: list[dict[str, Any]]) -> int:
+    """Index of the first epoch with the highest validation AP50."""
+    return int(np.argmax([v["val_AP50"] for v in val_history]))
+
+
+def _grid_origins(length: int, tile_size: int, stride: int) -> list[int]:
+    starts = list(range(0, max(length - tile_size, 0) + 1, stride))
+    if starts[-1] + tile_size < length:
+        starts.append(length - tile_size)
+    return starts
+
+
+def grid_tiles(tiles: Sequence[TrainTile], tile_size: int, overlap: int) -> list[TrainTile]:
+    """Cut images into the inference grid (``tile_size``, stride ``tile_size - overlap``, zero-padded
+    beyond the image); boxes kept by the crop rule of :func:`sample_batch`. An image no larger than a
+    tile stays one tile of its own size (not padded)."""
     stride = max(tile_size - overlap, 1)
-    crops, has = [], []
+    out = []
     for t in tiles:
         _, h, w = t.image.shape
-        ys = list(range(0, max(h - tile_size, 0) + 1, stride))
-        xs = list(range(0, max(w - tile_size, 0) + 1, stride))
-        if ys[-1] + tile_size < h:
-            ys.append(h - tile_size)
-        if xs[-1] + tile_size < w:
-            xs.append(w - tile_size)
-        for y0 in ys:
-            for x0 in xs:
-                img, bx, _ = _crop(t, x0, y0, tile_size)
-                crops.append(img)
-                has.append(len(bx) > 0)
-    return crops, has
+        if h <= tile_size and w <= tile_size:
+            out.append(t)
+            continue
+        for y0 in _grid_origins(h, tile_size, stride):
+            for x0 in _grid_origins(w, tile_size, stride):
+                img, bx, ci = _crop(t, x0, y0, tile_size)
+                out.append(TrainTile(img, bx, ci, f"{t.name}@{x0},{y0}"))
+    return out
+
+
+def split_validation(
+    tiles: Sequence[TrainTile], fraction: float, seed: int = 0, tile_size: int = 640, overlap: int = 128
+) -> tuple[list[TrainTile], list[TrainTile]]:
+    """Hold out ``fraction`` of the inference-grid tiles for validation.
+
+    Images larger than a tile are first cut into the inference grid
+    (:func:`grid_tiles`). Tiles with objects and empty tiles are drawn
+    separately (seeded), at least one of each kind when there are two or more
+    of that kind, so that the split always keeps training data. Neighbouring
+    grid tiles overlap by ``overlap`` px, so a validation tile can share that
+    strip with a training tile.
+
+    Returns:
+        ``(training tiles, validation tiles)``; with ``fraction <= 0`` the
+        tiles unchanged and an empty list.
+    """
+    if fraction <= 0:
+        return list(tiles), []
+    if fraction >= 1:
+        raise ValueError(f"the validation fraction must lie in [0, 1), got {fraction}")
+    grid = grid_tiles(tiles, tile_size, overlap)
+    rng = np.random.default_rng(seed + 7919)
+    val_idx: set[int] = set()
+    for kind in (True, False):
+        idx = [i for i, t in enumerate(grid) if bool(len(t.boxes)) == kind]
+        n = int(round(fraction * len(idx)))
+        if len(idx) >= 2:
+            n = min(max(n, 1), len(idx) - 1)
+        else:
+            n = 0
+        val_idx.update(int(i) for i in rng.choice(idx, n, replace=False)) if n else None
+    train = [t for i, t in enumerate(grid) if i not in val_idx]
+    val = [t for i, t in enumerate(grid) if i in val_idx]
+    return train, val
 
 
 @torch.no_grad()
-def calibrate_gate_threshold(
-    model: R2CNN,
-    tiles: Sequence[TrainTile],
-    recall: float = 0.99,
-    tile_size: int = 640,
-    overlap: int = 128,
-    max_threshold: float = 0.5,
-    batch_size: int = 4,
-) -> dict[str, Any]:
-    """Gate threshold that keeps at least ``recall`` of the positive training tiles.
+def validation_ap50(model: R2CNN, val_tiles: Sequence[TrainTile], num_classes: int, batch_size: int = 2) -> float:
+    """AP50 (mean over classes with objects) of ``model``'s detections (score >= 0.05, no gate) on ``val_tiles``."""
+    from geors.evaluate.detections import evaluate_detections
 
-    The training images are cut into the inference tile grid (zero-padded at
-    the edges); the threshold is the largest value ``t <= max_threshold`` such
-    that at least ``ceil(recall * n_pos)`` tiles holding an object have gate
-    probability ``>= t``, i.e. the ``k``-th highest positive probability with
-    ``k = ceil(recall * n_pos)``, capped at ``max_threshold``.
+    dev = next(model.parameters()).device
+    pred: dict[str, list] = {"boxes": [], "scores": [], "classes": [], "images": []}
+    truth: dict[str, list] = {"boxes": [], "classes": [], "images": []}
+    for i in range(0, len(val_tiles), batch_size):
+        chunk = val_tiles[i : i + batch_size]
+        shapes = {t.image.shape for t in chunk}
+        groups = [chunk] if len(shapes) == 1 else [[t] for t in chunk]
+        for grp in groups:
+            x = torch.from_numpy(np.stack([t.image for t in grp])).to(dev)
+            dets = model.detect_from_features(model.features(x), tuple(x.shape[-2:]), 0.05)
+            for j, (t, d) in enumerate(zip(grp, dets, strict=True)):
+                name = f"{i}:{j}:{t.name}"
+                pred["boxes"].append(d.boxes.float().cpu().numpy())
+                pred["scores"].append(d.scores.float().cpu().numpy())
+                pred["classes"] += d.labels.cpu().tolist()
+                pred["images"] += [name] * len(d.boxes)
+                truth["boxes"].append(np.asarray(t.boxes, np.float32).reshape(-1, 4))
+                truth["classes"] += np.asarray(t.class_ids).reshape(-1).tolist()
+                truth["images"] += [name] * len(t.boxes)
+    p = {"boxes": np.concatenate(pred["boxes"]).reshape(-1, 4), "scores": np.concatenate(pred["scores"]),
+         "classes": np.asarray(pred["classes"], np.int64), "images": np.asarray(pred["images"], object)}
+    g = {"boxes": np.concatenate(truth["boxes"]).reshape(-1, 4), "classes": np.asarray(truth["classes"], np.int64),
+         "images": np.asarray(truth["images"], object)}
+    ap50 = evaluate_detections(p, g, iou_thresholds=(0.5,))["overall"]["AP50"]
+    return float(ap50 or 0.0)
+
+
+@torch.no_grad()
+def gate_scores(model: R2CNN, tiles: Sequence[TrainTile], batch_size: int = 4) -> np.ndarray:
+    """Gate probability ``(N,)`` of each tile, as :meth:`geors.detect.Detector.gate` computes it.
+
+    Tiles of equal shape are batched together; the result follows ``tiles``' order.
+    """
+    dev = next(model.parameters()).device
+    probs = np.zeros(len(tiles), np.float32)
+    by_shape: dict[tuple[int, ...], list[int]] = {}
+    for i, t in enumerate(tiles):
+        by_shape.setdefault(tuple(t.image.shape), []).append(i)
+    for ids in by_shape.values():
+        for start in range(0, len(ids), batch_size):
+            sel = ids[start : start + batch_size]
+            x = torch.from_numpy(np.stack([tiles[i].image for i in sel])).to(dev)
+            probs[sel] = model.gate_forward(x).float().softmax(dim=1)[:, 1].cpu().numpy()
+    return probs
+
+
+def _kth_highest(scores: np.ndarray, target_recall: float) -> float:
+    k = int(math.ceil(target_recall * len(scores) - 1e-9))
+    return float(np.sort(scores)[::-1][max(k, 1) - 1])
+
+
+def calibrate_gate_threshold(
+    pos_scores: np.ndarray,
+    empty_scores: np.ndarray,
+    target_recall: float = GATE_TARGET_RECALL,
+    train_pos_scores: np.ndarray | None = None,
+) -> dict[str, Any]:
+    """Gate threshold for a target tile recall, from validation gate probabilities.
+
+    The threshold is the ``k``-th highest probability of the validation tiles
+    holding objects, ``k = ceil(target_recall * n_pos)``: the highest threshold
+    that still passes at least ``target_recall`` of them (a tile passes when
+    its probability is ``>=`` the threshold). With ``train_pos_scores`` the
+    same rule on the training tiles with objects gives a second value and the
+    lower one is kept: a validation split of a few tiles is a noisy estimate,
+    and a gate must not reject the tiles it was trained on either. There is
+    no cap (the previous rule capped the threshold at 0.5 or 0.95). Without
+    positive validation tiles nothing can be calibrated and the gate is
+    disabled (threshold 0: every tile passes).
 
     Args:
-        model: trained model (eval mode, on CPU or its device).
-        tiles: the training images.
-        recall: share of positive tiles to keep, in ``(0, 1]``.
-        tile_size, overlap: the inference grid in pixels.
-        max_threshold: upper bound of the threshold.
-        batch_size: tiles per forward pass.
+        pos_scores: gate probabilities of validation tiles holding objects.
+        empty_scores: gate probabilities of validation tiles without objects.
+        target_recall: share of positive tiles to pass, in ``(0, 1]``.
+        train_pos_scores: optional gate probabilities of training tiles with objects.
 
     Returns:
-        ``{"gate_threshold", "rule", "n_pos_tiles", "n_empty_tiles", "pos_kept", "empty_rejected"}``
-        (shares at the returned threshold; ``empty_rejected`` is None without empty tiles).
+        ``{"status": "calibrated"|"disabled", "gate_threshold", "target_recall",
+        "achieved_recall", "pass_rate", "empty_pass_rate", "n_pos_tiles",
+        "n_empty_tiles", "train_recall", "rule", "reason"}`` (validation
+        figures; rates None where undefined).
+
+    Raises:
+        GateCalibrationError: the threshold passes fewer positive validation
+            tiles than the target (guards the invariant; the rule cannot miss it).
     """
-    if not 0 < recall <= 1:
-        raise ValueError(f"recall must lie in (0, 1], got {recall}")
-    crops, has = _tile_crops(tiles, tile_size, overlap)
-    dev = next(model.parameters()).device
-    probs = []
-    for i in range(0, len(crops), batch_size):
-        x = torch.from_numpy(np.stack(crops[i : i + batch_size])).to(dev)
-        probs.append(model.gate_forward(x).float().softmax(dim=1)[:, 1].cpu().numpy())
-    p = np.concatenate(probs) if probs else np.zeros(0, np.float32)
-    hv = np.asarray(has, bool)
-    pos, neg = p[hv], p[~hv]
-    if len(pos):
-        k = int(math.ceil(recall * len(pos)))
-        thr = float(min(np.sort(pos)[::-1][k - 1], max_threshold))
+    if not 0 < target_recall <= 1:
+        raise ValueError(f"target recall must lie in (0, 1], got {target_recall}")
+    pos = np.asarray(pos_scores, np.float64).reshape(-1)
+    neg = np.asarray(empty_scores, np.float64).reshape(-1)
+    tpos = None if train_pos_scores is None else np.asarray(train_pos_scores, np.float64).reshape(-1)
+    rule = ("k-th highest gate probability of the validation tiles with objects, k = ceil(target_recall * n_pos)"
+            + ("; the lower of that and the same rule on the training tiles with objects" if tpos is not None else ""))
+    if len(pos) == 0:
+        thr, status, reason = 0.0, "disabled", "no validation tile holds an object: nothing to calibrate on"
     else:
-        thr = max_threshold
-    return {
+        thr, status, reason = _kth_highest(pos, target_recall), "calibrated", None
+        if tpos is not None and len(tpos):
+            thr = min(thr, _kth_highest(tpos, target_recall))
+    both = np.concatenate([pos, neg])
+    result = {
+        "status": status,
         "gate_threshold": thr,
-        "rule": f"k-th highest gate probability of the positive {tile_size} px training tiles, "
-                f"k = ceil({recall} * n_pos), capped at {max_threshold}",
-        "n_pos_tiles": int(len(pos)), "n_empty_tiles": int(len(neg)),
-        "pos_kept": float((pos >= thr).mean()) if len(pos) else None,
-        "empty_rejected": float((neg < thr).mean()) if len(neg) else None,
+        "target_recall": float(target_recall),
+        "achieved_recall": float((pos >= thr).mean()) if len(pos) else None,
+        "pass_rate": float((both >= thr).mean()) if len(both) else None,
+        "empty_pass_rate": float((neg >= thr).mean()) if len(neg) else None,
+        "n_pos_tiles": int(len(pos)),
+        "n_empty_tiles": int(len(neg)),
+        "train_recall": float((tpos >= thr).mean()) if tpos is not None and len(tpos) else None,
+        "rule": rule,
+        "reason": reason,
     }
+    if status == "calibrated" and result["achieved_recall"] < target_recall:
+        raise GateCalibrationError(
+            f"gate threshold {thr:.4g} passes {result['achieved_recall']:.3f} of the {len(pos)} validation tiles "
+            f"with objects, below the target {target_recall}; not shipping a gate that hides objects.")
+    return result
+
+
+def calibrate_gate(
+    model: R2CNN,
+    val_tiles: Sequence[TrainTile],
+    target_recall: float | None = GATE_TARGET_RECALL,
+    tile_size: int = 640,
+    overlap: int = 128,
+    train_tiles: Sequence[TrainTile] | None = None,
+) -> dict[str, Any]:
+    """Calibrate ``model``'s gate threshold on validation tiles (the one path of ``geors train`` and the example).
+
+    Images larger than a tile are cut into the inference grid first. See
+    :func:`calibrate_gate_threshold` for the rule (``train_tiles`` give the
+    second, training-tile bound). With ``target_recall=None``, or no
+    validation tile holding an object, the gate is disabled (threshold 0) and
+    a warning is logged: a model without a calibrated gate runs the detector
+    on every tile rather than risk hiding objects.
+
+    Returns:
+        the dict of :func:`calibrate_gate_threshold` plus ``gate_pool`` and
+        ``train_pass_rate``.
+    """
+    grid = grid_tiles(val_tiles, tile_size, overlap)
+    has = np.array([len(t.boxes) > 0 for t in grid], bool)
+    p = gate_scores(model, grid)
+    tp = th = None
+    if train_tiles:
+        tg = grid_tiles(train_tiles, tile_size, overlap)
+        tp = gate_scores(model, tg)
+        th = np.array([len(t.boxes) > 0 for t in tg], bool)
+    if target_recall is None:
+        calib = calibrate_gate_threshold(np.zeros(0), p[~has])
+        calib.update(status="disabled", reason="gate calibration turned off (gate_recall=None)", target_recall=None)
+    else:
+        calib = calibrate_gate_threshold(p[has], p[~has], target_recall, None if tp is None else tp[th])
+    calib["gate_pool"] = model.config.gate_pool
+    calib["train_pass_rate"] = float((tp >= calib["gate_threshold"]).mean()) if tp is not None and len(tp) else None
+    if tp is not None and th.any():
+        calib["train_recall"] = float((tp[th] >= calib["gate_threshold"]).mean())
+    if calib["status"] == "disabled":
+        log.warning("GATE DISABLED (threshold 0, every tile goes to the detector): %s. Give more labelled tiles "
+                    "or a validation fraction > 0 to calibrate it.", calib["reason"])
+    else:
+        log.info("gate threshold %.4g: passes %.3f of %d validation tiles with objects (target %.3f), "
+                 "%s of %d empty ones", calib["gate_threshold"], calib["achieved_recall"], calib["n_pos_tiles"],
+                 target_recall, "n/a" if calib["empty_pass_rate"] is None else f"{calib['empty_pass_rate']:.3f}",
+                 calib["n_empty_tiles"])
+    return calib
 
 
 def tiles_from_scenes(
