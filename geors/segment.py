@@ -30,7 +30,7 @@ import torch
 from geors.errors import BandError, ConfigError, ModelError, OutputError
 from geors.results import TileResult
 
-__all__ = ["Segmenter", "SegmentStage", "ClassRasterWriter", "DEFAULT_SEGMENTER", "NO_CLASS"]
+__all__ = ["Segmenter", "SegmentStage", "ClassRasterWriter", "segment_scenes", "DEFAULT_SEGMENTER", "NO_CLASS"]
 
 log = logging.getLogger(__name__)
 
@@ -111,8 +111,13 @@ class Segmenter:
 class SegmentStage:
     """C2FNet as a pipeline stage: fills ``TileResult.class_raster`` (uint8 (H, W), 255 = no class).
 
+    Callable both as ``stage(batch)`` with a :class:`geors.stage.TileBatch` and
+    as ``stage(scene, tiles, images)``. It never clips to cores, polygonises,
+    dissolves or writes.
+
     Args:
-        segmenter: model name or path (None = :data:`DEFAULT_SEGMENTER`).
+        segmenter: model name or path (None = :data:`DEFAULT_SEGMENTER`), or a
+            config object with a ``segmenter`` attribute (``geors.config.SegmentConfig``).
         device: ``auto``, ``cpu`` or ``cuda``.
         refine: False runs the coarse network only.
         batch_size: tiles per forward pass.
@@ -120,9 +125,11 @@ class SegmentStage:
 
     name = "segment"
     layers: tuple[str, ...] = ("segmentation",)
+    skip_nodata = True
 
-    def __init__(self, segmenter: str | None = None, device: str = "auto", refine: bool = True, batch_size: int = 4):
-        self.spec = segmenter
+    def __init__(self, segmenter=None, device: str = "auto", refine: bool = True, batch_size: int = 4):
+        self.config = segmenter if hasattr(segmenter, "segmenter") else None
+        self.spec = self.config.segmenter if self.config is not None else segmenter
         self.device = device
         self.refine = refine
         self.batch_size = batch_size
@@ -144,12 +151,24 @@ class SegmentStage:
         return self._seg
 
     @property
-    def classes(self) -> list[str]:
-        return self.segmenter.classes
+    def classes(self) -> tuple[str, ...]:
+        return tuple(self.segmenter.classes)
 
     @property
     def colours(self) -> list[list[int]]:
         return self.segmenter.colours
+
+    def default_tiling(self) -> tuple[int, int]:
+        """(tile size, overlap) in pixels the segmenter was trained for."""
+        return self.segmenter.tile_size, self.segmenter.overlap
+
+    def tile_inputs(self, scene, tiles) -> None:
+        return None
+
+    def prepare(self, scenes: Sequence) -> None:
+        """Load the model and check every scene (main process, before any output is touched)."""
+        for sc in scenes:
+            self.check_scene(sc)
 
     def check_scene(self, scene) -> None:
         """Fail before anything is written when the segmenter does not fit the scene's bands."""
@@ -170,7 +189,12 @@ class SegmentStage:
                 "classes": seg.classes, "colours": seg.colours, "small_classes": seg.meta.get("small_classes"),
                 "refine": self.refine, "aggregation": seg.model.config.aggregation}
 
-    def __call__(self, scene, tiles: Sequence, images: Sequence) -> list[TileResult]:
+    def __call__(self, scene_or_batch, tiles: Sequence | None = None, images: Sequence | None = None
+                 ) -> list[TileResult]:
+        if tiles is None:  # a TileBatch
+            scene, tiles, images = scene_or_batch.scene, scene_or_batch.tiles, scene_or_batch.images
+        else:
+            scene = scene_or_batch
         t0 = time.perf_counter()
         seg = self.segmenter
         x = np.stack([img.image for img in images])
@@ -178,6 +202,9 @@ class SegmentStage:
         classes = seg.predict(x, valid)
         per_tile = (time.perf_counter() - t0) / max(len(tiles), 1)
         return [TileResult(scene.name, tile.id, tile.window, "done", seconds=per_tile,
+                           class_raster=cr[: tile.height, : tile.width], stage_seconds={"segment": per_tile})
+                if "stage_seconds" in TileResult.__dataclass_fields__ else
+                TileResult(scene.name, tile.id, tile.window, "done", seconds=per_tile,
                            class_raster=cr[: tile.height, : tile.width])
                 for tile, cr in zip(tiles, classes, strict=True)]
 
@@ -258,3 +285,145 @@ class ClassRasterWriter:
         else:
             self.abort()
         return False
+
+
+def _raster_paths(raster_out: str | os.PathLike | None, scenes: Sequence) -> dict[str, Path]:
+    if raster_out is None:
+        return {}
+    base = Path(raster_out)
+    if len(scenes) == 1:
+        return {scenes[0].name: base}
+    return {sc.name: base.with_name(f"{base.stem}_{Path(sc.name).stem}{base.suffix or '.tif'}") for sc in scenes}
+
+
+def segment_scenes(
+    scenes: Sequence,
+    out: str | os.PathLike,
+    segmenter: str | os.PathLike | None = None,
+    raster_out: str | os.PathLike | None = None,
+    tile_size: int | None = None,
+    overlap: int | None = None,
+    bands: Sequence[int] | None = None,
+    device: str = "auto",
+    batch_size: int = 4,
+    refine: bool = True,
+    progress=None,
+) -> dict[str, Any]:
+    """Segment scenes into the GeoPackage ``segmentation`` layer (and optionally class GeoTIFFs).
+
+    A self-contained tiled loop over :class:`SegmentStage` with the seam rules
+    of :mod:`geors.merge` (core clipping + polygonising per tile, the dissolve
+    of edge polygons across cores when a scene is finished) and
+    :class:`ClassRasterWriter`. Pixels are read tile by tile; what is held per
+    scene besides one batch of tiles is the polygons touching inner core
+    edges (waiting for the dissolve), never a scene-sized array.
+
+    Args:
+        scenes: paths or opened :class:`geors.raster.Scene` objects.
+        out: GeoPackage (created or appended to).
+        segmenter: model name or path (None = default segmenter).
+        raster_out: class GeoTIFF; with several scenes ``<stem>_<scene>.tif`` beside it.
+        tile_size, overlap: pixels (default: the segmenter's).
+        bands: 1-based band indexes.
+        device, batch_size, refine: see :class:`SegmentStage`.
+        progress: a :class:`geors.progress.Progress`.
+
+    Returns:
+        Summary dict: run id, tiles, features, dissolved groups, rasters, seconds.
+    """
+    from geors.merge import dissolve_across_cores, segment_polygons
+    from geors.progress import NullProgress
+    from geors.raster import Scene, open_scene
+    from geors.tiling import TileGrid
+    from geors.vector import GeoPackageWriter, areas_m2
+
+    t_start = time.perf_counter()
+    progress = progress or NullProgress()
+    opened = [s if isinstance(s, Scene) else open_scene(s, bands=list(bands) if bands else None) for s in scenes]
+    if not opened:
+        raise ConfigError("no scene given")
+    stage = SegmentStage(segmenter, device=device, refine=refine, batch_size=batch_size)
+    for sc in opened:  # bad input fails before anything is written
+        stage.check_scene(sc)
+    info = stage.describe()
+    size, ovl = stage.default_tiling()
+    size, ovl = tile_size or size, ovl if overlap is None else overlap
+    classes = list(stage.classes)
+    rasters = _raster_paths(raster_out, opened)
+    for p in rasters.values():
+        parent = p.parent if str(p.parent) else Path(".")
+        if not parent.is_dir():
+            raise OutputError(f"{p}: the output directory {parent} does not exist; create it first.")
+    writer = GeoPackageWriter(out, opened[0].crs, layers=("segmentation",))
+    summary: dict[str, Any] = {"run_id": writer.run_id, "output": str(out), "tiles": 0, "nodata_tiles": 0,
+                               "features": 0, "dissolved_groups": 0, "rasters": {}, "classes": classes}
+    writer.start_run("segment", {"tile_size": size, "overlap": ovl, "bands": list(bands) if bands else None,
+                                 "batch_size": batch_size, "refine": refine, "device": device,
+                                 "scenes": [str(s.path) for s in opened],
+                                 "raster_out": {k: str(v) for k, v in rasters.items()}}, info)
+    status = "failed"
+    rw: ClassRasterWriter | None = None
+    try:
+        for sc in opened:
+            grid = TileGrid(sc, size, ovl)
+            tiles = list(grid)
+            summary["tiles"] += len(tiles)
+            progress.start(len(tiles), desc=sc.name)
+            rw = ClassRasterWriter(rasters[sc.name], sc, classes, stage.colours) if sc.name in rasters else None
+            edges = []
+            px = abs(sc.transform.a) if sc.transform is not None else 1.0
+            for i in range(0, len(tiles), stage.batch_size):
+                batch = tiles[i:i + stage.batch_size]
+                images = [sc.read_tile(t) for t in batch]
+                results: dict[str, TileResult] = {}
+                todo = [(t, img) for t, img in zip(batch, images, strict=True) if img.valid.any()]
+                for t, img in zip(batch, images, strict=True):
+                    if not img.valid.any():
+                        results[t.id] = TileResult(sc.name, t.id, t.window, "nodata")
+                        summary["nodata_tiles"] += 1
+                        if rw is not None:
+                            rw.write(t, np.full((t.height, t.width), NO_CLASS, np.uint8))
+                if todo:
+                    for (t, img), r in zip(todo, stage(sc, [a for a, _ in todo], [b for _, b in todo]), strict=True):
+                        polys = segment_polygons(t, img, r.class_raster, classes, scene_shape=(sc.height, sc.width))
+                        r.segmentation = [p for p in polys if not p.edge]
+                        edges.extend((p, t.id) for p in polys if p.edge)
+                        if rw is not None:
+                            cr = r.class_raster.copy()
+                            cr[~img.valid[: cr.shape[0], : cr.shape[1]]] = NO_CLASS
+                            rw.write(t, cr)
+                        r.class_raster = None
+                        results[t.id] = r
+                ordered = [results[t.id] for t in batch]
+                writer.write_results(ordered, model=info.get("model", ""))
+                summary["features"] += sum(len(r.segmentation) for r in ordered)
+                progress.advance(len(batch), segments=summary["features"])
+            # the dissolve across cores: only polygons along inner core edges take part
+            polys = [p for p, _ in edges]
+            tile_of = {id(p): tid for p, tid in edges}
+            merged = dissolve_across_cores(polys, tolerance=px * 1e-3)
+            summary["dissolved_groups"] += sum(1 for m in merged if id(m) not in tile_of)
+            if merged:
+                areas = areas_m2([m.geometry for m in merged], writer.crs if hasattr(writer, "crs") else sc.crs)
+                rows = [{"class": m.class_name, "class_id": int(m.class_id), "area_m2": float(a),
+                         "tile_id": tile_of.get(id(m), "dissolved"), "scene": sc.name}
+                        for m, a in zip(merged, areas, strict=True)]
+                writer.write_features("segmentation", rows, [m.geometry for m in merged])
+                summary["features"] += len(merged)
+            if rw is not None:
+                summary["rasters"][sc.name] = str(rw.close())
+                rw = None
+            progress.close()
+        status = "finished"
+    except KeyboardInterrupt:
+        status = "cancelled"
+        raise
+    finally:
+        if rw is not None:
+            rw.abort()
+        try:
+            writer.finish_run(status)
+        finally:
+            writer.close()
+    summary["seconds"] = round(time.perf_counter() - t_start, 3)
+    return summary

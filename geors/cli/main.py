@@ -73,6 +73,12 @@ def _register() -> None:
     main.add_command(segment_cli.command)
     train.train_group.add_command(segment_cli.train_command)
     eval_cli.eval_group.add_command(segment_cli.eval_command)
+
+    from geors.cli import segment as segment_cli  # C2FNet: segment, train segmenter, eval segmentation
+
+    main.add_command(segment_cli.command)
+    train.train_group.add_command(segment_cli.train_command)
+    eval_cli.eval_group.add_command(segment_cli.eval_command)
     eval_cli.eval_group.add_command(eval_masks.command)
 
 

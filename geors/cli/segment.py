@@ -1,0 +1,157 @@
+"""``geors segment``, ``geors train segmenter`` and ``geors eval segmentation`` (C2FNet).
+
+``geors.cli.main`` registers :data:`command` at the top level, :data:`train_command`
+in the ``train`` group and :data:`eval_command` in the ``eval`` group.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+
+import click
+
+from geors.cli.options import bands_option, handle_errors, parse_bands, progress_option
+
+
+def _names(value: str | None) -> list[str]:
+    return [v.strip() for v in value.split(",") if v.strip()] if value else []
+
+
+@click.command("segment")
+@click.argument("scenes", nargs=-1, required=True, type=click.Path(dir_okay=False))
+@click.option("-o", "--output", required=True, type=click.Path(dir_okay=False), help="GeoPackage to write or append to.")
+@click.option("--segmenter", default=None, help="Segmenter name or model file (default: the built-in segmenter).")
+@click.option("--raster-out", type=click.Path(dir_okay=False), default=None,
+              help="Also write a class GeoTIFF (tiled, DEFLATE, colour table); with several scenes "
+                   "<stem>_<scene>.tif beside it.")
+@click.option("--tile", "tile_size", type=int, default=None, help="Tile size D, pixels (default: the segmenter's).")
+@click.option("--overlap", type=int, default=None, help="Overlap d, pixels (default: the segmenter's).")
+@click.option("--coarse-only", is_flag=True, help="Skip the fine stage (coarse network only).")
+@click.option("--batch-size", type=int, default=4, show_default=True, help="Tiles per forward pass.")
+@click.option("--device", default="auto", show_default=True, help="auto, cpu or cuda.")
+@bands_option
+@progress_option
+@handle_errors
+def command(scenes, output, segmenter, raster_out, tile_size, overlap, coarse_only, batch_size, device, bands,
+            progress):
+    """C2FNet semantic segmentation of SCENES into the `segmentation` layer of OUTPUT.
+
+    One feature per connected class region; regions cut by tile cores are
+    dissolved across core boundaries. Prints a JSON summary.
+    """
+    from geors.progress import make_progress
+    from geors.segment import segment_scenes
+
+    summary = segment_scenes(scenes, output, segmenter=segmenter, raster_out=raster_out, tile_size=tile_size,
+                             overlap=overlap, bands=parse_bands(bands), device=device, batch_size=batch_size,
+                             refine=not coarse_only, progress=make_progress(progress))
+    if progress != "jsonl":
+        click.echo(json.dumps(summary, indent=2))
+
+
+@click.command("segmenter")
+@click.option("--scene", "scenes", multiple=True, required=True, type=click.Path(),
+              help="Training raster; repeat together with --labels for several scenes.")
+@click.option("--labels", "labels", multiple=True, required=True, type=click.Path(),
+              help="Label raster (class ids, 255 = unlabelled, e.g. from `geors label`) or polygon layer "
+                   "(any OGR format, any CRS) for the matching --scene.")
+@click.option("--class-field", default=None, help="Class attribute of polygon labels.")
+@click.option("--classes", default=None,
+              help="Class names of a label raster's ids in order, comma-separated (default: its geors_classes tag).")
+@click.option("--small-classes", required=True, help="Comma-separated small-object classes refined by the fine net.")
+@click.option("--background", default=None,
+              help="Class of pixels no label covers (default: ignored). Use it for labels that mark objects only.")
+@click.option("-o", "--output", required=True, type=click.Path(dir_okay=False), help="Model file (.safetensors).")
+@click.option("--variant", type=click.Choice(["compact", "wide"]), default="compact", show_default=True,
+              help="compact trains on a CPU; wide is for a GPU.")
+@click.option("--coarse-steps", type=int, default=600, show_default=True)
+@click.option("--fine-steps", type=int, default=400, show_default=True)
+@click.option("--batch-size", type=int, default=4, show_default=True)
+@click.option("--crop", type=int, default=256, show_default=True, help="Training crop size, pixels.")
+@click.option("--lr", type=float, default=3e-3, show_default=True)
+@click.option("--window", type=int, default=128, show_default=True, help="k: refinement window, pixels.")
+@click.option("--window-stride", type=int, default=32, show_default=True, help="s: window stride, pixels.")
+@click.option("--top-n", type=int, default=32, show_default=True, help="n: windows refined per tile.")
+@click.option("--zoom", type=click.Choice(["1", "2"]), default="1", show_default=True, help="Fine-stage zoom-in.")
+@click.option("--aggregation", type=click.Choice(["paper", "reference"]), default="paper", show_default=True)
+@click.option("--tile", "tile_size", type=int, default=640, show_default=True, help="Inference tile size recorded.")
+@click.option("--overlap", type=int, default=128, show_default=True, help="Inference overlap recorded.")
+@click.option("--max-minutes", type=click.FloatRange(0, min_open=True), default=None,
+              help="Time budget for both phases.")
+@click.option("--device", default="auto", show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--allow-ungeoreferenced", is_flag=True, help="Accept images without CRS (labels on the same pixels).")
+@bands_option
+@handle_errors
+def train_command(scenes, labels, class_field, classes, small_classes, background, output, variant, coarse_steps,
+                  fine_steps, batch_size, crop, lr, window, window_stride, top_n, zoom, aggregation, tile_size, overlap,
+                  max_minutes, device, seed, allow_ungeoreferenced, bands):
+    """Train a C2FNet segmenter: coarse network first, then (frozen) the fine network on small-object windows."""
+    from pathlib import Path
+
+    from geors.errors import ConfigError, OutputError
+    from geors.models.registry import save_model
+    from geors.train.segmenter import SegTrainConfig, load_training_tiles, train_segmenter
+
+    if len(scenes) != len(labels):
+        raise ConfigError(f"give one --labels per --scene ({len(scenes)} scenes, {len(labels)} label files).")
+    small = _names(small_classes)
+    if not small:
+        raise ConfigError("--small-classes needs at least one class name.")
+    if crop < 32 or batch_size < 1 or coarse_steps < 0 or fine_steps < 0:
+        raise ConfigError("--crop must be >= 32 px, --batch-size >= 1 and the step counts >= 0.")
+    parent = Path(output).parent
+    if str(parent) and not parent.is_dir():
+        raise OutputError(f"{output}: the output directory {parent} does not exist; create it first.")
+    tiles, names, info = load_training_tiles(list(zip(scenes, labels, strict=True)), class_field=class_field,
+                                             classes=_names(classes) or None, background=background,
+                                             bands=parse_bands(bands), allow_ungeoreferenced=allow_ungeoreferenced)
+    missing = [c for c in small if c not in names]
+    if missing:
+        raise ConfigError(f"--small-classes {missing} are not among the label classes {names}; "
+                          f"check the spelling (class names of {labels[0]}).")
+    cfg = SegTrainConfig(coarse_steps=coarse_steps, fine_steps=fine_steps, batch_size=batch_size, crop_size=crop,
+                         lr=lr, device=device, seed=seed, max_seconds=max_minutes * 60 if max_minutes else None,
+                         arch={"variant": variant, "window": window, "window_stride": window_stride, "top_n": top_n,
+                               "zoom": int(zoom), "aggregation": aggregation})
+    t0 = time.perf_counter()
+
+    def report(rec: dict) -> None:
+        eta = rec["eta_s"]
+        click.echo(f"{rec['phase']:6s} step {rec['step']}/{rec['steps']}  loss {rec['loss']:.4f}  "
+                   f"eta {int(eta // 60)}m{int(eta % 60):02d}s", err=True)
+
+    model, meta = train_segmenter(tiles, names, small, cfg, progress=report, meta={
+        "tile_size": tile_size, "overlap": overlap, "gsd_m": info["gsd_m"], "band_indexes": info["band_indexes"],
+        "normalisation": {"method": "percentile_stretch", "percentiles": [2, 98], "scope": "scene", "range": [0, 1],
+                          "training_stretch": info["stretch"]},
+        "training": {"sources": info["sources"], "label_pixels": info["label_pixels"], "command": sys.argv[1:]},
+    })
+    path = save_model(model, meta, output)
+    click.echo(json.dumps({"model": str(path), "classes": names, "small_classes": small,
+                           "label_pixels": info["label_pixels"], "coarse_steps": meta["training"]["coarse"]["steps"],
+                           "fine_steps": meta["training"]["fine"]["steps"],
+                           "seconds": round(time.perf_counter() - t0, 1)}))
+
+
+@click.command("segmentation")
+@click.argument("pred", type=click.Path(dir_okay=False))
+@click.argument("truth", type=click.Path())
+@click.option("--scene", type=click.Path(dir_okay=False), default=None,
+              help="The scene: its grid and valid pixels (the footprint). Needed when PRED is a GeoPackage.")
+@click.option("--class-field", default=None, help="Class field of polygon TRUTH.")
+@click.option("--classes", default=None, help="Class names of a TRUTH raster's ids (default: its geors_classes tag).")
+@click.option("--background", default=None, help="Class of unlabelled truth pixels (default: ignored).")
+@click.option("--layer", default="segmentation", show_default=True, help="Layer of a GeoPackage PRED.")
+@click.option("-o", "--output", type=click.Path(dir_okay=False), default=None, help="Also write the JSON here.")
+@handle_errors
+def eval_command(pred, truth, scene, class_field, classes, background, layer, output):
+    """Per-class IoU, F1 and mIoU of PRED (class GeoTIFF or GeoPackage layer) against TRUTH (raster or polygons)."""
+    from geors.cli.eval import emit_json
+    from geors.evaluate.segmentation import evaluate_segmentation_files
+
+    emit_json(evaluate_segmentation_files(pred, truth, scene=scene, truth_class_field=class_field,
+                                          truth_classes=_names(classes) or None, background=background, layer=layer),
+              output)
