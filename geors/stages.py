@@ -21,7 +21,7 @@ from geors.errors import BandError
 from geors.raster import Scene
 from geors.results import Detection, TileResult
 from geors.stage import TileBatch, load_once
-from geors.tiling import Tile, TileGrid, window_bounds
+from geors.tiling import Tile, window_bounds
 from geors.vector import pixel_box_to_polygon
 
 log = logging.getLogger(__name__)
@@ -177,12 +177,14 @@ class BoxMasksStage:
         self.class_field = class_field
         self.layer = layer
         self._labels: dict[str, object] = {}
-        self._owners: dict[str, dict[str, list[int]]] = {}
+        self._owners: dict[str, dict[tuple[int, int], np.ndarray]] = {}
+        self._centres: dict[str, tuple[np.ndarray, np.ndarray]] = {}
 
     def __getstate__(self):
         state = self.__dict__.copy()
         state["_labels"] = {}  # workers get their boxes with each batch, never the whole set
         state["_owners"] = {}
+        state["_centres"] = {}
         if not isinstance(state["boxes"], str):
             state["boxes"] = None
         return state
@@ -212,28 +214,38 @@ class BoxMasksStage:
 
     def tile_inputs(self, scene: Scene, tiles: Sequence[Tile]) -> list:
         """Per tile: (boxes (K, 4) tile-local, class names, class ids) of the boxes whose centre its core holds."""
-        index = self._owner_index(scene, tiles[0])
         ls = self._labels[scene.name]
+        boxes = np.asarray(ls.boxes, dtype=np.float64).reshape(-1, 4)
+        index = self._bucket_index(scene, tiles[0].size)
+        size = tiles[0].size
         out = []
         for t in tiles:
-            idx = np.asarray(index.get(t.id, []), dtype=np.int64)
-            boxes = np.asarray(ls.boxes, dtype=np.float64).reshape(-1, 4)[idx] - np.array(
-                [t.col_off, t.row_off] * 2, dtype=np.float64)
-            out.append((boxes, [str(ls.class_names[i]) for i in idx], [int(ls.class_ids[i]) for i in idx]))
+            c = t.core
+            c0, r0, c1, r1 = int(c.col_off), int(c.row_off), int(c.col_off + c.width), int(c.row_off + c.height)
+            cand = [index[(bx, by)] for bx in range(c0 // size, (c1 - 1) // size + 1)
+                    for by in range(r0 // size, (r1 - 1) // size + 1) if (bx, by) in index]
+            idx = np.sort(np.concatenate(cand)) if cand else np.zeros(0, dtype=np.int64)
+            cx, cy = self._centres[scene.name]
+            inside = (cx[idx] >= c0) & (cx[idx] < c1) & (cy[idx] >= r0) & (cy[idx] < r1)
+            idx = idx[inside]
+            local = boxes[idx] - np.array([t.col_off, t.row_off] * 2, dtype=np.float64)
+            out.append((local, [str(ls.class_names[i]) for i in idx], [int(ls.class_ids[i]) for i in idx]))
         return out
 
-    def _owner_index(self, scene: Scene, tile: Tile) -> dict[str, list[int]]:
-        key = scene.name
-        if key not in self._owners:
-            grid = TileGrid(scene, tile.size, tile.overlap)
-            boxes = np.asarray(self._labels[key].boxes, dtype=np.float64).reshape(-1, 4)
-            groups: dict[str, list[int]] = defaultdict(list)
-            for i, b in enumerate(boxes):
-                cx = min(max((b[0] + b[2]) / 2, 0), grid.width - 1e-6)
-                cy = min(max((b[1] + b[3]) / 2, 0), grid.height - 1e-6)
-                groups[grid.owner(cx, cy).id].append(i)
-            self._owners[key] = dict(groups)
-        return self._owners[key]
+    def _bucket_index(self, scene: Scene, size: int) -> dict[tuple[int, int], np.ndarray]:
+        """Box indexes bucketed by centre on a ``size`` px grid (built once per scene): each tile looks
+        only at the buckets its core covers, never at every box."""
+        if scene.name not in self._owners:
+            boxes = np.asarray(self._labels[scene.name].boxes, dtype=np.float64).reshape(-1, 4)
+            # a box partly outside the scene is owned by the tile holding its centre clipped into the scene
+            cx = np.clip((boxes[:, 0] + boxes[:, 2]) / 2, 0, scene.width - 1e-6)
+            cy = np.clip((boxes[:, 1] + boxes[:, 3]) / 2, 0, scene.height - 1e-6)
+            self._centres[scene.name] = (cx, cy)
+            groups: dict[tuple[int, int], list[int]] = defaultdict(list)
+            for i, (x, y) in enumerate(zip((cx // size).astype(int), (cy // size).astype(int), strict=True)):
+                groups[(int(x), int(y))].append(i)
+            self._owners[scene.name] = {k: np.asarray(v, dtype=np.int64) for k, v in groups.items()}
+        return self._owners[scene.name]
 
     def __call__(self, batch: TileBatch) -> list[TileResult]:
         results = []

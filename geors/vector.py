@@ -802,7 +802,7 @@ class GeoPackageWriter:
             for inst, area in zip(res.instances, areas, strict=True):
                 fid = det_fids[inst.detection_index] if inst.detection_index is not None and det_fids else None
                 rows.append({**common, "detection_fid": fid, "class": inst.class_name,
-                             "class_id": inst.class_id, "score": float(inst.score),
+                             "class_id": inst.class_id, "score": None if inst.score is None else float(inst.score),
                              "mask_score": None if inst.mask_score is None else float(inst.mask_score),
                              "area_m2": float(area), "mask_method": inst.mask_method})
             self._insert("instances", rows, [i.geometry for i in res.instances], src)

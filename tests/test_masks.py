@@ -21,7 +21,6 @@ from geors.masks import (
     instances_for_tile,
     make_mask_engine,
     mask_to_geometry,
-    masks_for_boxes,
     rh_box,
 )
 from tests.mask_scenes import DISCS, disc_image, transform, write_disc_scene
@@ -188,21 +187,30 @@ def test_simplification_tolerance_in_pixels():
 # ------------------------------------------------------------------ scene level
 
 
-def test_masks_for_boxes_grabcut_world_coordinates(disc_scene):
-    from geors.tiling import TileGrid
+def test_box_masks_through_the_pipeline_world_coordinates(disc_scene, tmp_path):
+    """``geors masks``' production path: BoxMasksStage in the pipeline, each box decoded once by its owner tile."""
+    import pyogrio
+
+    from geors.config import ExecutionConfig, MaskConfig, PipelineConfig, TilingConfig
+    from geors.pipeline import process_scenes
+    from geors.stages import BoxMasksStage
 
     scene, truth = disc_scene
-    grid = TileGrid(scene, size=256, overlap=32)  # disc 2 (r=45) crosses tile edges: own window path
-    res = masks_for_boxes(scene, disc_boxes(), GrabCutEngine(), grid, simplify_px=0)
+    out = tmp_path / "m.gpkg"
+    config = PipelineConfig(detect=None, masks=MaskConfig("grabcut", simplify_px=0), tiling=TilingConfig(256, 32),
+                            execution=ExecutionConfig(batch_size=2))  # disc 2 (r=45) crosses tile edges
+    summary = process_scenes([scene], out, BoxMasksStage((disc_boxes(), None), config.masks), config)
+    df = pyogrio.read_dataframe(out, layer="instances")
+    assert summary.instances == len(df) == len(truth)  # every box once, none twice along seams
     t = transform()
-    for k, (r, tm) in enumerate(zip(res, truth, strict=True)):
-        assert r.method == "grabcut" and r.geometry is not None
+    for tm in truth:
         truth_poly = mask_to_geometry(tm, t, simplify_px=0)
-        inter = r.geometry.intersection(truth_poly).area
-        assert inter / r.geometry.union(truth_poly).area > 0.8, f"disc {k}"
-    # centre of the first disc in world coordinates
-    c = res[0].geometry.centroid
-    assert abs(c.x - (500000 + 100 * 0.5)) < 1.0 and abs(c.y - (4_000_000 - 100 * 0.5)) < 1.0
+        hits = df[df.geometry.intersects(truth_poly.centroid)]
+        assert len(hits) == 1
+        g = hits.geometry.iloc[0]
+        assert hits["mask_method"].iloc[0] == "grabcut"
+        assert g.intersection(truth_poly).area / g.union(truth_poly).area > 0.8
+    assert df["score"].isna().all() and df["detection_fid"].isna().all()  # given boxes, not detections
 
 
 def test_instances_for_tile_reuses_tile_pixels(disc_scene, monkeypatch):
