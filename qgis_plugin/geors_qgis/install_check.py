@@ -64,8 +64,8 @@ def environment_python(env: GeorsEnvironment) -> str | None:
     if first.startswith("#!"):
         parts = shlex.split(first[2:])
         if parts and os.path.basename(parts[0]) == "env" and len(parts) > 1:
-            return parts[1]
-        if parts and os.path.isfile(parts[0]):
+            parts = parts[1:]
+        if parts and os.path.basename(parts[0]).lower().startswith("python"):
             return parts[0]
     for name in ("python3", "python", "python.exe"):  # Windows: Scripts\geors.exe beside python.exe
         cand = os.path.join(os.path.dirname(exe), name)
