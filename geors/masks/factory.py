@@ -17,6 +17,8 @@ __all__ = ["make_mask_engine"]
 
 log = logging.getLogger(__name__)
 
+_told_no_sam = False
+
 
 def make_mask_engine(spec: str = "auto", device: str = "auto", checkpoint: str | os.PathLike | None = None,
                      **options) -> MaskEngine:
@@ -62,12 +64,15 @@ def make_mask_engine(spec: str = "auto", device: str = "auto", checkpoint: str |
     if key == "auto":
         path = sam_weights.find_checkpoint("vit_b", checkpoint)
         if path is None:
-            log.warning(
-                "no SAM checkpoint found: instances will be refined without SAM (weight-free watershed "
-                "outlines; the box where an outline is implausible, mask_method 'box:fallback'). For SAM "
-                "masks run 'geors models download sam-vit_b' or set %s to a checkpoint file.",
-                sam_weights.ENV_CHECKPOINT,
-            )
+            global _told_no_sam
+            if not _told_no_sam:  # once per process, however many engines are built
+                _told_no_sam = True
+                log.warning(
+                    "no SAM checkpoint found: instances will be refined without SAM (weight-free watershed "
+                    "outlines; the box where an outline is implausible, mask_method 'box:fallback'). For SAM "
+                    "masks run 'geors models download sam-vit_b' or set %s to a checkpoint file.",
+                    sam_weights.ENV_CHECKPOINT,
+                )
             return WatershedEngine(**{k: v for k, v in options.items() if k in WatershedEngine.OPTIONS})
         model, kind = sam_weights.load_sam(path)
         return SamEngine(model, kind, device=device, checkpoint=path, **options)

@@ -2,13 +2,15 @@
 
 For each box, on a crop around it (``margin``):
 
-1. The crop is smoothed (Gaussian, sigma grows with the object) so texture
-   inside an object (leaves, car windows) does not make edges of its own.
+1. The crop is smoothed (Gaussian, sigma 3 % of the shorter box side, 0.5-2
+   px) so texture inside an object (leaves, car windows) makes fewer edges of
+   its own, and converted to CIE Lab (colour differences closer to perceived
+   ones; measured better than RGB on the real vehicle outlines).
 2. Markers: *object* = an ellipse at the box centre (``seed_frac`` of the box
    half-sides, restricted to pixels whose colour is close to the centre's so a
    seed on a thin diagonal object does not start on the ground); *background* =
-   every crop pixel outside the box. ``cv2.watershed`` floods the colour
-   gradient from both, so the object region stops where the colour changes
+   every crop pixel outside the box. ``cv2.watershed`` floods the Lab image
+   from both (priority = colour difference between neighbours), so the object region stops where the colour changes
    most between the seed and the surroundings (edge-aware region growing).
    Neighbours of the same look that reach into the box are flooded from the
    outside, because they continue past the box edge.
@@ -18,9 +20,15 @@ For each box, on a crop around it (``margin``):
    covers enough of the box), extent (a box is drawn tight around its object,
    so the object spans most of the box in x and in y), compactness
    (``4 pi A / P^2``, no ragged leaks) and edge agreement (the region's border
-   inside the box lies on stronger image edges than the box's pixels on
+   inside the box lies on stronger Lab gradients than the box's pixels on
    average). A candidate that fails any test is replaced by the box itself
-   with ``method = "box:fallback"``.
+   with ``method = "box:fallback"``. A region that fills (>= 97 %) the box
+   passes the edge test: the strongest edges were the box's own sides (a
+   box-shaped object such as a roof aligned with the box).
+
+Defaults were set on the data of ``benchmarks/bench_masks.py`` (synthetic
+crowns, vehicles and discs, the DOTA P1888 vehicle outlines); there is no
+held-out real outline set yet, so treat the thresholds as a starting point.
 
 ``mask_score`` is the edge agreement ``g_border / (g_border + g_box)`` in
 (0, 1): 0.5 means the border is no sharper than the box on average; box
@@ -63,12 +71,14 @@ def _box_pixels(box: np.ndarray, c0: int, r0: int, shape: tuple[int, int]) -> np
     return ((rows[:, None] >= box[1]) & (rows[:, None] <= box[3])) & ((cols[None, :] >= box[0]) & (cols[None, :] <= box[2]))
 
 
-def _gradient(gray: np.ndarray) -> np.ndarray:
+def _gradient(image: np.ndarray) -> np.ndarray:
+    """Gradient magnitude (Sobel) of a (h, w) or (h, w, C) float32 image; channels combine as a vector."""
     import cv2
 
-    gx = cv2.Sobel(gray, cv2.CV_32F, 1, 0, ksize=3)
-    gy = cv2.Sobel(gray, cv2.CV_32F, 0, 1, ksize=3)
-    return cv2.magnitude(gx, gy)
+    gx = cv2.Sobel(image, cv2.CV_32F, 1, 0, ksize=3)
+    gy = cv2.Sobel(image, cv2.CV_32F, 0, 1, ksize=3)
+    g2 = gx * gx + gy * gy
+    return np.sqrt(g2.sum(axis=-1) if g2.ndim == 3 else g2)
 
 
 def judge_mask(
@@ -123,6 +133,8 @@ def judge_mask(
     else:
         g_border = float(grad[inner_border].mean())
         edge_score = g_border / (g_border + g_box) if (g_border + g_box) > 0 else 0.5
+    if fill >= 0.97:  # the region is the box: its few inner border pixels say nothing about edges
+        edge_score = max(edge_score, 0.5)
     tests = (
         (fill >= min_fill, "fill"),
         (extent >= min_extent, "extent"),
@@ -151,7 +163,12 @@ class WatershedEngine(MaskEngine):
 
     def __init__(self, margin: float = 0.25, min_margin_px: int = 4, seed_frac: float = 0.3, min_side_px: int = 5,
                  min_fill: float = 0.3, min_extent: float = 0.7, min_compactness: float = 0.25,
-                 min_edge_score: float = 0.6):
+                 min_edge_score: float = 0.6, sigma_frac: float = 0.03, max_sigma: float = 2.0, lines: bool = True,
+                 space: str = "lab"):
+        self.sigma_frac = float(sigma_frac)
+        self.max_sigma = float(max_sigma)
+        self.lines = bool(lines)
+        self.space = space
         self.margin = float(margin)
         self.min_margin_px = int(min_margin_px)
         self.seed_frac = float(seed_frac)
@@ -179,7 +196,7 @@ class WatershedEngine(MaskEngine):
         m = max(self.min_margin_px, int(round(self.margin * max(bw, bh))))
         c0, r0, c1, r1 = clip_window(box, w, h, m)
         crop = image[r0:r1, c0:c1]
-        sigma = float(np.clip(0.03 * min(bw, bh), 0.5, 2.0))
+        sigma = float(np.clip(self.sigma_frac * min(bw, bh), 0.5, self.max_sigma))
         smooth = cv2.GaussianBlur(crop, (0, 0), sigma)
         in_box = _box_pixels(box, c0, r0, crop.shape[:2])
         if in_box.all():  # the box fills the crop (it covers the whole image): no background to flood from
@@ -193,19 +210,21 @@ class WatershedEngine(MaskEngine):
         ell = (((yy + 0.5 - cy) / ay) ** 2 + ((xx + 0.5 - cx) / ax) ** 2 <= 1.0) & in_box
         if not ell.any():
             return None
-        lab = cv2.cvtColor(smooth, cv2.COLOR_RGB2LAB).astype(np.float32)
+        lab8 = cv2.cvtColor(smooth, cv2.COLOR_RGB2LAB)
+        lab = lab8.astype(np.float32)
         centre = np.median(lab[ell], axis=0)
         dist = np.linalg.norm(lab - centre, axis=-1)
         close = ell & (dist <= np.median(dist[ell]))
         markers[close if close.sum() >= 3 else ell] = 2
-        cv2.watershed(np.ascontiguousarray(smooth), markers)
+        flood = smooth if self.space == "rgb" else lab8
+        cv2.watershed(np.ascontiguousarray(flood), markers)
         region = markers == 2
         # watershed lines (-1) lie between object and background: give the object the ones it touches
-        lines = markers == -1
+        lines = (markers == -1) if self.lines else np.zeros_like(region)
         region |= lines & cv2.dilate(region.astype(np.uint8), np.ones((3, 3), np.uint8)).astype(bool)
         region &= in_box
         region = _fill_holes(_component_at(region, close if close.any() else ell))
-        grad = _gradient(cv2.cvtColor(smooth, cv2.COLOR_RGB2GRAY).astype(np.float32))
+        grad = _gradient(lab)
         judgement = judge_mask(region, in_box, grad, **self.thresholds)
         rows = np.flatnonzero(in_box.any(axis=1))
         cols = np.flatnonzero(in_box.any(axis=0))

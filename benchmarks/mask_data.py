@@ -1,0 +1,215 @@
+"""Data for the mask benchmarks: images, prompt boxes and (where known) true outlines.
+
+Each loader returns a :class:`MaskData`: an (H, W, 3) uint8 RGB image, (N, 4)
+pixel boxes ``xyxy`` and N true outlines as shapely polygons in pixel
+coordinates (x = column, y = row), or ``truth=None`` when only boxes exist.
+
+- ``crowns``: synthetic tree crowns (irregular, leaf-textured, lit from one side,
+  with shadows; many touch or overlap) on textured ground; truth = the visible part
+  of each crown, box = its bounding box.
+- ``vehicles``: synthetic rotated rectangles (any angle, aspect 1.8-4, white, dark or
+  coloured) in rows with 1-3 px gaps on asphalt with lane marks and shadows.
+- ``discs``: ``tests/mask_scenes.py``'s dark discs on a bright background.
+- ``dota``: DOTA example P1888 (real Google Earth image, 64 vehicle outlines as
+  oriented quadrilaterals, boxes = their circumscribed horizontal boxes as in
+  SAMRS) from ``/work/shared/data/dota-P1888`` or ``$GEORS_DOTA_P1888``; never committed.
+- ``neon``: the NEON tree-crown samples (``geors sample neon``): boxes only.
+
+``jitter(data, f)`` moves each box edge by up to ``f`` of the box side (a
+detector's boxes are not tight).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+__all__ = ["MaskData", "crowns", "vehicles", "discs", "dota", "neon", "jitter", "DOTA_DIR"]
+
+DOTA_DIR = Path(os.environ.get("GEORS_DOTA_P1888", "/work/shared/data/dota-P1888"))
+
+
+@dataclass
+class MaskData:
+    name: str
+    image: np.ndarray
+    boxes: np.ndarray
+    truth: list | None  # shapely polygons, pixel coordinates
+
+
+def _polys_from_masks(masks: list[np.ndarray]) -> list:
+    from affine import Affine
+
+    from geors.masks import mask_to_geometry
+
+    return [mask_to_geometry(m, Affine.identity(), simplify_px=0) for m in masks]
+
+
+def _boxes_from_masks(masks: list[np.ndarray]) -> np.ndarray:
+    out = []
+    for m in masks:
+        r = np.flatnonzero(m.any(axis=1))
+        c = np.flatnonzero(m.any(axis=0))
+        out.append([c[0], r[0], c[-1] + 1, r[-1] + 1])
+    return np.array(out, float)
+
+
+def _smooth_noise(rng, h, w, scale, amp):
+    import cv2
+
+    n = rng.normal(0, 1, (max(2, h // scale + 2), max(2, w // scale + 2))).astype(np.float32)
+    return cv2.resize(n, (w, h), interpolation=cv2.INTER_CUBIC) * amp
+
+
+def crowns(size: int = 640, n: int = 90, seed: int = 0) -> MaskData:
+    """Synthetic tree crowns (see module docstring)."""
+    rng = np.random.default_rng(seed)
+    h = w = size
+    ground = np.stack([150 + _smooth_noise(rng, h, w, 40, 20), 130 + _smooth_noise(rng, h, w, 40, 15),
+                       100 + _smooth_noise(rng, h, w, 40, 15)], -1) + rng.normal(0, 8, (h, w, 3))
+    img = ground
+    label = np.full((h, w), -1, np.int32)
+    yy, xx = np.mgrid[:h, :w].astype(np.float32)
+    k = 0
+    for _ in range(n):
+        r = rng.uniform(10, 32)
+        cx, cy = rng.uniform(r, w - r), rng.uniform(r, h - r)
+        ang = np.arctan2(yy - cy, xx - cx)
+        rad = np.full_like(ang, r)
+        for harm in (3, 5, 7):
+            rad += r * rng.uniform(0, 0.12) * np.cos(harm * ang + rng.uniform(0, 2 * np.pi))
+        d = np.hypot(xx - cx, yy - cy)
+        crown = d <= rad
+        # shadow down-right, drawn first so the crown covers its own part
+        sh = np.roll(np.roll(crown, int(r * 0.35), 0), int(r * 0.35), 1) & ~crown
+        img = np.where(sh[..., None], img * 0.45, img)
+        base = np.array([rng.uniform(40, 90), rng.uniform(90, 140), rng.uniform(40, 80)])
+        light = 1.0 + 0.35 * ((cx - xx) + (cy - yy)) / (2 * r)  # lit from the top left
+        tex = rng.normal(0, 18, (h, w, 1)) + _smooth_noise(rng, h, w, 4, 10)[..., None]
+        img = np.where(crown[..., None], base * light[..., None] + tex, img)
+        label[sh & (label >= 0)] = label[sh & (label >= 0)]  # shadows do not change which crown is seen
+        label[crown] = k
+        k += 1
+    img = np.clip(img, 0, 255).astype(np.uint8)
+    masks = [label == i for i in range(k)]
+    keep = [i for i, m in enumerate(masks) if m.sum() >= 60]
+    masks = [masks[i] for i in keep]
+    return MaskData("crowns", img, _boxes_from_masks(masks), _polys_from_masks(masks))
+
+
+def vehicles(size: int = 640, rows: int = 20, seed: int = 0) -> MaskData:
+    """Synthetic vehicles in parking rows (see module docstring)."""
+    rng = np.random.default_rng(seed)
+    h = w = size
+    img = np.stack([95 + _smooth_noise(rng, h, w, 60, 12)] * 3, -1) + rng.normal(0, 6, (h, w, 3))
+    label = np.full((h, w), -1, np.int32)
+    colours = [(235, 235, 230), (30, 30, 35), (170, 30, 30), (200, 200, 210), (40, 60, 120), (220, 190, 40)]
+    k = 0
+    y = 12.0
+    gx, gy = np.mgrid[:h, :w][1] + 0.5, np.mgrid[:h, :w][0] + 0.5
+    for _ in range(rows):
+        # one row: vehicles of one size and heading, side by side with 1-3 px between their boxes
+        length = rng.uniform(14, 48)
+        width_ = length / rng.uniform(1.8, 4.0)
+        th = np.deg2rad(rng.uniform(0, 180))
+        along = np.array([np.cos(th), np.sin(th)])
+        side = np.array([-along[1], along[0]])
+        bw = abs(along[0]) * length + abs(side[0]) * width_
+        bh = abs(along[1]) * length + abs(side[1]) * width_
+        if y + bh > h - 5:
+            break
+        x = 12.0
+        while x + bw < w - 5:
+            c = np.array([x + bw / 2, y + bh / 2])
+            x += bw + rng.uniform(1, 3)
+            if rng.uniform() > 0.85:
+                continue
+            u = ((gx - c[0]) * along[0] + (gy - c[1]) * along[1]) / (length / 2)
+            v = ((gx - c[0]) * side[0] + (gy - c[1]) * side[1]) / (width_ / 2)
+            m = (np.abs(u) <= 1) & (np.abs(v) <= 1)
+            shadow = np.roll(np.roll(m, 3, 0), -3, 1) & ~m & (label < 0)
+            img[shadow] *= 0.5
+            col = np.array(colours[rng.integers(len(colours))], float)
+            img[m] = col + rng.normal(0, 10, (int(m.sum()), 3))
+            ws = m & (u > 0.35) & (u < 0.6)  # a windscreen: a darker band across one end
+            img[ws] = img[ws] * 0.4 + 20
+            label[m] = k
+            k += 1
+        y += bh + rng.uniform(6, 20)
+    img = np.clip(img, 0, 255).astype(np.uint8)
+    masks = [label == i for i in range(k)]
+    masks = [m for m in masks if m.sum() >= 30]
+    return MaskData("vehicles", img, _boxes_from_masks(masks), _polys_from_masks(masks))
+
+
+def discs() -> MaskData:
+    from tests.mask_scenes import disc_image
+
+    img, truth = disc_image()
+    return MaskData("discs", img, _boxes_from_masks(truth), _polys_from_masks(truth))
+
+
+def dota(path: Path = DOTA_DIR) -> MaskData | None:
+    """DOTA P1888 (None when absent)."""
+    from PIL import Image
+    from shapely.geometry import Polygon
+
+    from geors.masks import rh_box
+
+    png, txt = Path(path) / "P1888.png", Path(path) / "P1888.txt"
+    if not (png.exists() and txt.exists()):
+        return None
+    img = np.asarray(Image.open(png).convert("RGB"))
+    quads = []
+    for line in txt.read_text().splitlines()[2:]:  # two header lines: imagesource, gsd
+        p = line.split()
+        if len(p) >= 9:
+            quads.append(np.array(p[:8], float).reshape(4, 2))
+    return MaskData("dota-P1888", np.ascontiguousarray(img), np.array([rh_box(q) for q in quads]),
+                    [Polygon(q) for q in quads])
+
+
+def neon(directory: Path | None = None) -> list[MaskData]:
+    """The NEON samples with VOC boxes (empty when ``geors sample neon`` was not run)."""
+    import xml.etree.ElementTree as ET
+
+    from PIL import Image
+
+    d = Path(directory) if directory else Path.home() / ".cache" / "geors" / "samples" / "neon"
+    out = []
+    for x in sorted(d.glob("*.xml")):
+        root = ET.parse(x).getroot()
+        p = d / root.findtext("filename")
+        if not p.exists():
+            p = p.with_suffix(".png")
+        if not p.exists():
+            continue
+        if p.suffix.lower() in (".tif", ".tiff"):
+            import rasterio
+
+            with rasterio.open(p) as src:
+                img = src.read([1, 2, 3]).transpose(1, 2, 0)
+        else:
+            img = np.asarray(Image.open(p).convert("RGB"))
+        boxes = np.array([[float(o.find("bndbox").findtext(k)) for k in ("xmin", "ymin", "xmax", "ymax")]
+                          for o in root.iter("object")])
+        out.append(MaskData(f"neon-{x.stem}", np.ascontiguousarray(img), boxes, None))
+    return out
+
+
+def jitter(data: MaskData, fraction: float, seed: int = 0) -> MaskData:
+    """Each box edge moved by up to ``fraction`` of the box side (uniform), clipped to the image."""
+    rng = np.random.default_rng(seed)
+    b = data.boxes
+    wh = np.c_[b[:, 2] - b[:, 0], b[:, 3] - b[:, 1]]
+    jb = b + rng.uniform(-fraction, fraction, b.shape) * np.c_[wh, wh]
+    h, w = data.image.shape[:2]
+    jb[:, [0, 2]] = jb[:, [0, 2]].clip(0, w)
+    jb[:, [1, 3]] = jb[:, [1, 3]].clip(0, h)
+    return replace(data, name=f"{data.name}+jitter{fraction:g}", boxes=jb)
