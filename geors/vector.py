@@ -301,7 +301,7 @@ def _temp_prefix(path: Path) -> str:
 
 
 @contextlib.contextmanager
-def _creation_lock(path: Path, wait_s: float = _LOCK_WAIT_S):
+def _creation_lock(path: Path, wait_s: float | None = None):
     """Exclusive lock for creating ``path`` or adding layers to it (``<path>.lock``, flock).
 
     The lock file is removed when released. A waiter that then holds a lock on
@@ -311,6 +311,7 @@ def _creation_lock(path: Path, wait_s: float = _LOCK_WAIT_S):
     import fcntl
 
     lock_path = path.with_name(path.name + ".lock")
+    wait_s = _LOCK_WAIT_S if wait_s is None else wait_s
     deadline = time.monotonic() + wait_s
     while True:
         try:
