@@ -308,6 +308,7 @@ def segment_scenes(
     batch_size: int = 4,
     refine: bool = True,
     progress=None,
+    stage: SegmentStage | None = None,
 ) -> dict[str, Any]:
     """Segment scenes into the GeoPackage ``segmentation`` layer (and optionally class GeoTIFFs).
 
@@ -327,6 +328,7 @@ def segment_scenes(
         bands: 1-based band indexes.
         device, batch_size, refine: see :class:`SegmentStage`.
         progress: a :class:`geors.progress.Progress`.
+        stage: a ready stage to use instead of ``SegmentStage(segmenter, ...)`` (benchmarks, tests).
 
     Returns:
         Summary dict: run id, tiles, features, dissolved groups, rasters, seconds.
@@ -342,7 +344,8 @@ def segment_scenes(
     opened = [s if isinstance(s, Scene) else open_scene(s, bands=list(bands) if bands else None) for s in scenes]
     if not opened:
         raise ConfigError("no scene given")
-    stage = SegmentStage(segmenter, device=device, refine=refine, batch_size=batch_size)
+    if stage is None:
+        stage = SegmentStage(segmenter, device=device, refine=refine, batch_size=batch_size)
     for sc in opened:  # bad input fails before anything is written
         stage.check_scene(sc)
     info = stage.describe()
