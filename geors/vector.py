@@ -170,6 +170,14 @@ def gpkg_geometry(blob: bytes | None):
     return shapely.from_wkb(bytes(blob[8 + sizes.get((flags >> 1) & 0x07, 0):]))
 
 
+def _blob_geometry(blob: bytes | None):
+    """The shapely geometry of a GeoPackage blob (None for NULL)."""
+    if blob is None:
+        return None
+    env = (blob[3] >> 1) & 0x07
+    return shapely.from_wkb(bytes(blob[8 + {0: 0, 1: 32, 2: 48, 3: 48, 4: 64}.get(env, 0):]))
+
+
 def _register_st_functions(con: sqlite3.Connection) -> None:
     def env(i):
         def f(blob):
@@ -400,6 +408,38 @@ def _process_alive(pid: int, started_iso: str | None) -> bool:
             return True
         if start > run_started + 2:  # the pid was reused by a younger process
             return False
+    return True
+
+
+def recover_hot_journal(path: str | os.PathLike) -> bool:
+    """Roll back a transaction that a killed process left half-done (SQLite's hot journal).
+
+    SQLite rolls a hot journal back on the first read through a read-write
+    connection; a read-only connection cannot, and reports the file as
+    unreadable. Call this before opening an existing output read-only. Does
+    nothing (and returns False) without a ``-journal``/``-wal`` file next to
+    ``path``, or when the file cannot be opened for writing (the writer's own
+    checks then say why).
+
+    Returns:
+        True when a leftover journal was found and a read-write read succeeded.
+    """
+    path = Path(path)
+    if not path.is_file():
+        return False
+    leftovers = [p for p in (Path(f"{path}-journal"), Path(f"{path}-wal")) if p.exists()]
+    if not leftovers or not os.access(path, os.W_OK) or not os.access(path.parent, os.W_OK):
+        return False
+    try:
+        con = sqlite3.connect(path, timeout=60)
+        try:
+            con.execute("SELECT count(*) FROM sqlite_master").fetchone()
+        finally:
+            con.close()
+    except sqlite3.DatabaseError as exc:
+        log.warning("%s: could not recover %s: %s", path, leftovers[0].name, exc)
+        return False
+    log.info("%s: recovered an interrupted transaction (%s)", path, leftovers[0].name)
     return True
 
 
@@ -883,6 +923,48 @@ class GeoPackageWriter:
                 if n:
                     deleted[name] = n
         return deleted
+
+    def read_rows(self, layer: str, where: str = "1 = 1", params: Sequence = (),
+                  fields: Sequence[str] | None = None) -> list[tuple[int, dict, object]]:
+        """Rows of ``layer`` matching an SQL condition, as ``(fid, {field: value}, geometry)``.
+
+        Args:
+            layer: a layer of :data:`LAYERS`.
+            where: SQL condition over the layer's fields, with ``?`` placeholders.
+            params: values of the placeholders.
+            fields: fields to return (default: all of the layer's schema).
+
+        Geometries are shapely objects in the layer's CRS (:meth:`layer_crs`),
+        None for attribute tables.
+        """
+        schema = LAYERS[layer]
+        names = list(fields) if fields is not None else [f for f, _ in schema.fields]
+        geom = '"geom"' if schema.geometry else "NULL"
+        cols = ", ".join(f'"{n}"' for n in names)
+        sql = f'SELECT fid, {geom}{", " + cols if cols else ""} FROM "{layer}" WHERE {where} ORDER BY fid'
+        return [(r[0], dict(zip(names, r[2:], strict=True)), _blob_geometry(r[1]))
+                for r in self._con.execute(sql, tuple(params))]
+
+    def replace_rows(self, layer: str, fids: Sequence[int], rows: Sequence[dict], geoms: Sequence | None = None,
+                     crs=None) -> list[int]:
+        """Delete rows by fid and insert new ones in one transaction (e.g. polygons dissolved across tiles).
+
+        Args:
+            layer: a layer this writer was opened for.
+            fids: rows to delete.
+            rows, geoms: the new rows, as for :meth:`write_rows`.
+            crs: CRS of ``geoms``; default the *layer's* CRS (geometries read
+                with :meth:`read_rows` come back unchanged).
+
+        Returns:
+            fids of the new rows.
+        """
+        if layer not in self.layers:
+            raise ValueError(f"layer {layer!r} was not opened by this writer ({self.layers})")
+        src = _wkt(crs) if crs is not None else self._layer_crs.get(layer, self.crs).to_wkt()
+        with self.transaction():
+            self._con.executemany(f'DELETE FROM "{layer}" WHERE fid = ?', [(int(f),) for f in fids])
+            return self._insert(layer, [{"run_id": self.run_id, **r} for r in rows], geoms, src)
 
     # -- runs and resume ----------------------------------------------------------
     def start_run(self, command: str, config: dict, models: dict | None = None) -> None:

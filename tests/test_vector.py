@@ -595,3 +595,29 @@ def test_creator_that_waits_too_long_for_the_lock_gets_a_message(tmp_path, monke
     assert not out.exists()
     GeoPackageWriter(out, CRS.from_epsg(32617)).close()  # released: the next one goes ahead
     assert sorted(p.name for p in tmp_path.iterdir()) == ["o.gpkg"]
+
+
+def test_read_rows_and_replace_rows_keep_the_layer_crs(tmp_path):
+    from geors.results import SegmentPolygon
+    from geors.vector import recover_hot_journal
+
+    out = tmp_path / "o.gpkg"
+    with GeoPackageWriter(out, CRS.from_epsg(32617), ["segmentation"]) as w:
+        w.write_results([TileResult("s.tif", "r0_c0", Window(0, 0, 10, 10), "done", segmentation=[
+            SegmentPolygon(shapely.box(500_000, 3_285_000, 500_010, 3_285_010), "water", 1, edge=True)])])
+    t4326 = CRS.from_epsg(4326)
+    with GeoPackageWriter(out, t4326, ["segmentation"]) as w:  # another CRS: the layer stays UTM 17N
+        rows = w.read_rows("segmentation", "scene = ? AND edge = 1", ("s.tif",), fields=("class", "area_m2"))
+        assert [(fid, f["class"]) for fid, f, _ in rows] == [(1, "water")]
+        assert rows[0][2].equals(shapely.MultiPolygon([shapely.box(500_000, 3_285_000, 500_010, 3_285_010)]))
+        new = rows[0][2].buffer(1)
+        fids = w.replace_rows("segmentation", [1], [{"class": "water", "class_id": 1, "scene": "s.tif", "edge": 1}],
+                              [new])
+        (fid, f, g), = w.read_rows("segmentation")
+        assert fid == fids[0] and f["edge"] == 1 and g.equals_exact(shapely.MultiPolygon([new]), 1e-6)
+    assert recover_hot_journal(out) is False  # nothing to recover
+    _run_child(_KILL_INSIDE_TRANSACTION, out)
+    assert recover_hot_journal(out) is True and not (tmp_path / "o.gpkg-journal").exists()
+    ro = sqlite3.connect(f"file:{out}?mode=ro", uri=True)  # readable read-only again
+    assert ro.execute("SELECT count(*) FROM geors_tiles").fetchone()[0] == 1
+    ro.close()
