@@ -17,16 +17,30 @@ enter the means, as in SAMRS where every mask answers a given box.
 Areas are computed in the polygons' CRS units (use a projected CRS, or pass
 both layers in the same geographic CRS when only ratios matter: the ratios are
 then approximate).
+
+Truth for a region, predictions for a scene: a truth file often covers more
+than the scene that was processed (a survey's outlines, one of its images).
+Truth outside the scene cannot be found and would count as missed, so
+:func:`evaluate_mask_files` restricts truth to the scene footprint: each true
+outline is clipped to the footprint and kept when at least ``min_inside``
+(default half) of its area lies inside. The footprint is the union of the
+scenes' bounds (``scenes=``, the CLI's ``--scene``), else of the scenes that
+geors recorded in the prediction GeoPackage's ``geors_runs`` table when those
+files can be opened.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Sequence
+from pathlib import Path
 
 import numpy as np
 
-__all__ = ["miou_instances", "evaluate_mask_files"]
+log = logging.getLogger(__name__)
+
+__all__ = ["miou_instances", "evaluate_mask_files", "scene_footprint", "restrict_to_footprint", "recorded_scenes"]
 
 
 def miou_instances(pred_polys: Sequence, truth_polys: Sequence, min_iou: float = 0.0) -> dict:
@@ -102,11 +116,15 @@ def evaluate_mask_files(
     pred_layer: str | None = "instances",
     truth_layer: str | None = None,
     min_iou: float = 0.0,
+    scenes: Sequence[str | os.PathLike] | None = None,
+    restrict: bool = True,
+    min_inside: float = 0.5,
 ) -> dict:
     """mIoU_I / mIoU_P between two vector files of instance polygons.
 
-    The truth layer is reprojected to the CRS of the predictions. A GeoPackage
-    written by geors has its masks in the ``instances`` layer; when
+    The truth layer is reprojected to the CRS of the predictions and, with
+    ``restrict``, limited to the scene footprint (module docstring). A
+    GeoPackage written by geors has its masks in the ``instances`` layer; when
     ``pred_layer`` is not in the file, its first layer is used.
 
     Args:
@@ -114,21 +132,116 @@ def evaluate_mask_files(
         truth_path: true outlines (any OGR vector file, any CRS).
         pred_layer, truth_layer: layer names (None = first layer).
         min_iou: see :func:`miou_instances`.
+        scenes: rasters whose footprint bounds the truth; None = the scenes
+            recorded in ``pred_path``'s ``geors_runs`` table (when they exist).
+        restrict: False evaluates against all of the truth.
+        min_inside: least fraction of a true outline's area inside the
+            footprint for it to count.
 
     Returns:
-        The :func:`miou_instances` dict without ``pairs``, plus the file names.
+        The :func:`miou_instances` dict without ``pairs``, plus the file names,
+        ``footprint_scenes`` (the rasters used, empty when none) and
+        ``n_truth_outside`` (outlines left out).
 
     Raises:
         LabelError: unreadable files, layers without CRS when CRSs differ.
+        SceneReadError: a raster in ``scenes`` cannot be opened.
     """
     pred = _read_polys(pred_path, pred_layer)
     truth = _read_polys(truth_path, truth_layer)
     if pred.crs is not None and truth.crs is not None and not pred.crs.equals(truth.crs):
         truth = truth.to_crs(pred.crs)
-    res = miou_instances(list(pred.geometry), list(truth.geometry), min_iou=min_iou)
+    used: list[str] = []
+    n_outside = 0
+    truth_geoms = list(truth.geometry)
+    if restrict:
+        if scenes is None:
+            scenes = [p for p in recorded_scenes(pred_path) if Path(p).exists()]
+        if scenes:
+            footprint = scene_footprint(scenes, pred.crs)
+            truth_geoms, n_outside = restrict_to_footprint(truth_geoms, footprint, min_inside)
+            used = [str(p) for p in scenes]
+        elif len(truth) and len(pred):
+            t, p = truth.total_bounds, pred.total_bounds
+            if (t[2] - t[0]) * (t[3] - t[1]) > 4 * (p[2] - p[0]) * (p[3] - p[1]):
+                log.warning("%s covers a much larger area than %s; pass the scene (--scene) so that truth "
+                            "outside it does not count as missed.", truth_path, pred_path)
+    res = miou_instances(list(pred.geometry), truth_geoms, min_iou=min_iou)
     res.pop("pairs")
-    res.update({"pred": str(pred_path), "truth": str(truth_path), "min_iou": min_iou})
+    res.update({"pred": str(pred_path), "truth": str(truth_path), "min_iou": min_iou,
+                "footprint_scenes": used, "n_truth_outside": n_outside})
     return res
+
+
+def scene_footprint(scenes: Sequence[str | os.PathLike], crs=None):
+    """Union of the rasters' bounds as a shapely geometry in ``crs`` (default: the first raster's CRS).
+
+    Edges are densified (1/64 of the side) before reprojection so a footprint
+    stays faithful across CRSs.
+    """
+    import geopandas as gpd
+    import rasterio
+    import shapely
+    from shapely.geometry import box
+
+    from geors.errors import SceneReadError
+
+    parts = []
+    for p in scenes:
+        try:
+            with rasterio.open(p) as src:
+                b, src_crs = src.bounds, src.crs
+        except rasterio.errors.RasterioIOError as exc:
+            raise SceneReadError(f"{p}: cannot open it as a raster ({exc}); check the --scene path.") from None
+        poly = shapely.segmentize(box(*b), max(b.right - b.left, b.top - b.bottom) / 64)
+        gs = gpd.GeoSeries([poly], crs=src_crs)
+        if crs is None:
+            crs = src_crs
+        elif src_crs is not None and not gs.crs.equals(crs):
+            gs = gs.to_crs(crs)
+        parts.append(gs.iloc[0])
+    return shapely.union_all(parts)
+
+
+def restrict_to_footprint(truth_polys: Sequence, footprint, min_inside: float = 0.5) -> tuple[list, int]:
+    """True outlines clipped to ``footprint``; those with less than ``min_inside`` of their area inside are left out.
+
+    Returns:
+        ``(kept, n_left_out)``: the clipped geometries and how many were left out.
+    """
+    kept, out = [], 0
+    for g in truth_polys:
+        if g is None or g.is_empty:
+            continue
+        inside = g.intersection(footprint)
+        if g.area > 0 and inside.area / g.area >= min_inside:
+            kept.append(inside)
+        else:
+            out += 1
+    return kept, out
+
+
+def recorded_scenes(pred_path: str | os.PathLike) -> list[str]:
+    """Scene paths recorded in a geors GeoPackage's ``geors_runs`` table (empty for other files)."""
+    import json
+    import sqlite3
+
+    try:
+        con = sqlite3.connect(f"file:{Path(pred_path)}?mode=ro", uri=True)
+        try:
+            rows = con.execute("SELECT config FROM geors_runs").fetchall()
+        finally:
+            con.close()
+    except sqlite3.Error:
+        return []
+    out: list[str] = []
+    for (cfg,) in rows:
+        try:
+            scenes = json.loads(cfg or "{}").get("scenes") or []
+        except (ValueError, AttributeError):
+            continue
+        out += [str(s) for s in scenes if isinstance(s, str) and str(s) not in out]
+    return out
 
 
 def _read_polys(path, layer):
