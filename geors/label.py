@@ -230,7 +230,7 @@ def write_label_raster(
         OutputError: output is the input, exists (without overwrite), directory missing.
         ConfigError: unknown ``order``.
     """
-    from geors.config import MaskConfig, PipelineConfig
+    from geors.config import MaskConfig, OutputConfig, PipelineConfig
     from geors.pipeline import process_scenes
     from geors.raster import Scene, open_scene
     from geors.stages import BoxMasksStage
@@ -248,7 +248,8 @@ def write_label_raster(
         check_raster_output(inst_path, scene.path, overwrite, "--instances")
     masks_path = Path(masks_path) if masks_path is not None else out_path.with_name(out_path.stem + ".masks.gpkg")
     if config is None:
-        config = PipelineConfig(detect=None, masks=MaskConfig(engine=str(engine), simplify_px=0.0, multipart="all"))
+        config = PipelineConfig(detect=None, masks=MaskConfig(engine=str(engine), simplify_px=0.0, multipart="all"),
+                                output=OutputConfig(overwrite=overwrite))
     if config.masks is None:
         raise ConfigError("write_label_raster needs a configuration with a [masks] section")
     # class ids must be decidable before the long part runs

@@ -37,25 +37,27 @@ def test_detect_writes_owned_boxes_and_ledger(tmp_path, random_model):
     r = CliRunner().invoke(main, ["detect", str(scene), "-o", str(out), "--model", str(random_model),
                                   "--score-threshold", "0.0", "--device", "cpu"])
     assert r.exit_code == 0, r.output
-    summary = json.loads(r.output.strip().splitlines()[-1])
+    summary = json.loads(r.stdout.strip().splitlines()[-1])
     ledger = pyogrio.read_dataframe(out, layer="geors_tiles")
     assert len(ledger) == summary["tiles"] == 6  # 600x400 at 256/64: 3 x 2
     assert ledger["gate_score"].between(0, 1).all()
     det = pyogrio.read_dataframe(out, layer="detections")
     assert det.crs.to_epsg() == 32617
-    assert summary["detections"] == len(det)
-    if len(det):
-        # each box centre lies in the core of the tile that wrote it
-        from geors.raster import open_scene
-        from geors.tiling import TileGrid
-        sc = open_scene(scene)
-        grid = {t.id: t for t in TileGrid(sc, 256, 64)}
-        inv = ~sc.transform
-        for tid, geom in zip(det["tile_id"], det.geometry, strict=True):
-            x, y = inv @ (geom.centroid.x, geom.centroid.y)
-            assert grid[tid].owns(x, y)
+    assert summary["detections"] == len(det) > 0
+    # each box centre lies in the core of the tile that wrote it
+    from geors.raster import open_scene
+    from geors.tiling import TileGrid
+    sc = open_scene(scene)
+    grid = {t.id: t for t in TileGrid(sc, 256, 64)}
+    inv = ~sc.transform
+    for tid, geom in zip(det["tile_id"], det.geometry, strict=True):
+        x, y = inv @ (geom.centroid.x, geom.centroid.y)
+        assert grid[tid].owns(x, y)
     runs = pyogrio.read_dataframe(out, layer="geors_runs")
-    assert json.loads(runs["models"][0])["model"]
+    models = json.loads(runs["models"][0])
+    # regression: the run record's model_sha256 was empty; it is the sha256 of the model file itself
+    import hashlib
+    assert models["model"] and models["model_sha256"] == hashlib.sha256(random_model.read_bytes()).hexdigest()
 
 
 def test_run_with_box_masks_links_instances(tmp_path, random_model):
@@ -108,11 +110,59 @@ def test_stage_loads_weights_once_per_process_even_when_unpickled(random_model, 
         calls.append(a)
         return real(cls, *a, **k)
 
+    from geors import stage as stage_mod
+    from geors.config import DetectConfig
+
     monkeypatch.setattr(Detector, "load", classmethod(counting))
-    monkeypatch.setattr(stages, "_LOADED", {})
-    stage = stages.DetectStage(str(random_model), device="cpu")
+    monkeypatch.setattr(stage_mod, "_LOADED", {})
+    stage = stages.DetectStage(DetectConfig(model=str(random_model)), device="cpu")
     for _ in range(3):  # what a Dask worker does with each task
         copy = pickle.loads(pickle.dumps(stage))
-        assert copy._detector is None
+        assert "weights" not in str(copy.__dict__)
         assert copy.detector.classes == ["blob"]
     assert len(calls) == 1
+
+
+def test_runs_into_the_same_file_are_never_mixed(tmp_path, random_model):
+    """Regressions: a second run without --resume doubled every feature; --resume with other options, or
+    with another raster of the same name, mixed both into one file (exit 0)."""
+    scene = scenes.rgb_uint8(tmp_path / "rgb.tif", 600, 400)
+    out = tmp_path / "o.gpkg"
+    base = ["detect", str(scene), "-o", str(out), "--model", str(random_model), "--score-threshold", "0.0"]
+    r = CliRunner()
+    assert r.invoke(main, base).exit_code == 0
+    n = len(pyogrio.read_dataframe(out, layer="detections"))
+    before = out.read_bytes()
+    res = r.invoke(main, base)
+    assert res.exit_code == 2 and "--resume" in res.output and "--overwrite" in res.output
+    res = r.invoke(main, [*base[:-1], "0.5", "--resume"])
+    assert res.exit_code == 2 and "--score-threshold: was 0.0, now 0.5" in res.output
+    other = tmp_path / "other" / "rgb.tif"
+    other.parent.mkdir()
+    scenes.rgb_uint8(other, 640, 400)
+    res = r.invoke(main, ["detect", str(other), "-o", str(out), "--model", str(random_model), "--score-threshold",
+                          "0.0", "--resume"])
+    assert res.exit_code == 2 and "is not the raster" in res.output
+    assert out.read_bytes() == before
+    res = r.invoke(main, [*base, "--resume"])
+    assert res.exit_code == 0 and json.loads(res.stdout.splitlines()[-1])["skipped_resume"] == 6
+    res = r.invoke(main, [*base, "--overwrite"])
+    assert res.exit_code == 0
+    assert len(pyogrio.read_dataframe(out, layer="detections")) == n
+
+
+def test_bad_options_are_refused_before_the_output_exists(tmp_path, random_model):
+    """Regressions: --tile 0 became 640, --tile 100000 allocated 112 GiB, --batch-size 0 crashed,
+    --score-threshold 2 wrote nothing, and refused options left an empty GeoPackage behind."""
+    scene = scenes.rgb_uint8(tmp_path / "rgb.tif", 600, 400)
+    out = tmp_path / "new.gpkg"
+    r = CliRunner()
+    for opts, needle in [(["--tile", "0"], "--tile"), (["--tile", "100000"], "--tile"),
+                         (["--batch-size", "0"], "--batch-size"), (["--score-threshold", "2"], "--score-threshold"),
+                         (["--overlap", "-1"], "--overlap"), (["--tile", "256", "--overlap", "256"], "--overlap"),
+                         (["--workers", "0"], "--workers"), (["--threads", "0"], "--threads"),
+                         (["--crs", "EPSG:999999"], "--crs")]:
+        res = r.invoke(main, ["detect", str(scene), "-o", str(out), "--model", str(random_model), *opts])
+        assert res.exit_code == 2, (opts, res.output)
+        assert needle in res.output, (opts, res.output)
+        assert not out.exists() and not list(tmp_path.glob("*.gpkg*"))

@@ -72,11 +72,16 @@ def test_overwrite_order_and_instance_ids(scene_and_truth, tmp_path):
         assert di.dtypes[0] == "uint32" and di.transform == scene.transform and di.nodata == 0
     # integer class values are used as ids; larger first -> the small box stays visible on top
     assert (lab[150:180, 150:180] == 7).all() and lab[120, 120] == 3 and lab[50, 50] == UNLABELLED
+    # instance ids are the fids of the masks GeoPackage's instances (written in file order within a tile)
     assert (ids[150:180, 150:180] == 1).all() and ids[120, 120] == 2 and ids[50, 50] == 0
-    write_label_raster(scene, (boxes, ["7", "3"]), out, engine="box", order="smaller_first")
+    import pyogrio
+
+    df = pyogrio.read_dataframe(tmp_path / "lab.masks.gpkg", layer="instances", fid_as_index=True)
+    assert sorted(df.index) == [1, 2] and df.loc[1, "class"] == "7"
+    write_label_raster(scene, (boxes, ["7", "3"]), out, engine="box", order="smaller_first", overwrite=True)
     with rasterio.open(out) as ds:
         assert (ds.read(1)[100:300, 100:300] == 3).all()  # the big one painted last hides the small one
-    write_label_raster(scene, (boxes[::-1], ["3", "7"]), out, engine="box", order="input")
+    write_label_raster(scene, (boxes[::-1], ["3", "7"]), out, engine="box", order="input", overwrite=True)
     with rasterio.open(out) as ds:
         assert (ds.read(1)[150:180, 150:180] == 7).all()
 
@@ -86,20 +91,20 @@ def test_window_by_window_equals_single_window(scene_and_truth, tmp_path):
     boxes = np.array([[240, 240, 280, 290], [500, 10, 530, 30]], float)  # first crosses 256-px windows
     a, b = tmp_path / "a.tif", tmp_path / "b.tif"
     write_label_raster(scene, (boxes, None), a, engine="box", block=256)
-    write_label_raster(scene, (boxes, None), b, engine="box", block=1024)
+    write_label_raster(scene, (boxes, None), b, engine="box", block=1024, masks_path=tmp_path / "b.gpkg")
     with rasterio.open(a) as da, rasterio.open(b) as db:
         la, lb = da.read(1), db.read(1)
     assert (la == lb).all() and (la[240:290, 240:280] == 0).all() and (la != UNLABELLED).sum() == 40 * 50 + 30 * 20
 
 
 def test_grabcut_labels_match_discs(scene_and_truth, tmp_path):
-    from geors.tiling import TileGrid
+    from geors.config import MaskConfig, PipelineConfig, TilingConfig
 
     scene, truth = scene_and_truth
     boxes = np.array([[cx - r, cy - r, cx + r, cy + r] for cx, cy, r in DISCS], float)
     out = tmp_path / "gc.tif"
-    rep = write_label_raster(scene, (boxes, ["tank"] * len(boxes)), out, engine="grabcut",
-                             grid=TileGrid(scene, 256, 32))
+    config = PipelineConfig(detect=None, masks=MaskConfig("grabcut", 0.0, "all"), tiling=TilingConfig(256, 32))
+    rep = write_label_raster(scene, (boxes, ["tank"] * len(boxes)), out, config=config)
     with rasterio.open(out) as ds:
         lab = ds.read(1)
     t = np.any(truth, axis=0)
@@ -125,7 +130,7 @@ def test_class_map_files_and_errors(scene_and_truth, tmp_path):
     # an unknown class fails before anything replaces the existing output; no temp files remain
     before = out.read_bytes()
     with pytest.raises(LabelError, match="not in the class map"):
-        write_label_raster(scene, vec, out, class_field="kind", class_map={"car": 1}, engine="box")
+        write_label_raster(scene, vec, out, class_field="kind", class_map={"car": 1}, engine="box", overwrite=True)
     assert out.read_bytes() == before
     assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".")) == []
 
@@ -141,8 +146,38 @@ def test_label_cli(scene_and_truth, tmp_path):
     r = CliRunner().invoke(main, ["label", str(scene.path), "--boxes", str(vec), "-o", str(out), "--sam", "box",
                                   "--class-field", "kind", "--instances", str(tmp_path / "i.tif")])
     assert r.exit_code == 0, r.output
-    assert json.loads(r.output)["classes"] == {"car": 0}
+    assert json.loads(r.stdout)["extra"]["label"]["classes"] == {"car": 0}
     with rasterio.open(out) as ds:
         assert ds.read(1)[20, 20] == 0
     r = CliRunner().invoke(main, ["label", str(scene.path), "--boxes", str(tmp_path / "none.gpkg"), "-o", str(out)])
+    assert r.exit_code == 2 and "exists" in r.output  # an existing label raster is never replaced silently
+    r = CliRunner().invoke(main, ["label", str(scene.path), "--boxes", str(tmp_path / "none.gpkg"),
+                                  "-o", str(tmp_path / "new.tif")])
     assert r.exit_code == 2 and "not found" in r.output
+
+
+def test_label_never_replaces_its_input_and_resumes(scene_and_truth, tmp_path):
+    """Regression: `geors label SCENE -o SCENE` replaced the input scene by the label raster."""
+    import shutil
+
+    from click.testing import CliRunner
+
+    from geors.cli.main import main
+
+    scene, _ = scene_and_truth
+    copy = tmp_path / "scene.tif"
+    shutil.copy(scene.path, copy)
+    before = copy.read_bytes()
+    vec = write_boxes(tmp_path / "b.gpkg", [(10, 10, 30, 30)], ["car"])
+    for extra in ([], ["--overwrite"]):
+        r = CliRunner().invoke(main, ["label", str(copy), "--boxes", str(vec), "-o", str(copy), "--sam", "box",
+                                      *extra])
+        assert r.exit_code == 2 and "input" in r.output, r.output
+        assert copy.read_bytes() == before
+    out = tmp_path / "l.tif"
+    args = ["label", str(copy), "--boxes", str(vec), "-o", str(out), "--sam", "box", "--tile", "256"]
+    assert CliRunner().invoke(main, args).exit_code == 0
+    # resuming continues the masks GeoPackage and rewrites the derived raster
+    r = CliRunner().invoke(main, [*args, "--resume"])
+    assert r.exit_code == 0, r.output
+    assert json.loads(r.stdout)["skipped_resume"] > 0
