@@ -33,12 +33,11 @@ def prepare_profile(folder: Path) -> None:
 
 
 def _shots():  # runs inside QGIS (--code)
+    import processing
     from qgis.core import QgsApplication, QgsProject, QgsRasterLayer
     from qgis.PyQt.QtCore import QTimer
     from qgis.PyQt.QtWidgets import QDockWidget, QTreeView
     from qgis.utils import iface
-
-    import processing
 
     out_dir = Path(os.environ.get("GEORS_SHOT_DIR", "docs/img"))
     out_dir.mkdir(parents=True, exist_ok=True)

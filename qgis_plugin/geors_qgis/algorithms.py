@@ -25,7 +25,7 @@ from qgis.core import (
 from qgis.PyQt.QtGui import QIcon
 
 from . import options as O
-from .environment import EnvironmentNotFound, GeorsEnvironment, Probe
+from .environment import EnvironmentNotFound, GeorsEnvironment, Probe, model_info, models_list
 from .install_check import NOT_FOUND_HELP, check_installation, format_report
 from .layers import load_results_on_completion
 from .runner import RunResult, resume_args, run_geors
@@ -178,13 +178,14 @@ class _GpkgOutputAlgorithm(GeorsAlgorithm):
         for name in self.result_outputs:
             self.addOutput(QgsProcessingOutputVectorLayer(name.upper(), f"{name} layer"))
 
-    def finish(self, result: RunResult, out: str, existed: bool, resume: bool, context, label: str) -> dict:
+    def finish(self, result: RunResult, out: str, existed: bool, resume: bool, context, label: str,
+               metadata: dict | None = None) -> dict:
         summary = result.parsed_stdout() or {}
         run_id = summary.get("run_id")
         group = f"geors {' '.join(self.command)}: {label}" + (f" ({run_id})" if run_id else "")
         # A new file shows everything; an appended one only this run's rows (a resumed run shows all).
         only_run = run_id if existed and not resume else None
-        uris = load_results_on_completion(context, out, group, self.info.model_metadata, only_run)
+        uris = load_results_on_completion(context, out, group, metadata or self.info.model_metadata, only_run)
         outputs = {"OUTPUT": out, "SUMMARY": json.dumps(summary)}
         for name in self.result_outputs:
             outputs[name.upper()] = uris.get(name)
@@ -374,7 +375,7 @@ class TrainDetectorAlgorithm(GeorsAlgorithm):
             raise QgsProcessingException(f"Give one label layer per scene ({len(scenes)} scenes, "
                                          f"{len(labels)} label layers).")
         pairs = []
-        for scene, lab in zip(scenes, labels):
+        for scene, lab in zip(scenes, labels, strict=True):
             path = lab.source().split("|")[0]
             if lab.providerType() != "ogr" or not os.path.isfile(path):
                 raise QgsProcessingException(f"The label layer '{lab.name()}' is not a file on disk; save it "
@@ -421,7 +422,18 @@ class SegmentAlgorithm(_SceneListMixin, _GpkgOutputAlgorithm):
         existed = os.path.exists(out)
         args = [*self.command, *scenes, "-o", out, *O.option_args(self.options(), values)]
         result = self.run_cli(args, feedback, n_scenes=len(scenes), output=out)
-        return self.finish(result, out, existed, bool(values.get("RESUME")), context, Path(scenes[0]).stem)
+        return self.finish(result, out, existed, bool(values.get("RESUME")), context, Path(scenes[0]).stem,
+                           self.segmenter_metadata(values.get("SEGMENTER")))
+
+    def segmenter_metadata(self, name: str | None) -> dict | None:
+        """The segmenter's metadata (class names and colours) for styling, or None."""
+        env = _environment()
+        if not name:
+            rows = models_list(env) or []
+            name = next((r["name"] for r in rows if r.get("kind") in ("segmenter", "c2fnet") and r.get("default")),
+                        None)
+        info = model_info(env, name) if name else None
+        return (info or {}).get("metadata") or info
 
 
 class CheckInstallationAlgorithm(QgsProcessingAlgorithm):

@@ -44,7 +44,7 @@ def class_colours(metadata: dict | None, classes: list[str]) -> dict[str, QColor
             given = {str(k): v for k, v in raw.items()}
             break
         if isinstance(raw, list):
-            given = {c: v for c, v in zip(model_classes, raw)}
+            given = dict(zip(model_classes, raw, strict=False))  # a shorter colour list leaves the rest to PALETTE
             break
     out = {}
     for i, name in enumerate(order):
@@ -89,7 +89,6 @@ def style_layer(layer: QgsVectorLayer, layer_name: str, metadata: dict | None = 
     names = [c for c in colours if c in classes] + [c for c in (metadata or {}).get("classes") or []
                                                     if c not in classes]
     cats = [QgsRendererCategory(name, _symbol(layer_name, colours[name]), name) for name in names]
-    cats.append(QgsRendererCategory(None, _symbol(layer_name, QColor("#999999")), "other"))
     layer.setRenderer(QgsCategorizedSymbolRenderer(field, cats))
     layer.triggerRepaint()
 
@@ -149,12 +148,25 @@ def move_to_group(project: QgsProject, layer, group_name: str, rank: int) -> Non
     group = root.findGroup(group_name)
     if group is None:
         group = root.insertGroup(0, group_name)
-    ranks = [int(c.customProperty("geors/rank", 99)) for c in group.children()]
-    pos = sum(r <= rank for r in ranks)
     clone = node.clone()
     clone.setCustomProperty("geors/rank", rank)
-    group.insertChildNode(pos, clone)
+    group.insertChildNode(0, clone)
     node.parent().removeChildNode(node)
+    # keep the run's layers in RESULT_LAYERS order, whatever order Processing loads them in
+    children = group.children()
+    ranked = sorted(children, key=_rank)
+    if [id(c) for c in ranked] != [id(c) for c in children]:
+        clones = [c.clone() for c in ranked]
+        group.removeAllChildren()
+        group.insertChildNodes(0, clones)
+
+
+def _rank(node) -> int:
+    value = node.customProperty("geors/rank")
+    try:
+        return int(value)
+    except (TypeError, ValueError):
+        return 99
 
 
 def load_results_on_completion(context: QgsProcessingContext, gpkg: str, group: str, metadata: dict | None,

@@ -8,7 +8,14 @@ from qgis.core import QgsMessageLog, QgsProcessingProvider, QgsSettings
 from qgis.PyQt.QtGui import QIcon
 
 from .algorithms import ALGORITHMS, ICON, ProviderInfo, SegmentAlgorithm
-from .environment import EnvironmentNotFound, find_environment, model_info, parse_help_options, probe, run_quick
+from .environment import (
+    EnvironmentNotFound,
+    find_environment,
+    model_info,
+    parse_help_options,
+    probe,
+    run_quick,
+)
 from .settings import configured_environment, register_setting, unregister_setting
 
 DEFAULT_MODEL = "r2cnn-neon-trees"

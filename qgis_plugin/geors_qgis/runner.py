@@ -37,7 +37,7 @@ class RunResult:
     Attributes:
         returncode: the process exit status (0 ok, 1 processing failure, 2 bad input).
         cancelled: the user cancelled it.
-        summary: the command's JSON summary (last JSON line without an ``event`` key), if any.
+        summary: the command's JSON summary (``{"event": "summary", ...}``, or a JSON line without ``event``).
         errors: ``Error: ...`` lines from stderr, without the prefix.
         stderr_tail: the last stderr lines, for messages when something unexpected happened.
     """
@@ -118,7 +118,8 @@ def handle_stdout_line(line: str, feedback, bar: _ProgressMap, result: RunResult
         feedback.setProgress(bar.percent(int(obj.get("total", 0)), int(obj.get("total", 0))))
         feedback.pushInfo(f"{obj.get('desc', '')}: {obj.get('done')}/{obj.get('total')} tiles in "
                           f"{obj.get('elapsed_s', 0)} s")
-    elif event is None:
+    elif event is None or event == "summary":  # the run's JSON summary (with or without the event key)
+        obj = {k: v for k, v in obj.items() if k != "event"}
         result.summary = obj
         feedback.pushInfo("geors summary: " + json.dumps(obj))
     else:
