@@ -207,3 +207,134 @@ def test_failed_tiles_are_ledgered_and_resume_retries_them(tmp_path):
     s2 = process_scenes([p], out, BrightBlobStage(), cfg(batch_size=2, resume=True))
     assert s2.skipped_resume == 4 and s2.processed == 2
     assert len(pyogrio.read_dataframe(out, layer="detections")) == len(blobs)
+
+
+# ----------------------------------------------------------------- archives, CRSs, inputs, cancellation
+def _blob_scene_in(path, epsg, x0, y0):
+    rng = np.random.default_rng(1)
+    data = rng.integers(30, 80, size=(3, 300, 400), dtype=np.uint8)
+    data[:, 100:130, 200:230] = 255  # one blob, centre at pixel (215, 115)
+    t = Affine(1.0, 0, x0, 0, -1.0, y0)
+    scenes.write(path, data, CRS.from_epsg(epsg), t)
+    return path, t * (215, 115)
+
+
+def test_archive_in_several_crs_is_reprojected_into_the_output_crs(tmp_path):
+    """Regression: every scene's features were written in the first scene's CRS without reprojection."""
+    from pyproj import Transformer
+
+    a, ca = _blob_scene_in(tmp_path / "a.tif", 32611, 500000.0, 4200000.0)   # UTM 11N
+    b, cb = _blob_scene_in(tmp_path / "b.tif", 32616, 400000.0, 3300000.0)   # UTM 16N, thousands of km east
+    out = tmp_path / "o.gpkg"
+    s = process_scenes([a, b], out, BrightBlobStage(), cfg(256, 64))
+    assert s.reprojected_scenes == ["b.tif"] and s.detections == 2
+    df = pyogrio.read_dataframe(out, layer="detections")
+    assert df.crs.to_epsg() == 32611
+    got = df.set_index("scene").geometry.centroid
+    assert got["a.tif"].distance(__import__("shapely").Point(ca)) < 1.0
+    bx, by = Transformer.from_crs(32616, 32611, always_xy=True).transform(*cb)
+    assert got["b.tif"].distance(__import__("shapely").Point(bx, by)) < 1.0
+    # --crs chooses the output CRS; --per-scene writes one GeoPackage per scene in its own CRS
+    s = process_scenes([a, b], tmp_path / "w.gpkg", BrightBlobStage(), cfg(256, 64, crs="EPSG:4326"))
+    assert pyogrio.read_dataframe(tmp_path / "w.gpkg", layer="detections").crs.to_epsg() == 4326
+    process_scenes([a, b], tmp_path / "each", BrightBlobStage(), cfg(256, 64, per_scene=True))
+    assert pyogrio.read_dataframe(tmp_path / "each" / "b.gpkg", layer="detections").crs.to_epsg() == 32616
+
+
+def test_inputs_folders_globs_lists_and_a_broken_scene(tmp_path):
+    from geors.errors import SceneReadError
+    from geors.pipeline import expand_inputs
+
+    d = tmp_path / "archive"
+    (d / "sub").mkdir(parents=True)
+    a, _ = _blob_scene_in(d / "a.tif", 32611, 500000.0, 4200000.0)
+    b, _ = _blob_scene_in(d / "sub" / "b.tif", 32611, 500000.0, 4100000.0)
+    (d / "broken.tif").write_bytes(b"II*\x00not really a tiff")
+    lst = tmp_path / "list.txt"
+    lst.write_text(f"# scenes\n{a}\nsub/b.tif\n".replace("sub/b.tif", str(b.relative_to(tmp_path))))
+    found, problems = expand_inputs([str(d)])
+    assert [p.split("/")[-1] for p in found] == ["a.tif", "broken.tif", "b.tif"] and not problems
+    found, problems = expand_inputs([str(d / "*.tif"), f"@{lst}", str(tmp_path / "none*.tif")])
+    assert [p.split("/")[-1] for p in found] == ["a.tif", "broken.tif", "b.tif"]
+    assert problems[0]["reason"] == "no file matches this pattern"
+    # a broken scene is reported and skipped; the rest is written
+    s = process_scenes([str(d)], tmp_path / "o.gpkg", BrightBlobStage(), cfg(256, 64))
+    assert s.scenes == 2 and s.detections == 2 and s.scenes_skipped[0]["path"].endswith("broken.tif")
+    # --strict stops before anything is written
+    with pytest.raises(SceneReadError, match="broken.tif"):
+        process_scenes([str(d)], tmp_path / "s.gpkg", BrightBlobStage(), cfg(256, 64, strict=True))
+    assert not (tmp_path / "s.gpkg").exists()
+    r = CliRunner().invoke(main, ["tiles", str(d), "-o", str(tmp_path / "t.gpkg")])
+    assert r.exit_code == 1 and "broken.tif" in r.output  # exit 1 at the end, the rest written
+    assert len(pyogrio.read_dataframe(tmp_path / "t.gpkg", layer="tiles")) == 2
+
+
+class SlowStage(BrightBlobStage):
+    """Records when each batch ran, to see whether workers stay busy across scene boundaries."""
+
+    def __init__(self, delay=0.3):
+        super().__init__()
+        self.delay = delay
+        self.log = []
+
+    def __call__(self, batch):
+        import threading
+        import time
+        t0 = time.monotonic()
+        time.sleep(self.delay * len(batch.tiles))
+        self.log.append((batch.scene.name, t0, time.monotonic(), threading.get_ident()))
+        return super().__call__(batch)
+
+
+def test_workers_stay_busy_across_scene_boundaries(tmp_path):
+    a, _ = _blob_scene_in(tmp_path / "a.tif", 32611, 500000.0, 4200000.0)   # 4 tiles of 256: batches of 3 and 1
+    b, _ = _blob_scene_in(tmp_path / "b.tif", 32611, 500000.0, 4100000.0)
+    stage = SlowStage()
+    process_scenes([a, b], tmp_path / "o.gpkg", stage, cfg(256, 64, batch_size=3, workers=2))
+    first_b = min(t0 for n, t0, _, _ in stage.log if n == "b.tif")
+    last_a_end = max(t1 for n, _, t1, _ in stage.log if n == "a.tif")
+    assert first_b < last_a_end  # scene b started while scene a's last batch was still running
+
+
+def test_cancel_finishes_batches_in_flight_and_resume_completes(tmp_path):
+    import threading
+
+    from geors.errors import Cancelled
+
+    p, blobs = _blob_scene(tmp_path / "blobs.tif")
+    out = tmp_path / "o.gpkg"
+    cancel = threading.Event()
+
+    class CancelAfterFirst(BrightBlobStage):
+        def __call__(self, batch):
+            cancel.set()
+            return super().__call__(batch)
+
+    with pytest.raises(Cancelled) as exc:
+        process_scenes([p], out, CancelAfterFirst(), cfg(batch_size=2), cancel=cancel)
+    assert exc.value.summary.saved == 2 and exc.value.exit_code == 130
+    runs = pyogrio.read_dataframe(out, layer="geors_runs")
+    assert list(runs["status"]) == ["cancelled"]
+    s = process_scenes([p], out, BrightBlobStage(), cfg(batch_size=2, resume=True))
+    assert s.skipped_resume == 2 and s.processed == 4
+    assert len(pyogrio.read_dataframe(out, layer="detections")) == len(blobs)
+
+
+def test_config_toml_round_trip_and_validation(tmp_path):
+    from geors.config import DetectConfig, MaskConfig
+    from geors.errors import ConfigError
+
+    c = PipelineConfig(detect=DetectConfig(score_threshold=0.25, use_gate=False), masks=MaskConfig("box"),
+                       tiling=TilingConfig(512, 64, (3, 2, 1)), execution=ExecutionConfig(workers=2))
+    f = tmp_path / "run.toml"
+    f.write_text(c.to_toml())
+    assert PipelineConfig.from_toml(f) == c
+    f.write_text("[detect]\nscore_treshold = 0.2\n")
+    with pytest.raises(ConfigError, match="score_treshold"):
+        PipelineConfig.from_toml(f)
+    for bad, needle in [(TilingConfig(0), "--tile"), (TilingConfig(256, 300), "--overlap"),
+                        (ExecutionConfig(batch_size=0), "--batch-size"), (DetectConfig(score_threshold=2), "score")]:
+        with pytest.raises(ConfigError, match=needle):
+            PipelineConfig(tiling=bad if isinstance(bad, TilingConfig) else TilingConfig(),
+                           execution=bad if isinstance(bad, ExecutionConfig) else ExecutionConfig(),
+                           detect=bad if isinstance(bad, DetectConfig) else DetectConfig()).validate()
