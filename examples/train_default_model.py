@@ -54,6 +54,7 @@ TRAIN = ["2019_YELL_2_528000_4978000_image_crop2", "2019_YELL_2_541000_4977000_i
 HELD_OUT = [("OSBS_029", "OSBS_029.tif"), ("SOAP_061", "SOAP_061.png")]
 EMPTY_IMAGES = ["AWPE Pigeon Lake 2020 DJI_0005.JPG"]
 SMALL_PX = 16.0
+INFERENCE_FIELDS = ("pre_nms_test", "post_nms_test", "rpn_nms", "det_nms", "max_detections")
 
 
 def load_image(stem: str, image_file: str | None = None) -> tuple[np.ndarray, np.ndarray]:
@@ -115,7 +116,8 @@ def training_tiles(no_empty_images: bool = False) -> list[TrainTile]:
 
 
 def set_gate_pool(args) -> dict:
-    """Switch a trained model's gate pooling (weights unchanged) and recalibrate its threshold.
+    """Switch a trained model's gate pooling, adopt the current inference defaults (``INFERENCE_FIELDS``)
+    and recalibrate its gate threshold; the weights are unchanged.
 
     Uses the same split and calibration as training (``split_validation`` + ``calibrate_gate``).
     """
@@ -124,8 +126,13 @@ def set_gate_pool(args) -> dict:
 
     if args.init_from is None:
         raise SystemExit("--set-gate-pool needs --init-from MODEL")
+    from geors.models.r2cnn import R2CNNConfig
+
     model, meta = load_model(args.init_from, "cpu")
     model.config.gate_pool = args.set_gate_pool
+    defaults = R2CNNConfig()
+    for name in INFERENCE_FIELDS:  # inference-only settings: adopt today's defaults, weights unchanged
+        setattr(model.config, name, getattr(defaults, name))
     model.eval()
     train, val = split_validation(training_tiles(args.no_empty_images), args.val_fraction, args.seed)
     calib = calibrate_gate(model, val, args.gate_recall, train_tiles=train)
@@ -135,6 +142,7 @@ def set_gate_pool(args) -> dict:
     keep.setdefault("training", {})["gate_pool_change"] = {
         "from": meta["arch_args"].get("gate_pool", "avg"), "to": args.set_gate_pool,
         "source_sha256": meta.get("file_sha256"), "calibration": calib,
+        "inference": {k: getattr(model.config, k) for k in INFERENCE_FIELDS},
         "command": "examples/train_default_model.py --set-gate-pool ..."}
     keep["training"]["gate_calibration"] = calib
     save_model(model, keep, args.out)
@@ -173,8 +181,9 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = torch default)")
     ap.add_argument("--eval-only", type=Path, default=None, help="evaluate this model file and exit")
     ap.add_argument("--set-gate-pool", default=None, metavar="POOL",
-                    help="no training: take --init-from, switch its gate pooling (avg|topK, e.g. top3), "
-                         "recalibrate the gate threshold on the training images and save to --out")
+                    help="no training: take --init-from, switch its gate pooling (avg|topK, e.g. top3), adopt the "
+                         "current inference defaults (proposal/detection top-k), recalibrate the gate threshold "
+                         "on the validation split and save to --out")
     ap.add_argument("--metrics", type=Path, default=None, help="also write the metrics JSON here")
     args = ap.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")

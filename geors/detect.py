@@ -18,7 +18,7 @@ import torch
 
 from geors.errors import BandError, ConfigError
 
-__all__ = ["Detector", "TileDetections", "resolve_device"]
+__all__ = ["Detector", "TileDetections", "resolve_device", "trim_padding"]
 
 log = logging.getLogger(__name__)
 
@@ -37,6 +37,42 @@ def resolve_device(device: str | torch.device = "auto") -> torch.device:
         return torch.device(name)
     except RuntimeError:
         raise ConfigError(f"--device {name!r}: not a device; use auto, cpu or cuda[:N].") from None
+
+
+MIN_TRIMMED_SIDE = 32
+"""Smallest side :func:`trim_padding` leaves (the backbone downsamples by 16)."""
+
+
+def trim_padding(images: torch.Tensor) -> torch.Tensor:
+    """Drop the zero padding at the bottom and right of a batch of tiles.
+
+    A scene smaller than a tile is read padded with zeros to the tile size
+    (``Scene.read_tile``). The detector was trained on crops inside the
+    images, so the hard edge between the scene and the padding looks like an
+    object boundary: boxes pile up along it and the gate's evidence changes.
+    Rows and columns at the end of both axes where every band of every tile
+    is exactly 0 carry no pixels, so the batch is cut to the extent that does
+    (at least :data:`MIN_TRIMMED_SIDE` px). Boxes keep their coordinates:
+    only the bottom/right is removed. A batch without such padding is returned
+    unchanged.
+
+    Args:
+        images: ``(B, C, H, W)``.
+
+    Returns:
+        ``(B, C, H', W')`` view with ``H' <= H``, ``W' <= W``.
+    """
+    h, w = images.shape[-2:]
+    nz = images.ne(0).flatten(0, 1).any(dim=0)  # (H, W): any band of any tile is non-zero
+    rows = torch.nonzero(nz.any(dim=1)).flatten()
+    cols = torch.nonzero(nz.any(dim=0)).flatten()
+    if rows.numel() == 0 or cols.numel() == 0:
+        return images
+    h2 = min(h, max(int(rows[-1]) + 1, MIN_TRIMMED_SIDE))
+    w2 = min(w, max(int(cols[-1]) + 1, MIN_TRIMMED_SIDE))
+    if (h2, w2) == (h, w):
+        return images
+    return images[..., :h2, :w2]
 
 
 class Detector:
@@ -110,7 +146,7 @@ class Detector:
         Returns:
             ``(B,)`` float32 probabilities.
         """
-        x = self._to_tensor(images)
+        x = trim_padding(self._to_tensor(images))
         with self._autocast():
             logits = self.model.gate_forward(x)
         return logits.float().softmax(dim=1)[:, 1].cpu().numpy()
@@ -141,7 +177,9 @@ class Detector:
         only on the tiles that pass (all tiles when ``gate_threshold`` is None,
         whose gate probabilities are then still reported). This deviates from
         the paper's single shared pass because on CPU the backbone, not the
-        detector branch, dominates the per-tile cost.
+        detector branch, dominates the per-tile cost. Zero padding at the
+        bottom/right of the batch (a scene smaller than a tile) is cut off
+        first (:func:`trim_padding`); boxes stay in tile pixels.
 
         Args:
             images: ``(B, C, H, W)`` float32 in ``[0, 1]``.
@@ -152,7 +190,7 @@ class Detector:
         Returns:
             ``(gate_probs (B,), detections per tile)``; skipped tiles have empty arrays.
         """
-        x = self._to_tensor(images)
+        x = trim_padding(self._to_tensor(images))
         h, w = x.shape[-2:]
         empty: TileDetections = (np.zeros((0, 4), np.float32), np.zeros(0, np.float32), np.zeros(0, np.int64))
         shared = int(getattr(self.model.config, "gate_input_scale", 1)) == 1

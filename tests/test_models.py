@@ -243,3 +243,38 @@ def test_gate_topk_pooling_is_the_mean_of_the_k_highest_location_margins():
     import pytest
     with pytest.raises(ValueError, match="gate_pool"):
         R2CNN(R2CNNConfig(gate_pool="median"))
+
+
+def test_trim_padding_cuts_only_all_zero_bottom_right():
+    from geors.detect import trim_padding
+
+    x = torch.rand(2, 3, 64, 64) + 0.01
+    assert trim_padding(x) is x
+    pad = torch.zeros(2, 3, 128, 128)
+    pad[:, :, :40, :50] = x[:, :, :40, :50]
+    assert trim_padding(pad).shape == (2, 3, 40, 50)
+    pad[1, 2, 70, 3] = 0.5  # one non-zero pixel of one band of one tile keeps its row
+    assert trim_padding(pad).shape == (2, 3, 71, 50)
+    tiny = torch.zeros(1, 3, 128, 128)
+    tiny[..., :5, :5] = 1
+    assert trim_padding(tiny).shape == (1, 3, 32, 32)  # never below the minimum side
+    assert trim_padding(torch.zeros(1, 3, 64, 64)).shape == (1, 3, 64, 64)
+
+
+def test_scene_smaller_than_a_tile_detects_as_the_unpadded_image():
+    """Zero padding to the tile size (a scene smaller than a tile) must not change detections or the gate."""
+    torch.manual_seed(0)
+    m = R2CNN(R2CNNConfig(anchor_scales=[8.0, 16.0], gate_input_scale=4, gate_pool="top3")).eval()
+    det = _detector(m, tile=128)
+    img = np.random.default_rng(0).uniform(0.05, 1, (1, 3, 72, 88)).astype(np.float32)
+    padded = np.zeros((1, 3, 128, 128), np.float32)
+    padded[..., :72, :88] = img
+    p1, d1 = det.gate_and_detect(img, gate_threshold=None, score_threshold=0.0)
+    p2, d2 = det.gate_and_detect(padded, gate_threshold=None, score_threshold=0.0)
+    assert np.allclose(p1, p2, atol=1e-6) and np.allclose(det.gate(padded), p1, atol=1e-6)
+    assert len(d1[0][0]) == len(d2[0][0]) > 0 and np.allclose(d1[0][0], d2[0][0], atol=1e-4)
+
+
+def test_inference_defaults_do_not_cap_proposals_at_300():
+    cfg = R2CNNConfig()
+    assert cfg.post_nms_test >= 1000 and cfg.max_detections >= cfg.post_nms_test and cfg.pre_nms_test >= 6000

@@ -585,6 +585,7 @@ def split_validation(
 @torch.no_grad()
 def validation_ap50(model: R2CNN, val_tiles: Sequence[TrainTile], num_classes: int, batch_size: int = 2) -> float:
     """AP50 (mean over classes with objects) of ``model``'s detections (score >= 0.05, no gate) on ``val_tiles``."""
+    from geors.detect import trim_padding
     from geors.evaluate.detections import evaluate_detections
 
     dev = next(model.parameters()).device
@@ -595,7 +596,7 @@ def validation_ap50(model: R2CNN, val_tiles: Sequence[TrainTile], num_classes: i
         shapes = {t.image.shape for t in chunk}
         groups = [chunk] if len(shapes) == 1 else [[t] for t in chunk]
         for grp in groups:
-            x = torch.from_numpy(np.stack([t.image for t in grp])).to(dev)
+            x = trim_padding(torch.from_numpy(np.stack([t.image for t in grp])).to(dev))
             dets = model.detect_from_features(model.features(x), tuple(x.shape[-2:]), 0.05)
             for j, (t, d) in enumerate(zip(grp, dets, strict=True)):
                 name = f"{i}:{j}:{t.name}"
@@ -620,6 +621,8 @@ def gate_scores(model: R2CNN, tiles: Sequence[TrainTile], batch_size: int = 4) -
 
     Tiles of equal shape are batched together; the result follows ``tiles``' order.
     """
+    from geors.detect import trim_padding
+
     dev = next(model.parameters()).device
     probs = np.zeros(len(tiles), np.float32)
     by_shape: dict[tuple[int, ...], list[int]] = {}
@@ -628,7 +631,7 @@ def gate_scores(model: R2CNN, tiles: Sequence[TrainTile], batch_size: int = 4) -
     for ids in by_shape.values():
         for start in range(0, len(ids), batch_size):
             sel = ids[start : start + batch_size]
-            x = torch.from_numpy(np.stack([tiles[i].image for i in sel])).to(dev)
+            x = trim_padding(torch.from_numpy(np.stack([tiles[i].image for i in sel])).to(dev))
             probs[sel] = model.gate_forward(x).float().softmax(dim=1)[:, 1].cpu().numpy()
     return probs
 
