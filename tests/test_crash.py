@@ -1,0 +1,274 @@
+"""Crash tests: the real CLI killed at chosen moments, then resumed, compared with a clean run.
+
+Each case runs ``geors run`` in a subprocess on a small multi-tile scene with a
+kill point set (:mod:`geors.faults`: ``GEORS_FAULT=point[:N]``,
+``GEORS_FAULT_SIGNAL``), checks the file left behind (a copy, so SQLite's own
+recovery in the check does not stand in for geors'), runs the same command with
+``--resume`` and compares the result feature by feature with a clean run:
+geometry WKB, class, score, the instance -> detection links, the ledger.
+
+The default suite runs one SIGKILL inside a commit and one SIGTERM between
+batches; every point and signal, and kills at random moments, are ``slow``
+(``pytest -m slow tests/test_crash.py -s`` prints the counts).
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import shutil
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pyogrio
+import pytest
+import shapely
+from affine import Affine
+from rasterio.crs import CRS
+
+import scenes
+from _slow import skip_unless_slow_selected
+
+CLI = [sys.executable, "-c", "from geors.cli.main import main; main()"]
+TILES = 3  # 704 x 256 px scene, 256 px tiles, 32 px overlap -> 3 tiles, one per batch
+
+
+def _scene(path: Path) -> Path:
+    rng = np.random.default_rng(7)
+    data = rng.integers(40, 90, size=(3, 256, 704), dtype=np.uint8)
+    for x, y in ((40, 60), (300, 150), (520, 40), (610, 200)):
+        data[:, y:y + 24, x:x + 24] = 250
+        data[1, y + 6:y + 18, x + 6:x + 18] = 120
+    return scenes.write(path, data, CRS.from_epsg(32617), Affine(0.5, 0, 404000.0, 0, -0.5, 3285000.0))
+
+
+def _command(scene: Path, out: Path, *extra: str) -> list[str]:
+    return [*CLI, "run", str(scene), "-o", str(out), "--no-gate", "--score-threshold", "0.05", "--tile", "256",
+            "--overlap", "32", "--batch-size", "1", "--workers", "1", "--threads", "1", "--sam", "box",
+            "--progress", "none", *extra]
+
+
+def _run(cmd: list[str], fault: str | None = None, sig: str = "SIGKILL", timeout: float = 300,
+         kill_after: float | None = None) -> subprocess.CompletedProcess:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("GEORS_FAULT")}
+    if fault:
+        env.update(GEORS_FAULT=fault, GEORS_FAULT_SIGNAL=sig)
+    if kill_after is None:
+        return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout)
+    p = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        out, err = p.communicate(timeout=kill_after)
+    except subprocess.TimeoutExpired:
+        p.send_signal(getattr(signal, sig))
+        out, err = p.communicate(timeout=timeout)
+    return subprocess.CompletedProcess(cmd, p.returncode, out, err)
+
+
+# ---------------------------------------------------------------- comparing outputs
+def _snapshot(path: Path) -> dict:
+    """Everything a resumed run must reproduce, independent of fids and row order."""
+    con = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+    try:
+        def geom(blob):
+            from geors.vector import _blob_geometry
+
+            return shapely.to_wkb(_blob_geometry(blob), byte_order=1, hex=True)
+
+        dets = {}
+        for fid, blob, cls, score, tile, scene in con.execute(
+                "SELECT fid, geom, class, score, tile_id, scene FROM detections"):
+            dets[fid] = (scene, tile, geom(blob), cls, round(score, 5))
+        inst = sorted((scene, tile, geom(blob), cls, round(score, 5), dets.get(dfid))
+                      for blob, cls, score, tile, scene, dfid in con.execute(
+                          "SELECT geom, class, score, tile_id, scene, detection_fid FROM instances"))
+        ledger = sorted(con.execute("SELECT scene, tile_id, col_off, row_off, width, height, status, n_detections, "
+                                    "n_instances FROM geors_tiles WHERE status != 'failed'").fetchall())
+        return {"detections": sorted(dets.values()), "instances": inst, "ledger": ledger}
+    finally:
+        con.close()
+
+
+def _healthy(path: Path) -> bool:
+    """SQLite integrity, GeoPackage header and a GDAL open of every layer."""
+    try:
+        con = sqlite3.connect(path)
+        try:
+            ok = con.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+            ok &= con.execute("PRAGMA application_id").fetchone()[0] == 0x47504B47
+        finally:
+            con.close()
+        for name, _ in pyogrio.list_layers(path):
+            pyogrio.read_info(path, layer=name)
+        return ok
+    except Exception:  # noqa: BLE001 - any failure to read is a corrupt file here
+        return False
+
+
+def _healthy_copy(path: Path, tmp: Path) -> bool | None:
+    """Health of what a kill left, checked on a copy (with its journal); None when there is no file."""
+    if not path.exists():
+        return None
+    tmp.mkdir(exist_ok=True)
+    copy = tmp / path.name
+    for suffix in ("", "-journal", "-wal"):
+        src = Path(f"{path}{suffix}")
+        dst = Path(f"{copy}{suffix}")
+        if dst.exists():
+            dst.unlink()
+        if src.exists():
+            shutil.copyfile(src, dst)
+    return _healthy(copy)
+
+
+@dataclass
+class Tally:
+    kills_tried: int = 0
+    kills_survived: int = 0
+    files_checked: int = 0
+    files_corrupted: int = 0
+    failures: list = field(default_factory=list)
+
+    def line(self) -> str:
+        return (f"crash tests: kills survived {self.kills_survived} / {self.kills_tried}, files corrupted "
+                f"{self.files_corrupted} / {self.files_checked}")
+
+
+@pytest.fixture(scope="module")
+def crash_setup(tmp_path_factory):
+    """The scene and a clean run's snapshot, shared by every case."""
+    d = tmp_path_factory.mktemp("crash")
+    scene = _scene(d / "scene.tif")
+    clean = d / "clean.gpkg"
+    r = _run(_command(scene, clean))
+    assert r.returncode == 0, r.stderr[-3000:]
+    snap = _snapshot(clean)
+    assert len(snap["ledger"]) == TILES and snap["detections"] and snap["instances"]
+    assert all(i[-1] is not None for i in snap["instances"])  # every instance links to its detection
+    return scene, snap
+
+
+def _kill_and_resume(scene: Path, snap: dict, out: Path, fault: str | None, sig: str, tally: Tally,
+                     kill_after: float | None = None, max_resumes: int = 1) -> None:
+    """One kill (at a kill point or after a delay), then --resume; counts into ``tally``."""
+    tally.kills_tried += 1
+    label = f"{fault or f'after {kill_after:.1f}s'} {sig}"
+    r = _run(_command(scene, out), fault=fault, sig=sig, kill_after=kill_after)
+    killed_by_signal = r.returncode < 0 or r.returncode in (130, 143)
+    left = _healthy_copy(out, out.parent / "copy")
+    if left is not None:
+        tally.files_checked += 1
+        tally.files_corrupted += not left
+    if r.returncode == 0 and kill_after is not None:
+        pass  # the run finished before the kill: the resume below must change nothing
+    elif not killed_by_signal:
+        tally.failures.append(f"{label}: exit {r.returncode}: {r.stderr[-1500:]}")
+        return
+    for _ in range(max_resumes):
+        resumed = _run(_command(scene, out, "--resume"))
+        if resumed.returncode == 0:
+            break
+    else:
+        tally.failures.append(f"{label}: --resume exit {resumed.returncode}: {resumed.stderr[-1500:]}")
+        return
+    tally.files_checked += 1
+    if not _healthy(out):
+        tally.files_corrupted += 1
+        tally.failures.append(f"{label}: resumed file is not healthy")
+        return
+    got = _snapshot(out)
+    if got != snap:
+        diff = {k: (len(got[k]), len(snap[k])) for k in snap if got[k] != snap[k]}
+        tally.failures.append(f"{label}: resumed output differs from a clean run (got, want): {diff}")
+        return
+    statuses = _run_statuses(out)
+    if statuses[-1] != "finished" or "running" in statuses:
+        tally.failures.append(f"{label}: run statuses {statuses}")
+        return
+    tally.kills_survived += 1
+
+
+def _run_statuses(out: Path) -> list[str]:
+    con = sqlite3.connect(f"file:{out}?mode=ro", uri=True)
+    try:
+        return [r[0] for r in con.execute("SELECT status FROM geors_runs ORDER BY fid")]
+    finally:
+        con.close()
+
+
+def _report(tally: Tally) -> None:
+    print("\n" + tally.line())
+    assert not tally.failures, "\n".join(tally.failures)
+    assert tally.kills_survived == tally.kills_tried and tally.files_corrupted == 0
+
+
+# ---------------------------------------------------------------- default (quick) cases
+def test_sigkill_inside_a_commit_resumes_to_the_clean_result(crash_setup, tmp_path):
+    scene, snap = crash_setup
+    tally = Tally()
+    # commit:1 is start_run's, commit:2 the first batch's: die inside the second batch's transaction
+    _kill_and_resume(scene, snap, tmp_path / "o.gpkg", "commit:3", "SIGKILL", tally)
+    _report(tally)
+    assert _run_statuses(tmp_path / "o.gpkg") == ["interrupted", "finished"]
+
+
+def test_sigterm_between_batches_cancels_then_resumes(crash_setup, tmp_path):
+    scene, snap = crash_setup
+    out = tmp_path / "o.gpkg"
+    r = _run(_command(scene, out), fault="batch:1", sig="SIGTERM")
+    assert r.returncode == 130, r.stderr[-2000:]
+    assert "--resume" in r.stderr and "tiles are saved" in r.stderr
+    assert _run_statuses(out) == ["cancelled"]
+    assert _healthy(out)
+    assert len(_snapshot(out)["ledger"]) < TILES
+    resumed = _run(_command(scene, out, "--resume"))
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert _snapshot(out) == snap
+    assert _run_statuses(out) == ["cancelled", "finished"]
+
+
+# ---------------------------------------------------------------- every point and signal (slow)
+POINTS = [
+    ("start", "SIGKILL"),       # before the output exists
+    ("create", "SIGKILL"),      # GDAL made the first layer of the temporary file
+    ("commit:1", "SIGKILL"),    # inside start_run's transaction: the file exists, no run row yet
+    ("commit:2", "SIGKILL"),    # inside the first batch's transaction
+    ("batch:2", "SIGKILL"),     # between batches
+    ("finish", "SIGKILL"),      # late: every tile written, the run not marked finished
+    ("commit:3", "SIGTERM"),
+    ("batch:2", "SIGTERM"),
+    ("commit:3", "SIGINT"),
+    ("batch:1", "SIGINT"),
+    ("finish", "SIGTERM"),
+]
+
+
+@pytest.mark.slow
+def test_every_kill_point_and_signal_resumes_to_the_clean_result(crash_setup, tmp_path, request):
+    skip_unless_slow_selected(request)
+    scene, snap = crash_setup
+    tally = Tally()
+    for i, (point, sig) in enumerate(POINTS):
+        _kill_and_resume(scene, snap, tmp_path / f"o{i}.gpkg", point, sig, tally)
+    _report(tally)
+
+
+@pytest.mark.slow
+def test_random_kills_resume_to_the_clean_result(crash_setup, tmp_path, request):
+    skip_unless_slow_selected(request)
+    scene, snap = crash_setup
+    t0 = time.perf_counter()
+    _run(_command(scene, tmp_path / "timing.gpkg"))
+    full = time.perf_counter() - t0
+    rng = random.Random(int(os.environ.get("GEORS_CRASH_SEED", "8")))
+    tally = Tally()
+    n = int(os.environ.get("GEORS_CRASH_KILLS", "12"))
+    for i in range(n):
+        sig = rng.choice(["SIGKILL", "SIGKILL", "SIGTERM", "SIGINT"])
+        _kill_and_resume(scene, snap, tmp_path / f"r{i}.gpkg", None, sig, tally, kill_after=rng.uniform(0.3, full))
+    _report(tally)
