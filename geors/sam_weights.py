@@ -346,6 +346,33 @@ def _torch_load(path: Path):
         return torch.load(path, map_location="cpu", weights_only=True)
 
 
+def _read_checkpoint(path: Path):
+    """The tensors of a checkpoint, loaded without ever running code from the file (``weights_only``).
+
+    Errors say what the file is not, never PyTorch's advice to retry with
+    ``weights_only=False`` (which would run whatever the file contains).
+    """
+    import pickle
+    import zipfile
+
+    try:
+        return _torch_load(path)
+    except FileNotFoundError:
+        raise ModelError(f"SAM checkpoint '{path}' does not exist; check the path.") from None
+    except pickle.UnpicklingError as exc:
+        if "weights only" in str(exc).lower() or "unsupported global" in str(exc).lower():
+            raise ModelError(
+                f"'{path}' is not a SAM checkpoint geors can load safely: it holds Python objects other than "
+                "tensors, which geors never executes. Use an official checkpoint ('geors models download "
+                "sam-vit_b') or one saved as a plain state dict.") from None
+        raise ModelError(f"'{path}' is not a PyTorch checkpoint (unreadable pickle data). "
+                         "Use an official SAM checkpoint: 'geors models download sam-vit_b'.") from None
+    except (RuntimeError, EOFError, ValueError, KeyError, TypeError, zipfile.BadZipFile, OSError) as exc:
+        what = "truncated" if isinstance(exc, EOFError) else "not a PyTorch checkpoint"
+        raise ModelError(f"'{path}' is {what} ({type(exc).__name__}). Use an official SAM checkpoint: "
+                         "'geors models download sam-vit_b' (or check the file was fully downloaded).") from None
+
+
 def load_sam(path: str | os.PathLike, kind: str | None = None):
     """Load a SAM model from a checkpoint file (to CPU, eval mode).
 
@@ -375,18 +402,13 @@ def load_sam(path: str | os.PathLike, kind: str | None = None):
             ) from exc
         try:
             model = msam.sam_model_registry["vit_t"](checkpoint=None)
-            model.load_state_dict(_torch_load(path))
+            model.load_state_dict(_read_checkpoint(path))
         except Exception as exc:  # noqa: BLE001 - any failure means a bad file here
             raise ModelError(f"'{path}' is not a MobileSAM checkpoint: {exc}") from exc
         model.eval()
         return model, "vit_t"
     sa = require("segment_anything", "sam", "SAM masks")
-    try:
-        obj = _torch_load(path)
-    except Exception as exc:  # noqa: BLE001
-        raise ModelError(
-            f"cannot read SAM checkpoint '{path}': {exc}. Re-download it with 'geors models download'."
-        ) from exc
+    obj = _read_checkpoint(path)
     if isinstance(obj, dict) and "geors_sam_config" in obj:
         model = build_sam_from_config(obj["geors_sam_config"])
         state = obj.get("state_dict", {})

@@ -142,7 +142,7 @@ def test_not_a_sam_checkpoint(tmp_path):
         make_mask_engine(str(bad), device="cpu")
     junk = tmp_path / "junk.pth"
     junk.write_bytes(b"not a torch file")
-    with pytest.raises(ModelError, match="cannot read SAM checkpoint"):
+    with pytest.raises(ModelError, match="is not a PyTorch checkpoint"):
         make_mask_engine(str(junk), device="cpu")
 
 

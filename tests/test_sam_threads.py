@@ -69,3 +69,32 @@ def test_sam_checkpoint_sha256_is_recorded(tmp_path):
     info = mask_engine_info(make_mask_engine(str(ckpt), device="cpu"))
     assert info["mask_checkpoint_sha256"] == hashlib.sha256(ckpt.read_bytes()).hexdigest()
     assert info["mask_method"] == "sam:tiny"
+
+
+def test_unsafe_or_foreign_checkpoints_get_a_clear_refusal(tmp_path):
+    """Regressions: a pickle payload was refused with PyTorch's advice to retry with weights_only=False
+    (i.e. to run it); a non-checkpoint said only '...: 101.'."""
+    import os
+
+    import torch
+
+    from geors.errors import ModelError
+    from geors.masks import make_mask_engine
+
+    marker = tmp_path / "pwned"
+
+    class Payload:
+        def __reduce__(self):
+            return (os.system, (f"touch {marker}",))
+
+    evil = tmp_path / "evil.pth"
+    torch.save({"x": Payload()}, evil)
+    with pytest.raises(ModelError) as exc:
+        make_mask_engine(str(evil), device="cpu")
+    msg = str(exc.value)
+    assert "not a SAM checkpoint geors can load safely" in msg and "weights_only" not in msg
+    assert not marker.exists()
+    junk = tmp_path / "notckpt.pth"
+    junk.write_bytes(b"hello, this is not a checkpoint")
+    with pytest.raises(ModelError, match="notckpt.pth' is not a PyTorch checkpoint"):
+        make_mask_engine(str(junk), device="cpu")
