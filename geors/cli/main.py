@@ -68,11 +68,9 @@ def _register() -> None:
 
     main.add_command(train.command)
 
-    from geors.cli import segment as segment_cli  # C2FNet: segment, train segmenter, eval segmentation
+    from geors.cli import preview  # quick-look PNG of a scene and its layers
 
-    main.add_command(segment_cli.command)
-    train.train_group.add_command(segment_cli.train_command)
-    eval_cli.eval_group.add_command(segment_cli.eval_command)
+    main.add_command(preview.command)
 
     from geors.cli import segment as segment_cli  # C2FNet: segment, train segmenter, eval segmentation
 
