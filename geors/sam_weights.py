@@ -360,7 +360,7 @@ def _read_checkpoint(path: Path):
     except FileNotFoundError:
         raise ModelError(f"SAM checkpoint '{path}' does not exist; check the path.") from None
     except pickle.UnpicklingError as exc:
-        if "weights only" in str(exc).lower() or "unsupported global" in str(exc).lower():
+        if "unsupported global" in str(exc).lower():  # a class or function the file wants to run
             raise ModelError(
                 f"'{path}' is not a SAM checkpoint geors can load safely: it holds Python objects other than "
                 "tensors, which geors never executes. Use an official checkpoint ('geors models download "
