@@ -54,7 +54,6 @@ TRAIN = ["2019_YELL_2_528000_4978000_image_crop2", "2019_YELL_2_541000_4977000_i
 HELD_OUT = [("OSBS_029", "OSBS_029.tif"), ("SOAP_061", "SOAP_061.png")]
 EMPTY_IMAGES = ["AWPE Pigeon Lake 2020 DJI_0005.JPG"]
 SMALL_PX = 16.0
-INFERENCE_FIELDS = ("pre_nms_test", "post_nms_test", "rpn_nms", "det_nms", "max_detections")
 
 
 def load_image(stem: str, image_file: str | None = None) -> tuple[np.ndarray, np.ndarray]:
@@ -126,7 +125,7 @@ def set_gate_pool(args) -> dict:
 
     if args.init_from is None:
         raise SystemExit("--set-gate-pool needs --init-from MODEL")
-    from geors.models.r2cnn import R2CNNConfig
+    from geors.models.r2cnn import INFERENCE_FIELDS, R2CNNConfig
 
     model, meta = load_model(args.init_from, "cpu")
     model.config.gate_pool = args.set_gate_pool

@@ -155,6 +155,16 @@ def test_cli_train_detector_writes_loadable_model(tmp_path):
     assert json.loads(r.stdout.strip().splitlines()[-1])["classes"] == ["square"]
     det = Detector.load(out, device="cpu")
     assert det.tile_size == 128 and det.overlap == 32 and det.meta["gsd_m"] == pytest.approx(0.5)
+    # an image without objects (--empty-scene) adds all its tiles as empty examples; fine-tune from the model
+    blank = tmp_path / "blank.tif"
+    with rasterio.open(blank, "w", driver="GTiff", width=200, height=200, count=3, dtype="uint8",
+                       crs="EPSG:32617", transform=Affine(0.5, 0, 600000, 0, -0.5, 4000000)) as ds:
+        ds.write(np.random.default_rng(1).integers(0, 60, (3, 200, 200), dtype=np.uint8))
+    r = CliRunner().invoke(main, args[:-2] + ["--empty-scene", str(blank), "--init-from", str(out), "-o",
+                                              str(tmp_path / "m2.safetensors")])
+    assert r.exit_code == 0, r.output
+    sources = Detector.load(tmp_path / "m2.safetensors", device="cpu").meta["training"]["sources"]
+    assert sources[-1]["n_empty_tiles_used"] == 4 and sources[-1]["n_boxes"] == 0
     # bad input: empty label file -> exit 2 with a message
     empty = tmp_path / "empty.xml"
     _write_voc(empty, [])

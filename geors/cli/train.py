@@ -23,12 +23,18 @@ def _detector_options(f):
                      help="Training raster; repeat together with --labels for several scenes."),
         click.option("--labels", "labels", multiple=True, required=True, type=click.Path(),
                      help="Boxes for the matching --scene: GeoPackage/GeoJSON/Shapefile (any CRS), VOC XML or CSV."),
+        click.option("--empty-scene", "empty_scenes", multiple=True, type=click.Path(),
+                     help="Image without objects, used whole as empty tiles (gate negatives); repeatable."),
+        click.option("--init-from", default=None, type=click.Path(dir_okay=False),
+                     help="Fine-tune this model file (keeps its anchors and architecture; the gate pooling "
+                          "and scale are set by --gate-pool / --gate-scale)."),
         click.option("--class-field", default=None, help="Attribute with the class name (vector labels)."),
         click.option("--epochs", type=int, default=10, show_default=True),
         click.option("--steps-per-epoch", type=int, default=None, help="Batches per epoch (default from the number of boxes)."),
         click.option("--batch-size", type=int, default=4, show_default=True),
         click.option("--crop", type=int, default=384, show_default=True, help="Training crop size, pixels."),
         click.option("--lr", type=float, default=2e-3, show_default=True),
+        click.option("--warmup", type=int, default=50, show_default=True, help="Linear warm-up steps."),
         click.option("--assigner", type=click.Choice(["nwd_rka", "iou"]), default="nwd_rka", show_default=True,
                      help="RPN label assignment."),
         click.option("--gate-scale", type=int, default=4, show_default=True,
@@ -58,9 +64,9 @@ def _detector_options(f):
 
 @_detector_options
 @handle_errors
-def _train(scenes, labels, class_field, epochs, steps_per_epoch, batch_size, crop, lr, assigner, gate_scale, gate_pool,
-           gate_recall, val_fraction, patience, max_minutes, device, seed, allow_ungeoreferenced, output, tile_size,
-           overlap, bands) -> None:
+def _train(scenes, labels, empty_scenes, init_from, class_field, epochs, steps_per_epoch, batch_size, crop, lr, warmup,
+           assigner, gate_scale, gate_pool, gate_recall, val_fraction, patience, max_minutes, device, seed,
+           allow_ungeoreferenced, output, tile_size, overlap, bands) -> None:
     """Train the R2-CNN gate + detector (one network; `gate` and `detector` train the same model).
 
     Progress (loss, ETA, validation AP50 per epoch) goes to stderr; the last
@@ -78,13 +84,21 @@ def _train(scenes, labels, class_field, epochs, steps_per_epoch, batch_size, cro
         raise ConfigError("--epochs and --batch-size must be >= 1 and --crop >= 32 pixels.")
     if gate_scale < 1 or crop // gate_scale < 8:
         raise ConfigError(f"--gate-scale must be >= 1 and leave at least 8 px of the --crop ({crop} // {gate_scale}).")
+    if init_from and (tile_size is None or overlap is None):
+        from geors.models.registry import load_model
+
+        _, init_meta = load_model(init_from, "cpu")
+        tile_size = tile_size or int(init_meta.get("tile_size", 640))
+        overlap = overlap if overlap is not None else int(init_meta.get("overlap", 128))
+    tile_size = tile_size or 640  # the inference grid the model records (defaults of a new model)
+    overlap = 128 if overlap is None else overlap
     train_log = logging.getLogger("geors.train")
     if logging.getLogger("geors").getEffectiveLevel() > logging.INFO and train_log.getEffectiveLevel() < logging.ERROR:
         train_log.setLevel(logging.INFO)  # training progress is shown unless -q
     try:
-        tiles, classes, info = tiles_from_scenes(list(zip(scenes, labels, strict=True)), class_field, tile_size,
-                                                 overlap, parse_bands(bands), seed=seed,
-                                                 allow_ungeoreferenced=allow_ungeoreferenced)
+        pairs = list(zip(scenes, labels, strict=True)) + [(s, None) for s in empty_scenes]
+        tiles, classes, info = tiles_from_scenes(pairs, class_field, tile_size, overlap, parse_bands(bands),
+                                                 seed=seed, allow_ungeoreferenced=allow_ungeoreferenced)
     except GeoreferenceError as exc:
         if allow_ungeoreferenced or "no geotransform" not in str(exc):
             raise
@@ -93,6 +107,7 @@ def _train(scenes, labels, class_field, epochs, steps_per_epoch, batch_size, cro
     cfg = TrainConfig(epochs=epochs, steps_per_epoch=steps_per_epoch, batch_size=batch_size, crop_size=crop, lr=lr,
                       assigner=assigner, device=device, seed=seed, gate_input_scale=gate_scale, gate_pool=gate_pool,
                       gate_recall=gate_recall, val_fraction=val_fraction, patience=patience or None,
+                      warmup_steps=warmup, init_from=init_from,
                       max_seconds=max_minutes * 60 if max_minutes else None)
     model, meta = train_detector(tiles, classes, cfg, meta={
         "tile_size": tile_size, "overlap": overlap, "gsd_m": info["gsd_m"],

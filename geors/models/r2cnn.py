@@ -49,9 +49,12 @@ from torchvision.ops import batched_nms, box_iou, clip_boxes_to_image, nms, ps_r
 from geors.assign import DEFAULT_NWD_C, rank_assign
 from geors.models.tinynet import GlobalAttention, TinyNet, conv_bn_relu
 
-__all__ = ["R2CNN", "R2CNNConfig", "Detections"]
+__all__ = ["R2CNN", "R2CNNConfig", "Detections", "INFERENCE_FIELDS"]
 
 ASSIGNERS = ("nwd_rka", "iou")
+
+#: Settings used only at inference: a fine-tuned or re-saved model adopts today's defaults for them.
+INFERENCE_FIELDS = ("pre_nms_test", "post_nms_test", "rpn_nms", "det_nms", "max_detections")
 
 
 @dataclass

@@ -32,6 +32,7 @@ import math
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -40,7 +41,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from geors.errors import GeorsError, LabelError
-from geors.models.r2cnn import R2CNN, R2CNNConfig
+from geors.models.r2cnn import INFERENCE_FIELDS, R2CNN, R2CNNConfig
 from geors.train.anchors import box_sizes, kmeans_anchor_scales
 from geors.train.augment import random_contrast, random_dihedral, random_photometric
 
@@ -124,7 +125,9 @@ class TrainConfig:
             gate on the shared full-resolution map).
         init_from: optional model file to start from (fine-tuning); its
             anchor scales and architecture arguments are kept, except
-            ``gate_input_scale`` and ``arch`` overrides.
+            ``gate_input_scale``, ``gate_pool``, ``arch`` overrides and the
+            inference settings (:data:`geors.models.r2cnn.INFERENCE_FIELDS`,
+            today's defaults). Class names must match up to case.
         gate_recall: share of the positive validation tiles the calibrated
             gate threshold must pass (see :func:`calibrate_gate`); None
             disables the gate (threshold 0).
@@ -372,11 +375,14 @@ def train_detector(
         from geors.models.registry import load_model
 
         init_model, init_meta = load_model(cfg.init_from, torch.device("cpu"))
-        if list(init_meta["classes"]) != list(classes) or int(init_meta["bands"]) != n_bands:
+        if ([c.lower() for c in init_meta["classes"]] != [c.lower() for c in classes]
+                or int(init_meta["bands"]) != n_bands):
             raise LabelError(f"init_from {cfg.init_from}: classes {init_meta['classes']} / {init_meta['bands']} bands "
                              f"do not match the training data ({list(classes)} / {n_bands} bands).")
-        arch_args = {**init_model.config.to_dict(), "gate_pool": cfg.gate_pool, **cfg.arch,
-                     "gate_input_scale": int(cfg.gate_input_scale)}
+        classes = list(init_meta["classes"])  # equal up to case: keep the model's spelling
+        defaults = R2CNNConfig()
+        arch_args = {**init_model.config.to_dict(), **{k: getattr(defaults, k) for k in INFERENCE_FIELDS},
+                     "gate_pool": cfg.gate_pool, **cfg.arch, "gate_input_scale": int(cfg.gate_input_scale)}
         arch = R2CNNConfig.from_dict(arch_args)
         scales = list(arch.anchor_scales)
         model = R2CNN(arch)
@@ -778,7 +784,8 @@ def tiles_from_scenes(
 
     Args:
         pairs: ``(scene path, label path)`` pairs; labels in any format
-            :func:`geors.io.labels.read_labels` accepts.
+            :func:`geors.io.labels.read_labels` accepts, or None for an image
+            without objects (all its tiles are empty examples).
         class_field: attribute holding the class in vector labels.
         tile_size, overlap: tile grid in pixels (as at inference).
         bands: 1-based band indexes; default as :func:`geors.open_scene`.
@@ -793,7 +800,7 @@ def tiles_from_scenes(
     Raises:
         LabelError, SceneReadError, GeoreferenceError, BandError: bad inputs.
     """
-    from geors.io.labels import read_labels
+    from geors.io.labels import LabelSet, read_labels
     from geors.raster import open_scene
     from geors.tiling import TileGrid
     from geors.train.labels import tiles_with_labels
@@ -802,7 +809,11 @@ def tiles_from_scenes(
     opened = []
     for scene_path, label_path in pairs:
         scene = open_scene(scene_path, bands=list(bands) if bands else None, allow_ungeoreferenced=allow_ungeoreferenced)
-        labels = read_labels(label_path, scene, class_field=class_field)
+        if label_path is None:  # an image without objects: only empty tiles
+            labels = LabelSet(boxes=np.zeros((0, 4)), class_names=(), class_ids=np.zeros(0, np.int64), classes=(),
+                              source=Path(scene_path))
+        else:
+            labels = read_labels(label_path, scene, class_field=class_field)
         opened.append((scene, labels))
     classes = sorted({n for _, lab in opened for n in lab.class_names})
     index = {c: i for i, c in enumerate(classes)}
@@ -819,6 +830,8 @@ def tiles_from_scenes(
         pos_ids = [tid for tid, (b, _) in assigned.items() if len(b)]
         empty_ids = [tid for tid, (b, _) in assigned.items() if not len(b)]
         n_empty = min(len(empty_ids), max(int(round(max_empty_ratio * len(pos_ids))), 4))
+        if not len(labels):
+            n_empty = len(empty_ids)  # an image given as empty is used whole
         chosen = list(rng.choice(len(empty_ids), n_empty, replace=False)) if n_empty else []
         for tid in pos_ids + [empty_ids[i] for i in chosen]:
             b, c = assigned[tid]
