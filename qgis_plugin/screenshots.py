@@ -36,7 +36,7 @@ def _shots():  # runs inside QGIS (--code)
     import processing
     from qgis.core import QgsApplication, QgsProject, QgsRasterLayer
     from qgis.PyQt.QtCore import QTimer
-    from qgis.PyQt.QtWidgets import QDockWidget, QTreeView
+    from qgis.PyQt.QtWidgets import QDockWidget, QTextEdit, QTreeView
     from qgis.utils import iface
 
     out_dir = Path(os.environ.get("GEORS_SHOT_DIR", "docs/img"))
@@ -72,7 +72,7 @@ def _shots():  # runs inside QGIS (--code)
 
     def step_dialog():
         dlg = processing.createAlgorithmDialog("geors:run", {"SCENES": [raster.id()], "OUTPUT": gpkg,
-                                                             "SAM": "grabcut", "DEVICE": "cpu"})
+                                                             "DEVICE": "cpu"})
         state["dlg"] = dlg
         dlg.resize(900, 720)
         dlg.show()
@@ -89,7 +89,7 @@ def _shots():  # runs inside QGIS (--code)
     def step_log():
         save(state["dlg"], "qgis_run_log.png")
         state["dlg"].close()
-        iface.mapCanvas().setExtent(raster.extent())
+        iface.mapCanvas().zoomToFullExtent()
         iface.mapCanvas().refreshAllLayers()
         QTimer.singleShot(4000, lambda: (save(win, "qgis_results.png"), step_check()))
 
@@ -105,10 +105,18 @@ def _shots():  # runs inside QGIS (--code)
         dlg = state["dlg"]
         state["t"] += 1
         if dlg.results() or state["t"] > 200:
-            QTimer.singleShot(1000, lambda: (save(dlg, "qgis_check_installation.png"), dlg.close(),
-                                             QgsApplication.exit(0)))
+            QTimer.singleShot(1000, lambda: (show_report(dlg), save(dlg, "qgis_check_installation.png"),
+                                             dlg.close(), QgsApplication.exit(0)))
         else:
             QTimer.singleShot(500, wait_check)
+
+    def show_report(dlg):  # scroll the log to the report's first line (the results dict repeats it below)
+        for txt in dlg.findChildren(QTextEdit):
+            cursor = txt.document().find("geors installation:")
+            if not cursor.isNull():
+                txt.setTextCursor(cursor)
+                bar = txt.verticalScrollBar()
+                bar.setValue(bar.value() + txt.cursorRect().top() - 4)
 
     QTimer.singleShot(3000, step_toolbox)
 

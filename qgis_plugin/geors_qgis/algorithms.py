@@ -375,7 +375,7 @@ class TrainDetectorAlgorithm(GeorsAlgorithm):
             raise QgsProcessingException(f"Give one label layer per scene ({len(scenes)} scenes, "
                                          f"{len(labels)} label layers).")
         pairs = []
-        for scene, lab in zip(scenes, labels, strict=True):
+        for scene, lab in zip(scenes, labels):  # noqa: B905 (lengths checked; QGIS 3.22 may run Python 3.9)
             path = lab.source().split("|")[0]
             if lab.providerType() != "ogr" or not os.path.isfile(path):
                 raise QgsProcessingException(f"The label layer '{lab.name()}' is not a file on disk; save it "

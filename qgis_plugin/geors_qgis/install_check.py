@@ -155,13 +155,17 @@ def check_installation(configured: str | None = None, feedback=None, environ: di
                     items.append(_item("optional", f"SAM checkpoint {name}", f"not downloaded {size}".strip(),
                                        env.display(["models", "download", name])))
             else:
+                what = f"{r.get('kind', 'model')} {name}"
                 if r.get("installed"):
                     classes = ", ".join(r.get("classes") or [])
-                    items.append(_item("ok", f"detector {name}", f"classes: {classes}"))
-                else:
-                    ok = ok and not r.get("default")
-                    items.append(_item("missing", f"detector {name}", r.get("path", ""),
+                    items.append(_item("ok", what, f"classes: {classes}"))
+                elif r.get("default") and r.get("kind") == "detector":
+                    ok = False
+                    items.append(_item("missing", what, f"weights not found: {r.get('path', '')}",
                                        f'{pip} --force-reinstall --no-deps "geors"'))
+                else:
+                    items.append(_item("optional", what, f"weights not found: {r.get('path', '')}",
+                                       "pass your own model file instead (MODEL / --model)"))
     if not pr.has_segment:
         items.append(_item("info", "geors segment", "this geors has no 'segment' command yet; "
                                                     "'Segment scene' is hidden until it has"))

@@ -44,7 +44,7 @@ def class_colours(metadata: dict | None, classes: list[str]) -> dict[str, QColor
             given = {str(k): v for k, v in raw.items()}
             break
         if isinstance(raw, list):
-            given = dict(zip(model_classes, raw, strict=False))  # a shorter colour list leaves the rest to PALETTE
+            given = dict(zip(model_classes, raw))  # noqa: B905 (Python 3.9 in QGIS 3.22; short lists are fine)
             break
     out = {}
     for i, name in enumerate(order):
@@ -153,12 +153,14 @@ def move_to_group(project: QgsProject, layer, group_name: str, rank: int) -> Non
     group.insertChildNode(0, clone)
     node.parent().removeChildNode(node)
     # keep the run's layers in RESULT_LAYERS order, whatever order Processing loads them in
-    children = group.children()
+    # (clones go in before the old nodes leave: a layer whose last node leaves the tree leaves the project)
+    children = list(group.children())
     ranked = sorted(children, key=_rank)
-    if [id(c) for c in ranked] != [id(c) for c in children]:
-        clones = [c.clone() for c in ranked]
-        group.removeAllChildren()
-        group.insertChildNodes(0, clones)
+    if [_rank(c) for c in ranked] != [_rank(c) for c in children]:
+        for c in ranked:
+            group.addChildNode(c.clone())
+        for c in children:
+            group.removeChildNode(c)
 
 
 def _rank(node) -> int:
