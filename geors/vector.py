@@ -1005,20 +1005,22 @@ class GeoPackageWriter:
         """
         exclude = exclude_run_id if exclude_run_id is not None else self.run_id
         host = socket.gethostname()
+        rows = self._con.execute(
+            'SELECT run_id, host, pid, started FROM "geors_runs" WHERE status = \'running\' AND run_id != ?',
+            (exclude,)).fetchall()
         marked = []
-        with self.transaction():
-            rows = self._con.execute(
-                'SELECT run_id, host, pid, started FROM "geors_runs" WHERE status = \'running\' AND run_id != ?',
-                (exclude,)).fetchall()
-            for run_id, run_host, pid, started in rows:
-                if pid is not None:
-                    if run_host != host:
-                        log.info("%s: run %s is 'running' on host %s; left as is", self.path, run_id, run_host)
-                        continue
-                    if int(pid) == os.getpid() or _process_alive(int(pid), started):
-                        continue
-                self._con.execute('UPDATE "geors_runs" SET status = \'interrupted\' WHERE run_id = ?', (run_id,))
-                marked.append(run_id)
+        for run_id, run_host, pid, started in rows:
+            if pid is not None:
+                if run_host != host:
+                    log.info("%s: run %s is 'running' on host %s; left as is", self.path, run_id, run_host)
+                    continue
+                if int(pid) == os.getpid() or _process_alive(int(pid), started):
+                    continue
+            marked.append(run_id)
+        if marked:  # a write transaction only when there is something to mark
+            with self.transaction():
+                self._con.executemany('UPDATE "geors_runs" SET status = \'interrupted\' WHERE run_id = ? '
+                                      "AND status = 'running'", [(r,) for r in marked])
         if marked:
             log.info("%s: marked %d abandoned run(s) interrupted: %s", self.path, len(marked), ", ".join(marked))
         return marked
