@@ -46,7 +46,7 @@ class ThresholdStage(SegmentStage):
     colours = [[0, 0, 0], [200, 0, 0], [0, 0, 255]]
     def default_tiling(self): return 640, 128
     def check_scene(self, scene): pass
-    def describe(self): return {"model": "threshold", "model_sha256": None, "classes": list(self.classes)}
+    def describe(self): return {"segmenter": "threshold", "segmenter_sha256": None}
     def __call__(self, scene, tiles, images):
         out = []
         for t, img in zip(tiles, images):
@@ -136,7 +136,7 @@ def speed(a: argparse.Namespace) -> None:
 
         sc = open_scene(a.image, allow_ungeoreferenced=True)
         tiles = []
-        for i in range(a.tiles):
+        for _ in range(a.tiles):
             r = int(rng.integers(max(sc.height - 640, 0) + 1))
             c = int(rng.integers(max(sc.width - 640, 0) + 1))
             tiles.append(sc.read_window(Window(c, r, 640, 640)).image)

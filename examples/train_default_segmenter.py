@@ -68,13 +68,13 @@ def write_box_labels(scene, labelset, path: Path) -> None:
 
 def prepare(work: Path) -> dict[str, list[tuple[Path, Path]]]:
     """Scenes and labels under ``work``: {"train": [(scene, labels)], "held_out": [...]}."""
+    import geopandas as gpd
     import pyogrio
     import rasterio
     import shapely
     from affine import Affine
     from pyproj import Transformer
 
-    import geopandas as gpd
     from geors.io.labels import read_labels
     from geors.raster import open_scene
 
@@ -116,7 +116,7 @@ def prepare(work: Path) -> dict[str, list[tuple[Path, Path]]]:
     return out
 
 
-def evaluate(model_path: str, held_out: list[tuple[Path, Path]], refine: bool, classes_from_model: bool = True
+def evaluate(model_path: str, held_out: list[tuple[Path, Path]], refine: bool, inference_stride: int | None = None
              ) -> dict:
     """Per-class IoU/F1 and s/MP of the model on the held-out scenes (tile grid of the model)."""
     from geors.evaluate.segmentation import confusion_matrix, segmentation_metrics
@@ -126,6 +126,8 @@ def evaluate(model_path: str, held_out: list[tuple[Path, Path]], refine: bool, c
     from geors.train.segmenter import open_label_source
 
     seg = Segmenter.load(model_path, device="cpu", refine=refine, batch_size=1)
+    if inference_stride:
+        seg.model.config.inference_stride = inference_stride
     k = len(seg.classes)
     cm = np.zeros((k, k + 1), np.int64)
     seconds, pixels = 0.0, 0
@@ -168,6 +170,8 @@ def main() -> None:
     ap.add_argument("--max-minutes", type=float, default=None)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--eval-only", default=None, help="Evaluate this model file only.")
+    ap.add_argument("--inference-stride", type=int, default=None,
+                    help="Evaluate with this window stride at inference (default: the model's).")
     args = ap.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     logging.getLogger("rasterio").setLevel(logging.ERROR)
@@ -196,7 +200,9 @@ def main() -> None:
               flush=True)
     report = {"model": model_path,
               "coarse_only": evaluate(model_path, data["held_out"], refine=False),
-              "c2fnet": evaluate(model_path, data["held_out"], refine=True)}
+              "c2fnet": evaluate(model_path, data["held_out"], refine=True, inference_stride=args.inference_stride)}
+    if args.inference_stride:
+        report["inference_stride"] = args.inference_stride
     print(json.dumps(report, indent=2, default=str), flush=True)
 
 

@@ -30,7 +30,8 @@ import torch
 from geors.errors import BandError, ConfigError, ModelError, OutputError
 from geors.results import TileResult
 
-__all__ = ["Segmenter", "SegmentStage", "ClassRasterWriter", "segment_scenes", "DEFAULT_SEGMENTER", "NO_CLASS"]
+__all__ = ["Segmenter", "SegmentStage", "ClassRasterWriter", "segment_scenes", "paint_class_raster",
+           "DEFAULT_SEGMENTER", "NO_CLASS"]
 
 log = logging.getLogger(__name__)
 
@@ -184,10 +185,12 @@ class SegmentStage:
 
         seg = self.segmenter
         path = seg.meta.get("path")
-        return {"segmenter": seg.name, "model": seg.name,
-                "model_sha256": file_sha256(path) if path else None,
-                "classes": seg.classes, "colours": seg.colours, "small_classes": seg.meta.get("small_classes"),
-                "refine": self.refine, "aggregation": seg.model.config.aggregation}
+        # "segmenter*" keys, not "model*": the pipeline flattens the describe() of stage groups
+        # (detect + segment) into one dict, where the detector owns "model", "model_sha256" and "classes"
+        return {"segmenter": seg.name, "segmenter_sha256": file_sha256(path) if path else None,
+                "segmenter_classes": list(seg.classes), "segmenter_colours": seg.colours,
+                "small_classes": seg.meta.get("small_classes"), "refine": self.refine,
+                "aggregation": seg.model.config.aggregation}
 
     def __call__(self, scene_or_batch, tiles: Sequence | None = None, images: Sequence | None = None
                  ) -> list[TileResult]:
@@ -260,6 +263,11 @@ class ClassRasterWriter:
         self._ds.write(block, 1, window=tile.core)
         self.pixels_written += block.size
 
+    def write_window(self, window, classes: np.ndarray) -> None:
+        """Write uint8 class ids for a scene pixel window."""
+        self._ds.write(np.asarray(classes, np.uint8), 1, window=window)
+        self.pixels_written += int(np.asarray(classes).size)
+
     def close(self) -> Path:
         """Finish the file and move it into place; returns the path."""
         if self._ds is not None:
@@ -287,7 +295,8 @@ class ClassRasterWriter:
         return False
 
 
-def _raster_paths(raster_out: str | os.PathLike | None, scenes: Sequence) -> dict[str, Path]:
+def raster_paths(raster_out: str | os.PathLike | None, scenes: Sequence) -> dict[str, Path]:
+    """Scene name -> class GeoTIFF path: ``raster_out`` for one scene, ``<stem>_<scene stem>.tif`` for several."""
     if raster_out is None:
         return {}
     base = Path(raster_out)
@@ -352,7 +361,7 @@ def segment_scenes(
     size, ovl = stage.default_tiling()
     size, ovl = tile_size or size, ovl if overlap is None else overlap
     classes = list(stage.classes)
-    rasters = _raster_paths(raster_out, opened)
+    rasters = raster_paths(raster_out, opened)
     for p in rasters.values():
         parent = p.parent if str(p.parent) else Path(".")
         if not parent.is_dir():
@@ -398,7 +407,7 @@ def segment_scenes(
                         r.class_raster = None
                         results[t.id] = r
                 ordered = [results[t.id] for t in batch]
-                writer.write_results(ordered, model=info.get("model", ""))
+                writer.write_results(ordered, model=info.get("segmenter", ""))
                 summary["features"] += sum(len(r.segmentation) for r in ordered)
                 progress.advance(len(batch), segments=summary["features"])
             # the dissolve across cores: only polygons along inner core edges take part
@@ -430,3 +439,59 @@ def segment_scenes(
             writer.close()
     summary["seconds"] = round(time.perf_counter() - t_start, 3)
     return summary
+
+
+def paint_class_raster(gpkg: str | os.PathLike, scene, out: str | os.PathLike, classes: Sequence[str],
+                       colours: Sequence[Sequence[int]] | None = None, layer: str = "segmentation",
+                       block: int = 1024) -> Path:
+    """Class GeoTIFF of ``scene`` painted from its polygons in a GeoPackage ``segmentation`` layer.
+
+    Window by window: each window reads only the polygons that intersect it
+    (spatial index) and rasterises them (pixel-centre rule; the polygons are
+    pixel-aligned in the scene CRS, so the result equals the class raster the
+    tiles' cores produced). A layer in another CRS is reprojected on the fly.
+    Written through :class:`ClassRasterWriter` (temporary file, renamed at the end).
+
+    Args:
+        gpkg: GeoPackage written by the pipeline.
+        scene: the :class:`geors.raster.Scene` (grid, CRS, name).
+        out: GeoTIFF to write.
+        classes: class names, id order (the segmenter's).
+        colours: RGB per class.
+        layer: the segmentation layer.
+        block: window side in pixels.
+
+    Returns:
+        The written path.
+    """
+    import pyogrio
+    from rasterio.features import rasterize
+    from rasterio.windows import Window
+    from rasterio.windows import transform as window_transform
+
+    from geors.label import _bbox_in, _same_crs
+    from geors.tiling import window_bounds
+
+    index = {str(n): i for i, n in enumerate(classes)}
+    where = "scene = '" + scene.name.replace("'", "''") + "'"
+    layer_crs = pyogrio.read_info(gpkg, layer=layer).get("crs")
+    writer = ClassRasterWriter(out, scene, classes, colours)
+    try:
+        for r0 in range(0, scene.height, block):
+            for c0 in range(0, scene.width, block):
+                win = Window(c0, r0, min(block, scene.width - c0), min(block, scene.height - r0))
+                shape = (int(win.height), int(win.width))
+                bounds = window_bounds(win, scene.transform)
+                df = pyogrio.read_dataframe(gpkg, layer=layer, where=where,
+                                            bbox=_bbox_in(bounds, scene.crs, layer_crs), columns=["class"])
+                if len(df) and layer_crs and not _same_crs(layer_crs, scene.crs):
+                    df = df.to_crs(scene.crs.to_wkt())
+                pairs = [(g, index[c]) for g, c in zip(df.geometry.to_numpy(), df["class"].astype(str), strict=True)
+                         if c in index and g is not None]
+                arr = (rasterize(pairs, out_shape=shape, transform=window_transform(win, scene.transform),
+                                 fill=NO_CLASS, dtype="uint8") if pairs else np.full(shape, NO_CLASS, np.uint8))
+                writer.write_window(win, arr)
+        return writer.close()
+    except BaseException:
+        writer.abort()
+        raise

@@ -23,6 +23,7 @@ from geors.models.c2fnet import (
     window_counts,
 )
 
+
 @pytest.fixture(autouse=True)
 def _one_thread():
     # 2 shared cores: several torch threads per test spin against each other (10x slower steps)
@@ -146,7 +147,7 @@ def test_stage_class_raster_and_raster_writer(data, tiny_model):
     stage = SegmentStage(str(tiny_model), device="cpu")
     stage.check_scene(sc)
     info = stage.describe()
-    assert info["classes"] == CLASSES and len(info["model_sha256"]) == 64
+    assert info["segmenter_classes"] == CLASSES and len(info["segmenter_sha256"]) == 64
     assert stage.default_tiling() == (96, 32)
     grid = TileGrid(sc, 96, 32)
     tiles = list(grid)
@@ -340,6 +341,26 @@ def test_segment_cli_and_eval(data, tiny_model):
     assert r.exit_code == 0, r.output
     df = pyogrio.read_dataframe(out, layer="segmentation")
     assert len(df) > 0 and set(df["class"]) <= set(CLASSES) and (df["area_m2"] > 0).all()
+    # through the pipeline: the painted raster equals the tiles' core class rasters, and the layer has
+    # exactly one feature per connected class region of it (dissolved across cores) with its area
+    from rasterio.features import shapes
+
+    from geors.raster import open_scene
+    from geors.segment import ClassRasterWriter, SegmentStage
+    from geors.tiling import TileGrid
+
+    sc = open_scene(data["scene"])
+    stage = SegmentStage(str(tiny_model), device="cpu")
+    tiles = list(TileGrid(sc, 96, 32))
+    ref = data["dir"] / "ref.tif"
+    with ClassRasterWriter(ref, sc, CLASSES) as w:
+        for t, r in zip(tiles, stage(sc, tiles, [sc.read_tile(t) for t in tiles]), strict=True):
+            w.write(t, r.class_raster)
+    with rasterio.open(ras) as a, rasterio.open(ref) as b:
+        got = a.read(1)
+        np.testing.assert_array_equal(got, b.read(1))
+    regions = sorted(shapely.geometry.shape(g).area * 0.25 for g, v in shapes(got, mask=got != 255, connectivity=4))
+    np.testing.assert_allclose(sorted(df.geometry.area), regions, rtol=1e-9)
     # raster vs itself: perfect; vs the truth raster: per-class figures in JSON
     r = CliRunner().invoke(main, ["eval", "segmentation", str(ras), str(ras)])
     assert r.exit_code == 0, r.output

@@ -12,7 +12,14 @@ import time
 
 import click
 
-from geors.cli.options import bands_option, handle_errors, parse_bands, progress_option
+from geors.cli.options import (
+    bands_option,
+    build_config,
+    handle_errors,
+    parse_bands,
+    pipeline_options,
+    run_pipeline_command,
+)
 
 
 def _names(value: str | None) -> list[str]:
@@ -20,35 +27,62 @@ def _names(value: str | None) -> list[str]:
 
 
 @click.command("segment")
-@click.argument("scenes", nargs=-1, required=True, type=click.Path(dir_okay=False))
-@click.option("-o", "--output", required=True, type=click.Path(dir_okay=False), help="GeoPackage to write or append to.")
+@click.argument("scenes", nargs=-1, required=True)
+@click.option("-o", "--output", required=True, type=click.Path(),
+              help="GeoPackage to create or append to (a folder with --per-scene).")
 @click.option("--segmenter", default=None, help="Segmenter name or model file (default: the built-in segmenter).")
 @click.option("--raster-out", type=click.Path(dir_okay=False), default=None,
-              help="Also write a class GeoTIFF (tiled, DEFLATE, colour table); with several scenes "
-                   "<stem>_<scene>.tif beside it.")
-@click.option("--tile", "tile_size", type=int, default=None, help="Tile size D, pixels (default: the segmenter's).")
-@click.option("--overlap", type=int, default=None, help="Overlap d, pixels (default: the segmenter's).")
-@click.option("--coarse-only", is_flag=True, help="Skip the fine stage (coarse network only).")
-@click.option("--batch-size", type=int, default=4, show_default=True, help="Tiles per forward pass.")
-@click.option("--device", default="auto", show_default=True, help="auto, cpu or cuda.")
-@bands_option
-@progress_option
+              help="Also write a class GeoTIFF (tiled, DEFLATE, colour table, class names); with several "
+                   "scenes <stem>_<scene>.tif beside it.")
+@pipeline_options
 @handle_errors
-def command(scenes, output, segmenter, raster_out, tile_size, overlap, coarse_only, batch_size, device, bands,
-            progress):
+def command(scenes, output, segmenter, raster_out, progress, **params):
     """C2FNet semantic segmentation of SCENES into the `segmentation` layer of OUTPUT.
 
     One feature per connected class region; regions cut by tile cores are
-    dissolved across core boundaries. Prints a JSON summary.
+    dissolved across core boundaries. SCENES: raster files, folders, quoted
+    globs, VRT mosaics or @list.txt files.
     """
-    from geors.progress import make_progress
-    from geors.segment import segment_scenes
+    from pathlib import Path
 
-    summary = segment_scenes(scenes, output, segmenter=segmenter, raster_out=raster_out, tile_size=tile_size,
-                             overlap=overlap, bands=parse_bands(bands), device=device, batch_size=batch_size,
-                             refine=not coarse_only, progress=make_progress(progress))
-    if progress != "jsonl":
-        click.echo(json.dumps(summary, indent=2))
+    import geors.pipeline as pipeline
+    from geors.config import PipelineConfig, SegmentConfig
+    from geors.errors import OutputError
+    from geors.progress import make_progress
+
+    if raster_out:
+        parent = Path(raster_out).parent
+        if str(parent) and not parent.is_dir():
+            raise OutputError(f"{raster_out}: the output directory {parent} does not exist; create it first.")
+    base = PipelineConfig(detect=None, segment=SegmentConfig(segmenter=segmenter, raster_out=raster_out))
+    config = build_config(base, dict(params, progress=progress))
+    summary = run_pipeline_command(
+        lambda cancel: pipeline.run(list(scenes), output, config, progress=make_progress(progress), cancel=cancel,
+                                    command="segment"), output, progress)
+    if raster_out:
+        from geors.segment import SegmentStage, paint_class_raster, raster_paths
+
+        stage = SegmentStage(config.segment, device=config.execution.device)
+        inputs, _ = pipeline.expand_inputs(list(scenes))
+        opened = [s for s in (_open(i, config) for i in inputs) if s is not None]
+        for sc, path in raster_paths(raster_out, opened).items():
+            gpkg = Path(output) / f"{Path(sc.name).stem}.gpkg" if config.output.per_scene else Path(output)
+            scene = next(s for s in opened if s.name == sc)
+            paint_class_raster(gpkg, scene, path, stage.classes, stage.colours)
+            click.echo(json.dumps({"raster_out": str(path), "scene": sc}), err=True)
+    return summary
+
+
+def _open(item, config):
+    from geors.errors import GeorsError
+    from geors.raster import Scene, open_scene
+
+    if isinstance(item, Scene):
+        return item
+    try:
+        return open_scene(item, bands=config.tiling.bands)
+    except GeorsError:
+        return None  # the pipeline already reported (or refused) it
 
 
 @click.command("segmenter")
@@ -73,6 +107,8 @@ def command(scenes, output, segmenter, raster_out, tile_size, overlap, coarse_on
 @click.option("--lr", type=float, default=3e-3, show_default=True)
 @click.option("--window", type=int, default=128, show_default=True, help="k: refinement window, pixels.")
 @click.option("--window-stride", type=int, default=32, show_default=True, help="s: window stride, pixels.")
+@click.option("--inference-stride", type=int, default=None,
+              help="Window stride at inference (default: the window, i.e. non-overlapping windows).")
 @click.option("--top-n", type=int, default=32, show_default=True, help="n: windows refined per tile.")
 @click.option("--zoom", type=click.Choice(["1", "2"]), default="1", show_default=True, help="Fine-stage zoom-in.")
 @click.option("--aggregation", type=click.Choice(["paper", "reference"]), default="paper", show_default=True)
@@ -86,7 +122,7 @@ def command(scenes, output, segmenter, raster_out, tile_size, overlap, coarse_on
 @bands_option
 @handle_errors
 def train_command(scenes, labels, class_field, classes, small_classes, background, output, variant, coarse_steps,
-                  fine_steps, batch_size, crop, lr, window, window_stride, top_n, zoom, aggregation, tile_size, overlap,
+                  fine_steps, batch_size, crop, lr, window, window_stride, inference_stride, top_n, zoom, aggregation, tile_size, overlap,
                   max_minutes, device, seed, allow_ungeoreferenced, bands):
     """Train a C2FNet segmenter: coarse network first, then (frozen) the fine network on small-object windows."""
     from pathlib import Path
@@ -114,7 +150,8 @@ def train_command(scenes, labels, class_field, classes, small_classes, backgroun
                           f"check the spelling (class names of {labels[0]}).")
     cfg = SegTrainConfig(coarse_steps=coarse_steps, fine_steps=fine_steps, batch_size=batch_size, crop_size=crop,
                          lr=lr, device=device, seed=seed, max_seconds=max_minutes * 60 if max_minutes else None,
-                         arch={"variant": variant, "window": window, "window_stride": window_stride, "top_n": top_n,
+                         arch={"variant": variant, "window": window, "window_stride": window_stride,
+                               "inference_stride": inference_stride, "top_n": top_n,
                                "zoom": int(zoom), "aggregation": aggregation})
     t0 = time.perf_counter()
 

@@ -106,7 +106,6 @@ def evaluate_segmentation_files(
         JSON-ready dict: ``classes`` (per class IoU, F1, precision, recall, pixel counts), ``miou``,
         ``pixel_accuracy``, ``pixels``, ``pred``, ``truth``.
     """
-    import rasterio
     from rasterio.windows import Window
 
     from geors.raster import open_scene

@@ -17,7 +17,12 @@ The method:
    a ``k x k`` window slides with stride ``s`` over the coarse class map; its
    statistic is the number of pixels predicted as a small-object class; the
    top-``n`` windows (with at least ``min_pixels`` such pixels) are refined.
-   Paper defaults: k = 128, s = 32, n = 32.
+   Paper defaults: k = 128, s = 32 (stated for training), n = 32. At
+   inference geors slides the window with ``inference_stride`` (default k:
+   non-overlapping windows, the reference code's inference grid) and keeps the
+   paper's top-n cap: with s = 32 the top 32 windows of a 640 px tile are
+   mostly shifted copies around the same few objects, which costs ~1.3 tile
+   areas of fine-net work for no extra coverage (measured in docs/segmenter.md).
 3. A *fine* binary network (:class:`FineSegNet`) segments "small object vs
    rest" in each selected window, optionally zoomed in x2 (small gains at 2x
    cost in the paper).
@@ -99,7 +104,8 @@ class C2FNetConfig:
         head_stride: stride of the coarse logits (4 or 2) before upsampling.
         fine_width: channels of the fine network's first stage.
         window: k, side of the refinement windows (paper 128).
-        window_stride: s, stride of the sliding window (paper 32).
+        window_stride: s, stride of the sliding window in training (paper 32).
+        inference_stride: stride at inference; None = ``window`` (non-overlapping).
         top_n: n, windows refined per tile (paper 32).
         min_pixels: a window needs at least this many small-class pixels.
         zoom: 1, or 2 for the optional x2 zoom-in of the fine stage.
@@ -119,6 +125,7 @@ class C2FNetConfig:
     fine_width: int = 16
     window: int = 128
     window_stride: int = 32
+    inference_stride: int | None = None
     top_n: int = 32
     min_pixels: int = 1
     zoom: int = 1
@@ -396,7 +403,7 @@ class C2FNet(nn.Module):
         small = is_small[coarse_logits.argmax(1)]
         if cfg.aggregation == "reference":
             return select_windows(small, cfg.window, cfg.window, None, 1)
-        return select_windows(small, cfg.window, cfg.window_stride, cfg.top_n, cfg.min_pixels)
+        return select_windows(small, cfg.window, cfg.inference_stride or cfg.window, cfg.top_n, cfg.min_pixels)
 
     def forward(self, x: Tensor, refine: bool = True) -> Tensor:
         """Class probabilities ``(B, K, H, W)``; ``refine=False`` gives the coarse-only softmax."""
