@@ -481,20 +481,24 @@ class GeoPackageWriter:
         self._transformers: dict[tuple[str, str], Transformer | None] = {}
         self._check_destination()
         with _creation_lock(self.path):
-            self._remove_stale_temp_files()
-            self._recover_hot_journal()
-            if self._needs_creation():
-                self._existing: dict[str, dict] = {}
-                self._create_new_file()
-            else:
-                self._complete_gpkg_header()
-                self._existing = self._inspect_existing()
-                self._create_missing_layers(self.path)
-                self._open()
-                self._add_missing_columns()
-            if self._con is None:
-                self._open()
-            self._read_layer_crs()
+            try:
+                self._remove_stale_temp_files()
+                self._recover_hot_journal()
+                if self._needs_creation():
+                    self._existing: dict[str, dict] = {}
+                    self._create_new_file()
+                else:
+                    self._complete_gpkg_header()
+                    self._existing = self._inspect_existing()
+                    self._create_missing_layers(self.path)
+                    self._open()
+                    self._add_missing_columns()
+                if self._con is None:
+                    self._open()
+                self._read_layer_crs()
+            except BaseException:
+                self.close()
+                raise
 
     # -- checks -----------------------------------------------------------------
     def _check_destination(self) -> None:
@@ -519,7 +523,7 @@ class GeoPackageWriter:
     def _remove_stale_temp_files(self) -> None:
         # Only a creator holding the lock makes temporary files, and we hold it: any left are from a killed run.
         prefix = _temp_prefix(self.path)
-        for p in self.path.parent.glob(prefix + "*"):
+        for p in [p for p in self.path.parent.iterdir() if p.name.startswith(prefix)]:
             log.info("%s: removing %s left by an interrupted creation", self.path, p.name)
             with contextlib.suppress(OSError):
                 p.unlink()
