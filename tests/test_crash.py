@@ -7,8 +7,9 @@ recovery in the check does not stand in for geors'), runs the same command with
 ``--resume`` and compares the result feature by feature with a clean run:
 geometry WKB, class, score, the instance -> detection links, the ledger.
 
-The default suite runs one SIGKILL inside a commit and one SIGTERM between
-batches; every point and signal, and kills at random moments, are ``slow``
+The default suite runs one chain (SIGTERM between batches, SIGKILL inside a
+commit of the resumed run, resume); every point and signal, and kills at random
+moments, are ``slow``
 (``pytest -m slow tests/test_crash.py -s`` prints the counts).
 """
 
@@ -154,11 +155,14 @@ def crash_setup(tmp_path_factory):
 
 
 def _kill_and_resume(scene: Path, snap: dict, out: Path, fault: str | None, sig: str, tally: Tally,
-                     kill_after: float | None = None, max_resumes: int = 1) -> None:
-    """One kill (at a kill point or after a delay), then --resume; counts into ``tally``."""
+                     kill_after: float | None = None, max_resumes: int = 1, first: tuple[str, ...] = ()) -> None:
+    """One kill (at a kill point or after a delay), then --resume; counts into ``tally``.
+
+    ``first`` are extra options of the killed run (``--resume`` when it continues an earlier one).
+    """
     tally.kills_tried += 1
     label = f"{fault or f'after {kill_after:.1f}s'} {sig}"
-    r = _run(_command(scene, out), fault=fault, sig=sig, kill_after=kill_after)
+    r = _run(_command(scene, out, *first), fault=fault, sig=sig, kill_after=kill_after)
     killed_by_signal = r.returncode < 0 or r.returncode in (130, 143)
     left = _healthy_copy(out, out.parent / "copy")
     if left is not None:
@@ -207,29 +211,21 @@ def _report(tally: Tally) -> None:
     assert tally.kills_survived == tally.kills_tried and tally.files_corrupted == 0
 
 
-# ---------------------------------------------------------------- default (quick) cases
-def test_sigkill_inside_a_commit_resumes_to_the_clean_result(crash_setup, tmp_path):
-    scene, snap = crash_setup
-    tally = Tally()
-    # commit:1 is start_run's, commit:2 the first batch's: die inside the second batch's transaction
-    _kill_and_resume(scene, snap, tmp_path / "o.gpkg", "commit:3", "SIGKILL", tally)
-    _report(tally)
-    assert _run_statuses(tmp_path / "o.gpkg") == ["interrupted", "finished"]
-
-
-def test_sigterm_between_batches_cancels_then_resumes(crash_setup, tmp_path):
+# ---------------------------------------------------------------- default (quick) case
+def test_sigterm_then_sigkill_inside_a_commit_then_resume_gives_the_clean_result(crash_setup, tmp_path):
+    """SIGTERM between batches (cancelled, message), SIGKILL inside a commit of the resumed run, resume again."""
     scene, snap = crash_setup
     out = tmp_path / "o.gpkg"
     r = _run(_command(scene, out), fault="batch:1", sig="SIGTERM")
     assert r.returncode == 130, r.stderr[-2000:]
     assert "--resume" in r.stderr and "tiles are saved" in r.stderr
-    assert _run_statuses(out) == ["cancelled"]
-    assert _healthy(out)
-    assert len(_snapshot(out)["ledger"]) < TILES
-    resumed = _run(_command(scene, out, "--resume"))
-    assert resumed.returncode == 0, resumed.stderr[-2000:]
-    assert _snapshot(out) == snap
-    assert _run_statuses(out) == ["cancelled", "finished"]
+    assert _run_statuses(out) == ["cancelled"] and _healthy(out)
+    assert 0 < len(_snapshot(out)["ledger"]) < TILES
+    # commit:1 is start_run's, commit:2 the next batch's: die inside that batch's transaction
+    tally = Tally()
+    _kill_and_resume(scene, snap, out, "commit:2", "SIGKILL", tally, first=("--resume",))
+    _report(tally)
+    assert _run_statuses(out) == ["cancelled", "interrupted", "finished"]
 
 
 # ---------------------------------------------------------------- every point and signal (slow)
