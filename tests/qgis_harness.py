@@ -61,13 +61,15 @@ class LogFeedback(QgsProcessingFeedback):
         self.log.append("command: " + t)
 
 
-def start():
+def start(register: bool = True):
     profile = tempfile.mkdtemp(prefix="geors-qgis-profile-")
     app = QgsApplication([], False, profile)
     app.initQgis()
     from processing.core.Processing import Processing
 
     Processing.initialize()
+    if not register:
+        return app, None
     from geors_qgis.provider import GeorsProvider
 
     provider = GeorsProvider()
@@ -141,6 +143,22 @@ def case_missing(scene: str, out: str) -> dict:
     return {"check": check, "detect_message": message}
 
 
+def case_boxes(scene: str, boxes_gpkg: str, out_dir: str) -> dict:
+    """Masks from boxes and Label raster from boxes, with a box layer from a GeoPackage (layer name passed on)."""
+    import processing
+    from qgis.core import QgsRasterLayer
+
+    boxes = QgsVectorLayer(f"{boxes_gpkg}|layername=detections", "boxes", "ogr")
+    QgsProject.instance().addMapLayer(boxes)
+    masks = processing.run("geors:masks", {"SCENE": scene, "BOXES": boxes.id(), "SAM": "box",
+                                           "OUTPUT": f"{out_dir}/masks.gpkg"}, feedback=LogFeedback())
+    label = processing.run("geors:label", {"SCENE": scene, "BOXES": boxes.id(), "SAM": "box",
+                                           "OUTPUT": f"{out_dir}/labels.tif"}, feedback=LogFeedback())
+    lab = QgsRasterLayer(label["OUTPUT"], "labels")
+    return {"instances": layer_facts(masks["INSTANCES"]), "boxes": boxes.featureCount(),
+            "label_valid": lab.isValid(), "label_crs": lab.crs().authid(), "label_size": [lab.width(), lab.height()]}
+
+
 def case_check() -> dict:
     import processing
 
@@ -175,9 +193,29 @@ def case_wms(out: str) -> dict:
     return {"message": None}
 
 
+def case_zip(zip_path: str) -> dict:
+    """Install the built archive the way "Install from ZIP" does (unpack into a plugins folder) and start it."""
+    import zipfile
+
+    plugins = Path(tempfile.mkdtemp(prefix="geors-qgis-plugins-"))
+    with zipfile.ZipFile(zip_path) as zf:
+        zf.extractall(plugins)
+    for name in [m for m in sys.modules if m == "geors_qgis" or m.startswith("geors_qgis.")]:
+        del sys.modules[name]
+    sys.path.insert(0, str(plugins))
+    import geors_qgis
+
+    plugin = geors_qgis.classFactory(None)
+    plugin.initProcessing()
+    provider = QgsApplication.processingRegistry().providerById("geors")
+    return {"module": geors_qgis.__file__, "algorithms": sorted(a.id() for a in provider.algorithms())}
+
+
 if __name__ == "__main__":
     case, args = sys.argv[1], sys.argv[2:]
-    app, provider = start()
+    if case == "zip":
+        sys.path.remove(str(REPO / "qgis_plugin"))
+    app, provider = start(register=case != "zip")
     try:
         if case == "list":
             result = case_list(provider)

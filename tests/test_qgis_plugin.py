@@ -165,6 +165,15 @@ def test_cancel_leaves_resumable_geopackage(qgis, scene_and_reference, tmp_path)
 
 
 @pytest.mark.qgis
+def test_masks_and_label_from_box_layer(qgis, scene_and_reference, tmp_path):
+    scene, ref = scene_and_reference
+    res = harness("boxes", str(scene), str(ref), str(tmp_path))
+    inst = res["instances"]
+    assert inst["valid"] and inst["crs"] == "EPSG:32617" and inst["count"] == res["boxes"] > 0
+    assert res["label_valid"] and res["label_crs"] == "EPSG:32617" and res["label_size"] == [768, 512]
+
+
+@pytest.mark.qgis
 def test_results_loaded_styled_and_grouped(qgis, tmp_path):
     scene = crowns_scene(tmp_path / "small.tif", 384, 256)
     res = harness("load", str(scene), str(tmp_path / "run.gpkg"))
@@ -205,7 +214,33 @@ def test_check_installation_reports_environment(qgis):
         assert "models download sam-vit_b" in report
 
 
+@pytest.mark.qgis
+def test_plugin_zip_installs_and_starts(qgis, tmp_path):
+    r = subprocess.run([sys.executable, str(REPO / "qgis_plugin" / "build_zip.py"), "--out", str(tmp_path)],
+                       capture_output=True, text=True, check=True)
+    res = harness("zip", r.stdout.strip())
+    assert "geors-qgis-plugins-" in res["module"]  # the unpacked archive, not qgis_plugin/ of the checkout
+    assert {"geors:run", "geors:detect", "geors:check_installation"} <= set(res["algorithms"])
+
+
 # --- without QGIS ----------------------------------------------------------------------------------------
+
+
+def test_build_zip_layout(tmp_path):
+    import configparser
+    import zipfile
+
+    r = subprocess.run([sys.executable, str(REPO / "qgis_plugin" / "build_zip.py"), "--out", str(tmp_path)],
+                       capture_output=True, text=True, check=True)
+    path = Path(r.stdout.strip())
+    assert path.name.startswith("geors_qgis-") and path.suffix == ".zip"
+    with zipfile.ZipFile(path) as zf:
+        names = zf.namelist()
+        meta = configparser.ConfigParser()
+        meta.read_string(zf.read("geors_qgis/metadata.txt").decode())
+    assert {"geors_qgis/__init__.py", "geors_qgis/metadata.txt", "geors_qgis/icon.png"} <= set(names)
+    assert all(n.startswith("geors_qgis/") and not n.endswith((".pyc", ".so", ".pyd")) for n in names)
+    assert meta["general"]["qgisMinimumVersion"] == "3.22" and path.name == f"geors_qgis-{meta['general']['version']}.zip"
 
 
 def test_models_info_json_has_model_defaults():
