@@ -30,7 +30,7 @@ import torch
 from geors.errors import BandError, ConfigError, ModelError, OutputError
 from geors.results import TileResult
 
-__all__ = ["Segmenter", "SegmentStage", "ClassRasterWriter", "segment_scenes", "paint_class_raster",
+__all__ = ["Segmenter", "SegmentStage", "ClassRasterWriter", "segment_scenes", "paint_class_raster", "paint_run_rasters",
            "DEFAULT_SEGMENTER", "NO_CLASS"]
 
 log = logging.getLogger(__name__)
@@ -495,3 +495,40 @@ def paint_class_raster(gpkg: str | os.PathLike, scene, out: str | os.PathLike, c
     except BaseException:
         writer.abort()
         raise
+
+
+def paint_run_rasters(scenes: Sequence, output: str | os.PathLike, config) -> dict[str, Path]:
+    """After a pipeline run with ``config.segment.raster_out``: paint each scene's class GeoTIFF from OUTPUT.
+
+    What ``geors segment --raster-out`` (and ``geors run --segmenter S --raster-out R``) call once
+    :func:`geors.pipeline.run` has finished (the dissolve included): window by window, see
+    :func:`paint_class_raster`. Scenes that cannot be opened are skipped (the run reported them).
+
+    Args:
+        scenes: what was passed to :func:`geors.pipeline.run` (paths, folders, globs, lists, scenes).
+        output: the run's GeoPackage (a folder with ``config.output.per_scene``).
+        config: the run's :class:`geors.config.PipelineConfig`.
+
+    Returns:
+        Scene name -> written GeoTIFF.
+    """
+    from geors.errors import GeorsError
+    from geors.pipeline import expand_inputs
+    from geors.raster import Scene, open_scene
+
+    if config.segment is None or not config.segment.raster_out:
+        return {}
+    stage = SegmentStage(config.segment, device=config.execution.device)
+    items, _ = expand_inputs(list(scenes))
+    opened = []
+    for item in items:
+        try:
+            opened.append(item if isinstance(item, Scene) else open_scene(item, bands=config.tiling.bands))
+        except GeorsError:
+            continue
+    written = {}
+    for sc in opened:
+        path = raster_paths(config.segment.raster_out, opened)[sc.name]
+        gpkg = Path(output) / f"{Path(sc.name).stem}.gpkg" if config.output.per_scene else Path(output)
+        written[sc.name] = paint_class_raster(gpkg, sc, path, stage.classes, stage.colours)
+    return written

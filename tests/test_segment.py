@@ -384,3 +384,35 @@ def test_confusion_and_metrics():
     assert m["classes"]["a"]["iou"] == pytest.approx(0.5) and m["classes"]["b"]["iou"] == pytest.approx(2 / 3)
     assert m["classes"]["c"]["iou"] == 0.0 and m["classes"]["c"]["recall"] == 0.0
     assert m["pixels"] == 5
+
+
+DOTA = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "dota-P1888"
+
+
+@pytest.mark.skipif(not (DOTA / "P1888.txt").exists(), reason="DOTA P1888 sample (../shared) not available")
+def test_dota_vehicle_polygons_become_small_object_labels(tmp_path):
+    """Real small objects: DOTA quadrilaterals (pixel coordinates) as polygons in a projected CRS."""
+    import geopandas as gpd
+    import pyogrio
+
+    from geors.train.segmenter import load_training_tiles
+
+    lines = (DOTA / "P1888.txt").read_text().splitlines()
+    gsd = float(lines[1].split(":")[1])
+    with rasterio.open(DOTA / "P1888.png") as src:
+        rgb = src.read()
+    t = Affine(gsd, 0, 500000.0, 0, -gsd, 3300000.0)
+    scene = tmp_path / "p1888.tif"
+    with rasterio.open(scene, "w", driver="GTiff", width=rgb.shape[2], height=rgb.shape[1], count=3, dtype="uint8",
+                       crs="EPSG:32617", transform=t) as dst:
+        dst.write(rgb)
+    rows = [ln.split() for ln in lines[2:] if len(ln.split()) >= 9]
+    polys = [shapely.Polygon([t * (float(r[i]), float(r[i + 1])) for i in range(0, 8, 2)]) for r in rows]
+    vec = tmp_path / "vehicles.gpkg"
+    pyogrio.write_dataframe(gpd.GeoDataFrame({"class": [r[8] for r in rows]}, geometry=polys, crs="EPSG:32617"), vec)
+    tiles, names, info = load_training_tiles([(scene, vec)], background="background", tile=256)
+    assert names == ["background", "large-vehicle", "small-vehicle"]
+    px = info["label_pixels"]
+    want = sum(p.area for p, r in zip(polys, rows, strict=True) if r[8] == "large-vehicle") / gsd ** 2
+    assert px["large-vehicle"] == pytest.approx(want, rel=0.1)
+    assert 0 < px["small-vehicle"] < px["large-vehicle"]

@@ -60,29 +60,11 @@ def command(scenes, output, segmenter, raster_out, progress, **params):
         lambda cancel: pipeline.run(list(scenes), output, config, progress=make_progress(progress), cancel=cancel,
                                     command="segment"), output, progress)
     if raster_out:
-        from geors.segment import SegmentStage, paint_class_raster, raster_paths
+        from geors.segment import paint_run_rasters
 
-        stage = SegmentStage(config.segment, device=config.execution.device)
-        inputs, _ = pipeline.expand_inputs(list(scenes))
-        opened = [s for s in (_open(i, config) for i in inputs) if s is not None]
-        for sc, path in raster_paths(raster_out, opened).items():
-            gpkg = Path(output) / f"{Path(sc.name).stem}.gpkg" if config.output.per_scene else Path(output)
-            scene = next(s for s in opened if s.name == sc)
-            paint_class_raster(gpkg, scene, path, stage.classes, stage.colours)
-            click.echo(json.dumps({"raster_out": str(path), "scene": sc}), err=True)
+        for scene, path in paint_run_rasters(list(scenes), output, config).items():
+            click.echo(json.dumps({"raster_out": str(path), "scene": scene}), err=True)
     return summary
-
-
-def _open(item, config):
-    from geors.errors import GeorsError
-    from geors.raster import Scene, open_scene
-
-    if isinstance(item, Scene):
-        return item
-    try:
-        return open_scene(item, bands=config.tiling.bands)
-    except GeorsError:
-        return None  # the pipeline already reported (or refused) it
 
 
 @click.command("segmenter")
