@@ -159,6 +159,17 @@ def case_boxes(scene: str, boxes_gpkg: str, out_dir: str) -> dict:
             "label_valid": lab.isValid(), "label_crs": lab.crs().authid(), "label_size": [lab.width(), lab.height()]}
 
 
+def case_scene(scene: str, out: str) -> dict:
+    """Scene info and Tile grid."""
+    import processing
+
+    info = processing.run("geors:info", {"SCENE": scene, "TILE": 256, "OVERLAP": 64}, feedback=LogFeedback())
+    tiles = processing.run("geors:tiles", {"SCENE": scene, "TILE": 256, "OVERLAP": 64, "OUTPUT": out},
+                           feedback=LogFeedback())
+    return {"info": json.loads(info["INFO"]), "tiles": layer_facts(tiles["TILES"]),
+            "cores": layer_facts(tiles["TILE_CORES"])}
+
+
 def case_check() -> dict:
     import processing
 

@@ -48,7 +48,8 @@ def _qgis_missing() -> str | None:
     except (OSError, subprocess.TimeoutExpired) as exc:
         return f"{QGIS_PYTHON} does not run ({exc})"
     if r.returncode != 0:
-        return f"{QGIS_PYTHON} cannot import qgis (apt-get install qgis python3-qgis): {r.stderr.strip()[-200:]}"
+        last = (r.stderr.strip().splitlines() or [""])[-1]
+        return f"{QGIS_PYTHON} cannot import qgis (apt-get install qgis python3-qgis): {last}"
     return None
 
 
@@ -121,6 +122,13 @@ def test_provider_lists_algorithms(qgis):
     help_text = subprocess.run([sys.executable, "-c", GEORS_MAIN, "--help"],
                                capture_output=True, text=True).stdout
     assert ("geors:segment" in algs) == ("\n  segment " in help_text)
+    if "geors:segment" in algs:  # its parameters come from `geors segment --help`, one per option
+        from geors_qgis.environment import parse_help_options
+
+        seg_help = subprocess.run([sys.executable, "-c", GEORS_MAIN, "segment", "--help"], capture_output=True,
+                                  text=True).stdout
+        names = {o["flag"].lstrip("-").replace("-", "_").upper() for o in parse_help_options(seg_help)}
+        assert names | {"SCENES"} == set(res["parameters"]["geors:segment"])
     assert res["provider"].startswith("geors (") and "not found" not in res["provider"]
     # one parameter per CLI option, defaults from the model metadata
     assert {"SCORE_THRESHOLD", "NO_GATE", "GATE_THRESHOLD", "RESUME", "SAM"} <= set(res["parameters"]["geors:run"])
@@ -171,6 +179,15 @@ def test_masks_and_label_from_box_layer(qgis, scene_and_reference, tmp_path):
     inst = res["instances"]
     assert inst["valid"] and inst["crs"] == "EPSG:32617" and inst["count"] == res["boxes"] > 0
     assert res["label_valid"] and res["label_crs"] == "EPSG:32617" and res["label_size"] == [768, 512]
+
+
+@pytest.mark.qgis
+def test_scene_info_and_tile_grid(qgis, tmp_path):
+    scene = crowns_scene(tmp_path / "s.tif", 768, 512)
+    res = harness("scene", str(scene), str(tmp_path / "tiles.gpkg"))
+    assert res["info"]["width"] == 768 and res["info"]["height"] == 512
+    assert res["tiles"]["crs"] == res["cores"]["crs"] == "EPSG:32617"
+    assert res["tiles"]["count"] == res["cores"]["count"] == 12  # 4 x 3 tiles of 256 px, stride 192
 
 
 @pytest.mark.qgis
