@@ -168,8 +168,8 @@ def _kill_and_resume(scene: Path, snap: dict, out: Path, fault: str | None, sig:
     if left is not None:
         tally.files_checked += 1
         tally.files_corrupted += not left
-    if r.returncode == 0 and kill_after is not None:
-        pass  # the run finished before the kill: the resume below must change nothing
+    if r.returncode == 0:
+        pass  # finished before the kill, or a SIGTERM/SIGINT after the last batch: the resume must change nothing
     elif not killed_by_signal:
         tally.failures.append(f"{label}: exit {r.returncode}: {r.stderr[-1500:]}")
         return
