@@ -61,6 +61,7 @@ __all__ = [
     "LayerSchema",
     "GeoPackageWriter",
     "gpkg_blob",
+    "gpkg_geometry",
     "areas_m2",
     "pixel_box_to_polygon",
     "new_run_id",
@@ -92,7 +93,7 @@ LAYERS: dict[str, LayerSchema] = {
         ("scene", "str"), ("run_id", "str"))),
     "segmentation": LayerSchema("MultiPolygon", (
         ("class", "str"), ("class_id", "int"), ("area_m2", "float"), ("tile_id", "str"),
-        ("scene", "str"), ("run_id", "str"), ("edge", "int"))),
+        ("scene", "str"), ("run_id", "str"), ("edge", "int")), added=("edge",)),
     "tiles": LayerSchema("Polygon", (
         ("scene", "str"), ("tile_id", "str"), ("row", "int"), ("col", "int"), ("col_off", "int"),
         ("row_off", "int"), ("width", "int"), ("height", "int"), ("nodata_fraction", "float"),
@@ -168,14 +169,6 @@ def gpkg_geometry(blob: bytes | None):
     flags = blob[3]
     sizes = {0: 0, 1: 32, 2: 48, 3: 48, 4: 64}
     return shapely.from_wkb(bytes(blob[8 + sizes.get((flags >> 1) & 0x07, 0):]))
-
-
-def _blob_geometry(blob: bytes | None):
-    """The shapely geometry of a GeoPackage blob (None for NULL)."""
-    if blob is None:
-        return None
-    env = (blob[3] >> 1) & 0x07
-    return shapely.from_wkb(bytes(blob[8 + {0: 0, 1: 32, 2: 48, 3: 48, 4: 64}.get(env, 0):]))
 
 
 def _register_st_functions(con: sqlite3.Connection) -> None:
@@ -276,32 +269,6 @@ _GPKG_APPLICATION_IDS = {0x47504B47, 0x47503130, 0x47503131}  # "GPKG", "GP10", 
 _GPKG_APPLICATION_ID = 0x47504B47
 _GPKG_USER_VERSION = 10400  # GeoPackage 1.4, what GDAL writes
 _LOCK_WAIT_S = 120.0
-
-
-def recover_hot_journal(path: Path) -> None:
-    """Roll back a transaction a killed process left half-done (SQLite's hot journal).
-
-    SQLite rolls a hot journal back on the first read through a read-write
-    connection; a read-only one cannot and reports the file as unreadable. Called
-    before an existing output is inspected (by the writer and by the pipeline's
-    read-only look at what an output already holds).
-    """
-    path = Path(path)
-    if not path.exists():
-        return
-    leftovers = [p for p in (Path(f"{path}-journal"), Path(f"{path}-wal")) if p.exists()]
-    if not leftovers:
-        return
-    try:
-        con = sqlite3.connect(path, timeout=60)
-        try:
-            con.execute("SELECT count(*) FROM sqlite_master").fetchone()
-        finally:
-            con.close()
-    except sqlite3.DatabaseError as exc:
-        log.warning("%s: could not recover %s: %s", path, leftovers[0].name, exc)
-    else:
-        log.info("%s: recovered an interrupted transaction (%s)", path, leftovers[0].name)
 
 
 def _temp_prefix(path: Path) -> str:
@@ -886,26 +853,6 @@ class GeoPackageWriter:
         with self.transaction():
             return self._insert(layer, [{"run_id": self.run_id, **r} for r in rows], geoms, src)
 
-    def read_rows(self, layer: str, where: str = "1", params: Sequence = (),
-                  fields: Sequence[str] = ()) -> list[tuple[int, dict, object]]:
-        """Rows of ``layer`` matching an SQL ``where`` clause: ``(fid, fields, geometry in the layer's CRS)``."""
-        names = list(fields) or [f for f, _ in LAYERS[layer].fields]
-        geom = ', "geom"' if LAYERS[layer].geometry else ""
-        cols = ", ".join(f'"{n}"' for n in names)
-        out = []
-        for row in self._con.execute(f'SELECT fid, {cols}{geom} FROM "{layer}" WHERE {where}', tuple(params)):
-            out.append((int(row[0]), dict(zip(names, row[1:1 + len(names)], strict=True)),
-                        gpkg_geometry(row[-1]) if geom else None))
-        return out
-
-    def replace_rows(self, layer: str, delete_fids: Sequence[int], rows: Sequence[dict], geoms: Sequence) -> list[int]:
-        """Delete rows by fid and insert others (geometries in the layer's CRS) in one transaction."""
-        with self.transaction():
-            for fid in delete_fids:
-                self._con.execute(f'DELETE FROM "{layer}" WHERE fid = ?', (int(fid),))
-            return self._insert(layer, [{"run_id": self.run_id, **r} for r in rows], geoms,
-                                _wkt(self.layer_crs(layer)))
-
     def write_features(self, layer: str, rows: list[dict], geoms: list) -> list[int]:
         """Same as :meth:`write_rows` (kept for existing callers)."""
         return self.write_rows(layer, rows, geoms)
@@ -929,24 +876,24 @@ class GeoPackageWriter:
         return deleted
 
     def read_rows(self, layer: str, where: str = "1 = 1", params: Sequence = (),
-                  fields: Sequence[str] | None = None) -> list[tuple[int, dict, object]]:
+                  fields: Sequence[str] | None = ()) -> list[tuple[int, dict, object]]:
         """Rows of ``layer`` matching an SQL condition, as ``(fid, {field: value}, geometry)``.
 
         Args:
             layer: a layer of :data:`LAYERS`.
             where: SQL condition over the layer's fields, with ``?`` placeholders.
             params: values of the placeholders.
-            fields: fields to return (default: all of the layer's schema).
+            fields: fields to return (empty or None: all of the layer's schema).
 
         Geometries are shapely objects in the layer's CRS (:meth:`layer_crs`),
         None for attribute tables.
         """
         schema = LAYERS[layer]
-        names = list(fields) if fields is not None else [f for f, _ in schema.fields]
+        names = list(fields or ()) or [f for f, _ in schema.fields]
         geom = '"geom"' if schema.geometry else "NULL"
         cols = ", ".join(f'"{n}"' for n in names)
         sql = f'SELECT fid, {geom}{", " + cols if cols else ""} FROM "{layer}" WHERE {where} ORDER BY fid'
-        return [(r[0], dict(zip(names, r[2:], strict=True)), _blob_geometry(r[1]))
+        return [(r[0], dict(zip(names, r[2:], strict=True)), gpkg_geometry(r[1]))
                 for r in self._con.execute(sql, tuple(params))]
 
     def replace_rows(self, layer: str, fids: Sequence[int], rows: Sequence[dict], geoms: Sequence | None = None,
