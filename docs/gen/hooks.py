@@ -1,0 +1,55 @@
+"""MkDocs hooks: pages whose content is generated from the code at build time.
+
+A page holds a marker comment; ``on_page_markdown`` replaces it:
+
+- ``<!-- geors:cli-reference -->``  every command's ``--help``, walked from the click group
+  ``geors.cli.main:main`` (``cli_reference``);
+- ``<!-- geors:models -->``  the table of ``geors models list --json`` and the
+  metadata of ``geors models info NAME --json`` (``model_zoo``);
+- ``<!-- geors:messages -->``  every error and warning message in ``geors/`` (``messages``).
+
+``on_config`` adds the per-model pages (detector.md, segmenter.md, masks.md)
+to the navigation when they exist, so a page another engineer has not written
+yet does not break the strict build.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import cli_reference  # noqa: E402
+import messages_page  # noqa: E402
+import model_zoo  # noqa: E402
+
+MARKERS = {
+    "<!-- geors:cli-reference -->": cli_reference.markdown,
+    "<!-- geors:models -->": model_zoo.markdown,
+    "<!-- geors:messages -->": messages_page.markdown,
+}
+
+OPTIONAL_PAGES = {"detector.md": "Detector (R2-CNN)", "segmenter.md": "Segmenter (C2FNet)",
+                  "masks.md": "Masks (SAM, GrabCut, watershed)"}
+OPTIONAL_SECTION = "Models in depth"
+
+
+def on_config(config, **kwargs):
+    docs = Path(config["docs_dir"])
+    for section in config["nav"] or []:
+        if isinstance(section, dict) and OPTIONAL_SECTION in section:
+            pages = [p for p in section[OPTIONAL_SECTION] if not (isinstance(p, dict) and
+                                                                  list(p.values())[0] in OPTIONAL_PAGES)]
+            for page, title in OPTIONAL_PAGES.items():
+                if (docs / page).exists():
+                    pages.append({title: page})
+            section[OPTIONAL_SECTION] = pages
+    return config
+
+
+def on_page_markdown(markdown: str, page, config, files, **kwargs) -> str:
+    for marker, generate in MARKERS.items():
+        if marker in markdown:
+            markdown = markdown.replace(marker, generate())
+    return markdown
