@@ -490,13 +490,18 @@ def _old_writer_module():
 def test_file_from_the_previous_version_gets_the_new_run_columns(tmp_path):
     out = tmp_path / "o.gpkg"
     old = _old_writer_module()
-    with old.GeoPackageWriter(out, CRS.from_epsg(32617), ["detections", "instances"]) as w:
+    with old.GeoPackageWriter(out, CRS.from_epsg(32617), ["detections", "instances", "segmentation"]) as w:
         w.start_run("old", {"k": 1})
         w.write_results([_result(0)])
-    with GeoPackageWriter(out, CRS.from_epsg(32617), ["detections", "instances"]) as w:
+    from geors.results import SegmentPolygon
+
+    with GeoPackageWriter(out, CRS.from_epsg(32617), ["detections", "instances", "segmentation"]) as w:
         w.start_run("new", {"k": 2})
         assert w.mark_interrupted_runs() == [w.runs()[0]["run_id"]]
         runs = w.runs()
+        w.write_results([TileResult("s.tif", "r0_c0", Window(0, 0, 10, 10), "done", segmentation=[
+            SegmentPolygon(shapely.box(500_000, 3_285_000, 500_010, 3_285_010), "water", 1, edge=True)])])
+        assert [f["edge"] for _, f, _ in w.read_rows("segmentation")] == [1]
     assert [(r["command"], r["status"], r["pid"]) for r in runs] == [("old", "interrupted", None),
                                                                     ("new", "running", os.getpid())]
     assert runs[1]["config"] == {"k": 2} and runs[1]["host"]
