@@ -42,6 +42,7 @@ class ProviderInfo:
     env: GeorsEnvironment | None = None
     probe: Probe | None = None
     model: dict | None = None  # `geors models info DEFAULT --json` of the default detector
+    description: dict | None = None  # every command's options, from the environment's click objects
     segment_help: list[dict] = field(default_factory=list)
     segment_usage: str = ""
     segment_has_progress: bool = False
@@ -85,8 +86,9 @@ class GeorsAlgorithm(QgsProcessingAlgorithm):
     group_id = "pipeline"
     group_name = "Pipeline"
     description = ""
-    opts: tuple[O.Opt, ...] = ()
-    jsonl = True  # the command has --progress
+    opts: tuple[O.Opt, ...] = ()  # this plugin's table, used when the environment cannot describe its CLI
+    skip: tuple[str, ...] = ()  # CLI options set through dedicated parameters
+    jsonl_fallback = True  # whether the command has --progress, when the environment cannot tell
 
     def __init__(self, info: ProviderInfo | None = None):
         super().__init__()
@@ -116,8 +118,16 @@ class GeorsAlgorithm(QgsProcessingAlgorithm):
                 "command-line option of the same name (SCORE_THRESHOLD = --score-threshold); values left at "
                 "their default are not passed, so the model's own tile size, overlap and gate threshold apply.")
 
+    @property
+    def cli_key(self) -> str:
+        return " ".join(self.command)
+
+    @property
+    def jsonl(self) -> bool:
+        return O.has_option(self.info.description, self.cli_key, "--progress", self.jsonl_fallback)
+
     def options(self) -> tuple[O.Opt, ...]:
-        return self.opts
+        return O.opts_from_description(self.info.description, self.cli_key, self.opts, self.skip)
 
     def add_options(self):
         for o in self.options():
@@ -213,7 +223,7 @@ class DetectAlgorithm(_SceneListMixin, _GpkgOutputAlgorithm):
     result_outputs = ("detections",)
 
     def options(self):
-        return O.with_model_defaults(self.opts, self.info.model_metadata)
+        return O.with_model_defaults(super().options(), self.info.model_metadata)
 
     def initAlgorithm(self, config=None):  # noqa: N802
         self.add_scenes()
@@ -238,7 +248,7 @@ class RunAlgorithm(DetectAlgorithm):
     description = ("The full pipeline: gate -> detect -> masks (SAM, GrabCut or the box). Writes 'detections' and "
                    "'instances' layers. Interrupted runs continue with 'Resume'.")
     opts = O.RUN
-    result_outputs = ("detections", "instances")
+    result_outputs = ("detections", "instances", "segmentation")
 
 
 class MasksAlgorithm(_GpkgOutputAlgorithm):
@@ -249,7 +259,8 @@ class MasksAlgorithm(_GpkgOutputAlgorithm):
                    "the scene; writes the 'instances' layer. Each tile is read once; its boxes share one SAM "
                    "image embedding.")
     opts = O.MASKS
-    jsonl = False
+    skip = ("--boxes", "--layer")
+    jsonl_fallback = False
     result_outputs = ("instances",)
 
     def initAlgorithm(self, config=None):  # noqa: N802
@@ -281,6 +292,7 @@ class LabelAlgorithm(MasksAlgorithm):
     description = ("Write a label raster for the scene from boxes: same grid and CRS, uint8 class ids, "
                    "255 = unlabelled. Boxes become masks with the chosen engine (the SAMRS idea).")
     opts = O.LABEL
+    skip = ("--boxes", "--layer", "--instances")
 
     def initAlgorithm(self, config=None):  # noqa: N802
         self.addParameter(QgsProcessingParameterRasterLayer("SCENE", "Scene (raster file)"))
@@ -309,7 +321,8 @@ class InfoAlgorithm(GeorsAlgorithm):
     group_id, group_name = "scene", "Scene"
     description = "Size, bands, dtype, CRS, pixel size, nodata, tile count and a memory estimate of a raster file."
     opts = O.INFO
-    jsonl = False
+    skip = ("--json",)
+    jsonl_fallback = False
 
     def initAlgorithm(self, config=None):  # noqa: N802
         self.addParameter(QgsProcessingParameterRasterLayer("SCENE", "Scene (raster file)"))
@@ -353,7 +366,8 @@ class TrainDetectorAlgorithm(GeorsAlgorithm):
     description = ("Train the R2-CNN gate + detector on scenes and matching box labels (the n-th label layer goes "
                    "with the n-th scene). Writes a .safetensors model usable as MODEL in Detect / Run.")
     opts = O.TRAIN
-    jsonl = False
+    skip = ("--scene", "--labels")
+    jsonl_fallback = False
 
     def name(self):
         return "train_detector"
@@ -397,13 +411,21 @@ class SegmentAlgorithm(_SceneListMixin, _GpkgOutputAlgorithm):
     result_outputs = ("segmentation",)
 
     def options(self):
-        return O.with_model_defaults(O.opts_from_help(self.info.segment_help, skip=("--output", "--progress")), None)
+        fallback = O.opts_from_help(self.info.segment_help, skip=("--output", "--progress"))
+        return O.opts_from_description(self.info.description, "segment", fallback)
 
-    def option_flags(self):
-        return {o["flag"] for o in self.info.segment_help}
+    @property
+    def jsonl(self) -> bool:
+        return O.has_option(self.info.description, "segment", "--progress", self.info.segment_has_progress)
+
+    def takes_scene_list(self) -> bool:
+        cmd = (self.info.description or {}).get("segment")
+        if cmd:
+            return any(p.get("argument") and p.get("nargs") == -1 for p in cmd["params"])
+        return "SCENES..." in self.info.segment_usage or not self.info.segment_usage
 
     def initAlgorithm(self, config=None):  # noqa: N802
-        if "SCENES..." in self.info.segment_usage or not self.info.segment_usage:
+        if self.takes_scene_list():
             self.add_scenes()
         else:
             self.addParameter(QgsProcessingParameterRasterLayer("SCENE", "Scene (raster file)"))
@@ -416,7 +438,6 @@ class SegmentAlgorithm(_SceneListMixin, _GpkgOutputAlgorithm):
             scenes = self.scene_paths(parameters, context)
         else:
             scenes = [raster_path(self.parameterAsRasterLayer(parameters, "SCENE", context), "SCENE")]
-        self.jsonl = self.info.segment_has_progress
         out = self.parameterAsFileOutput(parameters, "OUTPUT", context)
         values = self.option_values(parameters, context)
         existed = os.path.exists(out)

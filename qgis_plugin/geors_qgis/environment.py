@@ -198,6 +198,77 @@ def models_list(env: GeorsEnvironment) -> list[dict] | None:
         return None
 
 
+def environment_python(env: GeorsEnvironment) -> str | None:
+    """The interpreter behind ``env``: the configured one, or the ``#!`` line of a geors script."""
+    if env.python:
+        return env.python
+    exe = env.argv[0]
+    try:
+        with open(exe, "rb") as f:
+            first = f.readline(500).decode("utf-8", "replace").strip()
+    except OSError:
+        return None
+    if first.startswith("#!"):
+        parts = shlex.split(first[2:])
+        if parts and os.path.basename(parts[0]) == "env" and len(parts) > 1:
+            parts = parts[1:]
+        if parts and os.path.basename(parts[0]).lower().startswith("python"):
+            return parts[0]
+    for name in ("python3", "python", "python.exe"):  # Windows: Scripts\geors.exe beside python.exe
+        cand = os.path.join(os.path.dirname(exe), name)
+        if os.path.isfile(cand):
+            return cand
+    return None
+
+
+# Describes every command's options from click's own objects (exact types, choices, defaults; no torch import).
+_DESCRIBE = r"""
+import json, click
+from geors.cli.main import main
+
+def walk(cmd, path):
+    if isinstance(cmd, click.Group):
+        for name, sub in sorted(cmd.commands.items()):
+            yield from walk(sub, path + [name])
+    else:
+        yield path, cmd
+
+out = {}
+for path, cmd in walk(main, []):
+    params = []
+    for p in cmd.params:
+        if not isinstance(p, click.Option):
+            params.append({"argument": p.name, "nargs": p.nargs, "required": p.required})
+            continue
+        longs = [o for o in p.opts if o.startswith("--")] or list(p.opts)
+        default = None if callable(p.default) else p.default
+        params.append({"flag": longs[0], "off_flag": (p.secondary_opts or [""])[0], "is_flag": bool(p.is_flag),
+                       "multiple": bool(p.multiple), "type": getattr(p.type, "name", str(p.type)),
+                       "choices": [str(c) for c in (getattr(p.type, "choices", None) or [])],
+                       "default": default, "help": p.help or "", "required": bool(p.required),
+                       "hidden": bool(getattr(p, "hidden", False))})
+    out[" ".join(path)] = {"help": cmd.help or "", "params": params}
+print(json.dumps(out, default=str))
+"""
+
+
+def describe(env: GeorsEnvironment) -> dict | None:
+    """Every command's options, read from the environment's click objects: ``{"run": {"params": [...]}, ...}``.
+
+    None when the environment's Python is unknown or the call fails (then the
+    plugin falls back to its own option tables and ``--help`` parsing).
+    """
+    py = environment_python(env)
+    if py is None:
+        return None
+    try:
+        r = subprocess.run([py, "-c", _DESCRIBE], capture_output=True, text=True, timeout=120, env=subprocess_env(),
+                           stdin=subprocess.DEVNULL, **_no_window())
+        return json.loads(r.stdout) if r.returncode == 0 else None
+    except (OSError, subprocess.TimeoutExpired, ValueError):
+        return None
+
+
 def parse_help_options(help_text: str) -> list[dict]:
     """Options of one command from click's ``--help`` output.
 

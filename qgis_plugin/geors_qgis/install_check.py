@@ -7,7 +7,6 @@ Processing algorithm formats the report.
 from __future__ import annotations
 
 import json
-import os
 import shlex
 import subprocess
 
@@ -15,8 +14,8 @@ from .environment import (
     ENV_VAR,
     INSTALL_COMMAND,
     EnvironmentNotFound,
-    GeorsEnvironment,
     _no_window,
+    environment_python,
     find_environment,
     models_list,
     probe,
@@ -49,29 +48,6 @@ for mod in ("segment_anything", "rasterio", "distributed"):
     out[mod] = importlib.util.find_spec(mod) is not None
 print(json.dumps(out))
 """
-
-
-def environment_python(env: GeorsEnvironment) -> str | None:
-    """The interpreter behind ``env``: the configured one, or the ``#!`` line of a geors script."""
-    if env.python:
-        return env.python
-    exe = env.argv[0]
-    try:
-        with open(exe, "rb") as f:
-            first = f.readline(500).decode("utf-8", "replace").strip()
-    except OSError:
-        return None
-    if first.startswith("#!"):
-        parts = shlex.split(first[2:])
-        if parts and os.path.basename(parts[0]) == "env" and len(parts) > 1:
-            parts = parts[1:]
-        if parts and os.path.basename(parts[0]).lower().startswith("python"):
-            return parts[0]
-    for name in ("python3", "python", "python.exe"):  # Windows: Scripts\geors.exe beside python.exe
-        cand = os.path.join(os.path.dirname(exe), name)
-        if os.path.isfile(cand):
-            return cand
-    return None
 
 
 def _item(status: str, what: str, detail: str = "", fix: str = "") -> dict:

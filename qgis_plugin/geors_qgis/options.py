@@ -10,7 +10,7 @@ model that is actually chosen.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from qgis.core import (
     QgsProcessingParameterBoolean,
@@ -34,6 +34,9 @@ class Opt:
         choices: values of an ``enum``.
         advanced: shown under "Advanced parameters".
         help: tooltip / help text (the CLI's help).
+        off_flag: for a ``--x/--no-x`` switch, the ``--no-x`` form.
+
+    ``kind`` may also be ``multi``: a repeatable option, values separated by ``;``.
     """
 
     flag: str
@@ -43,13 +46,14 @@ class Opt:
     choices: tuple[str, ...] = ()
     advanced: bool = False
     help: str = ""
+    off_flag: str = ""  # a switch's negative form (--gate/--no-gate), passed when a default-on switch is unset
 
     @property
     def name(self) -> str:
         return self.flag.lstrip("-").replace("-", "_").upper()
 
     def with_default(self, value) -> Opt:
-        return Opt(self.flag, self.kind, self.label, value, self.choices, self.advanced, self.help)
+        return replace(self, default=value)
 
     def parameter(self) -> QgsProcessingParameterDefinition:
         optional = self.default is None or self.kind in ("bool", "str", "file")
@@ -76,7 +80,11 @@ class Opt:
         if value is None or value == "":
             return []
         if self.kind == "bool":
-            return [self.flag] if value and not self.default else []
+            if value and not self.default:
+                return [self.flag]
+            return [self.off_flag] if not value and self.default and self.off_flag else []
+        if self.kind == "multi":
+            return [a for v in str(value).split(";") if v.strip() for a in (self.flag, v.strip())]
         if self.kind == "enum" and isinstance(value, int) and not isinstance(value, bool):
             value = self.choices[value]
         if self.default is not None and _same(value, self.default, self.kind):
@@ -180,6 +188,12 @@ TRAIN = (
     BANDS, TILE.with_default(640), OVERLAP,
 )
 
+KNOWN: dict[str, Opt] = {}
+"""This plugin's labels and layout for the options it knows, by flag."""
+for _table in (DETECT, RUN, MASKS, LABEL, INFO, TILES, TRAIN):
+    for _o in _table:
+        KNOWN.setdefault(_o.flag, _o)
+
 MODEL_DEFAULTS = {"--tile": "tile_size", "--overlap": "overlap", "--gate-threshold": "gate_threshold"}
 """Options whose default is read from the model metadata (``geors models info NAME --json``)."""
 
@@ -221,6 +235,57 @@ def opts_from_help(parsed: list[dict], skip: tuple[str, ...] = ("--output",)) ->
         else:
             out.append(Opt(o["flag"], "str", o["flag"].lstrip("-"), default, (), False, o["help"]))
     return tuple(out)
+
+
+HANDLED = ("--output", "--progress", "--help")
+"""Options every algorithm sets itself (OUTPUT parameter, progress protocol)."""
+
+def opts_from_description(description: dict | None, command: str, fallback: tuple[Opt, ...],
+                          skip: tuple[str, ...] = ()) -> tuple[Opt, ...]:
+    """The options of ``geors COMMAND`` as the environment's CLI defines them (``environment.describe``).
+
+    Known flags keep this plugin's label and layout; defaults, choices and any
+    option this plugin does not know come from the CLI itself (unknown ones are
+    shown under "Advanced parameters"), so the parameters match the installed
+    geors one to one. Without a description, ``fallback`` (this plugin's table).
+    """
+    cmd = (description or {}).get(command)
+    if not cmd:
+        return fallback
+    out = []
+    for p in cmd["params"]:
+        flag = p.get("flag")
+        if not flag or flag in HANDLED or flag in skip or p.get("hidden"):
+            continue
+        help_text = " ".join(str(p.get("help") or "").split())
+        default = p.get("default")
+        if p.get("is_flag"):
+            kind, default = "bool", bool(default)
+        elif p.get("multiple"):
+            kind, default = "multi", None
+        elif p.get("type") == "choice":
+            kind = "enum"
+            default = default if default in p.get("choices", []) else None
+        elif p.get("type") == "integer":
+            kind, default = "int", _num(default, int)
+        elif p.get("type") == "float":
+            kind, default = "float", _num(default, float)
+        else:
+            kind = "str"
+            default = None if default in (None, "", "None") else str(default)
+        known = KNOWN.get(flag)
+        label = known.label if known else (help_text.split(". ")[0][:80] or flag.lstrip("-")) + f" ({flag})"
+        out.append(Opt(flag, kind, label, default, tuple(p.get("choices") or ()),
+                       known.advanced if known else True, help_text or (known.help if known else ""),
+                       p.get("off_flag") or ""))
+    return tuple(out)
+
+
+def has_option(description: dict | None, command: str, flag: str, fallback: bool) -> bool:
+    cmd = (description or {}).get(command)
+    if not cmd:
+        return fallback
+    return any(p.get("flag") == flag for p in cmd["params"])
 
 
 def _num(value, typ):

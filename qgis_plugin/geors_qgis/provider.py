@@ -10,6 +10,7 @@ from qgis.PyQt.QtGui import QIcon
 from .algorithms import ALGORITHMS, ICON, ProviderInfo, SegmentAlgorithm
 from .environment import (
     EnvironmentNotFound,
+    describe,
     find_environment,
     model_info,
     parse_help_options,
@@ -51,7 +52,8 @@ def discover() -> ProviderInfo:
         QgsMessageLog.logMessage(f"geors: the environment does not run: {info.probe.error[-500:]}", "geors")
         return info
     info.model = _cached_model_info(info.env, info.probe.version)
-    if info.probe.has_segment:
+    info.description = describe(info.env)
+    if info.probe.has_segment and info.description is None:
         text = run_quick(info.env, ["segment", "--help"]).stdout
         info.segment_help = parse_help_options(text)
         info.segment_usage = next((ln for ln in text.splitlines() if ln.startswith("Usage:")), "")
