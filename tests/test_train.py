@@ -349,3 +349,26 @@ def test_random_contrast_lowers_contrast_within_range():
     # away from the clip bounds the change is a per-band affine map with one shared factor < 1
     c = np.corrcoef(img[0].ravel(), out[0].ravel())[0, 1]
     assert c > 0.95
+
+
+def test_gate_only_training_leaves_detections_unchanged(tmp_path):
+    from geors.models.registry import save_model
+
+    rng = np.random.default_rng(0)
+    tiles = [squares_tile(rng, 3), squares_tile(rng, 3), squares_tile(rng, 0), squares_tile(rng, 0)]
+    base = TrainConfig(epochs=1, steps_per_epoch=5, batch_size=2, crop_size=64, device="cpu", val_fraction=0,
+                       gate_pool="avg", arch=SMALL_ARCH)
+    m0, meta0 = train_detector(tiles, ["square"], base, meta={"tile_size": 96, "overlap": 0})
+    path = save_model(m0, meta0, tmp_path / "m0.safetensors")
+    cfg = TrainConfig(epochs=1, steps_per_epoch=5, batch_size=2, crop_size=64, device="cpu", val_fraction=0,
+                      init_from=str(path), train_only="gate", gate_pool="top3", lr=1e-2, arch=SMALL_ARCH)
+    m1, meta1 = train_detector(tiles, ["square"], cfg, meta={"tile_size": 96, "overlap": 0})
+    assert meta1["arch_args"]["gate_pool"] == "top3" and meta1["training"]["train_only"] == "gate"
+    s0, s1 = m0.state_dict(), m1.state_dict()
+    changed = {k for k in s0 if not torch.equal(s0[k], s1[k])}
+    assert changed and all(k.startswith("gate_head.") for k in changed)
+    x = np.stack([t.image for t in tiles])
+    d0 = Detector(m0, meta0, torch.device("cpu")).detect(x, score_threshold=0.0)
+    d1 = Detector(m1, meta1, torch.device("cpu")).detect(x, score_threshold=0.0)
+    for a, b in zip(d0, d1, strict=True):
+        assert np.array_equal(a[0], b[0]) and np.array_equal(a[1], b[1])

@@ -35,6 +35,8 @@ def _detector_options(f):
         click.option("--crop", type=int, default=384, show_default=True, help="Training crop size, pixels."),
         click.option("--lr", type=float, default=2e-3, show_default=True),
         click.option("--warmup", type=int, default=50, show_default=True, help="Linear warm-up steps."),
+        click.option("--train-only", type=click.Choice(["gate"]), default=None,
+                     help="Train only the gate head (with --init-from: retrain a model's gate, detections unchanged)."),
         click.option("--assigner", type=click.Choice(["nwd_rka", "iou"]), default="nwd_rka", show_default=True,
                      help="RPN label assignment."),
         click.option("--gate-scale", type=int, default=4, show_default=True,
@@ -65,7 +67,7 @@ def _detector_options(f):
 @_detector_options
 @handle_errors
 def _train(scenes, labels, empty_scenes, init_from, class_field, epochs, steps_per_epoch, batch_size, crop, lr, warmup,
-           assigner, gate_scale, gate_pool, gate_recall, val_fraction, patience, max_minutes, device, seed,
+           train_only, assigner, gate_scale, gate_pool, gate_recall, val_fraction, patience, max_minutes, device, seed,
            allow_ungeoreferenced, output, tile_size, overlap, bands) -> None:
     """Train the R2-CNN gate + detector (one network; `gate` and `detector` train the same model).
 
@@ -107,7 +109,7 @@ def _train(scenes, labels, empty_scenes, init_from, class_field, epochs, steps_p
     cfg = TrainConfig(epochs=epochs, steps_per_epoch=steps_per_epoch, batch_size=batch_size, crop_size=crop, lr=lr,
                       assigner=assigner, device=device, seed=seed, gate_input_scale=gate_scale, gate_pool=gate_pool,
                       gate_recall=gate_recall, val_fraction=val_fraction, patience=patience or None,
-                      warmup_steps=warmup, init_from=init_from,
+                      warmup_steps=warmup, init_from=init_from, train_only=train_only,
                       max_seconds=max_minutes * 60 if max_minutes else None)
     model, meta = train_detector(tiles, classes, cfg, meta={
         "tile_size": tile_size, "overlap": overlap, "gsd_m": info["gsd_m"],

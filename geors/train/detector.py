@@ -140,6 +140,10 @@ class TrainConfig:
             gate calibration; 0 = no split (the gate is then disabled).
         patience: stop after this many epochs without a better validation
             AP50 and keep the best epoch's weights; None = no early stopping.
+        train_only: ``"gate"`` trains only the gate head (backbone, its
+            batch-norm statistics and the detector branch stay frozen), e.g.
+            to retrain a model's gate with another pooling without changing
+            its detections; None trains everything.
         arch: other :class:`R2CNNConfig` fields to override.
     """
 
@@ -169,6 +173,7 @@ class TrainConfig:
     gate_pool: str = "top3"
     val_fraction: float = 0.2
     patience: int | None = 3
+    train_only: str | None = None
     arch: dict[str, Any] = field(default_factory=dict)
 
 
@@ -395,8 +400,15 @@ def train_detector(
             nwd_c=cfg.nwd_c, **{"gate_input_scale": int(cfg.gate_input_scale), "gate_pool": cfg.gate_pool, **cfg.arch},
         )
         model = R2CNN(arch).to(device)
-    model.train()
-    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    if cfg.train_only not in (None, "gate"):
+        raise ValueError(f"train_only must be None or 'gate', got {cfg.train_only!r}")
+    gate_only = cfg.train_only == "gate"
+    if gate_only:
+        for name, p in model.named_parameters():
+            p.requires_grad_(name.startswith("gate_head."))
+    _train_mode(model, gate_only)
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=cfg.lr,
+                            weight_decay=cfg.weight_decay)
     n_pos_tiles = sum(1 for t in tiles if len(t.boxes))
     if n_pos_tiles == 0:
         raise LabelError("every tile with objects went to the validation split; lower the validation fraction.")
@@ -432,7 +444,7 @@ def train_detector(
         opt.zero_grad(set_to_none=True)
         scaler.scale(losses["total"]).backward()
         scaler.unscale_(opt)
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 10.0)
+        torch.nn.utils.clip_grad_norm_([p for p in model.parameters() if p.requires_grad], 10.0)
         scaler.step(opt)
         scaler.update()
         for k, v in losses.items():
@@ -452,7 +464,7 @@ def train_detector(
             epoch = (step + 1) / spe
             model.eval()
             ap50 = validation_ap50(model, val_tiles, len(classes))
-            model.train()
+            _train_mode(model, gate_only)
             val_history.append({"epoch": round(epoch, 2), "step": step + 1, "val_AP50": ap50})
             improved = best is None or ap50 > best[0]
             if best is None or ap50 >= best[0]:  # ties: the later, longer-trained weights
@@ -502,6 +514,7 @@ def train_detector(
             "steps": step + 1,
             "best_step": best[1] if best is not None else step + 1,
             "stop_reason": stop_reason,
+            "train_only": cfg.train_only,
             "validation": val_history,
             "seconds": round(seconds, 1),
             "device": str(device),
@@ -520,6 +533,15 @@ def train_detector(
         if training_extra:
             out_meta["training"].update(training_extra)
     return model, out_meta
+
+
+def _train_mode(model: R2CNN, gate_only: bool) -> None:
+    """Training mode; with ``gate_only`` only the gate head (so frozen batch norms keep their statistics)."""
+    if gate_only:
+        model.eval()
+        model.gate_head.train()
+    else:
+        model.train()
 
 
 def _index_of_best(val_history: list[dict[str, Any]]) -> int:
