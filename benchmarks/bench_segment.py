@@ -39,7 +39,7 @@ from geors.results import TileResult
 from geors.segment import SegmentStage, segment_scenes
 
 class ThresholdStage(SegmentStage):
-    "The model replaced by brightness classes: 0 dark, 1 mid, 2 bright (255 on invalid pixels)."
+    "The model replaced by brightness classes: 1 mid, 2 bright; dark = background (255, like a segmenter's)."
     def __init__(self):
         super().__init__(None)
     classes = ("ground", "roof", "car")
@@ -51,7 +51,7 @@ class ThresholdStage(SegmentStage):
         out = []
         for t, img in zip(tiles, images):
             m = img.image.mean(0)
-            cr = np.where(m > 0.75, 2, np.where(m > 0.45, 1, 0)).astype(np.uint8)
+            cr = np.where(m > 0.75, 2, np.where(m > 0.45, 1, 255)).astype(np.uint8)  # dark = background = no class
             cr[~img.valid] = 255
             out.append(TileResult(scene.name, t.id, t.window, "done", class_raster=cr[:t.height, :t.width]))
         return out

@@ -189,7 +189,7 @@ def main() -> None:
                              crop_size=args.crop, seed=args.seed, device="cpu",
                              max_seconds=args.max_minutes * 60 if args.max_minutes else None)
         model, meta = train_segmenter(tiles, classes, SMALL, cfg, meta={
-            "name": "c2fnet-neon-dota", "tile_size": 640, "overlap": 128, "gsd_m": info["gsd_m"],
+            "name": "c2fnet-neon-dota", "background": BACKGROUND, "tile_size": 640, "overlap": 128, "gsd_m": info["gsd_m"],
             "band_indexes": info["band_indexes"],
             "training": {"sources": info["sources"], "label_pixels": info["label_pixels"],
                          "script": "examples/train_default_segmenter.py", "script_args": vars(args)},

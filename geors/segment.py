@@ -63,6 +63,8 @@ class Segmenter:
         self.tile_size: int = int(meta["tile_size"])
         self.overlap: int = int(meta.get("overlap", 0))
         self.name: str = str(meta.get("name") or Path(str(meta.get("path", "segmenter"))).stem)
+        bg = meta.get("background")
+        self.background_id: int | None = self.classes.index(bg) if bg in self.classes else None
 
     @classmethod
     def load(cls, name_or_path: str | os.PathLike | None = None, device: str = "auto", refine: bool = True,
@@ -116,6 +118,13 @@ class SegmentStage:
     as ``stage(scene, tiles, images)``. It never clips to cores, polygonises,
     dissolves or writes.
 
+    The segmenter's background class (model metadata ``background``, set by
+    ``geors train segmenter --background``) is returned as 255 ("no class"):
+    background usually covers most of a scene as one connected region, and
+    one feature per connected region would make it a single polygon with a
+    hole for every object, whose size grows with the scene. Objects and
+    land-cover classes are polygonised; ``keep_background=True`` keeps it.
+
     Args:
         segmenter: model name or path (None = :data:`DEFAULT_SEGMENTER`), or a
             config object with a ``segmenter`` attribute (``geors.config.SegmentConfig``).
@@ -128,12 +137,14 @@ class SegmentStage:
     layers: tuple[str, ...] = ("segmentation",)
     skip_nodata = True
 
-    def __init__(self, segmenter=None, device: str = "auto", refine: bool = True, batch_size: int = 4):
+    def __init__(self, segmenter=None, device: str = "auto", refine: bool = True, batch_size: int = 4,
+                 keep_background: bool = False):
         self.config = segmenter if hasattr(segmenter, "segmenter") else None
         self.spec = self.config.segmenter if self.config is not None else segmenter
         self.device = device
         self.refine = refine
         self.batch_size = batch_size
+        self.keep_background = keep_background
         self._seg: Segmenter | None = None
 
     def __getstate__(self):
@@ -190,6 +201,7 @@ class SegmentStage:
         return {"segmenter": seg.name, "segmenter_sha256": file_sha256(path) if path else None,
                 "segmenter_classes": list(seg.classes), "segmenter_colours": seg.colours,
                 "small_classes": seg.meta.get("small_classes"), "refine": self.refine,
+                "background": None if self.keep_background else seg.meta.get("background"),
                 "aggregation": seg.model.config.aggregation}
 
     def __call__(self, scene_or_batch, tiles: Sequence | None = None, images: Sequence | None = None
@@ -203,6 +215,8 @@ class SegmentStage:
         x = np.stack([img.image for img in images])
         valid = np.stack([img.valid for img in images])
         classes = seg.predict(x, valid)
+        if seg.background_id is not None and not self.keep_background:
+            classes[classes == seg.background_id] = NO_CLASS
         per_tile = (time.perf_counter() - t0) / max(len(tiles), 1)
         return [TileResult(scene.name, tile.id, tile.window, "done", seconds=per_tile,
                            class_raster=cr[: tile.height, : tile.width], stage_seconds={"segment": per_tile})

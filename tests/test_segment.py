@@ -190,6 +190,27 @@ def test_raster_writer_is_atomic(data):
     assert not out.exists() and not list(data["dir"].glob(".c.tif*"))
 
 
+def test_background_class_is_no_class(data, tmp_path):
+    from geors.models.registry import save_model
+    from geors.raster import open_scene
+    from geors.segment import SegmentStage
+    from geors.tiling import TileGrid
+
+    torch.manual_seed(0)
+    m = C2FNet(C2FNetConfig(num_classes=3, small_classes=(2,)))
+    with torch.no_grad():
+        m.coarse.classifier.bias[:] = torch.tensor([50.0, 0.0, 0.0])  # predicts class 0 everywhere
+    path = save_model(m.eval(), {"architecture": "c2fnet", "classes": CLASSES, "bands": 3, "tile_size": 96,
+                                 "background": "ground"}, tmp_path / "bg.safetensors")
+    sc = open_scene(data["scene"])
+    tile = TileGrid(sc, 96, 32)[0]
+    img = sc.read_tile(tile)
+    (r,) = SegmentStage(str(path), device="cpu")(sc, [tile], [img])
+    assert (r.class_raster == 255).all()
+    (k,) = SegmentStage(str(path), device="cpu", keep_background=True)(sc, [tile], [img])
+    assert (k.class_raster == 0).all()
+
+
 def test_stage_pickles_without_weights(tiny_model):
     import pickle
 

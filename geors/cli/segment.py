@@ -143,7 +143,7 @@ def train_command(scenes, labels, class_field, classes, small_classes, backgroun
                    f"eta {int(eta // 60)}m{int(eta % 60):02d}s", err=True)
 
     model, meta = train_segmenter(tiles, names, small, cfg, progress=report, meta={
-        "tile_size": tile_size, "overlap": overlap, "gsd_m": info["gsd_m"], "band_indexes": info["band_indexes"],
+        "background": background, "tile_size": tile_size, "overlap": overlap, "gsd_m": info["gsd_m"], "band_indexes": info["band_indexes"],
         "normalisation": {"method": "percentile_stretch", "percentiles": [2, 98], "scope": "scene", "range": [0, 1],
                           "training_stretch": info["stretch"]},
         "training": {"sources": info["sources"], "label_pixels": info["label_pixels"], "command": sys.argv[1:]},
