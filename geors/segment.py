@@ -287,6 +287,9 @@ class ClassRasterWriter:
         if self._ds is not None:
             self._ds.close()
             self._ds = None
+            umask = os.umask(0)
+            os.umask(umask)
+            os.chmod(self._tmp, 0o666 & ~umask)  # mkstemp made it private; give it a normal file's mode
             os.replace(self._tmp, self.path)
         return self.path
 
