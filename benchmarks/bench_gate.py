@@ -33,13 +33,16 @@ from pathlib import Path
 def run_once(scene_path: Path, out: Path, model: str | None, device: str, use_gate: bool,
              gate_threshold: float | None, score_threshold: float, batch_size: int, workers: int) -> dict:
     """One pipeline run; returns wall seconds, tile counts and the stage's description."""
-    from geors.pipeline import RunConfig, process_scenes
+    from geors.config import DetectConfig, ExecutionConfig, PipelineConfig
+    from geors.pipeline import process_scenes
     from geors.stages import DetectStage
 
-    stage = DetectStage(model, device=device, gate_threshold=gate_threshold, score_threshold=score_threshold,
-                        use_gate=use_gate)
+    detect = DetectConfig(model=model, gate_threshold=gate_threshold if use_gate else None,
+                          score_threshold=score_threshold, use_gate=use_gate)
+    stage = DetectStage(detect, device=device)
     stage.detector  # load the weights outside the timed region  # noqa: B018
-    config = RunConfig(batch_size=batch_size, workers=workers, scheduler="synchronous" if workers <= 1 else None)
+    config = PipelineConfig(detect=detect, execution=ExecutionConfig(
+        device=device, batch_size=batch_size, workers=workers, scheduler="synchronous" if workers <= 1 else None))
     t0 = time.perf_counter()
     summary = process_scenes([str(scene_path)], out, stage, config, command="bench_gate")
     seconds = time.perf_counter() - t0

@@ -20,19 +20,25 @@ from pathlib import Path
 from _common import make_big_scene
 
 CHILD = r"""
-import json, resource, sys, time
-from geors.pipeline import RunConfig, process_scenes
+import json, os, resource, sys, time
+os.environ.setdefault("GDAL_CACHEMAX", "128")  # what the CLI sets
+from geors.config import ExecutionConfig, PipelineConfig
+from geors.pipeline import process_scenes
 from geors.results import TileResult
 
 class MeanStage:
-    name = "mean"; layers = ("detections",)
+    name = "mean"; layers = ("detections",); classes = (); skip_nodata = True
+    def prepare(self, scenes): pass
+    def default_tiling(self): return 640, 128
     def describe(self): return {"model": "none"}
-    def __call__(self, scene, tiles, images):
-        return [TileResult(scene.name, t.id, t.window, "done", gate_score=float(i.image.mean()))
-                for t, i in zip(tiles, images)]
+    def tile_inputs(self, scene, tiles): return None
+    def __call__(self, batch):
+        return [TileResult(batch.scene.name, t.id, t.window, "done", gate_score=float(i.image.mean()))
+                for t, i in zip(batch.tiles, batch.images)]
 
 t0 = time.perf_counter()
-s = process_scenes([sys.argv[1]], sys.argv[2], MeanStage(), RunConfig(batch_size=8, workers=2))
+s = process_scenes([sys.argv[1]], sys.argv[2], MeanStage(),
+                   PipelineConfig(detect=None, execution=ExecutionConfig(batch_size=8, workers=2)))
 print(json.dumps({"tiles": s.tiles, "seconds": time.perf_counter() - t0,
                   "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
 """

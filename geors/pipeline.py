@@ -272,19 +272,24 @@ def iter_tile_batches(tiles: Sequence[Tile], batch_size: int) -> Iterator[list[T
         yield list(tiles[i:i + batch_size])
 
 
-_THREADS: list[int | None] = [None]
+_THREADS: dict[str, int] = {}
 
 
 def _configure_threads(n: int) -> None:
-    """torch and OpenCV threads of this process (once per value): avoids oversubscription with workers."""
-    if _THREADS[0] == n:
-        return
-    import cv2
-    import torch
+    """torch and OpenCV threads of this process, once per value (avoids oversubscription with several
+    workers). A library is only configured once something imported it: a stage that needs no torch
+    does not pay for importing it."""
+    import sys
 
-    torch.set_num_threads(n)
-    cv2.setNumThreads(n)
-    _THREADS[0] = n
+    for name in ("torch", "cv2"):
+        mod = sys.modules.get(name)
+        if mod is None or _THREADS.get(name) == n:
+            continue
+        if name == "torch":
+            mod.set_num_threads(n)
+        else:
+            mod.setNumThreads(n)
+        _THREADS[name] = n
 
 
 def _run_batch(scene: Scene, tiles: list[Tile], inputs: list | None, stage: Stage, threads: int) -> list[TileResult]:
@@ -304,6 +309,7 @@ def _run_batch(scene: Scene, tiles: list[Tile], inputs: list | None, stage: Stag
                           None if inputs is None else [inputs[k] for k in todo])
         try:
             out = stage(batch)
+            _configure_threads(threads)  # a stage that imported torch on its first call
         except GeorsError:
             raise  # bad input discovered while reading (an unreadable window...): stop with its message
         except Exception as exc:  # a model/engine failure: record it, --resume retries these tiles
