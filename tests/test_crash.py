@@ -143,10 +143,12 @@ class Tally:
     files_checked: int = 0
     files_corrupted: int = 0
     failures: list = field(default_factory=list)
+    moments: dict = field(default_factory=dict)  # when the kill landed: no output yet / mid-run / after the end
 
     def line(self) -> str:
+        when = ", ".join(f"{k} {v}" for k, v in sorted(self.moments.items()))
         return (f"crash tests: kills survived {self.kills_survived} / {self.kills_tried}, files corrupted "
-                f"{self.files_corrupted} / {self.files_checked}")
+                f"{self.files_corrupted} / {self.files_checked} (kills landed: {when})")
 
 
 @pytest.fixture(scope="module")
@@ -173,6 +175,9 @@ def _kill_and_resume(scene: Path, snap: dict, out: Path, fault: str | None, sig:
     label = f"{fault or f'after {kill_after:.1f}s'} {sig}"
     r = _run(_command(scene, out, *first), fault=fault, sig=sig, kill_after=kill_after)
     killed_by_signal = r.returncode < 0 or r.returncode in (130, 143)
+    existed = out.exists()
+    moment = "after the end" if r.returncode == 0 else ("mid-run" if existed else "before the output")
+    tally.moments[moment] = tally.moments.get(moment, 0) + 1
     left = _healthy_copy(out, out.parent / "copy")
     if left is not None:
         tally.files_checked += 1
