@@ -65,19 +65,38 @@ def _command(scene: Path, out: Path, *extra: str) -> list[str]:
 
 
 def _run(cmd: list[str], fault: str | None = None, sig: str = "SIGKILL", timeout: float = 300,
-         kill_after: float | None = None) -> subprocess.CompletedProcess:
+         kill_after: float | None = None, watch: Path | None = None) -> subprocess.CompletedProcess:
+    """Run the CLI; with ``kill_after``, send ``sig`` that many seconds after the start, or after
+    ``watch`` (the output) appears when given. ``returncode`` < 0: died from that signal."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("GEORS_FAULT")}
     if fault:
         env.update(GEORS_FAULT=fault, GEORS_FAULT_SIGNAL=sig)
     if kill_after is None:
         return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout)
     p = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    if watch is not None:
+        deadline = time.monotonic() + timeout
+        while not watch.exists() and p.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.01)
     try:
         out, err = p.communicate(timeout=kill_after)
     except subprocess.TimeoutExpired:
         p.send_signal(getattr(signal, sig))
         out, err = p.communicate(timeout=timeout)
     return subprocess.CompletedProcess(cmd, p.returncode, out, err)
+
+
+def _timed_run(cmd: list[str], out: Path) -> tuple[float, float]:
+    """Seconds until ``out`` appears and until the run ends (to choose kill moments)."""
+    p = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    t0 = time.monotonic()
+    appeared = None
+    while p.poll() is None:
+        if appeared is None and out.exists():
+            appeared = time.monotonic() - t0
+        time.sleep(0.01)
+    total = time.monotonic() - t0
+    return (appeared if appeared is not None else total), total
 
 
 # ---------------------------------------------------------------- comparing outputs
@@ -166,14 +185,16 @@ def crash_setup(tmp_path_factory):
 
 
 def _kill_and_resume(scene: Path, snap: dict, out: Path, fault: str | None, sig: str, tally: Tally,
-                     kill_after: float | None = None, max_resumes: int = 1, first: tuple[str, ...] = ()) -> None:
+                     kill_after: float | None = None, max_resumes: int = 1, first: tuple[str, ...] = (),
+                     after_output: bool = False) -> None:
     """One kill (at a kill point or after a delay), then --resume; counts into ``tally``.
 
     ``first`` are extra options of the killed run (``--resume`` when it continues an earlier one).
     """
     tally.kills_tried += 1
     label = f"{fault or f'after {kill_after:.1f}s'} {sig}"
-    r = _run(_command(scene, out, *first), fault=fault, sig=sig, kill_after=kill_after)
+    r = _run(_command(scene, out, *first), fault=fault, sig=sig, kill_after=kill_after,
+             watch=out if after_output else None)
     killed_by_signal = r.returncode < 0 or r.returncode in (130, 143)
     existed = out.exists()
     moment = "after the end" if r.returncode == 0 else ("mid-run" if existed else "before the output")
@@ -272,15 +293,18 @@ def test_every_kill_point_and_signal_resumes_to_the_clean_result(crash_setup, tm
 def test_random_kills_resume_to_the_clean_result(crash_setup, tmp_path, request):
     skip_unless_slow_selected(request)
     scene, snap = crash_setup
-    t0 = time.perf_counter()
-    _run(_command(scene, tmp_path / "timing.gpkg"))
-    full = time.perf_counter() - t0
+    appears, total = _timed_run(_command(scene, tmp_path / "timing.gpkg"), tmp_path / "timing.gpkg")
     rng = random.Random(int(os.environ.get("GEORS_CRASH_SEED", "8")))
     tally = Tally()
     n = int(os.environ.get("GEORS_CRASH_KILLS", "12"))
     for i in range(n):
         sig = rng.choice(["SIGKILL", "SIGKILL", "SIGTERM", "SIGINT"])
-        _kill_and_resume(scene, snap, tmp_path / f"r{i}.gpkg", None, sig, tally, kill_after=rng.uniform(0.3, full))
+        if i % 3 == 0:  # any moment of the process's life, start-up included
+            _kill_and_resume(scene, snap, tmp_path / f"r{i}.gpkg", None, sig, tally,
+                             kill_after=rng.uniform(0.2, total))
+        else:  # while the output is being written
+            _kill_and_resume(scene, snap, tmp_path / f"r{i}.gpkg", None, sig, tally,
+                             kill_after=rng.uniform(0.0, max(0.5, total - appears)), after_output=True)
     _report(tally)
 
 
