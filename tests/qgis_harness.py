@@ -155,7 +155,12 @@ def case_boxes(scene: str, boxes_gpkg: str, out_dir: str) -> dict:
     label = processing.run("geors:label", {"SCENE": scene, "BOXES": boxes.id(), "SAM": "box",
                                            "OUTPUT": f"{out_dir}/labels.tif"}, feedback=LogFeedback())
     lab = QgsRasterLayer(label["OUTPUT"], "labels")
-    return {"instances": layer_facts(masks["INSTANCES"]), "boxes": boxes.featureCount(),
+    from geors_qgis.layers import style_label_raster
+
+    style_label_raster(lab)
+    return {"label_renderer": lab.renderer().type(),
+            "label_classes": [c.label for c in getattr(lab.renderer(), "classes", lambda: [])()],
+            "instances": layer_facts(masks["INSTANCES"]), "boxes": boxes.featureCount(),
             "label_valid": lab.isValid(), "label_crs": lab.crs().authid(), "label_size": [lab.width(), lab.height()]}
 
 

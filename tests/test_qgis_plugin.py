@@ -190,6 +190,7 @@ def test_masks_and_label_from_box_layer(qgis, scene_and_reference, tmp_path):
     inst = res["instances"]
     assert inst["valid"] and inst["crs"] == "EPSG:32617" and inst["count"] == res["boxes"] > 0
     assert res["label_valid"] and res["label_crs"] == "EPSG:32617" and res["label_size"] == [768, 512]
+    assert res["label_renderer"] == "paletted" and res["label_classes"] == ["tree"]
 
 
 @pytest.mark.qgis

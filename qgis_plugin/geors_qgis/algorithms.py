@@ -27,7 +27,7 @@ from qgis.PyQt.QtGui import QIcon
 from . import options as O
 from .environment import EnvironmentNotFound, GeorsEnvironment, Probe, model_info, models_list
 from .install_check import NOT_FOUND_HELP, check_installation, format_report
-from .layers import load_results_on_completion
+from .layers import LabelRasterStyler, load_results_on_completion
 from .runner import RunResult, resume_args, run_geors
 from .settings import configured_environment
 
@@ -312,6 +312,9 @@ class LabelAlgorithm(MasksAlgorithm):
                 *(["--instances", inst] if inst else []),
                 *O.option_args(self.options(), self.option_values(parameters, context))]
         result = self.run_cli(args, feedback)
+        if context.willLoadLayerOnCompletion(out):
+            context.layerToLoadOnCompletionDetails(out).setPostProcessor(
+                LabelRasterStyler.create(self.info.model_metadata))
         return {"OUTPUT": out, "INSTANCES": inst or None, "SUMMARY": json.dumps(result.parsed_stdout() or {})}
 
 

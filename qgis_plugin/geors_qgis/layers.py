@@ -139,6 +139,49 @@ class RunLayerStyler(QgsProcessingLayerPostProcessorInterface):
                       if self.layer_name in RESULT_LAYERS else 99)
 
 
+class LabelRasterStyler(QgsProcessingLayerPostProcessorInterface):
+    """Colours a ``geors label`` raster by class id (its ``geors_classes`` tag); 255 = unlabelled stays clear."""
+
+    _alive: list[LabelRasterStyler] = []
+
+    def __init__(self, metadata: dict | None):
+        super().__init__()
+        self.metadata = metadata
+
+    @classmethod
+    def create(cls, metadata: dict | None) -> LabelRasterStyler:
+        obj = cls(metadata)
+        cls._alive.append(obj)
+        return obj
+
+    def postProcessLayer(self, layer, context, feedback):  # noqa: N802 (QGIS API)
+        style_label_raster(layer, self.metadata)
+
+
+def style_label_raster(layer, metadata: dict | None = None) -> None:
+    """Paletted renderer: one colour per class id named in the raster's ``geors_classes`` metadata."""
+    import json
+
+    from osgeo import gdal
+    from qgis.core import QgsPalettedRasterRenderer, QgsRasterLayer
+
+    if not isinstance(layer, QgsRasterLayer):
+        return
+    ds = gdal.Open(layer.source().split("|")[0])
+    raw = ds.GetMetadataItem("geors_classes") if ds is not None else None
+    try:
+        ids = {str(k): int(v) for k, v in json.loads(raw or "{}").items()}
+    except (ValueError, TypeError, AttributeError):
+        return
+    if not ids:
+        return
+    colours = class_colours(metadata, sorted(ids, key=ids.get))
+    classes = [QgsPalettedRasterRenderer.Class(v, colours[name], name) for name, v in sorted(ids.items(),
+                                                                                         key=lambda kv: kv[1])]
+    layer.setRenderer(QgsPalettedRasterRenderer(layer.dataProvider(), 1, classes))
+    layer.triggerRepaint()
+
+
 def move_to_group(project: QgsProject, layer, group_name: str, rank: int) -> None:
     """Put ``layer``'s tree node into the group ``group_name`` (created on top), ordered by ``rank``."""
     root = project.layerTreeRoot()
