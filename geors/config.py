@@ -127,7 +127,8 @@ class ExecutionConfig:
 
     Attributes:
         device: ``auto``, ``cpu`` or ``cuda``.
-        batch_size: tiles per stage call.
+        batch_size: tiles per stage call; None = 2 on CPU (measured: batch 8 of 640 px tiles
+            peaks ~600 MiB higher for no speed gain on 2 cores), 8 on a GPU.
         workers: batches run at once (threads here, or LocalCluster processes).
         scheduler: None (threads here), ``synchronous``, ``local`` (start a
             LocalCluster) or a scheduler address ``tcp://host:port``.
@@ -136,7 +137,7 @@ class ExecutionConfig:
     """
 
     device: str = "auto"
-    batch_size: int = 8
+    batch_size: int | None = None
     workers: int = 1
     scheduler: str | None = None
     threads: int | None = None
@@ -146,6 +147,8 @@ class ExecutionConfig:
             raise ConfigError(f"--device must be auto, cpu or cuda, got {self.device!r}")
         for name in ("batch_size", "workers"):
             v = getattr(self, name)
+            if v is None and name == "batch_size":
+                continue
             if not isinstance(v, int) or isinstance(v, bool) or not 1 <= v <= 1024:
                 raise ConfigError(f"{_opt(name)} must be an integer from 1 to 1024, got {v!r}")
         if self.threads is not None and (not isinstance(self.threads, int) or not 1 <= self.threads <= 1024):
@@ -154,6 +157,9 @@ class ExecutionConfig:
         if s is not None and s not in ("threads", "synchronous", "local") and not (
                 isinstance(s, str) and "://" in s):
             raise ConfigError(f"--scheduler must be synchronous, local or an address like tcp://host:8786, got {s!r}")
+
+    def resolved_batch_size(self, on_gpu: bool) -> int:
+        return self.batch_size or (8 if on_gpu else 2)
 
     def threads_per_worker(self) -> int:
         if self.threads is not None:

@@ -499,6 +499,17 @@ def _resolve_outputs(out: Path, scenes: list[Scene], per_scene: bool) -> dict[st
     return targets
 
 
+def _with_batch_size(config: PipelineConfig) -> PipelineConfig:
+    """The configuration with the batch size decided (the device is known once the models are loaded)."""
+    import sys
+
+    if config.execution.batch_size is not None:
+        return config
+    torch = sys.modules.get("torch")
+    on_gpu = (config.execution.device != "cpu" and torch is not None and torch.cuda.is_available())
+    return config.replace(execution__batch_size=config.execution.resolved_batch_size(on_gpu))
+
+
 def _check_memory(tile_size: int, channels: int, execution: ExecutionConfig) -> None:
     import psutil
 
@@ -556,6 +567,7 @@ def process_scenes(
         raise ConfigError(f"several scenes share the file name {dup[0]!r}; outputs identify scenes by file name, "
                           "so rename them, use --per-scene, or run them into separate GeoPackages.")
     stage.prepare(opened)  # models load and bands are checked before the output is touched
+    config = _with_batch_size(config)
     default_size, default_overlap = stage.default_tiling()
     size = tiling.tile_size or default_size
     overlap = tiling.overlap if tiling.overlap is not None else min(default_overlap, size // 2)
