@@ -510,17 +510,37 @@ def _with_batch_size(config: PipelineConfig) -> PipelineConfig:
     return config.replace(execution__batch_size=config.execution.resolved_batch_size(on_gpu))
 
 
-def _check_memory(tile_size: int, channels: int, execution: ExecutionConfig) -> None:
+# Measured with benchmarks/bench_pipeline.py (geors run, default model, box masks, CPU, PyPI torch):
+# peak RSS 1,038 MiB at batch 1 and 1,684 MiB at batch 8 of 640 px tiles -> ~92 MiB per tile in flight
+# (~235 bytes per tile pixel: float32 pixels, an RGB copy, the model's activations) on top of ~950 MiB
+# for the process itself (Python, torch ~500 MiB, GDAL, the model).
+PROCESS_BASE_BYTES = 950 * 2**20
+BYTES_PER_TILE_PIXEL = 235
+
+
+def estimate_peak_memory(tile_size: int, batch_size: int, workers: int = 1, processes: bool = False) -> dict:
+    """What a run needs at its peak, in bytes: the process(es) plus the tiles in flight.
+
+    Threads share one process; a LocalCluster has one process per worker.
+    The figures are measured on CPU (see the constants); a GPU run holds its
+    activations on the device instead.
+    """
+    in_flight = batch_size * (1 if workers <= 1 else 2 * workers)
+    tiles = in_flight * tile_size * tile_size * BYTES_PER_TILE_PIXEL
+    base = PROCESS_BASE_BYTES * (workers + 1 if processes else 1)
+    return {"tiles_in_flight": in_flight, "tiles_bytes": tiles, "process_bytes": base, "total_bytes": base + tiles}
+
+
+def _check_memory(tile_size: int, execution: ExecutionConfig) -> None:
     import psutil
 
-    tiles_in_flight = (1 if execution.workers <= 1 else 2 * execution.workers) * execution.batch_size
-    # float32 pixels, an RGB copy for masks, the model's activations (~8x the input for Tiny-Net)
-    need = tiles_in_flight * tile_size * tile_size * (4 * channels * 10 + 3)
+    est = estimate_peak_memory(tile_size, execution.batch_size, execution.workers,
+                               processes=execution.scheduler == "local")
     avail = psutil.virtual_memory().available
-    if need > 0.8 * avail:
+    if est["tiles_bytes"] > 0.8 * avail:
         raise ConfigError(
             f"--tile {tile_size} with --batch-size {execution.batch_size} and --workers {execution.workers} "
-            f"needs about {need / 2**30:.1f} GiB of memory for the tiles in flight, more than the "
+            f"needs about {est['tiles_bytes'] / 2**30:.1f} GiB of memory for the tiles in flight, more than the "
             f"{avail / 2**30:.1f} GiB available. Use a smaller --tile, --batch-size or --workers.")
 
 
@@ -572,7 +592,7 @@ def process_scenes(
     size = tiling.tile_size or default_size
     overlap = tiling.overlap if tiling.overlap is not None else min(default_overlap, size // 2)
     grids = {s.name: TileGrid(s, size, overlap) for s in opened}  # validates overlap < tile
-    _check_memory(size, max(s.channels for s in opened), config.execution)
+    _check_memory(size, config.execution)
     key = _result_key(stage, (size, overlap), tiling.bands)
     fingerprints = {s.name: scene_fingerprint(s) for s in opened}
     targets = _resolve_outputs(Path(out), opened, config.output.per_scene)

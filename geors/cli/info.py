@@ -15,19 +15,23 @@ from geors.tiling import TileGrid
 @click.argument("scene", type=click.Path(dir_okay=False))
 @tile_options
 @bands_option
-@click.option("--tiles-in-flight", type=int, default=16, show_default=True,
-              help="Tiles held at once, for the memory estimate (workers x batch size).")
+@click.option("--batch-size", type=int, default=2, show_default=True, help="For the memory estimate.")
+@click.option("--workers", type=int, default=1, show_default=True, help="For the memory estimate.")
 @click.option("--stats", is_flag=True, help="Also estimate the scene-wide stretch (reads a sample).")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of text.")
 @handle_errors
-def command(scene, tile_size, overlap, bands, tiles_in_flight, stats, as_json):
+def command(scene, tile_size, overlap, bands, batch_size, workers, stats, as_json):
     """Size, bands, dtype, CRS, pixel size, nodata, tile count and a memory estimate."""
     sc = open_scene(scene, bands=list(parse_bands(bands)) if bands else None)
     tile_size = tile_size or 640
     overlap = overlap if overlap is not None else 128
     grid = TileGrid(sc, tile_size, overlap)
     info = sc.describe()
-    mem = grid.memory_estimate(bands=sc.channels, tiles_in_flight=tiles_in_flight)
+    from geors.pipeline import estimate_peak_memory
+
+    est = estimate_peak_memory(tile_size, batch_size, workers)
+    mem = est["total_bytes"]
+    tiles_in_flight = est["tiles_in_flight"]
     info.update({
         "tile_size": tile_size, "overlap": overlap, "tiles": len(grid), "grid_shape": list(grid.shape),
         "memory_estimate_bytes": mem, "tiles_in_flight": tiles_in_flight,
@@ -49,8 +53,10 @@ def command(scene, tile_size, overlap, bands, tiles_in_flight, stats, as_json):
     click.echo(f"overviews    {info['overviews'] or 'none'}   block {info['block_shape']}")
     click.echo(f"tiles        {len(grid)} ({grid.shape[0]} rows x {grid.shape[1]} cols) of {tile_size} px, "
                f"overlap {overlap} px")
-    click.echo(f"memory       ~{mem / 2**20:.0f} MiB of pixels for {tiles_in_flight} tiles in flight "
-               f"(scene itself: {info['scene_bytes'] / 2**20:.0f} MiB, never loaded whole)")
+    click.echo(f"memory       ~{mem / 2**20:.0f} MiB peak for a CPU run: ~{est['process_bytes'] / 2**20:.0f} MiB "
+               f"process (Python, torch, GDAL, model) + ~{est['tiles_bytes'] / 2**20:.0f} MiB for "
+               f"{tiles_in_flight} tiles in flight; the same for any scene size (this one: "
+               f"{info['scene_bytes'] / 2**20:.0f} MiB of pixels, never loaded whole)")
     if stats:
         st = sc.stats
         click.echo(f"stretch      low {st.low} high {st.high} from {st.source}")
