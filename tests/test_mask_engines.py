@@ -178,3 +178,13 @@ def test_watershed_beats_box_on_dota_vehicles():
     ws = miou_instances(_polys(WatershedEngine().predict_crops(img, boxes)), truth)
     box = miou_instances(_polys(BoxEngine().predict_crops(img, boxes)), truth)
     assert ws["miou_i"] > box["miou_i"] + 0.03 and ws["miou_p"] > box["miou_p"] + 0.03
+
+
+def test_convex_option_gives_hulls_of_accepted_masks():
+    img, masks = rotated_rects()
+    boxes = _boxes(masks)
+    raw = WatershedEngine().predict_crops(img, boxes)
+    hull = WatershedEngine(convex=True).predict_crops(img, boxes)
+    for r, c in zip(raw, hull, strict=True):
+        assert c.method == r.method and (c.row_off, c.col_off) == (r.row_off, r.col_off)
+        assert (c.mask >= r.mask).all()  # the hull contains the mask

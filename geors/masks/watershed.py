@@ -155,16 +155,27 @@ class WatershedEngine(MaskEngine):
         seed_frac: object seed ellipse semi-axes as a fraction of the box half-sides.
         min_side_px: boxes with a shorter side get the box (too small to outline).
         min_fill, min_extent, min_compactness, min_edge_score: see :func:`judge_mask`.
+        sigma_frac, max_sigma: smoothing sigma = ``sigma_frac`` x the shorter
+            box side, clipped to 0.5..``max_sigma`` px.
+        lines: give the object the watershed lines that touch it (without
+            them the mask lies a pixel inside its edge and most masks fail
+            the edge test).
+        space: ``"lab"`` (default) or ``"rgb"``: the image the watershed floods.
+        convex: replace each accepted mask by its convex hull (cut to the
+            box). Measured: +0.010 mIoU_I on the real DOTA vehicles, -0.014
+            on the synthetic crowns, so off by default; use it for convex
+            objects (vehicles, tanks).
     """
 
     method = "watershed"
     OPTIONS = ("margin", "min_margin_px", "seed_frac", "min_side_px", "min_fill", "min_extent", "min_compactness",
-               "min_edge_score")
+               "min_edge_score", "sigma_frac", "max_sigma", "lines", "space", "convex")
 
     def __init__(self, margin: float = 0.25, min_margin_px: int = 4, seed_frac: float = 0.3, min_side_px: int = 5,
                  min_fill: float = 0.3, min_extent: float = 0.7, min_compactness: float = 0.25,
                  min_edge_score: float = 0.6, sigma_frac: float = 0.03, max_sigma: float = 2.0, lines: bool = True,
-                 space: str = "lab"):
+                 space: str = "lab", convex: bool = False):
+        self.convex = bool(convex)
         self.sigma_frac = float(sigma_frac)
         self.max_sigma = float(max_sigma)
         self.lines = bool(lines)
@@ -226,6 +237,8 @@ class WatershedEngine(MaskEngine):
         region = _fill_holes(_component_at(region, close if close.any() else ell))
         grad = _gradient(lab)
         judgement = judge_mask(region, in_box, grad, **self.thresholds)
+        if self.convex and judgement.ok:  # judged as found, then given the convex prior
+            region = _hull(region) & in_box
         rows = np.flatnonzero(in_box.any(axis=1))
         cols = np.flatnonzero(in_box.any(axis=0))
         sub = region[rows[0] : rows[-1] + 1, cols[0] : cols[-1] + 1]
@@ -261,6 +274,17 @@ def _component_at(mask: np.ndarray, seed: np.ndarray) -> np.ndarray:
         counts = np.bincount(lab.ravel())[1:]
         ids = np.array([int(np.argmax(counts)) + 1])
     return np.isin(lab, ids)
+
+
+def _hull(mask: np.ndarray) -> np.ndarray:
+    """The convex hull of a mask's pixels (pixel-centre polygon filled, so the mask itself is inside)."""
+    import cv2
+
+    pts = cv2.findNonZero(mask.astype(np.uint8))
+    out = np.zeros(mask.shape, np.uint8)
+    if pts is not None:
+        cv2.fillConvexPoly(out, cv2.convexHull(pts), 1)
+    return out.astype(bool) | mask
 
 
 def _fill_holes(mask: np.ndarray) -> np.ndarray:
