@@ -125,12 +125,17 @@ def test_engine_input_checks():
         BoxEngine().predict(np.zeros((10, 10, 3), np.uint8), np.zeros((2, 3)))
 
 
-def test_make_mask_engine_specs(no_sam_checkpoint, caplog):
+def test_make_mask_engine_specs(no_sam_checkpoint, caplog, monkeypatch):
+    import geors.masks.factory as factory
+    from geors.masks import WatershedEngine
+
     assert make_mask_engine("box").method == "box"
     assert make_mask_engine("grabcut").method == "grabcut"
+    assert make_mask_engine("watershed").method == "watershed"
+    monkeypatch.setattr(factory, "_told_no_sam", False)  # the warning is given once per process
     with caplog.at_level(logging.WARNING, logger="geors.masks"):
         eng = make_mask_engine("auto")
-    assert isinstance(eng, GrabCutEngine)
+    assert isinstance(eng, WatershedEngine)  # weight-free default without a SAM checkpoint
     assert "no SAM checkpoint found" in caplog.text and "geors models download sam-vit_b" in caplog.text
     with pytest.raises(ModelError, match="geors models download sam-vit_l") as exc:
         make_mask_engine("vit_l")
