@@ -59,7 +59,7 @@ def write_boxes(scene: Path, boxes: list[tuple], path: Path, crs: str = "EPSG:43
         t, scene_crs = ds.transform, ds.crs
     geoms = []
     for x0, y0, x1, y1 in boxes:
-        (ax, ay), (bx, by) = t * (x0, y0), t * (x1, y1)
+        (ax, ay), (bx, by) = [(t.c + x * t.a + y * t.b, t.f + x * t.d + y * t.e) for x, y in ((x0, y0), (x1, y1))]
         geoms.append(box(min(ax, bx), min(ay, by), max(ax, bx), max(ay, by)))
     frame = gpd.GeoDataFrame({"class": [class_name] * len(geoms)}, geometry=geoms, crs=scene_crs.to_wkt())
     frame.to_crs(crs).to_file(path)
