@@ -731,6 +731,7 @@ def _execute(plan, stage: Stage, execution: ExecutionConfig, executor: _Executor
         writer = writers[targets[scene.name]]
         writer.write_results(results, model=_model_name(stage), crs=scene.crs)
         _tally(summary, results, scene)
+        summary.megapixels += sum(float(t.core.width) * float(t.core.height) for t in tiles) / 1e6
         progress.advance(len(results), scene=scene.name, detections=summary.detections)
         faults.checkpoint("batch")
         remaining[scene.name] -= 1
@@ -766,8 +767,6 @@ def _tally(summary: RunSummary, results: list[TileResult], scene: Scene) -> None
             summary.fallbacks += i.mask_method.endswith(":fallback") or i.mask_method == "box:fallback"
         for k, v in r.stage_seconds.items():
             summary.stage_seconds[k] = summary.stage_seconds.get(k, 0.0) + v
-        w = r.window
-        summary.megapixels += float(w.width) * float(w.height) / 1e6
 
 
 def _scene_finished(scene: Scene, writer: GeoPackageWriter, stage: Stage) -> None:

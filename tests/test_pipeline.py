@@ -338,3 +338,17 @@ def test_config_toml_round_trip_and_validation(tmp_path):
             PipelineConfig(tiling=bad if isinstance(bad, TilingConfig) else TilingConfig(),
                            execution=bad if isinstance(bad, ExecutionConfig) else ExecutionConfig(),
                            detect=bad if isinstance(bad, DetectConfig) else DetectConfig()).validate()
+
+
+@pytest.mark.slow
+def test_local_cluster_run_prints_no_distributed_noise(tmp_path):
+    """Regression: every LocalCluster run printed distributed's INFO logs and 'Worker process still alive
+    after 4.0 seconds, killing' on shutdown."""
+    import subprocess
+    import sys
+
+    p, _ = _blob_scene(tmp_path / "blobs.tif")
+    r = subprocess.run([sys.executable, "-m", "geors", "tiles", str(p), "-o", str(tmp_path / "t.gpkg"),
+                        "--scheduler", "local", "--workers", "2"], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    assert "INFO" not in r.stderr and "still alive" not in r.stderr, r.stderr

@@ -24,11 +24,11 @@ def detect_options(f):
     return pipeline_options(f)
 
 
-def _run(command: str, base: PipelineConfig, scenes, output, progress, **params):
+def _run(command: str, base: PipelineConfig, scenes, output, progress, optional=(), **params):
     import geors.pipeline as pipeline
     from geors.progress import make_progress
 
-    config = build_config(base, dict(params, progress=progress))
+    config = build_config(base, dict(params, progress=progress), optional=optional)
     return run_pipeline_command(
         lambda cancel: pipeline.run(list(scenes), output, config, progress=make_progress(progress), cancel=cancel,
                                     command=command), output, progress)
@@ -69,4 +69,4 @@ def run(scenes, output, progress, segmenter, raster_out, **params):
 
         raise ConfigError("--raster-out needs --segmenter (the classes come from a segmentation model)")
     _run("run", PipelineConfig(detect=DetectConfig(), masks=MaskConfig(), segment=seg), scenes, output, progress,
-         **params)
+         optional=("segment",), **params)

@@ -38,9 +38,19 @@ def configure_environment(level: int) -> None:
     from geors.raster import RECOMMENDED_GDAL_CACHEMAX_MB
 
     os.environ.setdefault("GDAL_CACHEMAX", str(RECOMMENDED_GDAL_CACHEMAX_MB))
-    for name in ("distributed", "distributed.nanny", "distributed.worker", "distributed.scheduler"):
-        logging.getLogger(name).setLevel(max(logging.ERROR if name == "distributed.nanny" else logging.WARNING,
-                                             level))
+    name = logging.getLevelName(max(logging.WARNING, level)).lower()
+    import sys
+
+    if "distributed" not in sys.modules:  # distributed configures its loggers from dask's config on import
+        import dask.config
+
+        dask.config.set({"distributed.logging": {
+            "distributed": name, "distributed.client": name, "distributed.nanny": "error",
+            "distributed.core": name, "distributed.http.proxy": "error", "distributed.worker": name,
+            "distributed.scheduler": name, "bokeh": "error", "tornado": "critical", "tornado.application": "error"}})
+    for logger in ("distributed", "distributed.nanny", "distributed.worker", "distributed.scheduler"):
+        logging.getLogger(logger).setLevel(max(logging.ERROR if logger == "distributed.nanny" else logging.WARNING,
+                                               level))
 
 
 def _register() -> None:

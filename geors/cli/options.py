@@ -112,15 +112,21 @@ _OPTION_FIELDS = {
 }
 
 
-def build_config(base: PipelineConfig, params: dict, ctx: click.Context | None = None) -> PipelineConfig:
-    """``base`` (defaults, or ``--config`` FILE) with the options the user gave applied on top."""
+def build_config(base: PipelineConfig, params: dict, ctx: click.Context | None = None,
+                 optional: tuple[str, ...] = ()) -> PipelineConfig:
+    """``base`` (defaults, or ``--config`` FILE) with the options the user gave applied on top.
+
+    The command decides which stages exist (the sections set in ``base``); the
+    file fills their options, and may switch on the ``optional`` sections (e.g.
+    ``[segment]`` for ``geors run``).
+    """
     ctx = ctx or click.get_current_context()
     cfg = base
     if params.get("config_file"):
         cfg = PipelineConfig.from_toml(params["config_file"])
-        # the command decides which stages exist; the file fills their options
-        cfg = dataclasses.replace(cfg, **{sec: (getattr(cfg, sec) or getattr(base, sec)) if getattr(
-            base, sec) is not None else None for sec in ("detect", "masks", "segment")})
+        cfg = dataclasses.replace(cfg, **{
+            sec: (getattr(cfg, sec) or getattr(base, sec)) if getattr(base, sec) is not None
+            else (getattr(cfg, sec) if sec in optional else None) for sec in ("detect", "masks", "segment")})
     from click.core import ParameterSource
 
     changes = {}
