@@ -72,7 +72,7 @@ def _box_pixels(box: np.ndarray, c0: int, r0: int, shape: tuple[int, int]) -> np
 
 
 def _gradient(image: np.ndarray) -> np.ndarray:
-    """Gradient magnitude (Sobel) of a (h, w) or (h, w, C) float32 image; channels combine as a vector."""
+    """Gradient magnitude (Sobel, float32) of a (h, w) or (h, w, C) image; channels combine as a vector."""
     import cv2
 
     gx = cv2.Sobel(image, cv2.CV_32F, 1, 0, ksize=3)
@@ -217,15 +217,15 @@ class WatershedEngine(MaskEngine):
         # object seed: centre ellipse, restricted to the pixels most like the centre's colour
         cy, cx = (box[1] + box[3]) / 2 - r0, (box[0] + box[2]) / 2 - c0
         ay, ax = max(self.seed_frac * (box[3] - box[1]) / 2, 1.0), max(self.seed_frac * (box[2] - box[0]) / 2, 1.0)
-        yy, xx = np.mgrid[: crop.shape[0], : crop.shape[1]]
+        yy, xx = np.ogrid[: crop.shape[0], : crop.shape[1]]
         ell = (((yy + 0.5 - cy) / ay) ** 2 + ((xx + 0.5 - cx) / ax) ** 2 <= 1.0) & in_box
         if not ell.any():
             return None
         lab8 = cv2.cvtColor(smooth, cv2.COLOR_RGB2LAB)
-        lab = lab8.astype(np.float32)
-        centre = np.median(lab[ell], axis=0)
-        dist = np.linalg.norm(lab - centre, axis=-1)
-        close = ell & (dist <= np.median(dist[ell]))
+        seed_lab = lab8[ell].astype(np.float32)
+        dist = np.linalg.norm(seed_lab - np.median(seed_lab, axis=0), axis=-1)
+        close = np.zeros_like(ell)
+        close[ell] = dist <= np.median(dist)
         markers[close if close.sum() >= 3 else ell] = 2
         flood = smooth if self.space == "rgb" else lab8
         cv2.watershed(np.ascontiguousarray(flood), markers)
@@ -235,7 +235,7 @@ class WatershedEngine(MaskEngine):
         region |= lines & cv2.dilate(region.astype(np.uint8), np.ones((3, 3), np.uint8)).astype(bool)
         region &= in_box
         region = _fill_holes(_component_at(region, close if close.any() else ell))
-        grad = _gradient(lab)
+        grad = _gradient(lab8)
         judgement = judge_mask(region, in_box, grad, **self.thresholds)
         if self.convex and judgement.ok:  # judged as found, then given the convex prior
             region = _hull(region) & in_box
