@@ -87,6 +87,7 @@ def _shots():  # runs inside QGIS (--code)
             QTimer.singleShot(500, wait_run)
 
     def step_log():
+        scroll_to(state["dlg"], "--progress jsonl")
         save(state["dlg"], "qgis_run_log.png")
         state["dlg"].close()
         iface.mapCanvas().zoomToFullExtent()
@@ -110,9 +111,12 @@ def _shots():  # runs inside QGIS (--code)
         else:
             QTimer.singleShot(500, wait_check)
 
-    def show_report(dlg):  # scroll the log to the report's first line (the results dict repeats it below)
+    def show_report(dlg):  # the report's first line on top (the results dict repeats it below)
+        scroll_to(dlg, "geors installation:")
+
+    def scroll_to(dlg, needle):
         for txt in dlg.findChildren(QTextEdit):
-            cursor = txt.document().find("geors installation:")
+            cursor = txt.document().find(needle)
             if not cursor.isNull():
                 txt.setTextCursor(cursor)
                 bar = txt.verticalScrollBar()

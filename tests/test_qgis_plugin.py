@@ -314,6 +314,9 @@ class _Feedback:
     def pushCommandInfo(self, t):  # noqa: N802
         self.log.append(("command", t))
 
+    def pushDebugInfo(self, t):  # noqa: N802
+        self.log.append(("debug", t))
+
     def reportError(self, t, fatal=False):  # noqa: N802
         self.log.append(("error", t))
 

@@ -8,7 +8,8 @@ then terminates and finally kills the process if it does not stop in time.
 
 Standard library only: ``feedback`` is anything with the QgsProcessingFeedback
 methods used here (``isCanceled``, ``setProgress``, ``setProgressText``,
-``pushInfo``, ``pushWarning``, ``pushConsoleInfo``, ``reportError``).
+``pushInfo``, ``pushWarning``, ``pushConsoleInfo``, ``pushDebugInfo``,
+``pushCommandInfo``, ``reportError``).
 """
 
 from __future__ import annotations
@@ -121,7 +122,7 @@ def handle_stdout_line(line: str, feedback, bar: _ProgressMap, result: RunResult
     elif event is None or event == "summary":  # the run's JSON summary (with or without the event key)
         obj = {k: v for k, v in obj.items() if k != "event"}
         result.summary = obj
-        feedback.pushInfo("geors summary: " + json.dumps(obj))
+        feedback.pushDebugInfo("geors summary: " + json.dumps(obj))  # the human summary comes on stderr
     else:
         feedback.pushConsoleInfo(text)
 
