@@ -248,6 +248,8 @@ for path, cmd in walk(main, []):
                        "default": default, "help": p.help or "", "required": bool(p.required),
                        "hidden": bool(getattr(p, "hidden", False))})
     out[" ".join(path)] = {"help": cmd.help or "", "params": params}
+import geors
+out["__geors__"] = {"version": getattr(geors, "__version__", "")}
 print(json.dumps(out, default=str))
 """
 
@@ -267,6 +269,12 @@ def describe(env: GeorsEnvironment) -> dict | None:
         return json.loads(r.stdout) if r.returncode == 0 else None
     except (OSError, subprocess.TimeoutExpired, ValueError):
         return None
+
+
+def probe_from_description(description: dict) -> Probe:
+    """The :class:`Probe` answers (version, top-level commands) read from a :func:`describe` result."""
+    commands = sorted({k.split()[0] for k in description if not k.startswith("__")})
+    return Probe(True, version=str(description.get("__geors__", {}).get("version", "")), commands=commands)
 
 
 def parse_help_options(help_text: str) -> list[dict]:

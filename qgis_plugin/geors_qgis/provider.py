@@ -15,6 +15,7 @@ from .environment import (
     model_info,
     parse_help_options,
     probe,
+    probe_from_description,
     run_quick,
 )
 from .settings import configured_environment, register_setting, unregister_setting
@@ -47,12 +48,12 @@ def discover() -> ProviderInfo:
     except EnvironmentNotFound as exc:
         QgsMessageLog.logMessage(f"geors: {exc} Run 'Check installation'.", "geors")
         return info
-    info.probe = probe(info.env)
+    info.description = describe(info.env)  # one call: options of every command, version, command list
+    info.probe = probe_from_description(info.description) if info.description else probe(info.env)
     if not info.probe.ok:
         QgsMessageLog.logMessage(f"geors: the environment does not run: {info.probe.error[-500:]}", "geors")
         return info
     info.model = _cached_model_info(info.env, info.probe.version)
-    info.description = describe(info.env)
     if info.probe.has_segment and info.description is None:
         text = run_quick(info.env, ["segment", "--help"]).stdout
         info.segment_help = parse_help_options(text)
