@@ -19,207 +19,35 @@ workers between windows), on a cluster from ``dask.distributed``
 
 from __future__ import annotations
 
-import concurrent.futures
-import glob
-import hashlib
-import json
 import logging
 import os
 import queue
 import threading
 import time
-from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import asdict, dataclass, field
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 from geors import faults
 from geors.config import ExecutionConfig, PipelineConfig, TilingConfig
 from geors.errors import Cancelled, ConfigError, GeorsError, OutputError, SceneReadError
+from geors.execution import Executor, check_memory, configure_threads, estimate_peak_memory, with_batch_size
+from geors.inputs import RASTER_SUFFIXES, expand_inputs, open_scenes, scene_fingerprint
 from geors.merge import apply_seams
+from geors.outputs import check_continuation, read_output_state, resolve_outputs, result_key
 from geors.progress import NullProgress, Progress
-from geors.raster import Scene, open_scene
+from geors.raster import Scene
 from geors.results import TileResult
 from geors.stage import Stage, StageGroup, TileBatch
+from geors.summary import RunSummary, tally
 from geors.tiling import Tile, TileGrid
 from geors.vector import GeoPackageWriter
 
 log = logging.getLogger(__name__)
 
-__all__ = ["run", "build_stage", "process_scenes", "expand_inputs", "scene_fingerprint", "RunSummary",
-           "iter_tile_batches", "RASTER_SUFFIXES"]
-
-#: File suffixes taken as rasters when a folder is searched.
-RASTER_SUFFIXES = (".tif", ".tiff", ".vrt", ".jp2", ".img", ".png")
-
-# Result-affecting provenance keys compared on --resume, and the option a user changes for each.
-_RESUME_KEYS = {
-    "stage": "the command", "tile_size": "--tile", "overlap": "--overlap", "bands": "--bands",
-    "model_sha256": "--model", "gate_threshold": "--gate-threshold / --no-gate",
-    "score_threshold": "--score-threshold", "mask_method": "--sam", "segmenter_sha256": "--segmenter",
-    "boxes": "--boxes", "simplify_px": "--simplify", "multipart": "--all-parts",
-}
-
-
-# ----------------------------------------------------------------------------- summary
-
-
-@dataclass
-class RunSummary:
-    """What a run did; ``to_dict`` is the machine-readable summary every command prints."""
-
-    run_id: str
-    output: str
-    status: str = "running"
-    scenes: int = 0
-    scenes_skipped: list[dict] = field(default_factory=list)
-    tiles: int = 0
-    done: int = 0
-    gated: int = 0
-    nodata: int = 0
-    failed: int = 0
-    skipped_resume: int = 0
-    detections: int = 0
-    instances: int = 0
-    segments: int = 0
-    per_class: dict[str, int] = field(default_factory=dict)
-    mask_methods: dict[str, int] = field(default_factory=dict)
-    fallbacks: int = 0
-    megapixels: float = 0.0
-    seconds: float = 0.0
-    stage_seconds: dict[str, float] = field(default_factory=dict)
-    crs: str = ""
-    reprojected_scenes: list[str] = field(default_factory=list)
-    extra: dict = field(default_factory=dict)  # command-specific results (e.g. the label raster written)
-
-    @property
-    def processed(self) -> int:
-        return self.done + self.gated
-
-    @property
-    def saved(self) -> int:
-        """Tiles whose results are committed (done, gated or nodata), this run and earlier ones."""
-        return self.done + self.gated + self.nodata + self.skipped_resume
-
-    def to_dict(self) -> dict:
-        d = asdict(self)
-        d["processed"] = self.processed
-        d["mp_per_s"] = round(self.megapixels / self.seconds, 3) if self.seconds else None
-        d["stage_seconds"] = {k: round(v, 3) for k, v in self.stage_seconds.items()}
-        return d
-
-    def lines(self) -> list[str]:
-        """The summary for people (stderr)."""
-        out = [f"{self.status}: {self.scenes} scene(s) -> {self.output}  (run {self.run_id})",
-               f"  tiles: {self.tiles} = {self.done} done, {self.gated} gated, {self.nodata} nodata, "
-               f"{self.failed} failed, {self.skipped_resume} already done"]
-        feats = [f"{n} {k}" for k, n in (("detections", self.detections), ("instances", self.instances),
-                                          ("segments", self.segments)) if n]
-        if feats:
-            out.append("  features: " + ", ".join(feats))
-        if self.per_class:
-            out.append("  per class: " + ", ".join(f"{k} {v}" for k, v in sorted(self.per_class.items())))
-        if self.mask_methods:
-            out.append("  masks by: " + ", ".join(f"{k} {v}" for k, v in sorted(self.mask_methods.items()))
-                       + (f"  ({self.fallbacks} fell back to the box)" if self.fallbacks else ""))
-        if self.seconds:
-            shares = ", ".join(f"{k} {v:.1f}s" for k, v in sorted(self.stage_seconds.items()))
-            out.append(f"  {self.seconds:.1f} s, {self.megapixels:.1f} MP, "
-                       f"{self.megapixels / self.seconds:.2f} MP/s" + (f"  (worker time: {shares})" if shares else ""))
-        if self.reprojected_scenes:
-            out.append(f"  reprojected into {self.crs}: {', '.join(self.reprojected_scenes)}")
-        for s in self.scenes_skipped:
-            out.append(f"  skipped {s['path']}: {s['reason']}")
-        return out
-
-
-# ----------------------------------------------------------------------------- inputs
-
-
-def expand_inputs(items: Iterable[str | os.PathLike | Scene]) -> tuple[list[str | Scene], list[dict]]:
-    """Scene paths from what users type: files, folders (searched recursively for rasters), quoted globs,
-    VRT mosaics (opened as one scene) and text files listing paths (``.txt``/``.lst`` or ``@list``).
-
-    Returns:
-        ``(scenes, problems)``: paths (or :class:`Scene` objects passed through) in order without
-        duplicates, and ``{"path", "reason"}`` for inputs that matched nothing.
-    """
-    out: list[str | Scene] = []
-    problems: list[dict] = []
-    for item in items:
-        if isinstance(item, Scene):
-            out.append(item)
-            continue
-        s = str(item)
-        p = Path(s[1:] if s.startswith("@") else s).expanduser()
-        if s.startswith("@") or (p.is_file() and p.suffix.lower() in (".txt", ".lst")):
-            try:
-                lines = p.read_text(encoding="utf-8").splitlines()
-            except OSError as exc:
-                problems.append({"path": s, "reason": f"cannot read the list file: {exc.strerror}"})
-                continue
-            listed = [ln.strip() for ln in lines if ln.strip() and not ln.strip().startswith("#")]
-            sub, sub_problems = expand_inputs(str(p.parent / x) if not Path(x).is_absolute() else x
-                                              for x in listed)
-            out.extend(sub)
-            problems.extend(sub_problems)
-        elif p.is_dir():
-            found = sorted(str(f) for f in p.rglob("*") if f.is_file() and f.suffix.lower() in RASTER_SUFFIXES
-                           and not f.name.startswith("."))
-            if not found:
-                problems.append({"path": s, "reason": f"folder holds no raster ({', '.join(RASTER_SUFFIXES)})"})
-            out.extend(found)
-        elif not p.exists() and any(c in s for c in "*?["):
-            found = sorted(glob.glob(os.path.expanduser(s), recursive=True))
-            if not found:
-                problems.append({"path": s, "reason": "no file matches this pattern"})
-            out.extend(f for f in found if Path(f).is_file())
-        else:
-            out.append(s)
-    seen: set = set()
-    unique = []
-    for x in out:
-        key = x if isinstance(x, Scene) else os.path.abspath(x)
-        if key not in seen:
-            seen.add(key)
-            unique.append(x)
-    return unique, problems
-
-
-def scene_fingerprint(scene: Scene) -> str:
-    """Identity of a scene's content for ``--resume``: grid, CRS, bands, dtype, file size and header bytes.
-
-    Two different rasters with the same file name get different fingerprints; a
-    copy of the same file (other path or mtime) keeps its fingerprint.
-    """
-    h = hashlib.sha256()
-    p = Path(scene.path)
-    h.update(json.dumps([scene.width, scene.height, list(scene.transform)[:6], scene.crs.to_wkt() if scene.crs
-                         else "", list(scene.band_indexes), str(scene.dtype)], default=str).encode())
-    try:
-        h.update(str(p.stat().st_size).encode())
-        with open(p, "rb") as fh:
-            h.update(fh.read(1 << 16))
-    except OSError:
-        pass
-    return h.hexdigest()[:32]
-
-
-def _open_scenes(items, bands, strict: bool) -> tuple[list[Scene], list[dict]]:
-    paths, problems = expand_inputs(items)
-    if problems and strict:
-        raise SceneReadError(f"{problems[0]['path']}: {problems[0]['reason']}")
-    opened: list[Scene] = []
-    for item in paths:
-        try:
-            scene = item if isinstance(item, Scene) else open_scene(item, bands=list(bands) if bands else None)
-            _ = scene.stats  # the scene-wide stretch reads pixels: a truncated file fails here, not mid-run
-            opened.append(scene)
-        except GeorsError as exc:
-            if strict:
-                raise
-            problems.append({"path": str(getattr(item, "path", item)), "reason": str(exc)})
-            log.error("skipping %s", exc)
-    return opened, problems
+# expand_inputs, scene_fingerprint, RASTER_SUFFIXES (geors.inputs), RunSummary (geors.summary) and
+# estimate_peak_memory (geors.execution) are part of this module's API too: the pipeline is where users look.
+__all__ = ["run", "build_stage", "process_scenes", "iter_tile_batches", "expand_inputs", "scene_fingerprint",
+           "RASTER_SUFFIXES", "RunSummary", "estimate_peak_memory"]
 
 
 # ----------------------------------------------------------------------------- stages
@@ -272,29 +100,9 @@ def iter_tile_batches(tiles: Sequence[Tile], batch_size: int) -> Iterator[list[T
         yield list(tiles[i:i + batch_size])
 
 
-_THREADS: dict[str, int] = {}
-
-
-def _configure_threads(n: int) -> None:
-    """torch and OpenCV threads of this process, once per value (avoids oversubscription with several
-    workers). A library is only configured once something imported it: a stage that needs no torch
-    does not pay for importing it."""
-    import sys
-
-    for name in ("torch", "cv2"):
-        mod = sys.modules.get(name)
-        if mod is None or _THREADS.get(name) == n:
-            continue
-        if name == "torch":
-            mod.set_num_threads(n)
-        else:
-            mod.setNumThreads(n)
-        _THREADS[name] = n
-
-
 def _run_batch(scene: Scene, tiles: list[Tile], inputs: list | None, stage: Stage, threads: int) -> list[TileResult]:
     """Runs in a worker: read the tiles, skip nodata ones, call the stage, apply the seam rules."""
-    _configure_threads(threads)
+    configure_threads(threads)
     t0 = time.perf_counter()
     images = [scene.read_tile(t) for t in tiles]
     read_s = (time.perf_counter() - t0) / len(tiles)
@@ -309,7 +117,7 @@ def _run_batch(scene: Scene, tiles: list[Tile], inputs: list | None, stage: Stag
                           None if inputs is None else [inputs[k] for k in todo])
         try:
             out = stage(batch)
-            _configure_threads(threads)  # a stage that imported torch on its first call
+            configure_threads(threads)  # a stage that imported torch on its first call
         except GeorsError:
             raise  # bad input discovered while reading (an unreadable window...): stop with its message
         except Exception as exc:  # a model/engine failure: record it, --resume retries these tiles
@@ -328,220 +136,6 @@ def _run_batch(scene: Scene, tiles: list[Tile], inputs: list | None, stage: Stag
             r.seconds = sum(r.stage_seconds.values())
             results[t.id] = r
     return [results[t.id] for t in tiles]
-
-
-class _Executor:
-    """Futures for batches: synchronous here, a thread pool here, or a Dask distributed cluster."""
-
-    def __init__(self, execution: ExecutionConfig):
-        self.cluster = None
-        self.client = None
-        self.pool = None
-        sched = execution.scheduler
-        if sched == "synchronous" or (sched in (None, "threads") and execution.workers <= 1):
-            self.kind = "synchronous"
-        elif sched in (None, "threads"):
-            self.kind = "threads"
-            self.pool = concurrent.futures.ThreadPoolExecutor(max_workers=execution.workers,
-                                                              thread_name_prefix="geors")
-        else:
-            from geors.errors import require
-
-            distributed = require("distributed", "distributed", "Running on a Dask cluster")
-            self.kind = "distributed"
-            if sched == "local":
-                self.cluster = distributed.LocalCluster(n_workers=execution.workers, threads_per_worker=1,
-                                                        processes=True, dashboard_address=None,
-                                                        silence_logs=logging.WARNING)
-                self.client = distributed.Client(self.cluster)
-            elif isinstance(sched, str):
-                try:
-                    self.client = distributed.Client(sched, timeout="20s")
-                except OSError as exc:
-                    raise ConfigError(f"cannot reach the Dask scheduler at {sched}: {exc}. Is it running?") from None
-            else:
-                self.client = sched
-        self.slots = 1 if self.kind == "synchronous" else 2 * max(1, execution.workers)
-
-    def submit(self, fn, *args):
-        if self.kind == "synchronous":
-            fut: concurrent.futures.Future = concurrent.futures.Future()
-            try:
-                fut.set_result(fn(*args))
-            except BaseException as exc:  # delivered through the future like the other executors
-                fut.set_exception(exc)
-            return fut
-        if self.kind == "threads":
-            return self.pool.submit(fn, *args)
-        return self.client.submit(fn, *args, pure=False)
-
-    def close(self) -> None:
-        if self.pool is not None:
-            self.pool.shutdown(wait=True, cancel_futures=True)
-        if self.cluster is not None:
-            self.client.close()
-            self.cluster.close(timeout=30)
-
-
-# ----------------------------------------------------------------------------- outputs and resume
-
-
-def _read_state(path: Path) -> dict:
-    """Read-only look at an existing output: ledger rows per scene and the recorded runs."""
-    import sqlite3
-
-    state = {"scenes": {}, "runs": []}
-    if not path.is_file() or path.stat().st_size == 0:
-        return state
-    from geors.vector import recover_hot_journal
-
-    recover_hot_journal(path)
-    try:
-        con = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
-    except sqlite3.Error:
-        return state
-    try:
-        tables = {r[0].lower() for r in con.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
-        if "geors_tiles" in tables:
-            for scene, n in con.execute("SELECT scene, count(*) FROM geors_tiles WHERE status != 'failed' "
-                                        "GROUP BY scene"):
-                state["scenes"][scene] = n
-        if "geors_runs" in tables:
-            for run_id, command, cfg, models, status in con.execute(
-                    "SELECT run_id, command, config, models, status FROM geors_runs ORDER BY started"):
-                try:
-                    cfg = json.loads(cfg or "{}")
-                    models = json.loads(models or "{}")
-                except json.JSONDecodeError:
-                    cfg, models = {}, {}
-                state["runs"].append({"run_id": run_id, "command": command, "config": cfg, "models": models,
-                                      "status": status})
-    except sqlite3.DatabaseError:
-        pass  # the writer's own check names the problem
-    finally:
-        con.close()
-    return state
-
-
-def _flat(d: dict, prefix: str = "") -> dict:
-    out = {}
-    for k, v in d.items():
-        if isinstance(v, dict) and k not in ("classes",):
-            out.update(_flat(v, ""))
-        else:
-            out[k] = v
-    return out
-
-
-def _result_key(stage: Stage, tiling: tuple[int, int], bands) -> dict:
-    info = _flat(stage.describe())
-    key = {"stage": stage.name, "tile_size": tiling[0], "overlap": tiling[1],
-           "bands": list(bands) if bands else None}
-    key.update({k: info.get(k) for k in _RESUME_KEYS if k in info})
-    return key
-
-
-def _check_continuation(path: Path, state: dict, scenes: list[Scene], fingerprints: dict, key: dict,
-                        resume: bool, overwrite: bool) -> None:
-    """Refuse silent duplicates and resumes that would mix other scenes or other options into a file."""
-    for scene in scenes:
-        n = state["scenes"].get(scene.name, 0)
-        if not n:
-            continue
-        if not resume and not overwrite:
-            raise OutputError(
-                f"{path} already holds results for scene {scene.name} ({n} tiles). Running it again would "
-                "duplicate every feature: add --resume to continue that run, --overwrite to replace that "
-                "scene's results, or write to another output.")
-        if not resume:
-            continue
-        recorded = [r for r in state["runs"] if any(
-            isinstance(s, dict) and s.get("name") == scene.name for s in r["config"].get("scenes", []))]
-        if not recorded:
-            continue  # written by an older geors without fingerprints: only the tile grid is checked
-        last = recorded[-1]
-        rec_scene = next(s for s in last["config"]["scenes"] if isinstance(s, dict) and s.get("name") == scene.name)
-        if rec_scene.get("fingerprint") and rec_scene["fingerprint"] != fingerprints[scene.name]:
-            raise OutputError(
-                f"{path}: --resume: scene {scene.name} ({scene.path}) is not the raster this output was made "
-                f"from ({rec_scene.get('path')}): size, grid, CRS or content differ. Use the same file, "
-                "or write to another output.")
-        old = last["config"].get("result_key") or {}
-        diff = [k for k in key if k in old and old[k] != key[k]]
-        if diff:
-            what = "; ".join(f"{_RESUME_KEYS.get(k, k)}: was {old[k]!r}, now {key[k]!r}" for k in diff)
-            raise OutputError(
-                f"{path}: --resume with other options than run {last['run_id']} would mix two results in one "
-                f"file ({what}). Resume with the same options, or write to another output.")
-
-
-def _resolve_outputs(out: Path, scenes: list[Scene], per_scene: bool) -> dict[str, Path]:
-    if per_scene:
-        if out.suffix.lower() == ".gpkg":
-            raise OutputError(f"{out}: with --per-scene the output is a folder (one GeoPackage per scene), "
-                              "not a .gpkg file.")
-        if out.exists() and not out.is_dir():
-            raise OutputError(f"{out}: exists and is not a folder; --per-scene writes one GeoPackage per scene "
-                              "into a folder.")
-        if not out.parent.exists():
-            raise OutputError(f"{out}: the parent folder {out.parent} does not exist; create it first.")
-        targets = {s.name: out / f"{Path(s.name).stem}.gpkg" for s in scenes}
-    else:
-        targets = {s.name: out for s in scenes}
-    for s in scenes:
-        t = targets[s.name]
-        try:
-            if t.exists() and Path(s.path).exists() and os.path.samefile(t, s.path):
-                raise OutputError(f"{t}: is the input scene itself; geors never overwrites an input. "
-                                  "Choose another output name.")
-        except OSError:
-            pass
-    return targets
-
-
-def _with_batch_size(config: PipelineConfig) -> PipelineConfig:
-    """The configuration with the batch size decided (the device is known once the models are loaded)."""
-    import sys
-
-    if config.execution.batch_size is not None:
-        return config
-    torch = sys.modules.get("torch")
-    on_gpu = (config.execution.device != "cpu" and torch is not None and torch.cuda.is_available())
-    return config.replace(execution__batch_size=config.execution.resolved_batch_size(on_gpu))
-
-
-# Measured with benchmarks/bench_pipeline.py (geors run, default model, box masks, CPU, PyPI torch):
-# peak RSS 1,038 MiB at batch 1 and 1,684 MiB at batch 8 of 640 px tiles -> ~92 MiB per tile in flight
-# (~235 bytes per tile pixel: float32 pixels, an RGB copy, the model's activations) on top of ~950 MiB
-# for the process itself (Python, torch ~500 MiB, GDAL, the model).
-PROCESS_BASE_BYTES = 950 * 2**20
-BYTES_PER_TILE_PIXEL = 235
-
-
-def estimate_peak_memory(tile_size: int, batch_size: int, workers: int = 1, processes: bool = False) -> dict:
-    """What a run needs at its peak, in bytes: the process(es) plus the tiles in flight.
-
-    Threads share one process; a LocalCluster has one process per worker.
-    The figures are measured on CPU (see the constants); a GPU run holds its
-    activations on the device instead.
-    """
-    in_flight = batch_size * (1 if workers <= 1 else 2 * workers)
-    tiles = in_flight * tile_size * tile_size * BYTES_PER_TILE_PIXEL
-    base = PROCESS_BASE_BYTES * (workers + 1 if processes else 1)
-    return {"tiles_in_flight": in_flight, "tiles_bytes": tiles, "process_bytes": base, "total_bytes": base + tiles}
-
-
-def _check_memory(tile_size: int, execution: ExecutionConfig) -> None:
-    import psutil
-
-    est = estimate_peak_memory(tile_size, execution.batch_size, execution.workers,
-                               processes=execution.scheduler == "local")
-    avail = psutil.virtual_memory().available
-    if est["tiles_bytes"] > 0.8 * avail:
-        raise ConfigError(
-            f"--tile {tile_size} with --batch-size {execution.batch_size} and --workers {execution.workers} "
-            f"needs about {est['tiles_bytes'] / 2**30:.1f} GiB of memory for the tiles in flight, more than the "
-            f"{avail / 2**30:.1f} GiB available. Use a smaller --tile, --batch-size or --workers.")
 
 
 # ----------------------------------------------------------------------------- the run
@@ -577,7 +171,7 @@ def process_scenes(
     faults.checkpoint("start")
     t_start = time.perf_counter()
     tiling: TilingConfig = config.tiling
-    opened, skipped = _open_scenes(scenes, tiling.bands, config.output.strict)
+    opened, skipped = open_scenes(scenes, tiling.bands, config.output.strict)
     if not opened:
         reasons = "; ".join(f"{s['path']}: {s['reason']}" for s in skipped) or "no scene given"
         raise SceneReadError(f"no scene could be opened ({reasons})")
@@ -587,18 +181,18 @@ def process_scenes(
         raise ConfigError(f"several scenes share the file name {dup[0]!r}; outputs identify scenes by file name, "
                           "so rename them, use --per-scene, or run them into separate GeoPackages.")
     stage.prepare(opened)  # models load and bands are checked before the output is touched
-    config = _with_batch_size(config)
+    config = with_batch_size(config)
     default_size, default_overlap = stage.default_tiling()
     size = tiling.tile_size or default_size
     overlap = tiling.overlap if tiling.overlap is not None else min(default_overlap, size // 2)
     grids = {s.name: TileGrid(s, size, overlap) for s in opened}  # validates overlap < tile
-    _check_memory(size, config.execution)
-    key = _result_key(stage, (size, overlap), tiling.bands)
+    check_memory(size, config.execution)
+    key = result_key(stage, (size, overlap), tiling.bands)
     fingerprints = {s.name: scene_fingerprint(s) for s in opened}
-    targets = _resolve_outputs(Path(out), opened, config.output.per_scene)
-    states = {p: _read_state(p) for p in set(targets.values())}
+    targets = resolve_outputs(Path(out), opened, config.output.per_scene)
+    states = {p: read_output_state(p) for p in set(targets.values())}
     for p, st in states.items():
-        _check_continuation(p, st, [s for s in opened if targets[s.name] == p], fingerprints, key,
+        check_continuation(p, st, [s for s in opened if targets[s.name] == p], fingerprints, key,
                             config.output.resume, config.output.overwrite)
 
     # ---- from here on the output is touched
@@ -656,7 +250,7 @@ def process_scenes(
                 tiles = todo
             plan.append((s, tiles))
         summary.scenes = len(opened)
-        executor = _Executor(config.execution)
+        executor = Executor(config.execution)
         status = _execute(plan, stage, config.execution, executor, writers, targets, summary, progress, cancel)
     except (KeyboardInterrupt, Cancelled):
         status = "cancelled"
@@ -676,7 +270,7 @@ def process_scenes(
     return summary
 
 
-def _execute(plan, stage: Stage, execution: ExecutionConfig, executor: _Executor, writers, targets,
+def _execute(plan, stage: Stage, execution: ExecutionConfig, executor: Executor, writers, targets,
              summary: RunSummary, progress: Progress, cancel: threading.Event | None) -> str:
     """Submit batches across scenes, write them as they complete; returns the run status."""
     threads = execution.threads_per_worker()
@@ -730,7 +324,7 @@ def _execute(plan, stage: Stage, execution: ExecutionConfig, executor: _Executor
             continue
         writer = writers[targets[scene.name]]
         writer.write_results(results, model=_model_name(stage), crs=scene.crs)
-        _tally(summary, results, scene)
+        tally(summary, results)
         summary.megapixels += sum(float(t.core.width) * float(t.core.height) for t in tiles) / 1e6
         progress.advance(len(results), scene=scene.name, detections=summary.detections)
         faults.checkpoint("batch")
@@ -751,22 +345,6 @@ def _model_name(stage: Stage) -> str:
     info = stage.describe()
     return str(info.get("model") or next((v.get("model") for v in info.values() if isinstance(v, dict)
                                           and v.get("model")), ""))
-
-
-def _tally(summary: RunSummary, results: list[TileResult], scene: Scene) -> None:
-    for r in results:
-        if r.status in ("done", "gated", "nodata", "failed"):
-            setattr(summary, r.status, getattr(summary, r.status) + 1)
-        summary.detections += len(r.detections)
-        summary.instances += len(r.instances)
-        summary.segments += len(r.segmentation)
-        for d in r.detections:
-            summary.per_class[d.class_name] = summary.per_class.get(d.class_name, 0) + 1
-        for i in r.instances:
-            summary.mask_methods[i.mask_method] = summary.mask_methods.get(i.mask_method, 0) + 1
-            summary.fallbacks += i.mask_method.endswith(":fallback") or i.mask_method == "box:fallback"
-        for k, v in r.stage_seconds.items():
-            summary.stage_seconds[k] = summary.stage_seconds.get(k, 0.0) + v
 
 
 def _scene_finished(scene: Scene, writer: GeoPackageWriter, stage: Stage) -> None:

@@ -1,0 +1,132 @@
+"""Where batches run (futures: here, in a thread pool, or on a Dask cluster) and what they cost in memory."""
+
+from __future__ import annotations
+
+import concurrent.futures
+import logging
+
+from geors.config import ExecutionConfig, PipelineConfig
+from geors.errors import ConfigError
+
+log = logging.getLogger(__name__)
+
+__all__ = ["Executor", "configure_threads", "estimate_peak_memory", "check_memory", "with_batch_size",
+           "PROCESS_BASE_BYTES", "BYTES_PER_TILE_PIXEL"]
+
+
+_THREADS: dict[str, int] = {}
+
+
+def configure_threads(n: int) -> None:
+    """torch and OpenCV threads of this process, once per value (avoids oversubscription with several
+    workers). A library is only configured once something imported it: a stage that needs no torch
+    does not pay for importing it."""
+    import sys
+
+    for name in ("torch", "cv2"):
+        mod = sys.modules.get(name)
+        if mod is None or _THREADS.get(name) == n:
+            continue
+        if name == "torch":
+            mod.set_num_threads(n)
+        else:
+            mod.setNumThreads(n)
+        _THREADS[name] = n
+
+
+class Executor:
+    """Futures for batches: synchronous here, a thread pool here, or a Dask distributed cluster."""
+
+    def __init__(self, execution: ExecutionConfig):
+        self.cluster = None
+        self.client = None
+        self.pool = None
+        sched = execution.scheduler
+        if sched == "synchronous" or (sched in (None, "threads") and execution.workers <= 1):
+            self.kind = "synchronous"
+        elif sched in (None, "threads"):
+            self.kind = "threads"
+            self.pool = concurrent.futures.ThreadPoolExecutor(max_workers=execution.workers,
+                                                              thread_name_prefix="geors")
+        else:
+            from geors.errors import require
+
+            distributed = require("distributed", "distributed", "Running on a Dask cluster")
+            self.kind = "distributed"
+            if sched == "local":
+                self.cluster = distributed.LocalCluster(n_workers=execution.workers, threads_per_worker=1,
+                                                        processes=True, dashboard_address=None,
+                                                        silence_logs=logging.WARNING)
+                self.client = distributed.Client(self.cluster)
+            elif isinstance(sched, str):
+                try:
+                    self.client = distributed.Client(sched, timeout="20s")
+                except OSError as exc:
+                    raise ConfigError(f"cannot reach the Dask scheduler at {sched}: {exc}. Is it running?") from None
+            else:
+                self.client = sched
+        self.slots = 1 if self.kind == "synchronous" else 2 * max(1, execution.workers)
+
+    def submit(self, fn, *args):
+        if self.kind == "synchronous":
+            fut: concurrent.futures.Future = concurrent.futures.Future()
+            try:
+                fut.set_result(fn(*args))
+            except BaseException as exc:  # delivered through the future like the other executors
+                fut.set_exception(exc)
+            return fut
+        if self.kind == "threads":
+            return self.pool.submit(fn, *args)
+        return self.client.submit(fn, *args, pure=False)
+
+    def close(self) -> None:
+        if self.pool is not None:
+            self.pool.shutdown(wait=True, cancel_futures=True)
+        if self.cluster is not None:
+            self.client.close()
+            self.cluster.close(timeout=30)
+
+
+def with_batch_size(config: PipelineConfig) -> PipelineConfig:
+    """The configuration with the batch size decided (the device is known once the models are loaded)."""
+    import sys
+
+    if config.execution.batch_size is not None:
+        return config
+    torch = sys.modules.get("torch")
+    on_gpu = (config.execution.device != "cpu" and torch is not None and torch.cuda.is_available())
+    return config.replace(execution__batch_size=config.execution.resolved_batch_size(on_gpu))
+
+
+# Measured with benchmarks/bench_pipeline.py (geors run, default model, box masks, CPU, PyPI torch):
+# peak RSS 1,038 MiB at batch 1 and 1,684 MiB at batch 8 of 640 px tiles -> ~92 MiB per tile in flight
+# (~235 bytes per tile pixel: float32 pixels, an RGB copy, the model's activations) on top of ~950 MiB
+# for the process itself (Python, torch ~500 MiB, GDAL, the model).
+PROCESS_BASE_BYTES = 950 * 2**20
+BYTES_PER_TILE_PIXEL = 235
+
+
+def estimate_peak_memory(tile_size: int, batch_size: int, workers: int = 1, processes: bool = False) -> dict:
+    """What a run needs at its peak, in bytes: the process(es) plus the tiles in flight.
+
+    Threads share one process; a LocalCluster has one process per worker.
+    The figures are measured on CPU (see the constants); a GPU run holds its
+    activations on the device instead.
+    """
+    in_flight = batch_size * (1 if workers <= 1 else 2 * workers)
+    tiles = in_flight * tile_size * tile_size * BYTES_PER_TILE_PIXEL
+    base = PROCESS_BASE_BYTES * (workers + 1 if processes else 1)
+    return {"tiles_in_flight": in_flight, "tiles_bytes": tiles, "process_bytes": base, "total_bytes": base + tiles}
+
+
+def check_memory(tile_size: int, execution: ExecutionConfig) -> None:
+    import psutil
+
+    est = estimate_peak_memory(tile_size, execution.batch_size, execution.workers,
+                               processes=execution.scheduler == "local")
+    avail = psutil.virtual_memory().available
+    if est["tiles_bytes"] > 0.8 * avail:
+        raise ConfigError(
+            f"--tile {tile_size} with --batch-size {execution.batch_size} and --workers {execution.workers} "
+            f"needs about {est['tiles_bytes'] / 2**30:.1f} GiB of memory for the tiles in flight, more than the "
+            f"{avail / 2**30:.1f} GiB available. Use a smaller --tile, --batch-size or --workers.")

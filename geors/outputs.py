@@ -1,0 +1,141 @@
+"""What an output already holds, and the rules that keep runs from mixing into it.
+
+Read-only checks made before the output is opened for writing: a scene already
+in the ledger needs ``--resume`` or ``--overwrite``; ``--resume`` needs the same
+raster (fingerprint) and the same result-affecting options; an output is never
+an input; ``--per-scene`` names one GeoPackage per scene.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+from geors.errors import OutputError
+from geors.raster import Scene
+from geors.stage import Stage
+
+__all__ = ["read_output_state", "result_key", "check_continuation", "resolve_outputs", "RESUME_KEYS"]
+
+# Result-affecting provenance keys compared on --resume, and the option a user changes for each.
+RESUME_KEYS = {
+    "stage": "the command", "tile_size": "--tile", "overlap": "--overlap", "bands": "--bands",
+    "model_sha256": "--model", "gate_threshold": "--gate-threshold / --no-gate",
+    "score_threshold": "--score-threshold", "mask_method": "--sam", "segmenter_sha256": "--segmenter",
+    "boxes": "--boxes", "simplify_px": "--simplify", "multipart": "--all-parts",
+}
+
+
+def read_output_state(path: Path) -> dict:
+    """Read-only look at an existing output (after recovering a hot journal): ledger rows per scene and the recorded runs."""
+    import sqlite3
+
+    state = {"scenes": {}, "runs": []}
+    if not path.is_file() or path.stat().st_size == 0:
+        return state
+    from geors.vector import recover_hot_journal
+
+    recover_hot_journal(path)
+    try:
+        con = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+    except sqlite3.Error:
+        return state
+    try:
+        tables = {r[0].lower() for r in con.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+        if "geors_tiles" in tables:
+            for scene, n in con.execute("SELECT scene, count(*) FROM geors_tiles WHERE status != 'failed' "
+                                        "GROUP BY scene"):
+                state["scenes"][scene] = n
+        if "geors_runs" in tables:
+            for run_id, command, cfg, models, status in con.execute(
+                    "SELECT run_id, command, config, models, status FROM geors_runs ORDER BY started"):
+                try:
+                    cfg = json.loads(cfg or "{}")
+                    models = json.loads(models or "{}")
+                except json.JSONDecodeError:
+                    cfg, models = {}, {}
+                state["runs"].append({"run_id": run_id, "command": command, "config": cfg, "models": models,
+                                      "status": status})
+    except sqlite3.DatabaseError:
+        pass  # the writer's own check names the problem
+    finally:
+        con.close()
+    return state
+
+
+def _flat(d: dict) -> dict:
+    out = {}
+    for k, v in d.items():
+        if isinstance(v, dict) and k not in ("classes",):
+            out.update(_flat(v))
+        else:
+            out[k] = v
+    return out
+
+
+def result_key(stage: Stage, tiling: tuple[int, int], bands) -> dict:
+    """The result-affecting facts of a run (recorded; compared on ``--resume``)."""
+    info = _flat(stage.describe())
+    key = {"stage": stage.name, "tile_size": tiling[0], "overlap": tiling[1],
+           "bands": list(bands) if bands else None}
+    key.update({k: info.get(k) for k in RESUME_KEYS if k in info})
+    return key
+
+
+def check_continuation(path: Path, state: dict, scenes: list[Scene], fingerprints: dict, key: dict,
+                        resume: bool, overwrite: bool) -> None:
+    """Refuse silent duplicates and resumes that would mix other scenes or other options into a file."""
+    for scene in scenes:
+        n = state["scenes"].get(scene.name, 0)
+        if not n:
+            continue
+        if not resume and not overwrite:
+            raise OutputError(
+                f"{path} already holds results for scene {scene.name} ({n} tiles). Running it again would "
+                "duplicate every feature: add --resume to continue that run, --overwrite to replace that "
+                "scene's results, or write to another output.")
+        if not resume:
+            continue
+        recorded = [r for r in state["runs"] if any(
+            isinstance(s, dict) and s.get("name") == scene.name for s in r["config"].get("scenes", []))]
+        if not recorded:
+            continue  # written by an older geors without fingerprints: only the tile grid is checked
+        last = recorded[-1]
+        rec_scene = next(s for s in last["config"]["scenes"] if isinstance(s, dict) and s.get("name") == scene.name)
+        if rec_scene.get("fingerprint") and rec_scene["fingerprint"] != fingerprints[scene.name]:
+            raise OutputError(
+                f"{path}: --resume: scene {scene.name} ({scene.path}) is not the raster this output was made "
+                f"from ({rec_scene.get('path')}): size, grid, CRS or content differ. Use the same file, "
+                "or write to another output.")
+        old = last["config"].get("result_key") or {}
+        diff = [k for k in key if k in old and old[k] != key[k]]
+        if diff:
+            what = "; ".join(f"{RESUME_KEYS.get(k, k)}: was {old[k]!r}, now {key[k]!r}" for k in diff)
+            raise OutputError(
+                f"{path}: --resume with other options than run {last['run_id']} would mix two results in one "
+                f"file ({what}). Resume with the same options, or write to another output.")
+
+
+def resolve_outputs(out: Path, scenes: list[Scene], per_scene: bool) -> dict[str, Path]:
+    if per_scene:
+        if out.suffix.lower() == ".gpkg":
+            raise OutputError(f"{out}: with --per-scene the output is a folder (one GeoPackage per scene), "
+                              "not a .gpkg file.")
+        if out.exists() and not out.is_dir():
+            raise OutputError(f"{out}: exists and is not a folder; --per-scene writes one GeoPackage per scene "
+                              "into a folder.")
+        if not out.parent.exists():
+            raise OutputError(f"{out}: the parent folder {out.parent} does not exist; create it first.")
+        targets = {s.name: out / f"{Path(s.name).stem}.gpkg" for s in scenes}
+    else:
+        targets = {s.name: out for s in scenes}
+    for s in scenes:
+        t = targets[s.name]
+        try:
+            if t.exists() and Path(s.path).exists() and os.path.samefile(t, s.path):
+                raise OutputError(f"{t}: is the input scene itself; geors never overwrites an input. "
+                                  "Choose another output name.")
+        except OSError:
+            pass
+    return targets

@@ -1,0 +1,95 @@
+"""What a run did: the summary every command prints (people: ``lines()``; programs: ``to_dict()``)."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+
+from geors.results import TileResult
+
+__all__ = ["RunSummary", "tally"]
+
+
+@dataclass
+class RunSummary:
+    """What a run did; ``to_dict`` is the machine-readable summary every command prints."""
+
+    run_id: str
+    output: str
+    status: str = "running"
+    scenes: int = 0
+    scenes_skipped: list[dict] = field(default_factory=list)
+    tiles: int = 0
+    done: int = 0
+    gated: int = 0
+    nodata: int = 0
+    failed: int = 0
+    skipped_resume: int = 0
+    detections: int = 0
+    instances: int = 0
+    segments: int = 0
+    per_class: dict[str, int] = field(default_factory=dict)
+    mask_methods: dict[str, int] = field(default_factory=dict)
+    fallbacks: int = 0
+    megapixels: float = 0.0
+    seconds: float = 0.0
+    stage_seconds: dict[str, float] = field(default_factory=dict)
+    crs: str = ""
+    reprojected_scenes: list[str] = field(default_factory=list)
+    extra: dict = field(default_factory=dict)  # command-specific results (e.g. the label raster written)
+
+    @property
+    def processed(self) -> int:
+        return self.done + self.gated
+
+    @property
+    def saved(self) -> int:
+        """Tiles whose results are committed (done, gated or nodata), this run and earlier ones."""
+        return self.done + self.gated + self.nodata + self.skipped_resume
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["processed"] = self.processed
+        d["mp_per_s"] = round(self.megapixels / self.seconds, 3) if self.seconds else None
+        d["stage_seconds"] = {k: round(v, 3) for k, v in self.stage_seconds.items()}
+        return d
+
+    def lines(self) -> list[str]:
+        """The summary for people (stderr)."""
+        out = [f"{self.status}: {self.scenes} scene(s) -> {self.output}  (run {self.run_id})",
+               f"  tiles: {self.tiles} = {self.done} done, {self.gated} gated, {self.nodata} nodata, "
+               f"{self.failed} failed, {self.skipped_resume} already done"]
+        feats = [f"{n} {k}" for k, n in (("detections", self.detections), ("instances", self.instances),
+                                          ("segments", self.segments)) if n]
+        if feats:
+            out.append("  features: " + ", ".join(feats))
+        if self.per_class:
+            out.append("  per class: " + ", ".join(f"{k} {v}" for k, v in sorted(self.per_class.items())))
+        if self.mask_methods:
+            out.append("  masks by: " + ", ".join(f"{k} {v}" for k, v in sorted(self.mask_methods.items()))
+                       + (f"  ({self.fallbacks} fell back to the box)" if self.fallbacks else ""))
+        if self.seconds:
+            shares = ", ".join(f"{k} {v:.1f}s" for k, v in sorted(self.stage_seconds.items()))
+            out.append(f"  {self.seconds:.1f} s, {self.megapixels:.1f} MP, "
+                       f"{self.megapixels / self.seconds:.2f} MP/s" + (f"  (worker time: {shares})" if shares else ""))
+        if self.reprojected_scenes:
+            out.append(f"  reprojected into {self.crs}: {', '.join(self.reprojected_scenes)}")
+        for s in self.scenes_skipped:
+            out.append(f"  skipped {s['path']}: {s['reason']}")
+        return out
+
+
+def tally(summary: RunSummary, results: list[TileResult]) -> None:
+    """Add a written batch's tiles and features to the summary."""
+    for r in results:
+        if r.status in ("done", "gated", "nodata", "failed"):
+            setattr(summary, r.status, getattr(summary, r.status) + 1)
+        summary.detections += len(r.detections)
+        summary.instances += len(r.instances)
+        summary.segments += len(r.segmentation)
+        for d in r.detections:
+            summary.per_class[d.class_name] = summary.per_class.get(d.class_name, 0) + 1
+        for i in r.instances:
+            summary.mask_methods[i.mask_method] = summary.mask_methods.get(i.mask_method, 0) + 1
+            summary.fallbacks += i.mask_method.endswith(":fallback") or i.mask_method == "box:fallback"
+        for k, v in r.stage_seconds.items():
+            summary.stage_seconds[k] = summary.stage_seconds.get(k, 0.0) + v
