@@ -441,10 +441,17 @@ class _Sampler:
         return np.stack(imgs), np.stack(labs)
 
 
-def _lr_factor(step: int, total: int, warmup: int) -> float:
+def _lr_factor(step: int, total: int, warmup: int, time_fraction: float = 0.0) -> float:
+    """Linear warm-up, then cosine decay over the schedule's progress.
+
+    Progress is the larger of the step fraction and ``time_fraction`` (elapsed
+    / budget), so a run stopped by its time budget still ends annealed instead
+    of at a high learning rate.
+    """
     if step < warmup:
         return (step + 1) / warmup
-    return 0.5 * (1 + math.cos(math.pi * min(1.0, (step - warmup) / max(1, total - warmup))))
+    frac = max((step - warmup) / max(1, total - warmup), time_fraction)
+    return 0.5 * (1 + math.cos(math.pi * min(1.0, frac)))
 
 
 ProgressFn = Callable[[dict[str, Any]], None]
@@ -457,7 +464,8 @@ def _run_phase(name: str, steps: int, budget: float | None, step_fn: Callable[[i
     losses: list[float] = []
     done = 0
     for step in range(steps):
-        f = _lr_factor(step, steps, cfg.warmup_steps)
+        tf = (time.perf_counter() - t0) / budget if budget else 0.0
+        f = _lr_factor(step, steps, cfg.warmup_steps, tf)
         for g, b in zip(opt.param_groups, base, strict=True):
             g["lr"] = b * f
         losses.append(step_fn(step))
