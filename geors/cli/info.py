@@ -27,7 +27,7 @@ def command(scene, tile_size, overlap, bands, batch_size, workers, stats, as_jso
     overlap = overlap if overlap is not None else 128
     grid = TileGrid(sc, tile_size, overlap)
     info = sc.describe()
-    from geors.pipeline import estimate_peak_memory
+    from geors.execution import estimate_peak_memory
 
     est = estimate_peak_memory(tile_size, batch_size, workers)
     mem = est["total_bytes"]
