@@ -437,3 +437,12 @@ def test_dota_vehicle_polygons_become_small_object_labels(tmp_path):
     want = sum(p.area for p, r in zip(polys, rows, strict=True) if r[8] == "large-vehicle") / gsd ** 2
     assert px["large-vehicle"] == pytest.approx(want, rel=0.1)
     assert 0 < px["small-vehicle"] < px["large-vehicle"]
+
+
+def test_lr_schedule_anneals_on_the_time_budget():
+    from geors.train.segmenter import _lr_factor
+
+    assert _lr_factor(0, 100, 10) == pytest.approx(0.1)
+    assert _lr_factor(10, 100, 10) == pytest.approx(1.0)
+    assert _lr_factor(50, 1000, 10, time_fraction=1.0) == pytest.approx(0.0)
+    assert _lr_factor(50, 1000, 10, time_fraction=0.5) == pytest.approx(0.5)
