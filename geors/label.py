@@ -285,6 +285,7 @@ def rasterize_instances(scene, masks_path: Path, out_path: Path, mapping: dict[s
     from rasterio.windows import Window
     from rasterio.windows import transform as window_transform
 
+    from geors.crs import bounds_in, same_crs
     from geors.tiling import window_bounds
 
     where = "scene = '" + scene.name.replace("'", "''") + "'"
@@ -312,9 +313,9 @@ def rasterize_instances(scene, masks_path: Path, out_path: Path, mapping: dict[s
                     shape = (int(win.height), int(win.width))
                     bounds = window_bounds(win, scene.transform)
                     df = pyogrio.read_dataframe(masks_path, layer="instances", where=where,
-                                                bbox=_bbox_in(bounds, scene.crs, layer_crs), fid_as_index=True,
+                                                bbox=bounds_in(bounds, scene.crs, layer_crs), fid_as_index=True,
                                                 columns=["class", "area_m2", "mask_method"])
-                    if len(df) and layer_crs and not _same_crs(layer_crs, scene.crs):
+                    if len(df) and layer_crs and not same_crs(layer_crs, scene.crs):
                         df = df.to_crs(scene.crs.to_wkt())
                     lab = np.full(shape, UNLABELLED, dtype=np.uint8)
                     ins = np.zeros(shape, dtype=np.uint32) if idst is not None else None
@@ -359,22 +360,6 @@ def rasterize_instances(scene, masks_path: Path, out_path: Path, mapping: dict[s
             if t is not None and t.exists():
                 t.unlink()
     return LabelRasterReport(out_path, inst_path, mapping, n_instances, 0, method, labelled, order)
-
-
-def _same_crs(a, b) -> bool:
-    from pyproj import CRS
-
-    return CRS.from_user_input(a).equals(CRS.from_user_input(b.to_wkt() if hasattr(b, "to_wkt") else b),
-                                         ignore_axis_order=True)
-
-
-def _bbox_in(bounds, scene_crs, layer_crs):
-    if not layer_crs or _same_crs(layer_crs, scene_crs):
-        return tuple(bounds)
-    from pyproj import Transformer
-
-    tr = Transformer.from_crs(scene_crs.to_wkt(), layer_crs, always_xy=True)
-    return tuple(tr.transform_bounds(*bounds, densify_pts=21))
 
 
 class _NullCtx:

@@ -258,14 +258,11 @@ def _bbox_in(bounds, scene_crs, layer_crs):
     """The preview bounds in the layer's CRS (for a spatial filter), or None when it cannot be computed."""
     if layer_crs is None or scene_crs is None:
         return tuple(bounds)
-    try:
-        from pyproj import CRS
-        from rasterio.warp import transform_bounds
+    from geors.crs import bounds_in
 
-        if CRS.from_user_input(layer_crs).equals(CRS.from_user_input(scene_crs.to_wkt())):
-            return tuple(bounds)
-        return tuple(transform_bounds(scene_crs, layer_crs, *bounds, densify_pts=21))
-    except Exception:  # an unusual CRS: read everything and let the reprojection clip
+    try:
+        return bounds_in(bounds, scene_crs, layer_crs)
+    except Exception:  # noqa: BLE001 - an unusual CRS: read everything and let the reprojection clip
         return None
 
 

@@ -486,7 +486,7 @@ def paint_class_raster(gpkg: str | os.PathLike, scene, out: str | os.PathLike, c
     from rasterio.windows import Window
     from rasterio.windows import transform as window_transform
 
-    from geors.label import _bbox_in, _same_crs
+    from geors.crs import bounds_in, same_crs
     from geors.tiling import window_bounds
 
     index = {str(n): i for i, n in enumerate(classes)}
@@ -500,8 +500,8 @@ def paint_class_raster(gpkg: str | os.PathLike, scene, out: str | os.PathLike, c
                 shape = (int(win.height), int(win.width))
                 bounds = window_bounds(win, scene.transform)
                 df = pyogrio.read_dataframe(gpkg, layer=layer, where=where,
-                                            bbox=_bbox_in(bounds, scene.crs, layer_crs), columns=["class"])
-                if len(df) and layer_crs and not _same_crs(layer_crs, scene.crs):
+                                            bbox=bounds_in(bounds, scene.crs, layer_crs), columns=["class"])
+                if len(df) and layer_crs and not same_crs(layer_crs, scene.crs):
                     df = df.to_crs(scene.crs.to_wkt())
                 pairs = [(g, index[c]) for g, c in zip(df.geometry.to_numpy(), df["class"].astype(str), strict=True)
                          if c in index and g is not None]

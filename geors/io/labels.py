@@ -38,9 +38,11 @@ from pathlib import Path
 
 import numpy as np
 
+from geors.crs import same_crs
 from geors.errors import LabelError
 
-__all__ = ["LabelSet", "MIN_VISIBLE", "read_labels", "as_labelset", "clip_boxes", "is_pixel_csv"]
+__all__ = ["LabelSet", "MIN_VISIBLE", "read_labels", "as_labelset", "clip_boxes", "is_pixel_csv", "reproject_labels",
+           "DEFAULT_CLASS_FIELDS"]
 
 log = logging.getLogger(__name__)
 
@@ -344,8 +346,8 @@ def _read_vector(path: Path, scene, class_field: str | None, layer: str | None) 
         raise LabelError(f"{path}: the scene has no CRS, so labels in {layer_crs} cannot be placed on it. "
                          "Use pixel-coordinate labels (VOC XML or CSV) for ungeoreferenced images.")
     geoms = gdf.geometry.to_numpy()
-    if layer_crs is not None and not _same_crs(layer_crs, scene_crs):
-        geoms = _reproject(path, geoms, layer_crs, scene_crs)
+    if layer_crs is not None and not same_crs(layer_crs, scene_crs):
+        geoms = reproject_labels(path, geoms, layer_crs, scene_crs)
     inv = ~scene.transform
 
     def to_pixels(xy: np.ndarray) -> np.ndarray:
@@ -370,16 +372,8 @@ def _read_vector(path: Path, scene, class_field: str | None, layer: str | None) 
     return boxes, names
 
 
-def _same_crs(a, b) -> bool:
-    from pyproj import CRS
-
-    try:
-        return CRS.from_user_input(a) == CRS.from_user_input(b)
-    except Exception:
-        return False
-
-
-def _reproject(path: Path, geoms: np.ndarray, src, dst) -> np.ndarray:
+def reproject_labels(path: Path, geoms: np.ndarray, src, dst) -> np.ndarray:
+    """Label geometries of ``path`` from ``src`` to the scene CRS ``dst``; a LabelError names the file and fix."""
     import shapely
     from pyproj import CRS, Transformer
     from pyproj.exceptions import CRSError, ProjError

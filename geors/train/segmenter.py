@@ -200,7 +200,8 @@ class _PolygonLabels(LabelSource):
         import pyogrio
         import shapely
 
-        from geors.io.labels import DEFAULT_CLASS_FIELDS, _reproject, _same_crs
+        from geors.crs import same_crs
+        from geors.io.labels import DEFAULT_CLASS_FIELDS, reproject_labels
 
         self.path = path
         try:
@@ -228,8 +229,8 @@ class _PolygonLabels(LabelSource):
                              f"{_crs_text(scene_crs)}; assign the right CRS to the layer (ogr2ogr -a_srs ...).")
         geoms = geoms[keep]
         names = [n for n, k in zip(names, keep, strict=True) if k]
-        if layer_crs is not None and not _same_crs(layer_crs, scene_crs):
-            geoms = _reproject(path, geoms, layer_crs, scene_crs)
+        if layer_crs is not None and not same_crs(layer_crs, scene_crs):
+            geoms = reproject_labels(path, geoms, layer_crs, scene_crs)
         uniq = sorted(set(names))
         self.names = {n: i for i, n in enumerate(uniq)}
         ids = np.array([self.names[n] for n in names], np.int64)
