@@ -62,6 +62,10 @@ def boxes_to_segmenter(scene: Path, boxes: Path, work: Path, *, small_classes: s
     return json.loads(metrics.read_text())
 
 
+def _fmt(value) -> str:
+    return "n/a" if value is None else f"{value:.3f}"  # None: nothing to measure (e.g. no pixel predicted)
+
+
 # Small enough for a CPU in about a minute; shows the workflow, not a good model.
 DEMO_TRAIN = ["--coarse-steps", "20", "--fine-steps", "10", "--batch-size", "2", "--crop", "64", "--window", "32",
               "--window-stride", "16", "--top-n", "4", "--tile", "128", "--overlap", "32", "--device", "cpu"]
@@ -100,7 +104,7 @@ def main(argv: list[str] | None = None) -> dict:
     metrics = boxes_to_segmenter(a.scene, a.boxes, a.work, small_classes=a.small_classes, background=a.background,
                                  class_field=a.class_field, mask_engine=a.sam, train_options=train_options,
                                  run_options=run_options)
-    print(f"mIoU {metrics['miou']:.3f}, pixel accuracy {metrics['pixel_accuracy']:.3f} "
+    print(f"mIoU {_fmt(metrics.get('miou'))}, pixel accuracy {_fmt(metrics.get('pixel_accuracy'))} "
           f"(model, layers and rasters in {a.work})", file=sys.stderr)
     return metrics
 

@@ -58,6 +58,10 @@ def train_and_evaluate(scene: Path, labels: Path, work: Path, *, class_field: st
     return json.loads(metrics.read_text())
 
 
+def _fmt(value) -> str:
+    return "n/a" if value is None else f"{value:.3f}"  # None: nothing to measure (e.g. no detection)
+
+
 # Small enough to train in seconds on a CPU; shows the workflow, not a good model.
 DEMO_TRAIN = ["--epochs", "2", "--steps-per-epoch", "15", "--batch-size", "2", "--crop", "64", "--tile", "128",
               "--overlap", "32", "--val-fraction", "0", "--device", "cpu"]
@@ -95,7 +99,7 @@ def main(argv: list[str] | None = None) -> dict:
                                  eval_labels=a.eval_labels, train_options=train_options,
                                  detect_options=["--device", a.device] if a.device else [])
     o = metrics["overall"]
-    print(f"AP50 {o['AP50']:.3f}, recall {o['recall']:.2f}, precision {o['precision']:.2f} at score "
+    print(f"AP50 {_fmt(o.get('AP50'))}, recall {_fmt(o.get('recall'))}, precision {_fmt(o.get('precision'))} at score "
           f"{metrics['score_threshold']} ({o['n_truth']} labelled objects; model and layers in {a.work})",
           file=sys.stderr)
     return metrics

@@ -86,7 +86,7 @@ def test_local_cluster_example_with_worker_processes(tmp_path):
     out = tmp_path / "cluster.gpkg"
     summary = example.main(["--demo", str(tmp_path / "c"), "--size", "96", "-o", str(out), "--scheduler", "local",
                             "--workers", "2"])
-    assert summary.status == "finished" and summary.done == 2
+    assert summary.status == "finished" and summary.failed == 0 and summary.processed == summary.tiles == 2
 
 
 

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import ast
 import dataclasses
+import functools
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -138,7 +139,8 @@ class _Visitor(ast.NodeVisitor):
         self.generic_visit(node)
 
 
-def collect(package: Path = PACKAGE) -> list[Message]:
+@functools.lru_cache(maxsize=4)
+def collect(package: Path = PACKAGE) -> tuple[Message, ...]:
     """All messages in ``package``, in file order."""
     out: list[Message] = []
     trees = {path: ast.parse(path.read_text(encoding="utf-8"), filename=str(path))
@@ -153,7 +155,7 @@ def collect(package: Path = PACKAGE) -> list[Message]:
         v = _Visitor(module, funcs)
         v.visit(tree)
         out.extend(v.found)
-    return out
+    return tuple(out)
 
 
 def exception_classes(package: Path = PACKAGE) -> dict[str, tuple[list[str], str]]:

@@ -43,6 +43,8 @@ ADVICE: dict[str, tuple[str, str]] = {
     "GateCalibrationError": ("exit 2", "Training could not find a gate threshold that passes the share of "
                              "validation tiles with objects asked by `--gate-recall`. Label more tiles, "
                              "lower `--gate-recall`, or train with `--val-fraction 0` (gate disabled)."),
+    "ProcessingError": ("exit 1", "Processing failed for a reason that is not your input. Read the log "
+                        "(`geors -v ...`) and the `message` field of `geors_tiles`; `--resume` retries."),
     "Cancelled": ("exit 130", "The run was cancelled (Ctrl-C, SIGTERM, QGIS Cancel). Every committed batch "
                   "is in the output; the command printed after it (the same with `--resume`) continues."),
     "BadParameter": ("exit 2", "click rejected an option's format before geors ran; the message shows the "
