@@ -10,7 +10,7 @@ geometry WKB, class, score, the instance -> detection links, the ledger.
 The default suite runs one chain (SIGTERM between batches, SIGKILL inside a
 commit of the resumed run, resume); every point and signal, and kills at random
 moments, are ``slow``
-(``pytest -m slow tests/test_crash.py -s`` prints the counts).
+(``pytest -m slow tests/test_crash.py -s`` runs them and prints the counts).
 """
 
 from __future__ import annotations
@@ -38,15 +38,6 @@ import scenes
 CLI = [sys.executable, "-c", "from geors.cli.main import main; main()"]
 TILES = 3  # 704 x 256 px scene, 256 px tiles, 32 px overlap -> 3 tiles, one per batch
 
-
-def skip_unless_slow_selected(request: pytest.FixtureRequest) -> None:
-    """Skip a ``slow`` test unless it was asked for (``-m slow`` or ``GEORS_SLOW=1``).
-
-    Guards the default ``pytest -q`` until the project's configuration deselects ``slow``.
-    """
-    expr = request.config.getoption("markexpr", "") or ""
-    if not ("slow" in expr and "not slow" not in expr) and os.environ.get("GEORS_SLOW") != "1":
-        pytest.skip("slow: run with -m slow or GEORS_SLOW=1")
 
 
 def _scene(path: Path) -> Path:
@@ -280,8 +271,7 @@ POINTS = [
 
 
 @pytest.mark.slow
-def test_every_kill_point_and_signal_resumes_to_the_clean_result(crash_setup, tmp_path, request):
-    skip_unless_slow_selected(request)
+def test_every_kill_point_and_signal_resumes_to_the_clean_result(crash_setup, tmp_path):
     scene, snap = crash_setup
     tally = Tally()
     for i, (point, sig) in enumerate(POINTS):
@@ -290,8 +280,7 @@ def test_every_kill_point_and_signal_resumes_to_the_clean_result(crash_setup, tm
 
 
 @pytest.mark.slow
-def test_random_kills_resume_to_the_clean_result(crash_setup, tmp_path, request):
-    skip_unless_slow_selected(request)
+def test_random_kills_resume_to_the_clean_result(crash_setup, tmp_path):
     scene, snap = crash_setup
     appears, total = _timed_run(_command(scene, tmp_path / "timing.gpkg"), tmp_path / "timing.gpkg")
     rng = random.Random(int(os.environ.get("GEORS_CRASH_SEED", "8")))
@@ -334,9 +323,8 @@ def _centroids(path: Path, scene: str, to_crs) -> np.ndarray:
 
 
 @pytest.mark.slow
-def test_two_cli_runs_creating_one_output_at_once(tmp_path, request):
+def test_two_cli_runs_creating_one_output_at_once(tmp_path):
     """Two `geors run` on scenes in UTM 16N and 17N into one new output, released at the same moment."""
-    skip_unless_slow_selected(request)
     if not Path("/proc/self/stat").exists():
         pytest.skip("needs /proc to see that both processes reached their start line")
     a = _scene_at(tmp_path / "a16.tif", 32616, -84.5, 30.2)

@@ -26,15 +26,6 @@ import scenes
 T = Affine(0.5, 0, 404000.0, 0, -0.5, 3285000.0)
 
 
-def skip_unless_slow_selected(request: pytest.FixtureRequest) -> None:
-    """Skip a ``slow`` test unless it was asked for (``-m slow`` or ``GEORS_SLOW=1``).
-
-    Guards the default ``pytest -q`` until the project's configuration deselects ``slow``.
-    """
-    expr = request.config.getoption("markexpr", "") or ""
-    if not ("slow" in expr and "not slow" not in expr) and os.environ.get("GEORS_SLOW") != "1":
-        pytest.skip("slow: run with -m slow or GEORS_SLOW=1")
-
 
 def _result(i, crs_t=T, status="done", instances=True):
     poly = pixel_box_to_polygon((10 + i, 10, 20 + i, 30), crs_t)
@@ -374,9 +365,7 @@ def _check_race_output(out: Path, procs: list[tuple[int, str]]) -> None:
 
 @pytest.mark.parametrize("trials", [pytest.param(2, id="2 trials"),
                                     pytest.param(12, id="12 trials", marks=pytest.mark.slow)])
-def test_two_processes_creating_the_same_output_at_once(tmp_path, trials, request):
-    if trials > 2:
-        skip_unless_slow_selected(request)
+def test_two_processes_creating_the_same_output_at_once(tmp_path, trials):
     outs = [tmp_path / f"race{i}.gpkg" for i in range(trials)]
     for out, pair in zip(outs, _race(outs), strict=True):
         _check_race_output(out, pair)
