@@ -31,7 +31,8 @@ from pathlib import Path
 import numpy as np
 
 CHILD = r"""
-import json, resource, sys, time
+import json, os, resource, sys, time
+os.environ.setdefault("GDAL_CACHEMAX", "128")  # what the geors CLI sets; GDAL's default (5% of RAM) grows with the scene
 import numpy as np
 import torch
 torch.set_num_threads(int(sys.argv[5]))
