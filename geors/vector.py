@@ -300,13 +300,18 @@ def _creation_lock(path: Path, wait_s: float | None = None):
                     fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
                     break
                 except BlockingIOError:
-                    if time.monotonic() > deadline:
-                        holder = _read_small(lock_path)
-                        raise OutputError(
-                            f"{path}: another geors process ({holder or 'unknown'}) has been creating this "
-                            f"output for more than {wait_s:.0f} s (lock {lock_path}). Wait for it, or write to "
-                            "another output.") from None
-                    time.sleep(0.05)
+                    pass
+                except OSError as exc:  # a file system without locks (some network mounts)
+                    log.warning("%s: file locks are not supported here (%s); two geors processes must not create "
+                                "this output at the same time", path, exc.strerror)
+                    break
+                if time.monotonic() > deadline:
+                    holder = _read_small(lock_path)
+                    raise OutputError(
+                        f"{path}: another geors process ({holder or 'unknown'}) has been creating this "
+                        f"output for more than {wait_s:.0f} s (lock {lock_path}). Wait for it, or write to "
+                        "another output.") from None
+                time.sleep(0.05)
             try:
                 same = os.fstat(fd).st_ino == os.stat(lock_path).st_ino
             except FileNotFoundError:
