@@ -32,7 +32,7 @@ from geors import DetectConfig, ExecutionConfig, MaskConfig, PipelineConfig, Til
 
 
 def run_on_cluster(scenes: list[str], out: str | Path, *, scheduler: str = "local", workers: int = 2,
-                   threads: int | None = None, device: str = "auto", batch_size: int = 8,
+                   threads: int | None = None, device: str = "auto", batch_size: int | None = None,
                    mask_engine: str = "watershed", tile: int | None = None, overlap: int | None = None
                    ) -> geors.RunSummary:
     """``geors.run`` with the work on a Dask cluster (``scheduler``: ``local`` or ``tcp://host:port``)."""
@@ -58,7 +58,7 @@ def main(argv: list[str] | None = None) -> geors.RunSummary:
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--threads", type=int, help="torch/OpenCV threads per worker (default: cores / workers)")
     p.add_argument("--device", default="auto", help="auto, cpu or cuda")
-    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--batch-size", type=int, help="tiles per model call (default: 2 on CPU, 8 on a GPU)")
     p.add_argument("--sam", default="watershed")
     p.add_argument("--tile", type=int)
     p.add_argument("--overlap", type=int)
