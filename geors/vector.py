@@ -18,9 +18,10 @@ Crash and race safety (what a kill or a second process can and cannot do):
   its layers, and renamed to the user's name: a half-made file never has the
   user's name.
 - Creating a file or adding layers to it happens under an exclusive lock
-  (``fcntl.flock`` on ``<out>.lock``), so two processes that start on the same
-  new output at once take turns: the second finds the first one's layers and
-  appends to them, reprojecting into their CRS.
+  (``fcntl.flock`` on ``<out>.lock``), held until the writer's first commit
+  (normally its run row), so two processes that start on the same new output
+  at once take turns: the second finds the first one's layers and run row, and
+  appends to the layers, reprojecting into their CRS.
 - A kill inside a transaction leaves SQLite's hot rollback journal; it is
   rolled back (the way SQLite does it: a read on a read-write connection)
   before the file is inspected, so the file is again the last committed state.
@@ -440,6 +441,7 @@ class GeoPackageWriter:
                  run_id: str | None = None):
         self.path = Path(path)
         self._con: sqlite3.Connection | None = None
+        self._lock: contextlib.ExitStack | None = None
         self.crs_wkt = _wkt(crs)
         self.crs = _crs(self.crs_wkt)
         self.layers = list(dict.fromkeys([*layers, "geors_tiles", "geors_runs"]))
@@ -452,25 +454,28 @@ class GeoPackageWriter:
         self._layer_crs: dict[str, ProjCRS] = {}
         self._transformers: dict[tuple[str, str], Transformer | None] = {}
         self._check_destination()
-        with _creation_lock(self.path):
-            try:
-                self._remove_stale_temp_files()
-                self._recover_hot_journal()
-                if self._needs_creation():
-                    self._existing: dict[str, dict] = {}
-                    self._create_new_file()
-                else:
-                    self._complete_gpkg_header()
-                    self._existing = self._inspect_existing()
-                    self._create_missing_layers(self.path)
-                    self._open()
-                    self._add_missing_columns()
-                if self._con is None:
-                    self._open()
-                self._read_layer_crs()
-            except BaseException:
-                self.close()
-                raise
+        # Held across creation, layer set-up and this writer's first commit (usually start_run), so a second
+        # process sees the first one's layers *and* its run row before it decides anything.
+        self._lock = contextlib.ExitStack()
+        self._lock.enter_context(_creation_lock(self.path))
+        try:
+            self._remove_stale_temp_files()
+            self._recover_hot_journal()
+            if self._needs_creation():
+                self._existing: dict[str, dict] = {}
+                self._create_new_file()
+            else:
+                self._complete_gpkg_header()
+                self._existing = self._inspect_existing()
+                self._create_missing_layers(self.path)
+                self._open()
+                self._add_missing_columns()
+            if self._con is None:
+                self._open()
+            self._read_layer_crs()
+        except BaseException:
+            self.close()
+            raise
 
     # -- checks -----------------------------------------------------------------
     def _check_destination(self) -> None:
@@ -656,9 +661,15 @@ class GeoPackageWriter:
             todo += [(name, f, k) for f, k in schema.fields if f in schema.added and f not in info["columns"]]
         if not todo:
             return
-        with self.transaction():
+        try:  # not self.transaction(): its commit would release the creation lock
+            self._con.execute("BEGIN IMMEDIATE")
             for name, f, k in todo:
                 self._con.execute(f'ALTER TABLE "{name}" ADD COLUMN "{f}" {_SQL_TYPES[k]}')
+            self._con.execute("COMMIT")
+        except sqlite3.Error as exc:
+            if self._con.in_transaction:
+                self._con.execute("ROLLBACK")
+            raise self._output_error(exc) from None
         for name, f, _ in todo:
             self._existing[name]["columns"][f] = _SQL_TYPES[dict(LAYERS[name].fields)[f]]
 
@@ -776,6 +787,7 @@ class GeoPackageWriter:
             self._flush_extents()
             checkpoint("commit")
             self._con.execute("COMMIT")
+            self._release_lock()
         except BaseException as exc:
             if self._con is not None and self._con.in_transaction:
                 self._con.execute("ROLLBACK")
@@ -1001,10 +1013,17 @@ class GeoPackageWriter:
             "AND status != 'failed'", (scene,)).fetchall()
         return {r[0]: (r[1], r[2], r[3], r[4]) for r in rows}
 
+    def _release_lock(self) -> None:
+        lock = getattr(self, "_lock", None)
+        if lock is not None:
+            self._lock = None
+            lock.close()
+
     def close(self) -> None:
         if getattr(self, "_con", None) is not None:
             self._con.close()
             self._con = None
+        self._release_lock()
 
     def __enter__(self):
         return self

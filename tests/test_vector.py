@@ -624,3 +624,17 @@ def test_read_rows_and_replace_rows_keep_the_layer_crs(tmp_path):
     ro = sqlite3.connect(f"file:{out}?mode=ro", uri=True)  # readable read-only again
     assert ro.execute("SELECT count(*) FROM geors_tiles").fetchone()[0] == 1
     ro.close()
+
+
+def test_creation_lock_is_held_until_the_first_commit(tmp_path, monkeypatch):
+    from geors import vector
+
+    out = tmp_path / "o.gpkg"
+    monkeypatch.setattr(vector, "_LOCK_WAIT_S", 0.3)
+    first = GeoPackageWriter(out, CRS.from_epsg(32617))
+    with pytest.raises(OutputError, match="another geors process"):  # layers made, run row not yet committed
+        GeoPackageWriter(out, CRS.from_epsg(32617))
+    first.start_run("first", {})
+    with GeoPackageWriter(out, CRS.from_epsg(32617)) as second:  # now it sees the first one's run
+        assert [r["command"] for r in second.runs()] == ["first"]
+    first.close()
