@@ -28,10 +28,15 @@ RESUME_KEYS = {
 
 
 def read_output_state(path: Path) -> dict:
-    """Read-only look at an existing output (after recovering a hot journal): ledger rows per scene and the recorded runs."""
+    """Read-only look at an existing output (after recovering a hot journal).
+
+    Returns:
+        ``scenes``: committed (not failed) ledger rows per scene; ``done``: scene -> tile id -> window
+        ``(col_off, row_off, width, height)``; ``runs``: the recorded runs with their config and models.
+    """
     import sqlite3
 
-    state = {"scenes": {}, "runs": []}
+    state = {"scenes": {}, "runs": [], "done": {}}
     if not path.is_file() or path.stat().st_size == 0:
         return state
     from geors.vector import recover_hot_journal
@@ -44,9 +49,10 @@ def read_output_state(path: Path) -> dict:
     try:
         tables = {r[0].lower() for r in con.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
         if "geors_tiles" in tables:
-            for scene, n in con.execute("SELECT scene, count(*) FROM geors_tiles WHERE status != 'failed' "
-                                        "GROUP BY scene"):
-                state["scenes"][scene] = n
+            for scene, tile_id, c, r, w, h in con.execute(
+                    "SELECT scene, tile_id, col_off, row_off, width, height FROM geors_tiles WHERE status != 'failed'"):
+                state["scenes"][scene] = state["scenes"].get(scene, 0) + 1
+                state["done"].setdefault(scene, {})[tile_id] = (c, r, w, h)
         if "geors_runs" in tables:
             for run_id, command, cfg, models, status in con.execute(
                     "SELECT run_id, command, config, models, status FROM geors_runs ORDER BY started"):
@@ -84,7 +90,7 @@ def result_key(stage: Stage, tiling: tuple[int, int], bands) -> dict:
 
 
 def check_continuation(path: Path, state: dict, scenes: list[Scene], fingerprints: dict, key: dict,
-                        resume: bool, overwrite: bool) -> None:
+                        resume: bool, overwrite: bool, grids: dict | None = None) -> None:
     """Refuse silent duplicates and resumes that would mix other scenes or other options into a file."""
     for scene in scenes:
         n = state["scenes"].get(scene.name, 0)
@@ -99,22 +105,33 @@ def check_continuation(path: Path, state: dict, scenes: list[Scene], fingerprint
             continue
         recorded = [r for r in state["runs"] if any(
             isinstance(s, dict) and s.get("name") == scene.name for s in r["config"].get("scenes", []))]
-        if not recorded:
-            continue  # written by an older geors without fingerprints: only the tile grid is checked
-        last = recorded[-1]
-        rec_scene = next(s for s in last["config"]["scenes"] if isinstance(s, dict) and s.get("name") == scene.name)
-        if rec_scene.get("fingerprint") and rec_scene["fingerprint"] != fingerprints[scene.name]:
-            raise OutputError(
-                f"{path}: --resume: scene {scene.name} ({scene.path}) is not the raster this output was made "
-                f"from ({rec_scene.get('path')}): size, grid, CRS or content differ. Use the same file, "
-                "or write to another output.")
-        old = last["config"].get("result_key") or {}
-        diff = [k for k in key if k in old and old[k] != key[k]]
-        if diff:
-            what = "; ".join(f"{RESUME_KEYS.get(k, k)}: was {old[k]!r}, now {key[k]!r}" for k in diff)
-            raise OutputError(
-                f"{path}: --resume with other options than run {last['run_id']} would mix two results in one "
-                f"file ({what}). Resume with the same options, or write to another output.")
+        if recorded:
+            _check_recorded(path, scene, recorded[-1], fingerprints, key)
+        done = state.get("done", {}).get(scene.name, {})
+        if grids is not None and done:
+            other = next((t.id for t in grids[scene.name] if t.id in done and done[t.id] != (
+                t.col_off, t.row_off, t.width, t.height)), None)
+            if other is not None:
+                raise OutputError(
+                    f"{path}: --resume found ledger rows for {scene.name} made with another tile grid (tile "
+                    f"{other}); use the same --tile/--overlap as before or a new output.")
+
+
+def _check_recorded(path: Path, scene: Scene, last: dict, fingerprints: dict, key: dict) -> None:
+    """The scene is the raster the last run recorded, and the result-affecting options are the same."""
+    rec_scene = next(s for s in last["config"]["scenes"] if isinstance(s, dict) and s.get("name") == scene.name)
+    if rec_scene.get("fingerprint") and rec_scene["fingerprint"] != fingerprints[scene.name]:
+        raise OutputError(
+            f"{path}: --resume: scene {scene.name} ({scene.path}) is not the raster this output was made "
+            f"from ({rec_scene.get('path')}): size, grid, CRS or content differ. Use the same file, "
+            "or write to another output.")
+    old = last["config"].get("result_key") or {}
+    diff = [k for k in key if k in old and old[k] != key[k]]
+    if diff:
+        what = "; ".join(f"{RESUME_KEYS.get(k, k)}: was {old[k]!r}, now {key[k]!r}" for k in diff)
+        raise OutputError(
+            f"{path}: --resume with other options than run {last['run_id']} would mix two results in one "
+            f"file ({what}). Resume with the same options, or write to another output.")
 
 
 def resolve_outputs(out: Path, scenes: list[Scene], per_scene: bool) -> dict[str, Path]:

@@ -29,7 +29,7 @@ from pathlib import Path
 
 from geors import faults
 from geors.config import ExecutionConfig, PipelineConfig, TilingConfig
-from geors.errors import Cancelled, ConfigError, GeorsError, OutputError, SceneReadError
+from geors.errors import Cancelled, ConfigError, GeorsError, SceneReadError
 from geors.execution import Executor, check_memory, configure_threads, estimate_peak_memory, with_batch_size
 from geors.inputs import RASTER_SUFFIXES, expand_inputs, open_scenes, scene_fingerprint
 from geors.merge import apply_seams
@@ -193,7 +193,7 @@ def process_scenes(
     states = {p: read_output_state(p) for p in set(targets.values())}
     for p, st in states.items():
         check_continuation(p, st, [s for s in opened if targets[s.name] == p], fingerprints, key,
-                            config.output.resume, config.output.overwrite)
+                           config.output.resume, config.output.overwrite, grids)
 
     # ---- from here on the output is touched
     if config.output.per_scene:
@@ -237,14 +237,8 @@ def process_scenes(
         for s in opened:
             tiles = list(grids[s.name])
             summary.tiles += len(tiles)
-            if config.output.resume:
+            if config.output.resume:  # the grid was checked against the ledger before the output was opened
                 done = writers[targets[s.name]].finished_tiles(s.name)
-                mismatched = [t.id for t in tiles if t.id in done and done[t.id] != (
-                    t.col_off, t.row_off, t.width, t.height)]
-                if mismatched:
-                    raise OutputError(
-                        f"{targets[s.name]}: --resume found ledger rows for {s.name} made with another tile grid "
-                        f"(tile {mismatched[0]}); use the same --tile/--overlap as before or a new output.")
                 todo = [t for t in tiles if t.id not in done]
                 summary.skipped_resume += len(tiles) - len(todo)
                 tiles = todo

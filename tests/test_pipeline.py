@@ -118,6 +118,20 @@ def test_resume_skips_finished_tiles_and_refuses_other_grid(tmp_path):
     from geors.errors import OutputError
     with pytest.raises(OutputError, match="--tile: was 640, now 512"):
         process_scenes([p], out, BrightBlobStage(), cfg(512, 64, resume=True))
+    # a file whose runs recorded no options (older geors): the ledger's tile windows are compared, and the
+    # refusal comes before the file is touched (regression: a 'failed' run row was added first)
+    import json as _json
+    con = sqlite3.connect(out)
+    for fid, conf in con.execute("SELECT fid, config FROM geors_runs").fetchall():
+        c = _json.loads(conf)
+        c.pop("result_key", None)
+        con.execute("UPDATE geors_runs SET config = ? WHERE fid = ?", (_json.dumps(c), fid))
+    con.commit()
+    con.close()
+    before = out.read_bytes()
+    with pytest.raises(OutputError, match="another tile grid"):
+        process_scenes([p], out, BrightBlobStage(), cfg(512, 64, resume=True))
+    assert out.read_bytes() == before
 
 
 def test_synchronous_and_threads_agree(tmp_path):
