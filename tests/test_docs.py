@@ -23,6 +23,7 @@ DOCS = ROOT / "docs"
 sys.path.insert(0, str(DOCS / "gen"))
 
 import cli_reference  # noqa: E402
+import hooks  # noqa: E402
 import messages  # noqa: E402
 import messages_page  # noqa: E402
 
@@ -93,6 +94,8 @@ def test_pages_link_only_to_existing_files():
     for page in DOCS.glob("*.md"):
         for target, _ in LINK.findall(page.read_text(encoding="utf-8")):
             if "://" in target or target.startswith("mailto:"):
+                continue
+            if target in hooks.OPTIONAL_PAGES:  # other engineers' pages: unlinked by the hook until they exist
                 continue
             assert (page.parent / target).exists(), f"{page.name} links to missing {target}"
 

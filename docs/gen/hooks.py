@@ -15,6 +15,7 @@ yet does not break the strict build.
 
 from __future__ import annotations
 
+import re
 import sys
 from pathlib import Path
 
@@ -48,8 +49,36 @@ def on_config(config, **kwargs):
     return config
 
 
+README_TABLE = re.compile(r"<!-- geors:readme-table (.+?) -->")
+
+
+def readme_table(heading: str, readme: Path = Path(__file__).resolve().parents[2] / "README.md") -> str:
+    """The first Markdown table under the README heading that starts with ``heading`` (figures stated once)."""
+    lines = readme.read_text(encoding="utf-8").splitlines()
+    start = next((i for i, line in enumerate(lines) if line.startswith("#") and
+                  line.lstrip("#").strip().startswith(heading)), None)
+    if start is None:
+        raise ValueError(f"README.md has no heading starting with {heading!r}")
+    table: list[str] = []
+    for line in lines[start + 1:]:
+        if line.startswith("#"):
+            break
+        if line.startswith("|"):
+            table.append(line)
+        elif table:
+            break
+    if not table:
+        raise ValueError(f"README.md section {heading!r} has no table")
+    return "\n".join(table)
+
+
 def on_page_markdown(markdown: str, page, config, files, **kwargs) -> str:
     for marker, generate in MARKERS.items():
         if marker in markdown:
             markdown = markdown.replace(marker, generate())
+    markdown = README_TABLE.sub(lambda m: readme_table(m.group(1)), markdown)
+    docs = Path(config["docs_dir"])
+    for optional in OPTIONAL_PAGES:
+        if not (docs / optional).exists():  # link text stays, the link goes until the page exists
+            markdown = re.sub(r"\[([^\]]+)\]\(" + re.escape(optional) + r"(#[^)]*)?\)", r"\1", markdown)
     return markdown
