@@ -45,8 +45,10 @@ def test_footprint_from_geors_run_record(tmp_path):
         con.execute("CREATE TABLE geors_runs (fid INTEGER PRIMARY KEY, run_id TEXT, config TEXT)")
         con.execute("INSERT INTO geors_runs (run_id, config) VALUES (?, ?)",
                     ("r1", json.dumps({"scenes": [str(scene), str(tmp_path / "gone.tif")]})))
-    assert recorded_scenes(pred) == [str(scene), str(tmp_path / "gone.tif")]
-    r = evaluate_mask_files(pred, truth)  # the missing file is skipped
+        con.execute("INSERT INTO geors_runs (run_id, config) VALUES (?, ?)",  # the newer record layout
+                    ("r2", json.dumps({"scenes": [{"path": str(tmp_path / "other.tif"), "name": "other.tif"}]})))
+    assert recorded_scenes(pred) == [str(scene), str(tmp_path / "gone.tif"), str(tmp_path / "other.tif")]
+    r = evaluate_mask_files(pred, truth)  # the missing files are skipped
     assert r["footprint_scenes"] == [str(scene)] and r["n_truth"] == 6
     assert recorded_scenes(truth) == []
 

@@ -240,7 +240,10 @@ def recorded_scenes(pred_path: str | os.PathLike) -> list[str]:
             scenes = json.loads(cfg or "{}").get("scenes") or []
         except (ValueError, AttributeError):
             continue
-        out += [str(s) for s in scenes if isinstance(s, str) and str(s) not in out]
+        for sc in scenes:  # a path, or (newer runs) a dict with the path among the scene's fingerprint
+            path = sc.get("path") if isinstance(sc, dict) else sc
+            if isinstance(path, str) and path not in out:
+                out.append(path)
     return out
 
 
