@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import click
 
@@ -57,6 +58,7 @@ def _detector_options(f):
         click.option("--device", default="auto", show_default=True, help="auto, cpu or cuda."),
         click.option("--seed", type=int, default=0, show_default=True),
         click.option("--allow-ungeoreferenced", is_flag=True, help="Accept images without CRS (pixel labels)."),
+        click.option("--name", default=None, help="Model name stored in the file (default: the output file's stem)."),
         click.option("-o", "--output", required=True, type=click.Path(), help="Model file to write (.safetensors)."),
     ]
     for opt in reversed(options):
@@ -68,7 +70,7 @@ def _detector_options(f):
 @handle_errors
 def _train(scenes, labels, empty_scenes, init_from, class_field, epochs, steps_per_epoch, batch_size, crop, lr, warmup,
            train_only, assigner, gate_scale, gate_pool, gate_recall, val_fraction, patience, max_minutes, device, seed,
-           allow_ungeoreferenced, output, tile_size, overlap, bands) -> None:
+           allow_ungeoreferenced, name, output, tile_size, overlap, bands) -> None:
     """Train the R2-CNN gate + detector (one network; `gate` and `detector` train the same model).
 
     Progress (loss, ETA, validation AP50 per epoch) goes to stderr; the last
@@ -112,7 +114,7 @@ def _train(scenes, labels, empty_scenes, init_from, class_field, epochs, steps_p
                       warmup_steps=warmup, init_from=init_from, train_only=train_only,
                       max_seconds=max_minutes * 60 if max_minutes else None)
     model, meta = train_detector(tiles, classes, cfg, meta={
-        "tile_size": tile_size, "overlap": overlap, "gsd_m": info["gsd_m"],
+        "name": name or Path(output).stem, "tile_size": tile_size, "overlap": overlap, "gsd_m": info["gsd_m"],
         "training": {"sources": info["sources"], "band_indexes": info["band_indexes"]},
     })
     path = save_model(model, meta, output)
