@@ -126,3 +126,17 @@ def test_mkdocs_build_strict(tmp_path):
     assert "geors train segmenter" in cli
     errors = (tmp_path / "site" / "troubleshooting" / "index.html").read_text(encoding="utf-8")
     assert "ConfigError" in errors
+
+
+def test_readme_sections_copied_into_the_site_exist():
+    assert "AP50" in hooks.readme_section("Default model")
+    assert "bench_read.py" in hooks.readme_section("Benchmarks")
+
+
+def test_figures_on_the_benchmarks_page_are_stated_in_the_repository():
+    page = re.sub(r"`[^`]*`", "", (DOCS / "benchmarks.md").read_text(encoding="utf-8"))  # not the commands
+    sources = (ROOT / "README.md").read_text(encoding="utf-8") + (ROOT / "geors" / "execution.py").read_text(
+        encoding="utf-8")
+    figures = set(re.findall(r"\b\d+(?:[.,]\d+)+\b", page)) - {"10,000", "20,000", "5,000", "8,000"}
+    missing = [f for f in figures if f not in sources]
+    assert missing == [], "figures not in README.md (or the code comment they come from)"

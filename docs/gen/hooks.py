@@ -49,34 +49,42 @@ def on_config(config, **kwargs):
     return config
 
 
-README_TABLE = re.compile(r"<!-- geors:readme-table (.+?) -->")
+README_SECTION = re.compile(r"<!-- geors:readme-section (.+?) -->")
 
 
-def readme_table(heading: str, readme: Path = Path(__file__).resolve().parents[2] / "README.md") -> str:
-    """The first Markdown table under the README heading that starts with ``heading`` (figures stated once)."""
+README = Path(__file__).resolve().parents[2] / "README.md"
+
+
+def readme_section(heading: str, readme: Path = README) -> str:
+    """The text under the README heading that starts with ``heading``, up to its first code block or the
+    next heading, without a last paragraph that announces the code block (figures are stated once, in the
+    README, and copied here when the site is built)."""
     lines = readme.read_text(encoding="utf-8").splitlines()
     start = next((i for i, line in enumerate(lines) if line.startswith("#") and
                   line.lstrip("#").strip().startswith(heading)), None)
     if start is None:
         raise ValueError(f"README.md has no heading starting with {heading!r}")
-    table: list[str] = []
+    body: list[str] = []
     for line in lines[start + 1:]:
-        if line.startswith("#"):
+        if line.startswith("#") or line.startswith("```"):
             break
-        if line.startswith("|"):
-            table.append(line)
-        elif table:
-            break
-    if not table:
-        raise ValueError(f"README.md section {heading!r} has no table")
-    return "\n".join(table)
+        body.append(line)
+    paragraphs = "\n".join(body).strip().split("\n\n")
+    if paragraphs and paragraphs[-1].rstrip().endswith(":"):  # "... Reproduce and evaluate:" -> cut that sentence
+        last = paragraphs.pop()
+        cut = last.rstrip().rfind(". ")
+        if cut > 0:
+            paragraphs.append(last[:cut + 1])
+    if not paragraphs or not paragraphs[0]:
+        raise ValueError(f"README.md section {heading!r} is empty")
+    return "\n\n".join(paragraphs)
 
 
 def on_page_markdown(markdown: str, page, config, files, **kwargs) -> str:
     for marker, generate in MARKERS.items():
         if marker in markdown:
             markdown = markdown.replace(marker, generate())
-    markdown = README_TABLE.sub(lambda m: readme_table(m.group(1)), markdown)
+    markdown = README_SECTION.sub(lambda m: readme_section(m.group(1)), markdown)
     docs = Path(config["docs_dir"])
     for optional in OPTIONAL_PAGES:
         if not (docs / optional).exists():  # link text stays, the link goes until the page exists
