@@ -155,6 +155,7 @@ def test_cli_train_detector_writes_loadable_model(tmp_path):
     assert json.loads(r.stdout.strip().splitlines()[-1])["classes"] == ["square"]
     det = Detector.load(out, device="cpu")
     assert det.tile_size == 128 and det.overlap == 32 and det.meta["gsd_m"] == pytest.approx(0.5)
+    assert det.name == "m"  # --name defaults to the file's stem
     # an image without objects (--empty-scene) adds all its tiles as empty examples; fine-tune from the model
     blank = tmp_path / "blank.tif"
     with rasterio.open(blank, "w", driver="GTiff", width=200, height=200, count=3, dtype="uint8",
