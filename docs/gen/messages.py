@@ -6,7 +6,9 @@ Walks ``geors/**/*.py`` with :mod:`ast` and collects
   :class:`geors.errors.GeorsError` and exits with its ``exit_code``),
 - every ``log.warning(...)`` / ``log.error(...)`` (printed as
   ``WARNING geors.<module>: <message>``),
-- every ``click.BadParameter(...)`` (printed by click as ``Error: Invalid value ...``).
+- every ``click.BadParameter(...)`` (printed by click as ``Error: Invalid value ...``),
+- the end-of-run problems and cancellation notices the commands print themselves
+  (``click.echo(..., err=True)`` and ``problems.append(...)`` in ``geors/cli``).
 
 Parts of a message that depend on the input (f-string fields, ``%s`` arguments)
 are shown as ``‹expression›``. The troubleshooting page is built from this
@@ -25,6 +27,8 @@ ROOT = Path(__file__).resolve().parents[2]
 PACKAGE = ROOT / "geors"
 
 LOG_METHODS = {"warning": "WARNING", "error": "ERROR"}
+# words that make a line a command prints on stderr a problem report rather than progress
+CLI_PROBLEM_WORDS = ("Error", "Cancelled", "Aborted", "stopping", "failed", "skipped")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -136,6 +140,13 @@ class _Visitor(ast.NodeVisitor):
                 and f.value.id in ("log", "logger", "LOG") and node.args):
             text, static = _render(node.args[0], self.funcs)
             self._add(LOG_METHODS[f.attr], node, _percent(text, node.args[1:]), static)
+        elif self.module.startswith("geors.cli") and isinstance(f, ast.Attribute) and node.args and (
+                (f.attr == "echo" and any(k.arg == "err" for k in node.keywords)) or f.attr == "append"):
+            text, static = _render(node.args[0], self.funcs)
+            if f.attr == "append" and not (isinstance(f.value, ast.Name) and f.value.id == "problems"):
+                pass
+            elif any(w in text for w in CLI_PROBLEM_WORDS):
+                self._add("CLI", node, text.strip(), static)
         self.generic_visit(node)
 
 

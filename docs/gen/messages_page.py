@@ -49,6 +49,9 @@ ADVICE: dict[str, tuple[str, str]] = {
                   "is in the output; the command printed after it (the same with `--resume`) continues."),
     "BadParameter": ("exit 2", "click rejected an option's format before geors ran; the message shows the "
                      "expected form."),
+    "CLI": ("exit 1 or 130", "Printed by a command itself at the end of a run (failed tiles, skipped scenes) "
+            "or when it is stopped (Ctrl-C, SIGTERM). The output is valid; the command it prints continues "
+            "the run with `--resume`."),
     "WARNING": ("no exit", "Printed to stderr as `WARNING geors.MODULE: ...`; the run goes on. Read it: "
                 "it says what geors did instead (dropped labels, reprojected features, a disabled gate)."),
     "ERROR": ("no exit", "Printed to stderr as `ERROR geors.MODULE: ...`; the run goes on without the item "
