@@ -454,8 +454,9 @@ class SegmentAlgorithm(_SceneListMixin, _GpkgOutputAlgorithm):
         env = _environment()
         if not name:
             rows = models_list(env) or []
-            name = next((r["name"] for r in rows if r.get("kind") in ("segmenter", "c2fnet") and r.get("default")),
-                        None)
+            # (models list marks every built-in "detector" today; the segmenter is the c2fnet one)
+            name = next((r["name"] for r in rows if r.get("kind") in ("segmenter", "c2fnet")
+                         or "c2fnet" in str(r.get("name", ""))), None)
         info = model_info(env, name) if name else None
         return (info or {}).get("metadata") or info
 
