@@ -33,6 +33,10 @@ def _where(row: dict) -> str:
     return f"`{path.name}`"
 
 
+def _v(value) -> str:
+    return "–" if value is None else str(value)
+
+
 def _size(row: dict) -> str:
     n = row.get("size_bytes")
     if n is None and row.get("installed") and row.get("path"):
@@ -49,14 +53,20 @@ def markdown() -> str:
             ", ".join(r.get("classes", [])) or "–"
         default = " (default)" if r.get("default") else ""
         sha = f"`{r['sha256'][:12]}…`" if r.get("sha256") else "–"
-        out.append(f"| `{r['name']}`{default} | {r.get('kind', '')} | {classes} | {r.get('bands', 3 if r.get('kind') == 'sam' else '–')} "
-                   f"| {r.get('tile_size', '1024' if r.get('kind') == 'sam' else '–')} | {r.get('gsd_m', '–')} "
-                   f"| {_size(r)} | {_where(r)} | {sha} |")
+        sam = r.get("kind") == "sam"
+        bands = _v(r.get("bands", 3 if sam else None))
+        tile = _v(r.get("tile_size", 1024 if sam else None))
+        out.append(f"| `{r['name']}`{default} | {r.get('kind', '')} | {classes} | {bands} | {tile} "
+                   f"| {_v(r.get('gsd_m'))} | {_size(r)} | {_where(r)} | {sha} |")
     out.append("")
     for r in rows:
         if r.get("kind") == "sam" or not r.get("installed"):
             continue
-        info = _cli("models", "info", r["name"], "--json")
+        try:
+            info = _cli("models", "info", r["name"], "--json")
+        except RuntimeError as exc:  # shown on the page rather than failing the whole site
+            out.append(f"### `{r['name']}` metadata\n\n`geors models info {r['name']} --json` failed: {exc}\n")
+            continue
         meta = info.get("metadata", info)
         shown = {k: meta[k] for k in SHOWN if k in meta}
         out.append(f"### `{r['name']}` metadata\n")
