@@ -348,10 +348,8 @@ def aggregate_paper(coarse_probs: Tensor, fine_probs: Tensor, refined: Tensor, s
     to_other = refined & pred_small & (fine_probs < 0.5)
     to_small = refined & ~pred_small & (fine_probs >= 0.5)
     score = coarse_probs.clone()
-    onehot_other = F.one_hot(best_other, k).permute(0, 3, 1, 2).to(score.dtype)
-    onehot_small = F.one_hot(best_small, k).permute(0, 3, 1, 2).to(score.dtype)
-    score = score + onehot_other * (to_other * (1 - fine_probs))[:, None]
-    score = score + onehot_small * (to_small * fine_probs)[:, None]
+    score.scatter_add_(1, best_other[:, None], (to_other * (1 - fine_probs))[:, None].to(score.dtype))
+    score.scatter_add_(1, best_small[:, None], (to_small * fine_probs)[:, None].to(score.dtype))
     return score.softmax(1)
 
 
@@ -383,16 +381,24 @@ class C2FNet(nn.Module):
         """Coarse logits ``(B, K, H, W)``."""
         return self.coarse(x)
 
+    #: windows per fine-network call: bounds the activation memory whatever the batch and top-n
+    #: (32 windows x 4 tiles at full resolution would hold ~1 GB of activations at once)
+    fine_chunk = 16
+
     def fine_forward(self, windows: Tensor) -> Tensor:
         """Fine foreground probability ``(M, k, k)`` of window pixels ``(M, C, k, k)`` (x2 zoom-in if configured)."""
         if windows.shape[0] == 0:
             return windows.new_zeros((0,) + tuple(windows.shape[-2:]))
         z = self.config.zoom
-        x = F.interpolate(windows, scale_factor=z, mode="bilinear", align_corners=False) if z > 1 else windows
-        p = self.fine(x).sigmoid()
-        if z > 1:
-            p = F.avg_pool2d(p, z)
-        return p[:, 0]
+        out = []
+        for i in range(0, windows.shape[0], self.fine_chunk):
+            w = windows[i:i + self.fine_chunk]
+            x = F.interpolate(w, scale_factor=z, mode="bilinear", align_corners=False) if z > 1 else w
+            p = self.fine(x).sigmoid()
+            if z > 1:
+                p = F.avg_pool2d(p, z)
+            out.append(p[:, 0])
+        return torch.cat(out)
 
     def windows_for(self, coarse_logits: Tensor) -> list[list[tuple[int, int, int]]]:
         """Windows to refine from the coarse prediction (per the configured variant)."""
