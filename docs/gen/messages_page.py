@@ -92,9 +92,12 @@ def markdown() -> str:
         doc = classes.get(kind, (None, ""))[1]
         out.append(f"### {kind} ({len(groups[kind])}) {{#{kind.lower()}}}\n")
         out.append(f"**{exit_code}**. {doc + ' ' if doc else ''}{advice}\n")
+        places: dict[str, list[str]] = {}  # one entry per text, with every place that raises it
         for m in sorted(groups[kind], key=lambda m: (m.module, m.line)):
-            where = f"{m.module}.{m.function}" if m.function else m.module
-            out.append(f"- {_code(m.text)}  \n  <small>{where}</small>")
+            places.setdefault(" ".join(m.text.split()), []).append(
+                f"{m.module}.{m.function}" if m.function else m.module)
+        for text, where in places.items():
+            out.append(f"- {_code(text)}  \n  <small>{', '.join(dict.fromkeys(where))}</small>")
         out.append("")
     return "\n".join(out)
 
