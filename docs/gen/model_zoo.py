@@ -27,6 +27,8 @@ def _cli(*args: str):
 def _where(row: dict) -> str:
     path = Path(row.get("path", ""))
     if "weights" in path.parts:
+        if not row.get("installed"):
+            return f"registered at `geors/models/weights/{path.name}`, not in this build"
         return f"shipped: `geors/models/weights/{path.name}`"
     if row.get("url"):
         return f"`geors models download {row['name']}` → `$GEORS_CACHE_DIR/models/{path.name}`"
@@ -46,18 +48,21 @@ def _size(row: dict) -> str:
 
 def markdown() -> str:
     rows = _cli("models", "list", "--json")
-    out = ["| name | kind | classes | bands | tile (px) | GSD (m) | size | where it comes from | sha256 |",
-           "|---|---|---|---|---|---|---|---|---|"]
+    out = ["| name | kind | classes | bands | tile (px) | GSD (m) | size |",
+           "|---|---|---|---|---|---|---|"]
     for r in rows:
         classes = ", ".join(r.get("classes", [])) or "(any object: box prompts)" if r.get("kind") == "sam" else \
             ", ".join(r.get("classes", [])) or "–"
         default = " (default)" if r.get("default") else ""
-        sha = f"`{r['sha256'][:12]}…`" if r.get("sha256") else "–"
         sam = r.get("kind") == "sam"
         bands = _v(r.get("bands", 3 if sam else None))
         tile = _v(r.get("tile_size", 1024 if sam else None))
         out.append(f"| `{r['name']}`{default} | {r.get('kind', '')} | {classes} | {bands} | {tile} "
-                   f"| {_v(r.get('gsd_m'))} | {_size(r)} | {_where(r)} | {sha} |")
+                   f"| {_v(r.get('gsd_m'))} | {_size(r)} |")
+    out.append("\nWhere each file comes from (and its sha256, first 12 hex digits):\n")
+    for r in rows:
+        sha = f", sha256 `{r['sha256'][:12]}…`" if r.get("sha256") else ""
+        out.append(f"- `{r['name']}`: {_where(r)}{sha}")
     out.append("")
     for r in rows:
         if r.get("kind") == "sam" or not r.get("installed"):
