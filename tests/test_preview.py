@@ -134,3 +134,16 @@ def test_preview_cli(scene_and_layers, tmp_path):
     assert d["features"] == {"instances": 4} and d["width"] == 450 and out.exists()
     r = CliRunner().invoke(command, [str(scene), str(gpkg), "-o", str(out), "--bbox", "1,2,3"])
     assert r.exit_code == 2
+
+
+def test_preview_reprojects_layers(scene_and_layers, tmp_path):
+    scene, gpkg = scene_and_layers
+    wgs = tmp_path / "wgs.gpkg"
+    gpd.read_file(gpkg, layer="instances").to_crs(4326).to_file(wgs, layer="instances")
+    a = render_preview(scene, gpkg, tmp_path / "a.png", layers=["instances"], max_size=900)
+    b = render_preview(scene, wgs, tmp_path / "b.png", layers=["instances"], max_size=900)
+    assert b.features == {"instances": 4}
+    ia = np.asarray(Image.open(tmp_path / "a.png").convert("RGB")).astype(int)
+    ib = np.asarray(Image.open(tmp_path / "b.png").convert("RGB")).astype(int)
+    assert np.abs(ia - ib).max(axis=-1).mean() < 1.0  # the same picture up to sub-pixel edges
+    assert a.classes == b.classes
