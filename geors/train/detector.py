@@ -600,11 +600,9 @@ def split_validation(
     for kind in (True, False):
         idx = [i for i, t in enumerate(grid) if bool(len(t.boxes)) == kind]
         n = int(round(fraction * len(idx)))
-        if len(idx) >= 2:
-            n = min(max(n, 1), len(idx) - 1)
-        else:
-            n = 0
-        val_idx.update(int(i) for i in rng.choice(idx, n, replace=False)) if n else None
+        n = min(max(n, 1), len(idx) - 1) if len(idx) >= 2 else 0
+        if n:
+            val_idx.update(int(i) for i in rng.choice(idx, n, replace=False))
     train = [t for i, t in enumerate(grid) if i not in val_idx]
     val = [t for i, t in enumerate(grid) if i in val_idx]
     return train, val
