@@ -158,6 +158,7 @@ def render_preview(
     features: dict[str, int] = {}
     counts: dict[str, dict[str, int]] = {}
     classes: dict[str, tuple[int, int, int]] = {}
+    methods: dict[str, int] = {}  # instances per mask_method: how many outlines are boxes
     if gpkg_path is not None:
         frames = _read_layers(gpkg_path, layers, bounds, scene.crs)
         names = sorted({c for _, gdf in frames for c in _class_values(gdf)})
@@ -167,8 +168,11 @@ def render_preview(
             counts[layer] = {}
             for c in _class_values(gdf):
                 counts[layer][c] = counts[layer].get(c, 0) + 1
+            if layer == "instances" and "mask_method" in gdf.columns:
+                for m in gdf["mask_method"].astype(str):
+                    methods[m] = methods.get(m, 0) + 1
             rgb = _draw_layer(rgb, layer, gdf, classes, bounds, px)
-    canvas = _decorate(rgb, scene, bounds, px, classes, counts, title, scale)
+    canvas = _decorate(rgb, scene, bounds, px, classes, counts, title, scale, methods)
     try:
         from PIL import Image
 
@@ -391,7 +395,7 @@ def _north_angle(crs, bounds) -> float:
         return 0.0
 
 
-def _decorate(rgb, scene, bounds, px, classes, counts, title, scale) -> np.ndarray:
+def _decorate(rgb, scene, bounds, px, classes, counts, title, scale, methods=None) -> np.ndarray:
     from PIL import Image, ImageDraw
 
     h, w = rgb.shape[:2]
@@ -411,9 +415,11 @@ def _decorate(rgb, scene, bounds, px, classes, counts, title, scale) -> np.ndarr
             parts = [f"{counts[layer].get(c, 0)} {layer}" for layer in counts if counts[layer].get(c, 0)]
             rows.append((c, colour, ", ".join(parts)))
         text_w = max(draw.textlength(f"{c}  {p}", font=font) for c, _, p in rows)
+        method_txt = ("instances by " + ", ".join(f"{m} {n}" for m, n in sorted(methods.items(), key=lambda kv: -kv[1]))
+                      if methods else "")
         line_h = int(fs * 1.45)
-        box_w = int(text_w + fs * 2.6 + 2 * pad)
-        box_h = line_h * len(rows) + 2 * pad
+        box_w = int(max(text_w + fs * 2.6, draw.textlength(method_txt, font=small)) + 2 * pad)
+        box_h = line_h * (len(rows) + bool(method_txt)) + 2 * pad
         draw.rounded_rectangle([pad, pad, pad + box_w, pad + box_h], radius=pad // 2, fill=(255, 255, 255, 215),
                                outline=(60, 60, 60, 255))
         for i, (c, colour, p) in enumerate(rows):
@@ -423,6 +429,8 @@ def _decorate(rgb, scene, bounds, px, classes, counts, title, scale) -> np.ndarr
             tx = 2 * pad + sw + fs // 2
             draw.text((tx, y - 1), c, fill=(0, 0, 0, 255), font=font)
             draw.text((tx + draw.textlength(c + "  ", font=font), y + 1), p, fill=(70, 70, 70, 255), font=small)
+        if method_txt:  # what produced the outlines, so boxes kept as fallbacks are not mistaken for outlines
+            draw.text((2 * pad, 2 * pad + len(rows) * line_h + 1), method_txt, fill=(70, 70, 70, 255), font=small)
 
     # scale bar, bottom left
     m_per_unit, kind = _ground_units(scene.crs)
