@@ -62,7 +62,13 @@ def test_archive_batch_run_writes_two_crss_into_one_geopackage(tmp_path, capsys)
     assert set(ledger(out)) == {"scene_00.tif", "scene_01.tif"}
     assert srs_of(out, "detections") == 32617
     assert "finished: 2 scene(s)" in capsys.readouterr().out
-    # a second run is refused without --resume; with it, nothing is redone
+
+
+@pytest.mark.slow
+def test_archive_batch_run_refuses_a_second_run_and_resumes(tmp_path):
+    example = load("archive_batch_run")
+    out = tmp_path / "archive.gpkg"
+    example.main(["--demo", str(tmp_path / "archive"), "--size", "96", "-o", str(out), "--sam", "box"])
     with pytest.raises(SystemExit, match="already holds results"):
         example.main([str(tmp_path / "archive"), "-o", str(out), "--sam", "box"])
     again = example.main([str(tmp_path / "archive"), "-o", str(out), "--sam", "box", "--resume"])
