@@ -140,3 +140,12 @@ def test_figures_on_the_benchmarks_page_are_stated_in_the_repository():
     figures = set(re.findall(r"\b\d+(?:[.,]\d+)+\b", page)) - {"10,000", "20,000", "5,000", "8,000"}
     missing = [f for f in figures if f not in sources]
     assert missing == [], "figures not in README.md (or the code comment they come from)"
+
+
+def test_tile_grid_figure_is_drawn_from_tilegrid(tmp_path):
+    pytest.importorskip("matplotlib")
+    import tile_grid_figure
+
+    out = tile_grid_figure.draw(900, 700, 256, 64, tmp_path / "grid.png")
+    assert out.stat().st_size > 10_000
+    assert (DOCS / "img" / "tile_grid.png").stat().st_size < 200_000  # the committed figure stays small
