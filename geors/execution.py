@@ -40,6 +40,7 @@ class Executor:
     def __init__(self, execution: ExecutionConfig):
         self.cluster = None
         self.client = None
+        self.own_client = False
         self.pool = None
         sched = execution.scheduler
         if sched == "synchronous" or (sched in (None, "threads") and execution.workers <= 1):
@@ -56,11 +57,12 @@ class Executor:
             if sched == "local":
                 self.cluster = distributed.LocalCluster(n_workers=execution.workers, threads_per_worker=1,
                                                         processes=True, dashboard_address=None,
-                                                        silence_logs=logging.WARNING)
+                                                        silence_logs=logging.ERROR)
                 self.client = distributed.Client(self.cluster)
             elif isinstance(sched, str):
                 try:
                     self.client = distributed.Client(sched, timeout="20s")
+                    self.own_client = True
                 except OSError as exc:
                     raise ConfigError(f"cannot reach the Dask scheduler at {sched}: {exc}. Is it running?") from None
             else:
@@ -80,10 +82,12 @@ class Executor:
         return self.client.submit(fn, *args, pure=False)
 
     def close(self) -> None:
+        """Stop what this executor started: its thread pool, its client (never one the caller passed), its cluster."""
         if self.pool is not None:
             self.pool.shutdown(wait=True, cancel_futures=True)
-        if self.cluster is not None:
+        if self.client is not None and (self.cluster is not None or self.own_client):
             self.client.close()
+        if self.cluster is not None:
             self.cluster.close(timeout=30)
 
 
