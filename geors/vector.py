@@ -993,6 +993,28 @@ class GeoPackageWriter:
             log.info("%s: marked %d abandoned run(s) interrupted: %s", self.path, len(marked), ", ".join(marked))
         return marked
 
+    def live_runs(self, exclude_run_id: str | None = None) -> list[dict]:
+        """Runs still ``running`` in a live process (other hosts count as live: they cannot be checked).
+
+        Call it after opening the writer and before its first commit: the
+        creation lock is held until then, so a process that started on the same
+        output a moment earlier has its run row committed and shows up here
+        (e.g. to refuse writing the same scene twice at once).
+
+        Args:
+            exclude_run_id: a run left out (default: this writer's).
+        """
+        exclude = exclude_run_id if exclude_run_id is not None else self.run_id
+        host = socket.gethostname()
+        live = []
+        for run in self.runs():
+            if run["status"] != "running" or run["run_id"] == exclude or run.get("pid") is None:
+                continue
+            if run.get("host") != host or int(run["pid"]) == os.getpid() or _process_alive(int(run["pid"]),
+                                                                                          run["started"]):
+                live.append(run)
+        return live
+
     def runs(self) -> list[dict]:
         """The ``geors_runs`` rows in order, as dicts; ``config`` and ``models`` decoded from JSON."""
         cur = self._con.execute('SELECT * FROM "geors_runs" ORDER BY fid')

@@ -445,6 +445,7 @@ def test_mark_interrupted_runs_only_marks_dead_processes(tmp_path):
                 w._con.execute('UPDATE geors_runs SET pid = ?, host = coalesce(?, host) WHERE run_id = ?',
                                (pid, host, w.run_id))
         with GeoPackageWriter(out, CRS.from_epsg(32617)) as w:
+            live_before = sorted(r["command"] for r in w.live_runs())
             w.start_run("resume", {})
             marked = w.mark_interrupted_runs(w.run_id)
             status = {r["command"]: r["status"] for r in w.runs()}
@@ -452,6 +453,7 @@ def test_mark_interrupted_runs_only_marks_dead_processes(tmp_path):
         live.kill()
         live.wait()
     assert sorted(marked) == sorted([ids["dead"], ids["old"]])
+    assert live_before == ["live", "remote"]
     assert status == {"dead": "interrupted", "live": "running", "old": "interrupted", "remote": "running",
                       "resume": "running"}
 
