@@ -301,6 +301,17 @@ def test_own_training_scene_never_loses_detections_to_the_gate(tmp_path, monkeyp
     _, ungated = det.gate_and_detect(x, gate_threshold=None)
     n_gated, n_ungated = sum(len(d[0]) for d in gated), sum(len(d[0]) for d in ungated)
     assert n_gated == n_ungated, (probs, det.meta["gate_threshold"])
+    # the same through `geors detect` with its default settings vs --no-gate
+    from geors.cli.main import main as geors_main
+
+    counts = []
+    for extra in ([], ["--no-gate"]):
+        gpkg = tmp_path / f"det{len(extra)}.gpkg"
+        r = CliRunner().invoke(geors_main, ["detect", str(scene), "-o", str(gpkg), "--model", str(out),
+                                            "--device", "cpu", "--progress", "none", *extra])
+        assert r.exit_code == 0, r.output
+        counts.append(json.loads(r.output.strip().splitlines()[-1])["detections"])
+    assert counts[0] == counts[1]  # (the pipeline keeps each object once, in the tile core owning it)
 
 
 def test_example_and_cli_share_one_calibration_path():
