@@ -52,8 +52,9 @@ WEIGHTS_DIR = Path(__file__).parent / "weights"
 
 BUILTIN_MODELS: dict[str, str] = {
     "r2cnn-neon-trees": "r2cnn_neon_trees.safetensors",
+    "c2fnet-neon-dota": "c2fnet_neon_dota.safetensors",  # segmenter (geors.segment.DEFAULT_SEGMENTER)
 }
-"""Built-in detector/gate models shipped in ``geors/models/weights/`` (name -> file name)."""
+"""Built-in models shipped in ``geors/models/weights/`` (name -> file name): detector/gate and segmenter."""
 
 DEFAULT_MODEL = "r2cnn-neon-trees"
 
@@ -248,6 +249,7 @@ def list_models() -> list[dict[str, Any]]:
             try:
                 meta = read_metadata(path)
                 row.update(
+                    kind="segmenter" if meta.get("architecture") == "c2fnet" else "detector",
                     classes=meta.get("classes"),
                     bands=meta.get("bands"),
                     tile_size=meta.get("tile_size"),
