@@ -277,6 +277,7 @@ def _execute(plan, stage: Stage, execution: ExecutionConfig, executor: Executor,
 
     for scene, tiles in plan:
         remaining[scene.name] = -(-len(tiles) // execution.batch_size)
+    statuses: dict[str, dict[str, int]] = {s.name: {} for s, _ in plan}
     todo = tasks()
     done_q: queue.Queue = queue.Queue()
     in_flight = 0
@@ -323,8 +324,10 @@ def _execute(plan, stage: Stage, execution: ExecutionConfig, executor: Executor,
         progress.advance(len(results), scene=scene.name, detections=summary.detections)
         faults.checkpoint("batch")
         remaining[scene.name] -= 1
+        for r in results:
+            statuses[scene.name][r.status] = statuses[scene.name].get(r.status, 0) + 1
         if remaining[scene.name] == 0:
-            _scene_finished(scene, writer, stage)
+            _scene_finished(scene, writer, stage, statuses[scene.name])
         if not stopping and ((cancel is not None and cancel.is_set()) or getattr(progress, "cancelled", False)):
             stopping = True
         if not stopping:
@@ -341,8 +344,14 @@ def _model_name(stage: Stage) -> str:
                                           and v.get("model")), ""))
 
 
-def _scene_finished(scene: Scene, writer: GeoPackageWriter, stage: Stage) -> None:
-    """Work that needs a scene's every tile: the dissolve of segmentation polygons across core boundaries."""
+def _scene_finished(scene: Scene, writer: GeoPackageWriter, stage: Stage, statuses: dict | None = None) -> None:
+    """Work that needs a scene's every tile: the dissolve of segmentation polygons across core boundaries;
+    a warning when the gate skipped every tile (a gate calibrated on other imagery can hide all objects)."""
+    statuses = statuses or {}
+    if statuses.get("gated") and not statuses.get("done"):
+        log.warning("%s: the gate skipped all %d tiles with data, so nothing was detected. If objects are "
+                    "expected, rerun with --no-gate (or a lower --gate-threshold) into another output.",
+                    scene.name, statuses["gated"])
     if "segmentation" in stage.layers:
         from geors.merge import dissolve_scene
 

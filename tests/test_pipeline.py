@@ -366,3 +366,19 @@ def test_local_cluster_run_prints_no_distributed_noise(tmp_path):
                         "--scheduler", "local", "--workers", "2"], capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr
     assert "INFO" not in r.stderr and "still alive" not in r.stderr, r.stderr
+
+
+def test_a_gate_that_skips_every_tile_is_reported(tmp_path, caplog):
+    class AllGated(BrightBlobStage):
+        def __call__(self, batch):
+            out = super().__call__(batch)
+            for r in out:
+                r.status, r.detections = "gated", []
+            return out
+
+    p, _ = _blob_scene(tmp_path / "blobs.tif")
+    import logging
+    with caplog.at_level(logging.WARNING, logger="geors.pipeline"):
+        s = process_scenes([p], tmp_path / "o.gpkg", AllGated(), cfg())
+    assert s.gated == s.tiles == 6
+    assert "--no-gate" in caplog.text and "blobs.tif" in caplog.text
