@@ -256,7 +256,6 @@ def test_segment_scenes_dissolves_across_cores(data, tiny_model, monkeypatch):
 
 
 # ----------------------------------------------------------------------------- training
-@pytest.mark.slow
 def test_train_segmenter_cli_writes_model_with_metadata(data):
     from geors.models.registry import load_model
 
