@@ -3,7 +3,7 @@
 ``memory``: generated scenes (a pattern of fields, roofs and dots that crosses
 tile borders, so the seam polygonising and the dissolve have work) of
 ``--size`` x ``--size`` and the same scene doubled (2 x height), each segmented
-in a fresh subprocess by ``geors.segment.segment_scenes`` into a GeoPackage and
+in a fresh subprocess by the pipeline (what ``geors segment`` runs) into a GeoPackage and
 a class GeoTIFF; peak RSS (ru_maxrss) is printed per scene. ``--stage model``
 runs the segmenter (default: the built-in one); ``--stage threshold`` replaces
 the network by a per-pixel brightness threshold, so the I/O, polygonising,
@@ -36,8 +36,10 @@ os.environ.setdefault("GDAL_CACHEMAX", "128")  # what the geors CLI sets; GDAL's
 import numpy as np
 import torch
 torch.set_num_threads(int(sys.argv[5]))
+from geors.config import ExecutionConfig, PipelineConfig, SegmentConfig
+from geors.pipeline import process_scenes
 from geors.results import TileResult
-from geors.segment import SegmentStage, segment_scenes
+from geors.segment import SegmentStage
 
 class ThresholdStage(SegmentStage):
     "The model replaced by brightness classes: 1 mid, 2 bright; dark = background (255, like a segmenter's)."
@@ -47,21 +49,24 @@ class ThresholdStage(SegmentStage):
     colours = [[0, 0, 0], [200, 0, 0], [0, 0, 255]]
     def default_tiling(self): return 640, 128
     def check_scene(self, scene): pass
+    def prepare(self, scenes): pass
     def describe(self): return {"segmenter": "threshold", "segmenter_sha256": None}
-    def __call__(self, scene, tiles, images):
-        out = []
-        for t, img in zip(tiles, images):
+    def __call__(self, batch):
+        scene, out = batch.scene, []
+        for t, img in zip(batch.tiles, batch.images):
             m = img.image.mean(0)
             cr = np.where(m > 0.75, 2, np.where(m > 0.45, 1, 255)).astype(np.uint8)  # dark = background = no class
             cr[~img.valid] = 255
             out.append(TileResult(scene.name, t.id, t.window, "done", class_raster=cr[:t.height, :t.width]))
         return out
 
-stage = ThresholdStage() if sys.argv[4] == "threshold" else None
 seg = None if sys.argv[4] in ("threshold", "model") else sys.argv[4]
+config = PipelineConfig(detect=None, segment=SegmentConfig(segmenter=seg, raster_out=sys.argv[3]),
+                        execution=ExecutionConfig(device="cpu", batch_size=4))
+stage = ThresholdStage() if sys.argv[4] == "threshold" else SegmentStage(config.segment, device="cpu")
 t0 = time.perf_counter()
-s = segment_scenes([sys.argv[1]], sys.argv[2], segmenter=seg, raster_out=sys.argv[3], device="cpu", stage=stage)
-print(json.dumps({"tiles": s["tiles"], "features": s["features"], "dissolved_groups": s["dissolved_groups"],
+s = process_scenes([sys.argv[1]], sys.argv[2], stage, config)  # what geors segment runs
+print(json.dumps({"tiles": s.tiles, "features": s.segments,
                   "seconds": round(time.perf_counter() - t0, 1),
                   "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)}))
 """

@@ -22,6 +22,7 @@ from __future__ import annotations
 import logging
 import os
 import queue
+import socket
 import threading
 import time
 from collections.abc import Iterator, Sequence
@@ -29,7 +30,7 @@ from pathlib import Path
 
 from geors import faults
 from geors.config import ExecutionConfig, PipelineConfig, TilingConfig
-from geors.errors import Cancelled, ConfigError, GeorsError, SceneReadError
+from geors.errors import Cancelled, ConfigError, GeorsError, OutputError, SceneReadError
 from geors.execution import Executor, check_memory, configure_threads, estimate_peak_memory, with_batch_size
 from geors.inputs import RASTER_SUFFIXES, expand_inputs, open_scenes, scene_fingerprint
 from geors.merge import apply_seams
@@ -190,6 +191,7 @@ def process_scenes(
     key = result_key(stage, (size, overlap), tiling.bands)
     fingerprints = {s.name: scene_fingerprint(s) for s in opened}
     targets = resolve_outputs(Path(out), opened, config.output.per_scene)
+    rasters = _raster_outputs(config, opened, targets)
     states = {p: read_output_state(p) for p in set(targets.values())}
     for p, st in states.items():
         check_continuation(p, st, [s for s in opened if targets[s.name] == p], fingerprints, key,
@@ -226,6 +228,22 @@ def process_scenes(
     executor = None
     try:
         for p, w in writers.items():
+            # under the writer's creation lock (held until its first commit): a run of the same scene that
+            # started at the same moment passed the read-only checks too
+            here = {s.name for s in opened if targets[s.name] == p}
+            host = socket.gethostname()  # a 'running' row of another host cannot be checked: not a refusal
+            live = [r for r in w.live_runs(exclude_run_id=w.run_id) if r.get("host") == host and here & {
+                sc.get("name") for sc in (r.get("config") or {}).get("scenes", []) if isinstance(sc, dict)}]
+            if live:
+                raise OutputError(f"{p}: another geors process (pid {live[0].get('pid')}) is writing the same "
+                                  "scene(s) into this file right now; wait for it to finish (then --resume if "
+                                  "needed) or write to another output.")
+            if not (config.output.resume or config.output.overwrite):
+                again = sorted(n for n in here if w.finished_tiles(n))
+                if again:
+                    raise OutputError(f"{p} already holds results for scene {again[0]} (written by a run that "
+                                      "finished a moment ago). Add --resume to continue it, --overwrite to replace "
+                                      "it, or write to another output.")
             if config.output.overwrite:
                 for s in opened:
                     if targets[s.name] == p and states[p]["scenes"].get(s.name):
@@ -245,7 +263,8 @@ def process_scenes(
             plan.append((s, tiles))
         summary.scenes = len(opened)
         executor = Executor(config.execution)
-        status = _execute(plan, stage, config.execution, executor, writers, targets, summary, progress, cancel)
+        status = _execute(plan, stage, config.execution, executor, writers, targets, summary, progress, cancel,
+                          rasters)
     except (KeyboardInterrupt, Cancelled):
         status = "cancelled"
         raise
@@ -265,9 +284,11 @@ def process_scenes(
 
 
 def _execute(plan, stage: Stage, execution: ExecutionConfig, executor: Executor, writers, targets,
-             summary: RunSummary, progress: Progress, cancel: threading.Event | None) -> str:
+             summary: RunSummary, progress: Progress, cancel: threading.Event | None,
+             rasters: dict[str, Path] | None = None) -> str:
     """Submit batches across scenes, write them as they complete; returns the run status."""
     threads = execution.threads_per_worker()
+    rasters = rasters or {}
     remaining = {s.name: 0 for s, _ in plan}
 
     def tasks():
@@ -298,7 +319,7 @@ def _execute(plan, stage: Stage, execution: ExecutionConfig, executor: Executor,
     progress.start(sum(len(t) for _, t in plan), desc=", ".join(s.name for s, _ in plan)[:60])
     for scene, tiles in plan:
         if not tiles:
-            _scene_finished(scene, writers[targets[scene.name]], stage)
+            _scene_finished(scene, writers[targets[scene.name]], stage, None, rasters.get(scene.name))
     while in_flight < executor.slots and submit_next():
         pass
     error: BaseException | None = None
@@ -327,7 +348,7 @@ def _execute(plan, stage: Stage, execution: ExecutionConfig, executor: Executor,
         for r in results:
             statuses[scene.name][r.status] = statuses[scene.name].get(r.status, 0) + 1
         if remaining[scene.name] == 0:
-            _scene_finished(scene, writer, stage, statuses[scene.name])
+            _scene_finished(scene, writer, stage, statuses[scene.name], rasters.get(scene.name))
         if not stopping and ((cancel is not None and cancel.is_set()) or getattr(progress, "cancelled", False)):
             stopping = True
         if not stopping:
@@ -344,9 +365,29 @@ def _model_name(stage: Stage) -> str:
                                           and v.get("model")), ""))
 
 
-def _scene_finished(scene: Scene, writer: GeoPackageWriter, stage: Stage, statuses: dict | None = None) -> None:
-    """Work that needs a scene's every tile: the dissolve of segmentation polygons across core boundaries;
-    a warning when the gate skipped every tile (a gate calibrated on other imagery can hide all objects)."""
+def _raster_outputs(config: PipelineConfig, scenes: list[Scene], targets: dict[str, Path]) -> dict[str, Path]:
+    """Class GeoTIFF per scene for ``--raster-out`` (``<stem>_<scene>.tif`` with several scenes); checked
+    before the output is touched: the folder exists, no raster is an input or another output."""
+    if config.segment is None or not config.segment.raster_out:
+        return {}
+    from geors.label import check_raster_output
+    from geors.segment import raster_paths
+
+    paths = raster_paths(config.segment.raster_out, scenes)
+    for s in scenes:
+        # a derived product: replaced when the run replaces or continues its GeoPackage, else never silently
+        check_raster_output(paths[s.name], s.path, overwrite=config.output.overwrite or config.output.resume,
+                            option="--raster-out")
+        if paths[s.name].resolve() == targets[s.name].resolve():
+            raise ConfigError(f"{paths[s.name]}: --raster-out must differ from the output GeoPackage")
+    return paths
+
+
+def _scene_finished(scene: Scene, writer: GeoPackageWriter, stage: Stage, statuses: dict | None = None,
+                    raster_out: Path | None = None) -> None:
+    """Work that needs a scene's every tile: the dissolve of segmentation polygons across core boundaries,
+    the class GeoTIFF painted from them (``--raster-out``), and a warning when the gate skipped every tile
+    (a gate calibrated on other imagery can hide all objects)."""
     statuses = statuses or {}
     if statuses.get("gated") and not statuses.get("done"):
         log.warning("%s: the gate skipped all %d tiles with data, so nothing was detected. If objects are "
@@ -356,3 +397,8 @@ def _scene_finished(scene: Scene, writer: GeoPackageWriter, stage: Stage, status
         from geors.merge import dissolve_scene
 
         dissolve_scene(writer, scene.name)
+        if raster_out is not None:
+            from geors.segment import paint_class_raster
+
+            seg = next(s for s in getattr(stage, "stages", [stage]) if hasattr(s, "colours"))
+            paint_class_raster(writer.path, scene, raster_out, seg.classes, seg.colours)

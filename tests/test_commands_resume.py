@@ -86,3 +86,19 @@ def test_killed_label_resumes_to_the_clean_raster(disc_inputs, tmp_path):
     assert r.returncode == 0, r.stderr
     with rasterio.open(out) as a, rasterio.open(tmp_path / "clean.tif") as b:
         assert np.array_equal(a.read(1), b.read(1))
+
+
+def test_the_same_scene_started_twice_at_once_is_written_once(disc_inputs, tmp_path):
+    """Two runs of the same scene into the same new output, started together: one writes, the other is refused
+    (exit 2) once it holds the creation lock, instead of doubling every feature."""
+    scene, boxes = disc_inputs
+    out = tmp_path / "o.gpkg"
+    args = [sys.executable, "-m", "geors", "masks", str(scene), "--boxes", str(boxes), "--sam", "box",
+            "--tile", "256", "--overlap", "64", "-o", str(out)]
+    procs = [subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    results = [(p.wait(timeout=300), p.stderr.read()) for p in procs]
+    codes = sorted(rc for rc, _ in results)
+    assert codes == [0, 2], results
+    refused = next(err for rc, err in results if rc == 2)
+    assert "already holds results" in refused or "right now" in refused
+    assert len(pyogrio.read_dataframe(out, layer="instances")) == len(DISCS)

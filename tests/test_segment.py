@@ -236,15 +236,19 @@ def test_segment_scenes_dissolves_across_cores(data, tiny_model, monkeypatch):
     truth[truth == 255] = 0
 
     class Perfect(seg.SegmentStage):
-        def __call__(self, scene, tiles, images):
-            return [TileResult(scene.name, t.id, t.window, "done", class_raster=truth[
-                t.row_off:t.row_off + t.height, t.col_off:t.col_off + t.width].copy()) for t in tiles]
+        def __call__(self, batch):
+            return [TileResult(batch.scene.name, t.id, t.window, "done", class_raster=truth[
+                t.row_off:t.row_off + t.height, t.col_off:t.col_off + t.width].copy()) for t in batch.tiles]
 
     monkeypatch.setattr(seg, "SegmentStage", Perfect)
+    from geors import PipelineConfig, SegmentConfig, TilingConfig
+    from geors.pipeline import run
+
     out = data["dir"] / "out.gpkg"
-    summary = seg.segment_scenes([data["scene"]], out, segmenter=str(tiny_model), device="cpu", tile_size=64,
-                                 overlap=16, raster_out=data["dir"] / "cls.tif")
-    assert summary["tiles"] > 9 and summary["dissolved_groups"] >= 2
+    config = PipelineConfig(detect=None, tiling=TilingConfig(64, 16),
+                            segment=SegmentConfig(segmenter=str(tiny_model), raster_out=str(data["dir"] / "cls.tif")))
+    summary = run([data["scene"]], out, config)  # the production path: the pipeline clips, polygonises, dissolves
+    assert summary.tiles > 9 and summary.failed == 0
     df = pyogrio.read_dataframe(out, layer="segmentation")
     for cid in (0, 1, 2):
         want = sorted(shapely.geometry.shape(g).area * 0.25 for g, _ in

@@ -43,28 +43,16 @@ def command(scenes, output, segmenter, raster_out, progress, **params):
     dissolved across core boundaries. SCENES: raster files, folders, quoted
     globs, VRT mosaics or @list.txt files.
     """
-    from pathlib import Path
-
     import geors.pipeline as pipeline
     from geors.config import PipelineConfig, SegmentConfig
-    from geors.errors import OutputError
     from geors.progress import make_progress
 
-    if raster_out:
-        parent = Path(raster_out).parent
-        if str(parent) and not parent.is_dir():
-            raise OutputError(f"{raster_out}: the output directory {parent} does not exist; create it first.")
+    # the pipeline checks --raster-out before anything is written and paints it when a scene is finished
     base = PipelineConfig(detect=None, segment=SegmentConfig(segmenter=segmenter, raster_out=raster_out))
     config = build_config(base, dict(params, progress=progress))
-    summary = run_pipeline_command(
+    return run_pipeline_command(
         lambda cancel: pipeline.run(list(scenes), output, config, progress=make_progress(progress), cancel=cancel,
                                     command="segment"), output, progress)
-    if raster_out:
-        from geors.segment import paint_run_rasters
-
-        for scene, path in paint_run_rasters(list(scenes), output, config).items():
-            click.echo(json.dumps({"raster_out": str(path), "scene": scene}), err=True)
-    return summary
 
 
 @click.command("segmenter")
