@@ -241,7 +241,12 @@ for path, cmd in walk(main, []):
             params.append({"argument": p.name, "nargs": p.nargs, "required": p.required})
             continue
         longs = [o for o in p.opts if o.startswith("--")] or list(p.opts)
-        default = None if callable(p.default) else p.default
+        try:  # the resolved default (click >= 8.2 keeps an UNSET sentinel in p.default for flags)
+            default = p.get_default(click.Context(cmd), call=False)
+        except Exception:
+            default = None
+        if callable(default) or type(default).__name__ == "Sentinel":
+            default = False if p.is_flag else None
         params.append({"flag": longs[0], "off_flag": (p.secondary_opts or [""])[0], "is_flag": bool(p.is_flag),
                        "multiple": bool(p.multiple), "type": getattr(p.type, "name", str(p.type)),
                        "choices": [str(c) for c in (getattr(p.type, "choices", None) or [])],
