@@ -52,7 +52,7 @@ from pathlib import Path
 
 import numpy as np
 
-from geors.errors import ConfigError, LabelError, OutputError
+from geors.errors import ConfigError, LabelError
 
 __all__ = ["LabelRasterReport", "write_label_raster", "read_class_map", "UNLABELLED"]
 
@@ -162,24 +162,6 @@ def _atomic_target(out: Path) -> Path:
     return Path(tmp)
 
 
-def check_raster_output(out: Path, scene_path, overwrite: bool, option: str = "-o") -> None:
-    """Refuse, before any work, an output raster that is the input, a folder, or exists (unless overwrite)."""
-    parent = out.parent if str(out.parent) else Path(".")
-    if not parent.is_dir():
-        raise OutputError(f"{out}: the output directory {parent} does not exist; create it first.")
-    if out.suffix.lower() not in (".tif", ".tiff"):
-        raise OutputError(f"{out}: {option} must be a GeoTIFF path ending in .tif")
-    if out.is_dir():
-        raise OutputError(f"{out}: is a directory; give a .tif file path.")
-    if out.exists():
-        if Path(scene_path).exists() and os.path.samefile(out, scene_path):
-            raise OutputError(f"{out}: is the input scene; geors never overwrites an input. Choose another name.")
-        if not overwrite:
-            raise OutputError(f"{out}: exists; add --overwrite to replace it, or choose another name.")
-    if not os.access(parent, os.W_OK):
-        raise OutputError(f"{out}: the directory {parent} is not writable.")
-
-
 def write_label_raster(
     scene,
     boxes,
@@ -243,6 +225,8 @@ def write_label_raster(
         scene = open_scene(scene)
     out_path = Path(out_path)
     inst_path = Path(instance_raster) if instance_raster is not None else None
+    from geors.outputs import check_raster_output
+
     check_raster_output(out_path, scene.path, overwrite)
     if inst_path is not None:
         check_raster_output(inst_path, scene.path, overwrite, "--instances")

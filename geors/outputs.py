@@ -16,7 +16,8 @@ from geors.errors import OutputError
 from geors.raster import Scene
 from geors.stage import Stage
 
-__all__ = ["read_output_state", "result_key", "check_continuation", "resolve_outputs", "RESUME_KEYS"]
+__all__ = ["read_output_state", "result_key", "check_continuation", "resolve_outputs", "check_raster_output",
+           "RESUME_KEYS"]
 
 # Result-affecting provenance keys compared on --resume, and the option a user changes for each.
 RESUME_KEYS = {
@@ -156,3 +157,21 @@ def resolve_outputs(out: Path, scenes: list[Scene], per_scene: bool) -> dict[str
         except OSError:
             pass
     return targets
+
+
+def check_raster_output(out: Path, scene_path, overwrite: bool, option: str = "-o") -> None:
+    """Refuse, before any work, an output raster that is the input, a folder, or exists (unless overwrite)."""
+    parent = out.parent if str(out.parent) else Path(".")
+    if not parent.is_dir():
+        raise OutputError(f"{out}: the output directory {parent} does not exist; create it first.")
+    if out.suffix.lower() not in (".tif", ".tiff"):
+        raise OutputError(f"{out}: {option} must be a GeoTIFF path ending in .tif")
+    if out.is_dir():
+        raise OutputError(f"{out}: is a directory; give a .tif file path.")
+    if out.exists():
+        if Path(scene_path).exists() and os.path.samefile(out, scene_path):
+            raise OutputError(f"{out}: is the input scene; geors never overwrites an input. Choose another name.")
+        if not overwrite:
+            raise OutputError(f"{out}: exists; add --overwrite to replace it, or choose another name.")
+    if not os.access(parent, os.W_OK):
+        raise OutputError(f"{out}: the directory {parent} is not writable.")

@@ -34,7 +34,13 @@ from geors.errors import Cancelled, ConfigError, GeorsError, OutputError, SceneR
 from geors.execution import Executor, check_memory, configure_threads, estimate_peak_memory, with_batch_size
 from geors.inputs import RASTER_SUFFIXES, expand_inputs, open_scenes, scene_fingerprint
 from geors.merge import apply_seams
-from geors.outputs import check_continuation, read_output_state, resolve_outputs, result_key
+from geors.outputs import (
+    check_continuation,
+    check_raster_output,
+    read_output_state,
+    resolve_outputs,
+    result_key,
+)
 from geors.progress import NullProgress, Progress
 from geors.raster import Scene
 from geors.results import TileResult
@@ -370,7 +376,6 @@ def _raster_outputs(config: PipelineConfig, scenes: list[Scene], targets: dict[s
     before the output is touched: the folder exists, no raster is an input or another output."""
     if config.segment is None or not config.segment.raster_out:
         return {}
-    from geors.label import check_raster_output
     from geors.segment import raster_paths
 
     paths = raster_paths(config.segment.raster_out, scenes)
