@@ -166,3 +166,16 @@ def test_bad_options_are_refused_before_the_output_exists(tmp_path, random_model
         assert res.exit_code == 2, (opts, res.output)
         assert needle in res.output, (opts, res.output)
         assert not out.exists() and not list(tmp_path.glob("*.gpkg*"))
+
+
+def test_truncated_scene_is_refused_before_an_output_exists(tmp_path, random_model):
+    """Regression: a truncated TIFF was refused only after an empty GeoPackage had been created (the stretch,
+    which reads pixels, was estimated after the output was touched)."""
+    good = scenes.rgb_uint8(tmp_path / "rgb.tif", 600, 400)
+    cut = tmp_path / "cut.tif"
+    data = good.read_bytes()
+    cut.write_bytes(data[: len(data) // 2])
+    out = tmp_path / "new.gpkg"
+    res = CliRunner().invoke(main, ["detect", str(cut), "-o", str(out), "--model", str(random_model), "--strict"])
+    assert res.exit_code == 2 and "cut.tif" in res.output, res.output
+    assert not out.exists() and not list(tmp_path.glob("*.gpkg*"))
