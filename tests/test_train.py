@@ -24,6 +24,7 @@ from geors.train.detector import (
     train_detector,
 )
 
+
 @pytest.fixture(autouse=True)
 def _one_thread():
     """One torch thread: on a shared 2-core machine more threads make these tests several times slower."""
