@@ -270,7 +270,7 @@ def process_scenes(
         summary.scenes = len(opened)
         executor = Executor(config.execution)
         status = _execute(plan, stage, config.execution, executor, writers, targets, summary, progress, cancel,
-                          rasters)
+                          rasters, _model_name(models))
     except (KeyboardInterrupt, Cancelled):
         status = "cancelled"
         raise
@@ -291,7 +291,7 @@ def process_scenes(
 
 def _execute(plan, stage: Stage, execution: ExecutionConfig, executor: Executor, writers, targets,
              summary: RunSummary, progress: Progress, cancel: threading.Event | None,
-             rasters: dict[str, Path] | None = None) -> str:
+             rasters: dict[str, Path] | None = None, model: str = "") -> str:
     """Submit batches across scenes, write them as they complete; returns the run status."""
     threads = execution.threads_per_worker()
     rasters = rasters or {}
@@ -345,7 +345,7 @@ def _execute(plan, stage: Stage, execution: ExecutionConfig, executor: Executor,
             stopping = True
             continue
         writer = writers[targets[scene.name]]
-        writer.write_results(results, model=_model_name(stage), crs=scene.crs)
+        writer.write_results(results, model=model, crs=scene.crs)
         tally(summary, results)
         summary.megapixels += sum(float(t.core.width) * float(t.core.height) for t in tiles) / 1e6
         progress.advance(len(results), scene=scene.name, detections=summary.detections)
@@ -365,8 +365,8 @@ def _execute(plan, stage: Stage, execution: ExecutionConfig, executor: Executor,
     return "cancelled" if stopping else "finished"
 
 
-def _model_name(stage: Stage) -> str:
-    info = stage.describe()
+def _model_name(info: dict) -> str:
+    """The detector's name from a stage's provenance (describe() is computed once per run: it hashes files)."""
     return str(info.get("model") or next((v.get("model") for v in info.values() if isinstance(v, dict)
                                           and v.get("model")), ""))
 

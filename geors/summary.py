@@ -90,6 +90,6 @@ def tally(summary: RunSummary, results: list[TileResult]) -> None:
             summary.per_class[d.class_name] = summary.per_class.get(d.class_name, 0) + 1
         for i in r.instances:
             summary.mask_methods[i.mask_method] = summary.mask_methods.get(i.mask_method, 0) + 1
-            summary.fallbacks += i.mask_method.endswith(":fallback") or i.mask_method == "box:fallback"
+            summary.fallbacks += i.mask_method.endswith(":fallback")
         for k, v in r.stage_seconds.items():
             summary.stage_seconds[k] = summary.stage_seconds.get(k, 0.0) + v
