@@ -39,7 +39,6 @@ NO_CLASS = 255
 DEFAULT_SEGMENTER = "c2fnet-neon-dota"
 
 # Models loaded in this process (a Dask worker unpickles a fresh stage with every task).
-_LOADED: dict[tuple[str, str, bool], Segmenter] = {}
 
 
 class Segmenter:
@@ -155,11 +154,11 @@ class SegmentStage:
     @property
     def segmenter(self) -> Segmenter:
         if self._seg is None:
-            key = (str(self.spec), self.device, self.refine)
-            if key not in _LOADED:
-                _LOADED[key] = Segmenter.load(self.spec, device=self.device, refine=self.refine,
-                                              batch_size=self.batch_size)
-            self._seg = _LOADED[key]
+            from geors.stage import load_once
+
+            self._seg = load_once(("segmenter", str(self.spec), self.device, self.refine, self.batch_size),
+                                  lambda: Segmenter.load(self.spec, device=self.device, refine=self.refine,
+                                                         batch_size=self.batch_size))
         return self._seg
 
     @property
