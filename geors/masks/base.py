@@ -20,6 +20,8 @@ class MaskEngine:
     """
 
     method: str = "base"
+    #: False for engines whose masks depend on the boxes only (the pipeline then reads no pixels for them).
+    needs_pixels: bool = True
 
     def predict_crops(self, image_rgb8: np.ndarray, boxes_xyxy: np.ndarray) -> list[MaskCrop]:
         """Masks of boxes as crops.

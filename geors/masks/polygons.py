@@ -63,6 +63,9 @@ def mask_to_geometry(
     sub = np.ascontiguousarray(m[r0:r1, c0:c1]).astype(np.uint8)
     t = transform @ Affine.translation(int(c0), int(r0))
     px_area = abs(transform.a * transform.e - transform.b * transform.d)
+    if sub.all():  # a full rectangle (box masks, fallbacks): its four corners, no tracing (~1 ms a box)
+        h, w = sub.shape
+        return Polygon([t @ (0, 0), t @ (0, h), t @ (w, h), t @ (w, 0)])
     parts = []
     for geom, _ in shapes(sub, mask=sub.astype(bool), transform=t, connectivity=4):
         p = shape(geom)

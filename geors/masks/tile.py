@@ -16,7 +16,10 @@ __all__ = ["instances_for_tile"]
 
 def _decode(engine: MaskEngine, image: np.ndarray, boxes: np.ndarray, transform: Affine, simplify_px: float,
             multipart: str) -> list[MaskResult]:
-    crops = engine.predict_crops(image, boxes)
+    return _results(engine, engine.predict_crops(image, boxes), transform, simplify_px, multipart)
+
+
+def _results(engine: MaskEngine, crops, transform: Affine, simplify_px: float, multipart: str) -> list[MaskResult]:
     return [
         MaskResult(mask_to_geometry(c.mask, c.transform(transform), simplify_px, multipart), c.score,
                    c.method or engine.method, c.area_px)
@@ -54,12 +57,17 @@ def instances_for_tile(
         :class:`geors.results.Instance` list; ``detection_index`` is the index
         into ``detections``. Detections whose mask is empty are skipped.
     """
-    from geors.results import Instance
-
     idx = [i for i, d in enumerate(detections) if getattr(d, "box_px", None) is not None]
     if not idx:
         return []
     local = np.array([detections[i].box_px for i in idx], dtype=np.float64)
+    offset = np.array([tile.col_off, tile.row_off] * 2, dtype=np.float64)
+    if not engine.needs_pixels:  # the box engine: clip each box to the scene, read nothing
+        scene_transform = tile_image.transform @ Affine.translation(-tile.col_off, -tile.row_off)
+        res = _results(engine, engine.predict_boxes(local + offset, scene.width, scene.height), scene_transform,
+                       simplify_px, multipart)
+        results = {int(i): r for i, r in zip(idx, res, strict=True)}
+        return _instances(detections, idx, results)
     h, w = tile_image.image.shape[-2:]
     fits = box_fits(local, min(w, tile.width), min(h, tile.height), edge_margin)
     results: dict[int, MaskResult] = {}
@@ -67,13 +75,18 @@ def instances_for_tile(
         res = _decode(engine, tile_image.rgb8(), local[fits], tile_image.transform, simplify_px, multipart)
         for i, r in zip(np.asarray(idx)[fits], res, strict=True):
             results[int(i)] = r
-    offset = np.array([tile.col_off, tile.row_off] * 2, dtype=np.float64)
     for k in np.flatnonzero(~fits):
         sb = local[k] + offset
         win = box_window(sb, scene.width, scene.height, tile.size, edge_margin)
         img = scene.read_window(win)
         b = (sb - np.array([win.col_off, win.row_off] * 2, dtype=np.float64))[None]
         results[int(idx[k])] = _decode(engine, img.rgb8(), b, img.transform, simplify_px, multipart)[0]
+    return _instances(detections, idx, results)
+
+
+def _instances(detections: Sequence, idx: list[int], results: dict[int, MaskResult]) -> list:
+    from geors.results import Instance
+
     out = []
     for i in idx:
         r = results[i]

@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.nn.utils.fusion import fuse_conv_bn_eval
 
-__all__ = ["TinyNet", "GlobalAttention", "ResidualBlock", "conv_bn_relu"]
+__all__ = ["TinyNet", "GlobalAttention", "ResidualBlock", "conv_bn_relu", "fold_batchnorm"]
 
 
 def conv_bn_relu(cin: int, cout: int, kernel: int = 3, stride: int = 1) -> nn.Sequential:
@@ -121,3 +122,35 @@ class GlobalAttention(nn.Module):
             pooled = F.adaptive_avg_pool2d(x, b)
             y = y + F.interpolate(pooled, size=size, mode="bilinear", align_corners=False)
         return self.fuse(y)
+
+
+def fold_batchnorm(model: nn.Module) -> nn.Module:
+    """Fold every batch norm that follows a convolution into it, in place, for inference.
+
+    In eval mode a batch norm is a per-channel affine map, so ``BN(conv(x))``
+    equals one convolution with rescaled weights and a bias. Folding removes a
+    pass over every feature map: on 2 CPU cores the Tiny-Net backbone of a
+    640 px tile runs ~20% faster (``benchmarks/bench_models.py``), with outputs
+    equal to float rounding. Handles the pairs this package builds: a
+    ``Conv2d`` followed by a ``BatchNorm2d`` inside an ``nn.Sequential``
+    (:func:`conv_bn_relu`, projections) and the two pairs of a
+    :class:`ResidualBlock`. The folded model cannot be trained (its batch norms
+    are gone): use it only for inference.
+
+    Returns:
+        ``model`` (switched to eval mode).
+    """
+    model.eval()
+    for module in list(model.modules()):
+        if isinstance(module, ResidualBlock) and isinstance(module.bn1, nn.BatchNorm2d):
+            module.conv1 = fuse_conv_bn_eval(module.conv1, module.bn1)
+            module.conv2 = fuse_conv_bn_eval(module.conv2, module.bn2)
+            module.bn1, module.bn2 = nn.Identity(), nn.Identity()
+        elif isinstance(module, nn.Sequential):
+            names = list(module._modules)
+            for a, b in zip(names, names[1:], strict=False):
+                conv, bn = module._modules[a], module._modules[b]
+                if isinstance(conv, nn.Conv2d) and isinstance(bn, nn.BatchNorm2d):
+                    module._modules[a] = fuse_conv_bn_eval(conv, bn)
+                    module._modules[b] = nn.Identity()
+    return model

@@ -1,0 +1,128 @@
+"""geors.models.ops (inference without torchvision's Python package) and batch-norm folding."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+import torchvision.ops as tvo
+from torchvision.models.detection._utils import BoxCoder as TvBoxCoder
+
+from geors.models import ops
+from geors.models.r2cnn import R2CNN, R2CNNConfig
+from geors.models.tinynet import fold_batchnorm
+
+
+def random_boxes(n: int, size: float = 640.0, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    xy = torch.rand(n, 2, generator=g) * size
+    wh = 8 + torch.rand(n, 2, generator=g) * 70
+    boxes = torch.cat([xy, xy + wh], dim=1)
+    scores = torch.rand(n, generator=g)
+    order = scores.argsort(descending=True)
+    return boxes[order], scores[order]
+
+
+@pytest.mark.parametrize("k", [1, 50, 300, 1000, 5000])
+def test_nms_top_equals_full_nms_truncated(k):
+    boxes, scores = random_boxes(6000)
+    full = tvo.nms(boxes, scores, 0.7)[:k]
+    assert torch.equal(ops.nms_top(boxes, scores, 0.7, k), full)
+
+
+def test_nms_top_grows_the_prefix_when_suppression_is_heavy():
+    # many near-duplicates: the first prefix keeps fewer than k, the prefix must grow to stay exact
+    base, _ = random_boxes(200, size=100.0, seed=1)
+    boxes = base.repeat(20, 1) + torch.rand(4000, 1) * 0.5
+    scores = torch.rand(4000)
+    order = scores.argsort(descending=True)
+    boxes, scores = boxes[order], scores[order]
+    want = tvo.nms(boxes, scores, 0.5)[:150]
+    assert torch.equal(ops.nms_top(boxes, scores, 0.5, 150, first=64), want)
+
+
+def test_ops_match_torchvision():
+    boxes, scores = random_boxes(500, seed=2)
+    assert torch.equal(ops.nms(boxes, scores, 0.5), tvo.nms(boxes, scores, 0.5))
+    idxs = torch.randint(0, 3, (500,))
+    assert torch.equal(ops.batched_nms(boxes, scores, idxs, 0.4), tvo.batched_nms(boxes, scores, idxs, 0.4))
+    assert torch.allclose(ops.box_iou(boxes[:40], boxes[40:90]), tvo.box_iou(boxes[:40], boxes[40:90]))
+    wild = boxes * 1.3 - 50
+    assert torch.equal(ops.clip_boxes_to_image(wild, (600, 500)), tvo.clip_boxes_to_image(wild, (600, 500)))
+    assert torch.equal(ops.remove_small_boxes(wild / 8, 5.0), tvo.remove_small_boxes(wild / 8, 5.0))
+    maps = torch.rand(2, 6 * 49, 20, 24)
+    rois = torch.cat([torch.randint(0, 2, (30, 1)).float(), boxes[:30] / 4], dim=1)
+    assert torch.allclose(ops.ps_roi_align(maps, rois, 7, 1 / 8, 2), tvo.ps_roi_align(maps, rois, 7, 1 / 8, 2))
+    assert ops.batched_nms(boxes[:0], scores[:0], idxs[:0], 0.5).numel() == 0
+
+
+def test_box_coder_matches_torchvision_and_round_trips():
+    ref, _ = random_boxes(300, seed=3)
+    tgt, _ = random_boxes(300, seed=4)
+    for w in ((1.0, 1.0, 1.0, 1.0), (10.0, 10.0, 5.0, 5.0)):
+        ours, theirs = ops.BoxCoder(w), TvBoxCoder(w)
+        codes = ours.encode_single(tgt, ref)
+        assert torch.allclose(codes, theirs.encode_single(tgt, ref), atol=1e-5)
+        assert torch.allclose(ours.decode_single(codes, ref), tgt, atol=1e-3)
+        wild = codes * 40  # exp() clamp: no inf
+        assert torch.allclose(ours.decode_single(wild, ref), theirs.decode_single(wild, ref), rtol=1e-5, atol=1e-3)
+        assert torch.isfinite(ours.decode_single(wild, ref)).all()
+
+
+def test_ps_roi_align_has_gradients_for_training():
+    maps = torch.rand(1, 2 * 49, 10, 10, requires_grad=True)
+    rois = torch.tensor([[0.0, 8, 8, 60, 50]])
+    ops.ps_roi_align(maps, rois, 7, 1 / 8, 2).sum().backward()
+    assert maps.grad is not None and maps.grad.abs().sum() > 0
+
+
+def test_fold_batchnorm_keeps_outputs():
+    torch.manual_seed(0)
+    model = R2CNN(R2CNNConfig(gate_input_scale=4, gate_pool="top3"))
+    # non-trivial batch-norm statistics and affine terms
+    for m in model.modules():
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.running_mean.uniform_(-0.5, 0.5)
+            m.running_var.uniform_(0.5, 2.0)
+            m.weight.data.uniform_(0.5, 1.5)
+            m.bias.data.uniform_(-0.2, 0.2)
+    model.eval()
+    x = torch.rand(2, 3, 128, 128)
+    with torch.no_grad():
+        f0, g0 = model.features(x), model.gate_forward(x)
+        fold_batchnorm(model)
+        assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in model.modules())
+        assert torch.allclose(model.features(x), f0, atol=1e-4)
+        assert torch.allclose(model.gate_forward(x), g0, atol=1e-4)
+
+
+def test_detector_inference_does_not_import_torchvision(tmp_path):
+    """`geors run` never imports torchvision's Python package (160 MiB, ~1 s); the kernels still run."""
+    code = (
+        "import sys, numpy as np\n"
+        "from geors.detect import Detector\n"
+        "d = Detector.load(None, device='cpu')\n"
+        "x = np.random.default_rng(0).random((1, 3, 256, 256), dtype=np.float32)\n"
+        "probs, dets = d.gate_and_detect(x, gate_threshold=None, score_threshold=0.0)\n"
+        "assert len(dets) == 1 and dets[0][0].shape[1] == 4\n"
+        "t = d._to_tensor(x)\n"
+        "import torch\n"
+        "assert t.is_contiguous(memory_format=torch.channels_last)\n"
+        "print('torchvision' in sys.modules)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False", out.stderr
+
+
+def test_training_losses_still_build_samplers():
+    torch.manual_seed(0)
+    model = R2CNN(R2CNNConfig())
+    x = torch.rand(2, 3, 128, 128)
+    targets = [{"boxes": torch.tensor([[10.0, 10, 40, 40]]), "labels": torch.tensor([0])},
+               {"boxes": torch.zeros((0, 4)), "labels": torch.zeros(0, dtype=torch.int64)}]
+    losses = model.compute_losses(x, targets)
+    assert np.isfinite(float(losses["total"].detach()))
+    losses["total"].backward()
