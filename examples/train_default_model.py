@@ -200,6 +200,16 @@ def main() -> None:
                     help="no training: take --init-from, switch its gate pooling (avg|topK, e.g. top3), adopt the "
                          "current inference defaults (proposal/detection top-k), recalibrate the gate threshold "
                          "on the validation split and save to --out")
+    ap.add_argument("--ohem", type=int, default=0, metavar="N",
+                    help="online hard example mining in the R-CNN head: the N hardest RoIs per crop carry the "
+                         "second-stage loss (0 = the balanced sampler)")
+    ap.add_argument("--roi-pos-fraction", type=float, default=None,
+                    help="share of positives in the R-CNN head's sampler (model default 0.25)")
+    ap.add_argument("--pos-fraction", type=float, default=0.5,
+                    help="share of crops centred on a tree (the rest are empty crops, which train only the gate)")
+    ap.add_argument("--train-only", choices=["gate"], default=None,
+                    help="with --init-from: train only the gate head (backbone and detector frozen, detections "
+                         "unchanged), e.g. to retrain the gate without the jitter the detector was trained with")
     ap.add_argument("--metrics", type=Path, default=None, help="also write the metrics JSON here")
     ap.add_argument("--downsample", type=int, default=1,
                     help="shrink every image (training and held-out) by this factor (average pooling): "
@@ -219,6 +229,11 @@ def main() -> None:
         tiles = training_tiles(args.no_empty_images)
         empty = [] if args.no_empty_images else EMPTY_IMAGES
         epochs = max(args.epochs, 1)
+        arch = {}
+        if args.ohem:
+            arch["roi_ohem"] = int(args.ohem)
+        if args.roi_pos_fraction is not None:
+            arch["roi_pos_fraction"] = float(args.roi_pos_fraction)
         cfg = TrainConfig(epochs=epochs, steps_per_epoch=max(args.steps // epochs, 1), batch_size=args.batch,
                           crop_size=args.crop,
                           lr=args.lr, assigner=args.assigner, warmup_steps=args.warmup,
@@ -226,7 +241,8 @@ def main() -> None:
                           contrast_jitter=args.contrast_jitter, seed=args.seed, device="cpu",
                           log_every=25, gate_input_scale=args.gate_scale, gate_recall=args.gate_recall,
                           init_from=str(args.init_from) if args.init_from else None, gate_pool=args.gate_pool,
-                          val_fraction=args.val_fraction, patience=args.patience or None,
+                          arch=arch, val_fraction=args.val_fraction, pos_fraction=args.pos_fraction,
+                          train_only=args.train_only, patience=args.patience or None,
                           max_seconds=args.max_minutes * 60 if args.max_minutes else None)
         model, meta = train_detector(tiles, ["tree"], cfg, meta={
             "name": "r2cnn-neon-trees" if args.assigner == "nwd_rka" else f"r2cnn-neon-trees-{args.assigner}",

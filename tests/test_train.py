@@ -385,3 +385,32 @@ def test_gate_only_training_leaves_detections_unchanged(tmp_path):
     d1 = Detector(m1, meta1, torch.device("cpu")).detect(x, score_threshold=0.0)
     for a, b in zip(d0, d1, strict=True):
         assert np.array_equal(a[0], b[0]) and np.array_equal(a[1], b[1])
+
+
+def test_ohem_trains_the_head_on_the_hardest_rois_only():
+    """``roi_ohem = n``: the second-stage loss is the mean over at most n RoIs per crop, the hardest ones."""
+    from geors.models.r2cnn import R2CNN, R2CNNConfig
+
+    rng = np.random.default_rng(0)
+    t = squares_tile(rng, 3, side=64)
+    x = torch.from_numpy(t.image[None].copy())
+    targets = [{"boxes": torch.from_numpy(t.boxes), "labels": torch.zeros(3, dtype=torch.int64)}]
+    torch.manual_seed(0)
+    base = R2CNN(R2CNNConfig(**SMALL_ARCH)).train()
+    ohem = R2CNN(R2CNNConfig(**SMALL_ARCH, roi_ohem=8)).train()
+    ohem.load_state_dict(base.state_dict())
+    det = ohem.det_conv(ohem.features(x))
+    obj, reg = ohem._rpn(det)
+    props = ohem._proposals(obj, reg, ohem.anchors(*det.shape[-2:], det.device), (64, 64), training=True)
+    cls_all, _ = ohem._roi_loss(det, props, targets)
+    # the same RoIs through the head, every per-RoI cross-entropy: OHEM's mean is at least the overall mean
+    rois = torch.cat([props[0], targets[0]["boxes"]])
+    cls, _ = ohem._roi_outputs(det, [rois])
+    lab = torch.where(ohem.roi_matcher(box_iou(targets[0]["boxes"], rois)) >= 0, 1, 0)
+    per = torch.nn.functional.cross_entropy(cls, lab, reduction="none")
+    assert float(cls_all) >= float(per.mean()) - 1e-6
+    assert float(cls_all) <= float(per.max()) + 1e-6
+    losses = ohem.compute_losses(x, targets)
+    losses["total"].backward()
+    assert ohem.ps_cls.weight.grad is not None and ohem.ps_cls.weight.grad.abs().sum() > 0
+    assert R2CNNConfig().roi_ohem == 0  # off by default: older model files train as before

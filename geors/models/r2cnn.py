@@ -89,6 +89,11 @@ class R2CNNConfig:
     roi_batch: int = 128
     roi_pos_fraction: float = 0.25
     roi_iou: float = 0.5
+    # Training only: online hard example mining in the second stage (Shrivastava et al. 2016, in R2-CNN's
+    # training recipe). 0 = off (the balanced sampler, roi_batch x roi_pos_fraction); n > 0 = every
+    # proposal is scored, near-duplicates are removed by NMS at 0.7 on their loss and the n hardest RoIs
+    # of each crop carry the loss. Defaults off so older model files load and train unchanged.
+    roi_ohem: int = 0
     pre_nms_train: int = 2000
     post_nms_train: int = 512
     # Inference top-k: with 300 proposals after NMS (the previous default) the
@@ -362,6 +367,8 @@ class R2CNN(nn.Module):
             rois.append(props)
             lab_list.append(lab)
             matched_list.append(idx.clamp(min=0))
+        if self.config.roi_ohem > 0:
+            return self._roi_loss_ohem(det, rois, lab_list, matched_list, targets)
         pos_masks, neg_masks = self.roi_sampler(lab_list)
         for i, t in enumerate(targets):
             keep = (pos_masks[i] | neg_masks[i]).bool()
@@ -374,6 +381,42 @@ class R2CNN(nn.Module):
         loss_cls = F.cross_entropy(cls, labels_t)
         fg = labels_t > 0
         loss_box = _smooth_l1(reg[fg], targets_t[fg]) / max(labels_t.numel(), 1)
+        return loss_cls, loss_box
+
+    def _roi_loss_ohem(
+        self, det: Tensor, rois: list[Tensor], lab_list: list[Tensor], matched_list: list[Tensor],
+        targets: list[dict[str, Tensor]],
+    ) -> tuple[Tensor, Tensor]:
+        """Second-stage loss on the ``roi_ohem`` hardest RoIs of each crop (OHEM).
+
+        Every RoI (proposals + ground truth) goes through the head; the per-RoI
+        loss (cross-entropy + box smooth L1 for foreground) ranks them, NMS at
+        IoU 0.7 on that ranking removes near-duplicates (as in the OHEM paper),
+        and the ``roi_ohem`` hardest RoIs of each crop are averaged. The
+        forward pass is shared, so only the selected RoIs receive gradients.
+        """
+        from geors.models.ops import nms
+
+        box_t = [self.roi_coder.encode_single(t["boxes"][m], r) for r, m, t in zip(rois, matched_list, targets,
+                                                                                   strict=True)]
+        cls, reg = self._roi_outputs(det, rois)
+        labels_t = torch.cat(lab_list)
+        targets_t = torch.cat(box_t)
+        fg = labels_t > 0
+        l_cls = F.cross_entropy(cls, labels_t, reduction="none")
+        l_box = torch.zeros_like(l_cls)
+        if fg.any():
+            l_box[fg] = F.smooth_l1_loss(reg[fg], targets_t[fg], beta=1.0 / 9, reduction="none").sum(dim=1)
+        total = (l_cls + self.config.box_loss_weight * l_box).detach()
+        chosen, start = [], 0
+        for r in rois:
+            n = r.shape[0]
+            keep = nms(r.detach().float(), total[start : start + n], 0.7)[: self.config.roi_ohem]
+            chosen.append(keep + start)
+            start += n
+        sel = torch.cat(chosen)
+        loss_cls = l_cls[sel].mean()
+        loss_box = l_box[sel].sum() / max(sel.numel(), 1)
         return loss_cls, loss_box
 
     # ------------------------------------------------------------------ API
