@@ -18,7 +18,7 @@ import torch
 
 from geors.errors import BandError, ConfigError
 
-__all__ = ["Detector", "TileDetections", "resolve_device", "trim_padding"]
+__all__ = ["Detector", "TileDetections", "gate_passes", "resolve_device", "trim_padding", "GATE_TOLERANCE"]
 
 log = logging.getLogger(__name__)
 
@@ -37,6 +37,23 @@ def resolve_device(device: str | torch.device = "auto") -> torch.device:
         return torch.device(name)
     except RuntimeError:
         raise ConfigError(f"--device {name!r}: not a device; use auto, cpu or cuda[:N].") from None
+
+
+GATE_TOLERANCE = 1e-5
+"""A tile passes the gate when its probability is at least the threshold minus this.
+
+Calibration puts the threshold exactly on the probability of the weakest tile
+with objects (:func:`geors.train.detector.calibrate_gate`), computed by the
+training-time network. Inference computes the same function with other
+kernels (batch norms folded into the convolutions, channels-last memory, GPU
+or another thread count), which differ in the last float bits: without a
+tolerance that tile can fall 1e-7 below its own threshold and lose its objects.
+"""
+
+
+def gate_passes(probs, threshold: float):
+    """Which gate probabilities pass ``threshold`` (:data:`GATE_TOLERANCE` below it still passes)."""
+    return probs >= threshold - GATE_TOLERANCE
 
 
 MIN_TRIMMED_SIDE = 32
@@ -205,7 +222,7 @@ class Detector:
                 probs = self.model.gate_logits(feats).float().softmax(dim=1)[:, 1]
             else:
                 probs = self.model.gate_forward(x).float().softmax(dim=1)[:, 1]
-            run = torch.ones_like(probs, dtype=torch.bool) if gate_threshold is None else probs >= gate_threshold
+            run = torch.ones_like(probs, dtype=torch.bool) if gate_threshold is None else gate_passes(probs, gate_threshold)
             idx = torch.nonzero(run).flatten()
             out: list[TileDetections] = [empty] * x.shape[0]
             if idx.numel():

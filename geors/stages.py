@@ -120,6 +120,8 @@ class DetectStage:
         return None
 
     def __call__(self, batch: TileBatch) -> list[TileResult]:
+        from geors.detect import gate_passes
+
         t0 = time.perf_counter()
         det = self.detector
         x = np.stack([img.image for img in batch.images])
@@ -133,7 +135,7 @@ class DetectStage:
                               tuple(float(v) for v in b), float(p))
                     for b, s, c in zip(boxes, scores, labels, strict=True)]
             res = TileResult(batch.scene.name, tile.id, tile.window,
-                             "gated" if threshold is not None and p < threshold else "done",
+                             "gated" if threshold is not None and not gate_passes(p, threshold) else "done",
                              gate_score=float(p), detections=dets, stage_seconds={"detect": detect_s})
             if dets and self.masks:
                 t1 = time.perf_counter()

@@ -126,3 +126,24 @@ def test_training_losses_still_build_samplers():
     losses = model.compute_losses(x, targets)
     assert np.isfinite(float(losses["total"].detach()))
     losses["total"].backward()
+
+
+def test_gate_threshold_calibrated_on_the_training_network_passes_the_folded_one():
+    """Calibration puts the threshold exactly on a tile's probability; inference must still pass that tile."""
+    from geors.detect import GATE_TOLERANCE, Detector, gate_passes
+
+    torch.manual_seed(1)
+    model = R2CNN(R2CNNConfig(gate_input_scale=4, gate_pool="top3"))
+    for m in model.modules():
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.running_var.uniform_(0.5, 2.0)
+    model.eval()
+    x = np.random.default_rng(0).random((4, 3, 128, 128), dtype=np.float32)
+    with torch.no_grad():
+        probs_train = model.gate_forward(torch.from_numpy(x)).softmax(1)[:, 1].numpy()
+    meta = {"classes": ["x"], "bands": 3, "tile_size": 128}
+    det = Detector(fold_batchnorm(model), meta, torch.device("cpu"))
+    for threshold in probs_train:  # each tile's own probability as the calibrated threshold
+        probs, _ = det.gate_and_detect(x, gate_threshold=float(threshold), score_threshold=0.99)
+        assert gate_passes(probs, float(threshold))[probs_train >= threshold].all()
+    assert gate_passes(np.float32(0.5) - 1e-7, 0.5) and not gate_passes(0.5 - 10 * GATE_TOLERANCE, 0.5)

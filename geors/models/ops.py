@@ -25,6 +25,8 @@ import threading
 import torch
 from torch import Tensor
 
+from geors.errors import DependencyNotFoundError
+
 __all__ = [
     "BoxCoder",
     "batched_nms",
@@ -74,9 +76,10 @@ def kernels():
                     import torchvision  # noqa: F401 - registers the ops the documented way
 
                     if not _registered():
-                        raise RuntimeError(
+                        raise DependencyNotFoundError(
                             "torchvision's compiled ops (nms, ps_roi_align) are not available: "
-                            "reinstall torch and torchvision from the same release."
+                            "reinstall torch and torchvision from the same release "
+                            "(pip install --force-reinstall torch torchvision)."
                         )
             _loaded = True
     return torch.ops.torchvision
