@@ -43,7 +43,12 @@ log = logging.getLogger(__name__)
 # peak memory grows with the scene up to that size. The CLI sets GDAL_CACHEMAX
 # (see geors.cli.main.configure_environment); a library user sets it (or
 # rasterio.Env) in their own process: the library changes no process-wide state.
-RECOMMENDED_GDAL_CACHEMAX_MB = 128
+# 64 MB holds the block row that the next row of tiles re-reads (the overlap) for
+# a 20,000 px wide uint8 RGB scene with 512 px blocks (~30 MB); wider or deeper
+# scenes re-decode part of the overlap, which costs ~1% of a run (reading is 1-3%
+# of worker time), while a larger cache is resident memory (128 MB: +42 MiB peak
+# on a 10,000² scene, benchmarks/bench_pipeline.py).
+RECOMMENDED_GDAL_CACHEMAX_MB = 64
 
 # warnings.catch_warnings swaps process-wide state: serialise the opens that use it
 _WARNINGS_LOCK = threading.Lock()

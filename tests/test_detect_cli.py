@@ -179,3 +179,28 @@ def test_truncated_scene_is_refused_before_an_output_exists(tmp_path, random_mod
     res = CliRunner().invoke(main, ["detect", str(cut), "-o", str(out), "--model", str(random_model), "--strict"])
     assert res.exit_code == 2 and "cut.tif" in res.output, res.output
     assert not out.exists() and not list(tmp_path.glob("*.gpkg*"))
+
+
+def test_cli_environment_defaults_respect_the_user(monkeypatch):
+    """The CLI (not the library) sets OpenMP passive waiting and GDAL's cache, unless the user set them."""
+    import logging
+    import os
+    import subprocess
+    import sys
+
+    from geors.cli.main import configure_environment
+
+    monkeypatch.delenv("OMP_WAIT_POLICY", raising=False)
+    monkeypatch.delenv("GDAL_CACHEMAX", raising=False)
+    configure_environment(logging.WARNING)
+    assert os.environ["OMP_WAIT_POLICY"] == "PASSIVE" and os.environ["GDAL_CACHEMAX"] == "64"
+    monkeypatch.setenv("OMP_WAIT_POLICY", "ACTIVE")
+    configure_environment(logging.WARNING)
+    assert os.environ["OMP_WAIT_POLICY"] == "ACTIVE"
+    # set before anything imports torch (libgomp reads it when its thread pool starts)
+    code = ("import sys, os; from geors.cli.main import main\n"
+            "try:\n    main(['info', '--help'])\nexcept SystemExit:\n    pass\n"
+            "print(os.environ.get('OMP_WAIT_POLICY'), 'torch' in sys.modules, file=sys.stderr)")
+    env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True)
+    assert out.stderr.strip().splitlines()[-1] == "PASSIVE False"
