@@ -102,12 +102,12 @@ def with_batch_size(config: PipelineConfig) -> PipelineConfig:
     return config.replace(execution__batch_size=config.execution.resolved_batch_size(on_gpu))
 
 
-# Measured with benchmarks/bench_pipeline.py (geors run, default model, box masks, CPU, PyPI torch):
-# peak RSS 1,038 MiB at batch 1 and 1,684 MiB at batch 8 of 640 px tiles -> ~92 MiB per tile in flight
-# (~235 bytes per tile pixel: float32 pixels, an RGB copy, the model's activations) on top of ~950 MiB
-# for the process itself (Python, torch ~500 MiB, GDAL, the model).
-PROCESS_BASE_BYTES = 950 * 2**20
-BYTES_PER_TILE_PIXEL = 235
+# Measured with `geors run --sam box --workers 1 --batch-size B` on a dense 2,000² NEON scene (default model,
+# CPU, PyPI torch; /usr/bin/time -v): peak RSS 872 / 909 / 1,021 / 1,252 MiB at batch 1 / 2 / 4 / 8 of 640 px
+# tiles -> ~54 MiB per tile in flight (~140 bytes per tile pixel: float32 pixels and the model's activations)
+# on top of ~820 MiB for the process itself (Python, torch ~500 MiB, GDAL and its 64 MB block cache, the model).
+PROCESS_BASE_BYTES = 820 * 2**20
+BYTES_PER_TILE_PIXEL = 140
 
 
 def estimate_peak_memory(tile_size: int, batch_size: int, workers: int = 1, processes: bool = False) -> dict:
