@@ -210,6 +210,12 @@ def main() -> None:
     ap.add_argument("--train-only", choices=["gate"], default=None,
                     help="with --init-from: train only the gate head (backbone and detector frozen, detections "
                          "unchanged), e.g. to retrain the gate without the jitter the detector was trained with")
+    ap.add_argument("--saturation-jitter", type=float, default=0.0,
+                    help="colour saturation jitter strength (1 = from grey to twice the saturation)")
+    ap.add_argument("--ema", type=float, default=0.0, metavar="DECAY",
+                    help="validate and keep an exponential moving average of the weights (e.g. 0.99; 0 = off)")
+    ap.add_argument("--arch", nargs="+", default=[], metavar="KEY=VALUE",
+                    help="other R2CNNConfig fields (e.g. rka_k=4 roi_batch=256); JSON values")
     ap.add_argument("--metrics", type=Path, default=None, help="also write the metrics JSON here")
     ap.add_argument("--downsample", type=int, default=1,
                     help="shrink every image (training and held-out) by this factor (average pooling): "
@@ -229,7 +235,7 @@ def main() -> None:
         tiles = training_tiles(args.no_empty_images)
         empty = [] if args.no_empty_images else EMPTY_IMAGES
         epochs = max(args.epochs, 1)
-        arch = {}
+        arch = {k: json.loads(v) for k, v in (a.split("=", 1) for a in args.arch)}
         if args.ohem:
             arch["roi_ohem"] = int(args.ohem)
         if args.roi_pos_fraction is not None:
@@ -238,7 +244,8 @@ def main() -> None:
                           crop_size=args.crop,
                           lr=args.lr, assigner=args.assigner, warmup_steps=args.warmup,
                           scales=tuple(args.scales), color_jitter=args.color_jitter, paste_fraction=args.paste,
-                          contrast_jitter=args.contrast_jitter, seed=args.seed, device="cpu",
+                          contrast_jitter=args.contrast_jitter, saturation_jitter=args.saturation_jitter,
+                          ema_decay=args.ema, seed=args.seed, device="cpu",
                           log_every=25, gate_input_scale=args.gate_scale, gate_recall=args.gate_recall,
                           init_from=str(args.init_from) if args.init_from else None, gate_pool=args.gate_pool,
                           arch=arch, val_fraction=args.val_fraction, pos_fraction=args.pos_fraction,

@@ -414,3 +414,23 @@ def test_ohem_trains_the_head_on_the_hardest_rois_only():
     losses["total"].backward()
     assert ohem.ps_cls.weight.grad is not None and ohem.ps_cls.weight.grad.abs().sum() > 0
     assert R2CNNConfig().roi_ohem == 0  # off by default: older model files train as before
+
+
+def test_ema_keeps_the_moving_average_of_the_weights():
+    from geors.models.r2cnn import R2CNN, R2CNNConfig
+    from geors.train.detector import _ema_update
+
+    torch.manual_seed(0)
+    a, b = R2CNN(R2CNNConfig(**SMALL_ARCH)), R2CNN(R2CNNConfig(**SMALL_ARCH))
+    sa = {k: v.clone() for k, v in a.state_dict().items()}
+    _ema_update(a, b, 0.75)
+    for k, v in a.state_dict().items():
+        want = 0.75 * sa[k] + 0.25 * b.state_dict()[k] if v.dtype.is_floating_point else b.state_dict()[k]
+        assert torch.allclose(v, want.to(v.dtype), atol=1e-6), k
+    rng = np.random.default_rng(0)
+    tiles = [squares_tile(rng, 3), squares_tile(rng, 0)]
+    kw = dict(epochs=1, steps_per_epoch=4, batch_size=2, crop_size=64, device="cpu", val_fraction=0, arch=SMALL_ARCH)
+    m0, _ = train_detector(tiles, ["square"], TrainConfig(**kw), meta={"tile_size": 96})
+    m1, meta1 = train_detector(tiles, ["square"], TrainConfig(**kw, ema_decay=0.9), meta={"tile_size": 96})
+    assert meta1["training"]["config"]["ema_decay"] == 0.9
+    assert any(not torch.equal(v, m1.state_dict()[k]) for k, v in m0.state_dict().items())

@@ -105,9 +105,16 @@ class TrainConfig:
         color_jitter: strength of the per-band gain / gamma jitter (0 = off).
         contrast_jitter: strength of the contrast reduction / per-band
             brightness offset (:func:`geors.train.augment.random_contrast`; 0 = off).
+        saturation_jitter: strength s of the colour saturation jitter: each
+            crop is blended with its grey image by a factor drawn from
+            ``[1 - s, 1 + s]`` (0 = grey, 1 = unchanged; 0 = off).
         paste_fraction: share of positive crops pasted onto crops of images
             without objects (see :func:`sample_batch`; 0 = off).
         lr, weight_decay, warmup_steps: AdamW with linear warm-up then cosine decay.
+        ema_decay: keep an exponential moving average of the weights (and
+            batch-norm statistics) with this decay per step (warm-up
+            ``min(d, (1 + step) / (10 + step))``); the average is what is
+            validated, kept and saved. 0 = off.
         assigner: ``"nwd_rka"`` (default) or ``"iou"`` for the RPN.
         num_anchor_scales: k of the anchor k-means.
         anchor_scales: fixed anchor sides; None = k-means over training boxes.
@@ -156,6 +163,8 @@ class TrainConfig:
     color_jitter: float = 0.1
     paste_fraction: float = 0.0
     contrast_jitter: float = 0.0
+    saturation_jitter: float = 0.0
+    ema_decay: float = 0.0
     lr: float = 2e-3
     weight_decay: float = 1e-4
     warmup_steps: int = 50
@@ -234,6 +243,7 @@ def sample_batch(
     color_jitter: float = 0.0,
     paste_fraction: float = 0.0,
     contrast_jitter: float = 0.0,
+    saturation_jitter: float = 0.0,
 ) -> tuple[np.ndarray, list[np.ndarray], list[np.ndarray]]:
     """Draw a balanced batch of augmented crops.
 
@@ -305,6 +315,7 @@ def sample_batch(
         img, bx = random_dihedral(img, bx, rng)
         img = random_photometric(img, rng, color_jitter)
         img = random_contrast(img, rng, contrast_jitter)
+        img = _random_saturation(img, rng, saturation_jitter)
         if side != crop_size:
             f = crop_size / side
             img = F.interpolate(torch.from_numpy(img)[None], size=(crop_size, crop_size), mode="bilinear",
@@ -314,6 +325,20 @@ def sample_batch(
         boxes.append(bx.astype(np.float32))
         cids.append(ci)
     return np.stack(imgs), boxes, cids
+
+
+def _random_saturation(image: np.ndarray, rng: np.random.Generator, strength: float) -> np.ndarray:
+    """Blend a crop with its grey (band mean) image by a factor from ``[1 - s, 1 + s]``, clipped to ``[0, 1]``.
+
+    Other forests differ in colour more than in shape (dead grey snags, yellow or
+    blue-green crowns); a factor below 1 desaturates, above 1 saturates.
+    ``strength = 0`` returns the image unchanged.
+    """
+    if strength <= 0 or image.shape[0] < 2:
+        return image
+    f = float(rng.uniform(max(1 - strength, 0.0), 1 + strength))
+    grey = image.mean(axis=0, keepdims=True)
+    return np.clip(grey + f * (image - grey), 0, 1).astype(np.float32)
 
 
 def _lr_factor(step: int, total: int, warmup: int) -> float:
@@ -407,6 +432,13 @@ def train_detector(
         for name, p in model.named_parameters():
             p.requires_grad_(name.startswith("gate_head."))
     _train_mode(model, gate_only)
+    ema = None
+    if cfg.ema_decay > 0:
+        import copy
+
+        ema = copy.deepcopy(model).eval()
+        for p in ema.parameters():
+            p.requires_grad_(False)
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=cfg.lr,
                             weight_decay=cfg.weight_decay)
     n_pos_tiles = sum(1 for t in tiles if len(t.boxes))
@@ -433,7 +465,7 @@ def train_detector(
         for g in opt.param_groups:
             g["lr"] = cfg.lr * _lr_factor(step, total, cfg.warmup_steps)
         imgs, bxs, cids = sample_batch(tiles, cfg.batch_size, cfg.crop_size, rng, cfg.pos_fraction, cfg.scales,
-                                      cfg.color_jitter, cfg.paste_fraction, cfg.contrast_jitter)
+                                      cfg.color_jitter, cfg.paste_fraction, cfg.contrast_jitter, cfg.saturation_jitter)
         x = torch.from_numpy(imgs).to(device)
         targets = [
             {"boxes": torch.from_numpy(b).to(device), "labels": torch.from_numpy(c).to(device)}
@@ -447,6 +479,8 @@ def train_detector(
         torch.nn.utils.clip_grad_norm_([p for p in model.parameters() if p.requires_grad], 10.0)
         scaler.step(opt)
         scaler.update()
+        if ema is not None:
+            _ema_update(ema, model, min(cfg.ema_decay, (1 + step) / (10 + step)))
         for k, v in losses.items():
             running[k] = running.get(k, 0.0) + float(v.detach())
         history.append(float(losses["total"].detach()))
@@ -462,13 +496,14 @@ def train_detector(
         out_of_time = cfg.max_seconds is not None and elapsed > cfg.max_seconds
         if ((step + 1) % spe == 0 or out_of_time) and val_pos:
             epoch = (step + 1) / spe
-            model.eval()
-            ap50 = validation_ap50(model, val_tiles, len(classes))
+            scored = model if ema is None else ema
+            scored.eval()
+            ap50 = validation_ap50(scored, val_tiles, len(classes))
             _train_mode(model, gate_only)
             val_history.append({"epoch": round(epoch, 2), "step": step + 1, "val_AP50": ap50})
             improved = best is None or ap50 > best[0]
             if best is None or ap50 >= best[0]:  # ties: the later, longer-trained weights
-                best = (ap50, step + 1, {k: v.detach().clone() for k, v in model.state_dict().items()})
+                best = (ap50, step + 1, {k: v.detach().clone() for k, v in scored.state_dict().items()})
             log.info("epoch %.2f/%d: validation AP50 %.3f (%d tiles)%s", epoch, cfg.epochs, ap50, len(val_tiles),
                      " best so far" if improved else f", best {best[0]:.3f} at step {best[1]}")
             if (cfg.patience is not None and not improved
@@ -481,9 +516,13 @@ def train_detector(
             log.warning("stopping: %s", stop_reason)
             break
     seconds = time.monotonic() - t0
-    if best is not None and best[1] != step + 1:
+    if best is not None and (best[1] != step + 1 or ema is not None):
         model.load_state_dict(best[2])
-        log.info("keeping the weights of step %d (best validation AP50 %.3f)", best[1], best[0])
+        log.info("keeping the %sweights of step %d (best validation AP50 %.3f)",
+                 "" if ema is None else "moving-average ", best[1], best[0])
+    elif ema is not None:
+        model.load_state_dict(ema.state_dict())
+        log.info("keeping the moving-average weights of the last step")
     model.eval().cpu()
     calib = calibrate_gate(model, val_tiles, cfg.gate_recall, tile_size=tile_size, overlap=overlap,
                            train_tiles=tiles)
@@ -533,6 +572,16 @@ def train_detector(
         if training_extra:
             out_meta["training"].update(training_extra)
     return model, out_meta
+
+
+@torch.no_grad()
+def _ema_update(ema: R2CNN, model: R2CNN, decay: float) -> None:
+    """``ema = decay * ema + (1 - decay) * model`` for floating-point weights and buffers; integer buffers copied."""
+    for e, m in zip(ema.state_dict().values(), model.state_dict().values(), strict=True):
+        if e.dtype.is_floating_point:
+            e.mul_(decay).add_(m.detach(), alpha=1 - decay)
+        else:
+            e.copy_(m)
 
 
 def _train_mode(model: R2CNN, gate_only: bool) -> None:
