@@ -402,12 +402,12 @@ def test_ohem_trains_the_head_on_the_hardest_rois_only():
     det = ohem.det_conv(ohem.features(x))
     obj, reg = ohem._rpn(det)
     props = ohem._proposals(obj, reg, ohem.anchors(*det.shape[-2:], det.device), (64, 64), training=True)
-    cls_all, _ = ohem._roi_loss(det, props, targets)
+    cls_all = ohem._roi_loss(det, props, targets)[0].detach()
     # the same RoIs through the head, every per-RoI cross-entropy: OHEM's mean is at least the overall mean
     rois = torch.cat([props[0], targets[0]["boxes"]])
     cls, _ = ohem._roi_outputs(det, [rois])
     lab = torch.where(ohem.roi_matcher(box_iou(targets[0]["boxes"], rois)) >= 0, 1, 0)
-    per = torch.nn.functional.cross_entropy(cls, lab, reduction="none")
+    per = torch.nn.functional.cross_entropy(cls, lab, reduction="none").detach()
     assert float(cls_all) >= float(per.mean()) - 1e-6
     assert float(cls_all) <= float(per.max()) + 1e-6
     losses = ohem.compute_losses(x, targets)
