@@ -268,7 +268,11 @@ def _to_multi(geom):
 # ---------------------------------------------------------------- files, locks
 _GPKG_APPLICATION_IDS = {0x47504B47, 0x47503130, 0x47503131}  # "GPKG", "GP10", "GP11"
 _GPKG_APPLICATION_ID = 0x47504B47
-_GPKG_USER_VERSION = 10400  # GeoPackage 1.4, what GDAL writes
+# New files are GeoPackage 1.2 (GDAL's VERSION creation option), not GDAL >= 3.8's default 1.4: the GDAL 3.6 of
+# QGIS 3.22 LTR (Debian 12) warns "may only be partially supported" on every 1.4 file, and geors writes nothing
+# that needs 1.3/1.4. Existing files keep their version.
+GPKG_VERSION = "1.2"
+_GPKG_USER_VERSION = 10200
 _LOCK_WAIT_S = 120.0
 
 
@@ -635,7 +639,8 @@ class GeoPackageWriter:
                 df, kwargs = pd.DataFrame(cols), {}
             for attempt in range(600):  # another process may be inside a transaction on an existing file
                 try:
-                    pyogrio.write_dataframe(df, target, layer=name, driver="GPKG", **kwargs)
+                    new = {} if target.exists() else {"dataset_options": {"VERSION": GPKG_VERSION}}
+                    pyogrio.write_dataframe(df, target, layer=name, driver="GPKG", **kwargs, **new)
                     break
                 except Exception as exc:  # GDAL errors come in several classes
                     if "locked" in str(exc).lower() and attempt < 599:

@@ -8,6 +8,7 @@ import textwrap
 import time
 from pathlib import Path
 
+import geopandas as gpd
 import numpy as np
 import pyogrio
 import pytest
@@ -255,6 +256,23 @@ def test_new_file_has_every_layer_and_the_geopackage_header(tmp_path):
     assert {n for n, _ in pyogrio.list_layers(out)} == {"detections", "instances", "segmentation",
                                                          "geors_tiles", "geors_runs"}
     assert sqlite3.connect(out).execute("PRAGMA user_version").fetchone()[0] >= 10200
+
+
+def test_new_files_are_geopackage_1_2_and_existing_files_keep_their_version(tmp_path):
+    """GDAL 3.6 (QGIS 3.22 LTR) warns 'may only be partially supported' on GeoPackage 1.4 files."""
+    out = tmp_path / "o.gpkg"
+    with GeoPackageWriter(out, CRS.from_epsg(32617), ["detections", "instances"]) as w:
+        w.write_results([_result(0)])
+    assert sqlite3.connect(out).execute("PRAGMA user_version").fetchone()[0] == 10200
+    _assert_healthy(out)
+    # a user's 1.4 file gets geors' layers added and stays 1.4
+    theirs = tmp_path / "theirs.gpkg"
+    gdf = gpd.GeoDataFrame({"name": ["a"]}, geometry=[shapely.box(500000, 3285000, 500010, 3285010)], crs=32617)
+    pyogrio.write_dataframe(gdf, theirs, layer="roads", driver="GPKG", dataset_options={"VERSION": "1.4"})
+    with GeoPackageWriter(theirs, CRS.from_epsg(32617), ["detections", "instances"]) as w:
+        w.write_results([_result(0)])
+    assert sqlite3.connect(theirs).execute("PRAGMA user_version").fetchone()[0] == 10400
+    assert {"roads", "detections"} <= {n for n, _ in pyogrio.list_layers(theirs)}
 
 
 @pytest.mark.parametrize("leftover", ["zero_bytes", "sqlite_without_tables", "no_application_id"])
