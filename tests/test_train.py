@@ -136,6 +136,30 @@ def _write_voc(path, boxes):
     ET.ElementTree(root).write(path)
 
 
+def test_cli_train_detector_takes_the_default_models_augmentation_recipe(tmp_path):
+    """The default model's recipe (scale + photometric jitter, weight average) is reachable from `geors train`."""
+    from geors.cli.train import train_group as main
+
+    t = squares_tile(np.random.default_rng(0), 3, side=160)
+    scene = tmp_path / "sq.tif"
+    with rasterio.open(scene, "w", driver="GTiff", width=160, height=160, count=3, dtype="uint8",
+                       crs="EPSG:32617", transform=Affine(0.5, 0, 500000, 0, -0.5, 4000000)) as ds:
+        ds.write((t.image * 255).astype(np.uint8))
+    labels = tmp_path / "sq.xml"
+    _write_voc(labels, t.boxes)
+    out = tmp_path / "m.safetensors"
+    args = ["detector", "--scene", str(scene), "--labels", str(labels), "--epochs", "1", "--steps-per-epoch", "2",
+            "--crop", "64", "--tile", "128", "--overlap", "32", "--device", "cpu", "-o", str(out)]
+    r = CliRunner().invoke(main, args + ["--scales", "0.75,1,1.33", "--color-jitter", "0.2", "--contrast-jitter",
+                                         "0.3", "--saturation-jitter", "0.1", "--ema", "0.99"])
+    assert r.exit_code == 0, r.output
+    cfg = Detector.load(out, device="cpu").meta["training"]["config"]
+    assert cfg["scales"] == [0.75, 1.0, 1.33] and cfg["color_jitter"] == 0.2 and cfg["contrast_jitter"] == 0.3
+    assert cfg["saturation_jitter"] == 0.1 and cfg["ema_decay"] == 0.99
+    r = CliRunner().invoke(main, args + ["--scales", "0,1"])
+    assert r.exit_code == 2 and "--scales" in r.output
+
+
 def test_cli_train_detector_writes_loadable_model(tmp_path):
     from geors.cli.train import train_group as main
 

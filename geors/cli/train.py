@@ -36,6 +36,18 @@ def _detector_options(f):
         click.option("--crop", type=int, default=384, show_default=True, help="Training crop size, pixels."),
         click.option("--lr", type=float, default=2e-3, show_default=True),
         click.option("--warmup", type=int, default=50, show_default=True, help="Linear warm-up steps."),
+        click.option("--scales", default="1", show_default=True, callback=_parse_scales,
+                     help="Multi-scale training: comma-separated resize factors, one drawn per crop, e.g. "
+                          "0.75,1,1.33 (objects of other sizes than in the labels)."),
+        click.option("--color-jitter", type=click.FloatRange(0), default=0.1, show_default=True,
+                     help="Per-band gain / gamma jitter strength (0 = off)."),
+        click.option("--contrast-jitter", type=click.FloatRange(0), default=0.0, show_default=True,
+                     help="Contrast / brightness jitter strength (0 = off)."),
+        click.option("--saturation-jitter", type=click.FloatRange(0), default=0.0, show_default=True,
+                     help="Colour saturation jitter strength (1 = from grey to twice the saturation)."),
+        click.option("--ema", type=click.FloatRange(0, 1, max_open=True), default=0.0, show_default=True,
+                     help="Keep and validate an exponential moving average of the weights with this decay "
+                          "(e.g. 0.99; 0 = off)."),
         click.option("--train-only", type=click.Choice(["gate"]), default=None,
                      help="Train only the gate head (with --init-from: retrain a model's gate, detections unchanged)."),
         click.option("--assigner", type=click.Choice(["nwd_rka", "iou"]), default="nwd_rka", show_default=True,
@@ -66,10 +78,20 @@ def _detector_options(f):
     return bands_option(tile_options(f))
 
 
+def _parse_scales(ctx, param, value):
+    try:
+        scales = tuple(float(v) for v in str(value).split(",") if v.strip())
+    except ValueError:
+        scales = ()
+    if not scales or min(scales) <= 0:
+        raise click.BadParameter(f"{value!r}: give positive comma-separated factors, e.g. 0.75,1,1.33.")
+    return scales
+
+
 @_detector_options
 @handle_errors
 def _train(scenes, labels, empty_scenes, init_from, class_field, epochs, steps_per_epoch, batch_size, crop, lr, warmup,
-           train_only, assigner, gate_scale, gate_pool, gate_recall, val_fraction, patience, max_minutes, device, seed,
+           scales, color_jitter, contrast_jitter, saturation_jitter, ema, train_only, assigner, gate_scale, gate_pool, gate_recall, val_fraction, patience, max_minutes, device, seed,
            allow_ungeoreferenced, name, output, tile_size, overlap, bands) -> None:
     """Train the R2-CNN gate + detector (one network; `gate` and `detector` train the same model).
 
@@ -111,7 +133,9 @@ def _train(scenes, labels, empty_scenes, init_from, class_field, epochs, steps_p
     cfg = TrainConfig(epochs=epochs, steps_per_epoch=steps_per_epoch, batch_size=batch_size, crop_size=crop, lr=lr,
                       assigner=assigner, device=device, seed=seed, gate_input_scale=gate_scale, gate_pool=gate_pool,
                       gate_recall=gate_recall, val_fraction=val_fraction, patience=patience or None,
-                      warmup_steps=warmup, init_from=init_from, train_only=train_only,
+                      warmup_steps=warmup, init_from=init_from, train_only=train_only, scales=scales,
+                      color_jitter=color_jitter, contrast_jitter=contrast_jitter,
+                      saturation_jitter=saturation_jitter, ema_decay=ema,
                       max_seconds=max_minutes * 60 if max_minutes else None)
     model, meta = train_detector(tiles, classes, cfg, meta={
         "name": name or Path(output).stem, "tile_size": tile_size, "overlap": overlap, "gsd_m": info["gsd_m"],
