@@ -136,6 +136,17 @@ def _write_voc(path, boxes):
     ET.ElementTree(root).write(path)
 
 
+def test_cli_train_gate_has_the_same_options_as_train_detector():
+    """`geors train gate` had no options at all (the second command built from one decorated function)."""
+    from geors.cli.train import train_group
+
+    def names(cmd):
+        return {o for p in train_group.commands[cmd].params for o in p.opts}
+
+    assert "--scene" in names("gate") and "--train-only" in names("gate")
+    assert names("gate") == names("detector")
+
+
 def test_cli_train_detector_takes_the_default_models_augmentation_recipe(tmp_path):
     """The default model's recipe (scale + photometric jitter, weight average) is reachable from `geors train`."""
     from geors.cli.train import train_group as main

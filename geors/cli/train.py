@@ -88,7 +88,6 @@ def _parse_scales(ctx, param, value):
     return scales
 
 
-@_detector_options
 @handle_errors
 def _train(scenes, labels, empty_scenes, init_from, class_field, epochs, steps_per_epoch, batch_size, crop, lr, warmup,
            scales, color_jitter, contrast_jitter, saturation_jitter, ema, train_only, assigner, gate_scale, gate_pool, gate_recall, val_fraction, patience, max_minutes, device, seed,
@@ -154,5 +153,7 @@ def _train(scenes, labels, empty_scenes, init_from, class_field, epochs, steps_p
                err=True)
 
 
-train_group.add_command(click.command("detector")(_train))
-train_group.add_command(click.command("gate")(_train))
+# each command gets its own options: click.command() takes the parameters off the function it wraps, so one
+# decorated function shared by two commands left the second (`train gate`) without any option
+for _name in ("detector", "gate"):
+    train_group.add_command(click.command(_name)(_detector_options(_train)))
