@@ -272,7 +272,7 @@ _GPKG_APPLICATION_ID = 0x47504B47
 # QGIS 3.22 LTR (Debian 12) warns "may only be partially supported" on every 1.4 file, and geors writes nothing
 # that needs 1.3/1.4. Existing files keep their version.
 GPKG_VERSION = "1.2"
-_GPKG_USER_VERSION = 10200
+_GPKG_USER_VERSION = 10200  # GPKG_VERSION as PRAGMA user_version (set when completing a headerless file)
 _LOCK_WAIT_S = 120.0
 
 

@@ -90,8 +90,9 @@ def _parse_scales(ctx, param, value):
 
 @handle_errors
 def _train(scenes, labels, empty_scenes, init_from, class_field, epochs, steps_per_epoch, batch_size, crop, lr, warmup,
-           scales, color_jitter, contrast_jitter, saturation_jitter, ema, train_only, assigner, gate_scale, gate_pool, gate_recall, val_fraction, patience, max_minutes, device, seed,
-           allow_ungeoreferenced, name, output, tile_size, overlap, bands) -> None:
+           scales, color_jitter, contrast_jitter, saturation_jitter, ema, train_only, assigner, gate_scale, gate_pool,
+           gate_recall, val_fraction, patience, max_minutes, device, seed, allow_ungeoreferenced, name, output,
+           tile_size, overlap, bands) -> None:
     """Train the R2-CNN gate + detector (one network; `gate` and `detector` train the same model).
 
     Progress (loss, ETA, validation AP50 per epoch) goes to stderr; the last
