@@ -152,7 +152,7 @@ def set_gate_pool(args) -> dict:
     for name in INFERENCE_FIELDS:  # inference-only settings: adopt today's defaults, weights unchanged
         setattr(model.config, name, getattr(defaults, name))
     model.eval()
-    train, val = split_validation(training_tiles(args.no_empty_images), args.val_fraction, args.seed)
+    train, val = split_validation(training_tiles(args.no_empty_images), args.val_fraction, args.split_seed)
     calib = calibrate_gate(model, val, args.gate_recall, train_tiles=train)
     keep = {k: v for k, v in meta.items() if k not in ("path", "file_sha256", "arch_args", "weights_sha256",
                                                         "format", "format_version", "geors_version")}
@@ -186,7 +186,9 @@ def main() -> None:
     ap.add_argument("--lr", type=float, default=4e-3)
     ap.add_argument("--scales", type=float, nargs="+", default=[1.0], help="multi-scale factors")
     ap.add_argument("--color-jitter", type=float, default=0.0)
-    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--seed", type=int, default=0, help="training randomness (crops, jitter, initialisation)")
+    ap.add_argument("--split-seed", type=int, default=0,
+                    help="validation split, independent of --seed (as geors train --split-seed)")
     ap.add_argument("--paste", type=float, default=0.0,
                     help="share of positive crops pasted onto crops of the image without trees")
     ap.add_argument("--contrast-jitter", type=float, default=0.0, help="contrast/brightness jitter strength")
@@ -247,7 +249,7 @@ def main() -> None:
                           lr=args.lr, assigner=args.assigner, warmup_steps=args.warmup,
                           scales=tuple(args.scales), color_jitter=args.color_jitter, paste_fraction=args.paste,
                           contrast_jitter=args.contrast_jitter, saturation_jitter=args.saturation_jitter,
-                          ema_decay=args.ema, seed=args.seed, device="cpu",
+                          ema_decay=args.ema, seed=args.seed, split_seed=args.split_seed, device="cpu",
                           log_every=25, gate_input_scale=args.gate_scale, gate_recall=args.gate_recall,
                           init_from=str(args.init_from) if args.init_from else None, gate_pool=args.gate_pool,
                           arch=arch, val_fraction=args.val_fraction, pos_fraction=args.pos_fraction,

@@ -68,7 +68,12 @@ def _detector_options(f):
         click.option("--max-minutes", type=click.FloatRange(0, min_open=True), default=None,
                      help="Time budget: stop training after this many minutes (the best epoch is kept)."),
         click.option("--device", default="auto", show_default=True, help="auto, cpu or cuda."),
-        click.option("--seed", type=int, default=0, show_default=True),
+        click.option("--seed", type=int, default=0, show_default=True,
+                     help="Seeds the training randomness (crops, jitter, initialisation)."),
+        click.option("--split-seed", type=int, default=0, show_default=True,
+                     help="Seeds the validation split and the choice of empty tiles, independent of --seed: "
+                          "runs with different --seed are validated on the same tiles and can be compared "
+                          "by their validation AP50; keep it the same for the detector and gate steps."),
         click.option("--allow-ungeoreferenced", is_flag=True, help="Accept images without CRS (pixel labels)."),
         click.option("--name", default=None, help="Model name stored in the file (default: the output file's stem)."),
         click.option("-o", "--output", required=True, type=click.Path(), help="Model file to write (.safetensors)."),
@@ -91,7 +96,8 @@ def _parse_scales(ctx, param, value):
 @handle_errors
 def _train(scenes, labels, empty_scenes, init_from, class_field, epochs, steps_per_epoch, batch_size, crop, lr, warmup,
            scales, color_jitter, contrast_jitter, saturation_jitter, ema, train_only, assigner, gate_scale, gate_pool,
-           gate_recall, val_fraction, patience, max_minutes, device, seed, allow_ungeoreferenced, name, output,
+           gate_recall, val_fraction, patience, max_minutes, device, seed, split_seed, allow_ungeoreferenced, name,
+           output,
            tile_size, overlap, bands) -> None:
     """Train the R2-CNN gate + detector (one network; `gate` and `detector` train the same model).
 
@@ -124,14 +130,14 @@ def _train(scenes, labels, empty_scenes, init_from, class_field, epochs, steps_p
     try:
         pairs = list(zip(scenes, labels, strict=True)) + [(s, None) for s in empty_scenes]
         tiles, classes, info = tiles_from_scenes(pairs, class_field, tile_size, overlap, parse_bands(bands),
-                                                 seed=seed, allow_ungeoreferenced=allow_ungeoreferenced)
+                                                 seed=split_seed, allow_ungeoreferenced=allow_ungeoreferenced)
     except GeoreferenceError as exc:
         if allow_ungeoreferenced or "no geotransform" not in str(exc):
             raise
         raise GeoreferenceError(f"{exc} To train on it anyway with labels in pixel coordinates (VOC XML, CSV), "
                                 "add --allow-ungeoreferenced.") from None
     cfg = TrainConfig(epochs=epochs, steps_per_epoch=steps_per_epoch, batch_size=batch_size, crop_size=crop, lr=lr,
-                      assigner=assigner, device=device, seed=seed, gate_input_scale=gate_scale, gate_pool=gate_pool,
+                      assigner=assigner, device=device, seed=seed, split_seed=split_seed, gate_input_scale=gate_scale, gate_pool=gate_pool,
                       gate_recall=gate_recall, val_fraction=val_fraction, patience=patience or None,
                       warmup_steps=warmup, init_from=init_from, train_only=train_only, scales=scales,
                       color_jitter=color_jitter, contrast_jitter=contrast_jitter,

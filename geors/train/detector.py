@@ -124,7 +124,12 @@ class TrainConfig:
             ~35 px NEON crowns and dense canopy a mean-size C would ignore
             almost every anchor between trees, starving the RPN of negatives.
         device: ``auto``, ``cpu`` or ``cuda``.
-        seed: seeds numpy and torch.
+        seed: seeds numpy and torch (crops, jitter, initialisation).
+        split_seed: seeds the validation split (:func:`split_validation`),
+            independent of ``seed``: runs that differ only in ``seed`` are
+            validated on the same tiles, so their validation AP50 can be
+            compared (and one chosen by it), and a later ``train_only="gate"``
+            step calibrates on the tiles the detector step did not train on.
         max_seconds: optional wall-clock budget; training stops early at it.
         log_every: steps between log lines.
         gate_input_scale: the gate reads crops/tiles average-pooled by this
@@ -174,6 +179,7 @@ class TrainConfig:
     nwd_c: float = 12.7
     device: str = "auto"
     seed: int = 0
+    split_seed: int = 0
     max_seconds: float | None = None
     log_every: int = 20
     gate_input_scale: int = 4
@@ -393,7 +399,7 @@ def train_detector(
         raise LabelError(f"training images have different band counts {sorted(bands)}; use one band selection.")
     n_bands = bands.pop()
     if val_tiles is None:
-        tiles, val_tiles = split_validation(tiles, cfg.val_fraction, cfg.seed, tile_size, overlap)
+        tiles, val_tiles = split_validation(tiles, cfg.val_fraction, cfg.split_seed, tile_size, overlap)
     val_tiles = list(val_tiles)
     val_pos = [t for t in val_tiles if len(t.boxes)]
 
@@ -547,6 +553,7 @@ def train_detector(
             "n_images_with_objects": n_pos_tiles,
             "n_validation_tiles": len(val_tiles),
             "n_validation_tiles_with_objects": len(val_pos),
+            "validation_tiles": [t.name for t in val_tiles],
             "n_boxes": int(len(all_boxes)),
             "per_class": {c: int((all_ids == i).sum()) for i, c in enumerate(classes)},
             "box_size_px": {"mean": float(sizes.mean()), "min": float(sizes.min()), "max": float(sizes.max())},
@@ -859,7 +866,8 @@ def tiles_from_scenes(
         tile_size, overlap: tile grid in pixels (as at inference).
         bands: 1-based band indexes; default as :func:`geors.open_scene`.
         max_empty_ratio: empty tiles per labelled tile.
-        seed: for the choice of empty tiles.
+        seed: for the choice of empty tiles (the CLI passes ``--split-seed``:
+            it picks data, like the validation split, not training randomness).
         allow_ungeoreferenced: accept images without CRS (pixel labels only).
 
     Returns:
