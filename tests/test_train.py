@@ -188,7 +188,11 @@ def test_cli_train_detector_writes_loadable_model(tmp_path):
             "-o", str(out)]
     r = CliRunner().invoke(main, args)
     assert r.exit_code == 0, r.output
-    assert json.loads(r.stdout.strip().splitlines()[-1])["classes"] == ["square"]
+    summary = json.loads(r.stdout.strip().splitlines()[-1])
+    assert summary["classes"] == ["square"]
+    # the summary says which validation AP50 the kept weights scored (to choose between runs by it)
+    best = max((v["val_AP50"] for v in summary["validation"]), default=None)
+    assert summary["best_val_AP50"] == best
     det = Detector.load(out, device="cpu")
     assert det.tile_size == 128 and det.overlap == 32 and det.meta["gsd_m"] == pytest.approx(0.5)
     assert det.name == "m"  # --name defaults to the file's stem
@@ -236,6 +240,7 @@ def test_cheap_gate_training_separates_empty_from_object_crops():
     assert calib["status"] == "calibrated" and calib["n_pos_tiles"] == 2 and calib["n_empty_tiles"] == 1
     assert calib["achieved_recall"] == 1.0 and calib["target_recall"] == GATE_TARGET_RECALL
     assert len(meta["training"]["validation"]) == 2  # one validation AP50 per epoch
+    assert meta["training"]["best_val_AP50"] == max(v["val_AP50"] for v in meta["training"]["validation"])
     det = Detector(model, meta, torch.device("cpu"))
     fresh = np.random.default_rng(5)
     pos = det.gate(np.stack([squares_tile(fresh, 2).image for _ in range(8)]))

@@ -155,7 +155,8 @@ def _train(scenes, labels, empty_scenes, init_from, class_field, epochs, steps_p
     click.echo(json.dumps({"model": str(path), "classes": classes, "anchor_scales": meta["anchor_scales"],
                            "steps": meta["training"]["steps"], "seconds": meta["training"]["seconds"],
                            "gate_threshold": meta["gate_threshold"], "gate_calibration": calib,
-                           "validation": meta["training"]["validation"]}))
+                           "validation": meta["training"]["validation"],
+                           "best_val_AP50": meta["training"]["best_val_AP50"]}))
     click.echo(f"Model written to {path} ({gate}). Run it with: geors detect SCENE.tif -o OUT.gpkg --model {path}",
                err=True)
 

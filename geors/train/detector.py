@@ -559,6 +559,7 @@ def train_detector(
             "box_size_px": {"mean": float(sizes.mean()), "min": float(sizes.min()), "max": float(sizes.max())},
             "steps": step + 1,
             "best_step": best[1] if best is not None else step + 1,
+            "best_val_AP50": float(best[0]) if best is not None else None,
             "stop_reason": stop_reason,
             "train_only": cfg.train_only,
             "validation": val_history,
