@@ -7,6 +7,7 @@ import rasterio
 import torch
 from affine import Affine
 from click.testing import CliRunner
+from PIL import Image
 from torchvision.ops import box_iou
 
 from geors.detect import Detector
@@ -211,6 +212,30 @@ def test_cli_train_detector_writes_loadable_model(tmp_path):
     _write_voc(empty, [])
     r = CliRunner().invoke(main, args[:4] + [str(empty)] + args[5:])
     assert r.exit_code == 2 and "Error" in r.output
+
+
+
+def test_cli_train_renames_classes_and_records_gsd_of_ungeoreferenced_images(tmp_path):
+    """Labels from other tools name classes their way (DeepForest's VOC files say "Tree"): --rename-class maps
+    them; --gsd records the pixel size when the training images carry no georeferencing."""
+    from geors.cli.train import train_group as main
+
+    t = squares_tile(np.random.default_rng(0), 3, side=160)
+    scene = tmp_path / "sq.png"
+    Image.fromarray((t.image.transpose(1, 2, 0) * 255).astype(np.uint8)).save(scene)
+    labels = tmp_path / "sq.xml"
+    _write_voc(labels, t.boxes)
+    args = ["detector", "--scene", str(scene), "--labels", str(labels), "--allow-ungeoreferenced", "--epochs", "1",
+            "--steps-per-epoch", "1", "--crop", "64", "--tile", "128", "--overlap", "32", "--device", "cpu"]
+    out = tmp_path / "m.safetensors"
+    r = CliRunner().invoke(main, args + ["--rename-class", "square=box", "--gsd", "0.1", "-o", str(out)])
+    assert r.exit_code == 0, r.output
+    det = Detector.load(out, device="cpu")
+    assert det.classes == ["box"] and det.meta["gsd_m"] == pytest.approx(0.1)
+    for bad in (["--rename-class", "circle=box"], ["--rename-class", "square"]):
+        r = CliRunner().invoke(main, args + bad + ["-o", str(tmp_path / "bad.safetensors")])
+        assert r.exit_code == 2 and ("circle" in r.output or "OLD=NEW" in r.output), r.output
+        assert not (tmp_path / "bad.safetensors").exists()
 
 
 def test_sample_batch_falls_back_to_empty_images_when_canopy_is_dense():

@@ -30,6 +30,12 @@ def _detector_options(f):
                      help="Fine-tune this model file (keeps its anchors and architecture; the gate pooling "
                           "and scale are set by --gate-pool / --gate-scale)."),
         click.option("--class-field", default=None, help="Attribute with the class name (vector labels)."),
+        click.option("--rename-class", "rename_class", multiple=True, metavar="OLD=NEW", callback=_parse_renames,
+                     help="Rename a label class before training (repeatable; several OLD to one NEW merge "
+                          "classes), e.g. Tree=tree."),
+        click.option("--gsd", type=click.FloatRange(0, min_open=True), default=None,
+                     help="Ground sample distance in metres to record in the model, for training images "
+                          "without georeferencing (georeferenced scenes give their own)."),
         click.option("--epochs", type=int, default=10, show_default=True),
         click.option("--steps-per-epoch", type=int, default=None, help="Batches per epoch (default from the number of boxes)."),
         click.option("--batch-size", type=int, default=4, show_default=True),
@@ -83,6 +89,16 @@ def _detector_options(f):
     return bands_option(tile_options(f))
 
 
+def _parse_renames(ctx, param, value):
+    renames: dict[str, str] = {}
+    for item in value:
+        old, sep, new = str(item).partition("=")
+        if not sep or not old.strip() or not new.strip():
+            raise click.BadParameter(f"{item!r}: give OLD=NEW, e.g. Tree=tree.")
+        renames[old.strip()] = new.strip()
+    return renames
+
+
 def _parse_scales(ctx, param, value):
     try:
         scales = tuple(float(v) for v in str(value).split(",") if v.strip())
@@ -94,7 +110,7 @@ def _parse_scales(ctx, param, value):
 
 
 @handle_errors
-def _train(scenes, labels, empty_scenes, init_from, class_field, epochs, steps_per_epoch, batch_size, crop, lr, warmup,
+def _train(scenes, labels, empty_scenes, init_from, class_field, rename_class, gsd, epochs, steps_per_epoch, batch_size, crop, lr, warmup,
            scales, color_jitter, contrast_jitter, saturation_jitter, ema, train_only, assigner, gate_scale, gate_pool,
            gate_recall, val_fraction, patience, max_minutes, device, seed, split_seed, allow_ungeoreferenced, name,
            output,
@@ -130,12 +146,16 @@ def _train(scenes, labels, empty_scenes, init_from, class_field, epochs, steps_p
     try:
         pairs = list(zip(scenes, labels, strict=True)) + [(s, None) for s in empty_scenes]
         tiles, classes, info = tiles_from_scenes(pairs, class_field, tile_size, overlap, parse_bands(bands),
-                                                 seed=split_seed, allow_ungeoreferenced=allow_ungeoreferenced)
+                                                 seed=split_seed, allow_ungeoreferenced=allow_ungeoreferenced,
+                                                 rename=rename_class)
     except GeoreferenceError as exc:
         if allow_ungeoreferenced or "no geotransform" not in str(exc):
             raise
         raise GeoreferenceError(f"{exc} To train on it anyway with labels in pixel coordinates (VOC XML, CSV), "
                                 "add --allow-ungeoreferenced.") from None
+    if gsd is not None and info["gsd_m"] is not None and abs(gsd - info["gsd_m"]) > 0.01 * info["gsd_m"]:
+        raise ConfigError(f"--gsd {gsd} m contradicts the scenes' own ground sample distance "
+                          f"({info['gsd_m']:.4g} m); leave --gsd out for georeferenced scenes.")
     cfg = TrainConfig(epochs=epochs, steps_per_epoch=steps_per_epoch, batch_size=batch_size, crop_size=crop, lr=lr,
                       assigner=assigner, device=device, seed=seed, split_seed=split_seed, gate_input_scale=gate_scale, gate_pool=gate_pool,
                       gate_recall=gate_recall, val_fraction=val_fraction, patience=patience or None,
@@ -144,7 +164,8 @@ def _train(scenes, labels, empty_scenes, init_from, class_field, epochs, steps_p
                       saturation_jitter=saturation_jitter, ema_decay=ema,
                       max_seconds=max_minutes * 60 if max_minutes else None)
     model, meta = train_detector(tiles, classes, cfg, meta={
-        "name": name or Path(output).stem, "tile_size": tile_size, "overlap": overlap, "gsd_m": info["gsd_m"],
+        "name": name or Path(output).stem, "tile_size": tile_size, "overlap": overlap,
+        "gsd_m": info["gsd_m"] if info["gsd_m"] is not None else gsd,
         "training": {"sources": info["sources"], "band_indexes": info["band_indexes"]},
     })
     path = save_model(model, meta, output)

@@ -31,7 +31,7 @@ import logging
 import math
 import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -851,6 +851,7 @@ def tiles_from_scenes(
     max_empty_ratio: float = 1.0,
     seed: int = 0,
     allow_ungeoreferenced: bool = False,
+    rename: dict[str, str] | None = None,
 ) -> tuple[list[TrainTile], list[str], dict[str, Any]]:
     """Cut labelled scenes into training tiles.
 
@@ -870,6 +871,8 @@ def tiles_from_scenes(
         seed: for the choice of empty tiles (the CLI passes ``--split-seed``:
             it picks data, like the validation split, not training randomness).
         allow_ungeoreferenced: accept images without CRS (pixel labels only).
+        rename: class names to rename (or merge: several old names to one new
+            name) before training, e.g. ``{"Tree": "tree"}``.
 
     Returns:
         ``(tiles, classes, info)``: training tiles (boxes in tile pixels),
@@ -893,6 +896,14 @@ def tiles_from_scenes(
         else:
             labels = read_labels(label_path, scene, class_field=class_field)
         opened.append((scene, labels))
+    if rename:
+        found = {n for _, lab in opened for n in lab.class_names}
+        unknown = sorted(set(rename) - found)
+        if unknown:
+            raise LabelError(f"class {', '.join(map(repr, unknown))} to rename is not in the labels (their classes: "
+                             f"{', '.join(sorted(found)) or 'none'}); class names are case-sensitive.")
+        opened = [(scene, replace(lab, class_names=tuple(rename.get(n, n) for n in lab.class_names)))
+                  for scene, lab in opened]
     classes = sorted({n for _, lab in opened for n in lab.class_names})
     index = {c: i for i, c in enumerate(classes)}
     tiles: list[TrainTile] = []
