@@ -214,7 +214,6 @@ def test_cli_train_detector_writes_loadable_model(tmp_path):
     assert r.exit_code == 2 and "Error" in r.output
 
 
-
 def test_cli_train_renames_classes_and_records_gsd_of_ungeoreferenced_images(tmp_path):
     """Labels from other tools name classes their way (DeepForest's VOC files say "Tree"): --rename-class maps
     them; --gsd records the pixel size when the training images carry no georeferencing."""
@@ -318,7 +317,6 @@ def test_validation_split_keeps_both_kinds_on_each_side():
     for side in (train, val):
         assert any(len(t.boxes) for t in side) and any(not len(t.boxes) for t in side)
     assert split_validation([big], 0, tile_size=96, overlap=32) == ([big], [])
-
 
 
 def test_runs_with_different_seeds_are_validated_on_the_same_tiles():

@@ -110,11 +110,10 @@ def _parse_scales(ctx, param, value):
 
 
 @handle_errors
-def _train(scenes, labels, empty_scenes, init_from, class_field, rename_class, gsd, epochs, steps_per_epoch, batch_size, crop, lr, warmup,
-           scales, color_jitter, contrast_jitter, saturation_jitter, ema, train_only, assigner, gate_scale, gate_pool,
-           gate_recall, val_fraction, patience, max_minutes, device, seed, split_seed, allow_ungeoreferenced, name,
-           output,
-           tile_size, overlap, bands) -> None:
+def _train(scenes, labels, empty_scenes, init_from, class_field, rename_class, gsd, epochs, steps_per_epoch,
+           batch_size, crop, lr, warmup, scales, color_jitter, contrast_jitter, saturation_jitter, ema, train_only,
+           assigner, gate_scale, gate_pool, gate_recall, val_fraction, patience, max_minutes, device, seed,
+           split_seed, allow_ungeoreferenced, name, output, tile_size, overlap, bands) -> None:
     """Train the R2-CNN gate + detector (one network; `gate` and `detector` train the same model).
 
     Progress (loss, ETA, validation AP50 per epoch) goes to stderr; the last
@@ -157,7 +156,8 @@ def _train(scenes, labels, empty_scenes, init_from, class_field, rename_class, g
         raise ConfigError(f"--gsd {gsd} m contradicts the scenes' own ground sample distance "
                           f"({info['gsd_m']:.4g} m); leave --gsd out for georeferenced scenes.")
     cfg = TrainConfig(epochs=epochs, steps_per_epoch=steps_per_epoch, batch_size=batch_size, crop_size=crop, lr=lr,
-                      assigner=assigner, device=device, seed=seed, split_seed=split_seed, gate_input_scale=gate_scale, gate_pool=gate_pool,
+                      assigner=assigner, device=device, seed=seed, split_seed=split_seed,
+                      gate_input_scale=gate_scale, gate_pool=gate_pool,
                       gate_recall=gate_recall, val_fraction=val_fraction, patience=patience or None,
                       warmup_steps=warmup, init_from=init_from, train_only=train_only, scales=scales,
                       color_jitter=color_jitter, contrast_jitter=contrast_jitter,
