@@ -210,7 +210,10 @@ def main() -> None:
     ap.add_argument("--roi-pos-fraction", type=float, default=None,
                     help="share of positives in the R-CNN head's sampler (model default 0.25)")
     ap.add_argument("--pos-fraction", type=float, default=0.5,
-                    help="share of crops centred on a tree (the rest are empty crops, which train only the gate)")
+                    help="share of crops centred on a tree (the rest are empty crops, which train only the gate "
+                         "unless --empty-negatives)")
+    ap.add_argument("--empty-negatives", action="store_true",
+                    help="empty crops also train the detector (RPN negatives, background RoIs), not only the gate")
     ap.add_argument("--train-only", choices=["gate"], default=None,
                     help="with --init-from: train only the gate head (backbone and detector frozen, detections "
                          "unchanged), e.g. to retrain the gate without the jitter the detector was trained with")
@@ -242,6 +245,8 @@ def main() -> None:
         arch = {k: json.loads(v) for k, v in (a.split("=", 1) for a in args.arch)}
         if args.ohem:
             arch["roi_ohem"] = int(args.ohem)
+        if args.empty_negatives:
+            arch["empty_negatives"] = True
         if args.roi_pos_fraction is not None:
             arch["roi_pos_fraction"] = float(args.roi_pos_fraction)
         cfg = TrainConfig(epochs=epochs, steps_per_epoch=max(args.steps // epochs, 1), batch_size=args.batch,

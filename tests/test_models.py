@@ -81,6 +81,35 @@ def test_detector_loss_only_for_tiles_with_targets():
     assert m.rpn_cls.weight.grad is not None and m.gate_head[-1].weight.grad is not None
 
 
+@pytest.mark.parametrize("gate_input_scale", [1, 4])
+@pytest.mark.parametrize("roi_ohem", [0, 8])
+@pytest.mark.parametrize("assigner", ["nwd_rka", "iou"])
+def test_empty_negatives_train_the_detector_on_crops_without_targets(assigner, roi_ohem, gate_input_scale):
+    """``empty_negatives``: a crop without targets gives RPN negatives and background RoIs, no box loss."""
+    torch.manual_seed(0)
+    cfg = dict(anchor_scales=[8.0, 16.0], assigner=assigner, roi_ohem=roi_ohem, gate_input_scale=gate_input_scale)
+    m = R2CNN(R2CNNConfig(**cfg, empty_negatives=True)).train()
+    x = torch.rand(2, 3, 64, 64)
+    empty = {"boxes": torch.zeros(0, 4), "labels": torch.zeros(0, dtype=torch.int64)}
+    losses = m.compute_losses(x, [empty, empty])
+    assert losses["rpn"].item() > 0 and losses["roi_cls"].item() > 0
+    assert losses["roi_box"].item() == 0
+    losses["total"].backward()
+    assert m.rpn_cls.weight.grad.abs().sum() > 0 and m.ps_cls.weight.grad.abs().sum() > 0
+    assert m.rpn_reg.weight.grad is None or m.rpn_reg.weight.grad.abs().sum() == 0  # nothing to regress to
+    # in a mixed batch the empty crop adds its negatives to the crop with targets
+    full = {"boxes": torch.tensor([[10.0, 10.0, 20.0, 22.0]]), "labels": torch.tensor([0])}
+    paper = R2CNN(R2CNNConfig(**cfg)).train()
+    paper.load_state_dict(m.state_dict())
+    torch.manual_seed(1)
+    with_neg = m.compute_losses(x, [full, empty])
+    torch.manual_seed(1)
+    without = paper.compute_losses(x, [full, empty])
+    assert with_neg["gate"].item() == pytest.approx(without["gate"].item())
+    assert with_neg["rpn"].item() != pytest.approx(without["rpn"].item())
+    assert R2CNNConfig().empty_negatives is False  # the paper by default: older model files train as before
+
+
 @pytest.mark.parametrize("assigner", ["nwd_rka", "iou"])
 def test_both_assigners_train(assigner):
     torch.manual_seed(0)

@@ -237,6 +237,41 @@ def test_cli_train_renames_classes_and_records_gsd_of_ungeoreferenced_images(tmp
         assert not (tmp_path / "bad.safetensors").exists()
 
 
+def test_cli_train_empty_negatives_is_recorded_and_kept_when_fine_tuning(tmp_path):
+    """--empty-negatives lets crops without objects train the detector; the model file records it, and a
+    fine-tune keeps the starting model's setting unless --empty-negatives / --no-empty-negatives is given."""
+    from geors.cli.train import train_group as main
+
+    t = squares_tile(np.random.default_rng(0), 3, side=160)
+    scene = tmp_path / "sq.png"
+    Image.fromarray((t.image.transpose(1, 2, 0) * 255).astype(np.uint8)).save(scene)
+    labels = tmp_path / "sq.xml"
+    _write_voc(labels, t.boxes)
+    empty = tmp_path / "empty.png"
+    Image.fromarray(np.full((160, 160, 3), 40, np.uint8)).save(empty)
+    args = ["detector", "--scene", str(scene), "--labels", str(labels), "--empty-scene", str(empty),
+            "--allow-ungeoreferenced", "--epochs", "1", "--steps-per-epoch", "2", "--crop", "64", "--tile", "128",
+            "--overlap", "32", "--device", "cpu"]
+
+    def arch(path):
+        return Detector.load(path, device="cpu").meta["arch_args"]["empty_negatives"]
+
+    r = CliRunner().invoke(main, args + ["-o", str(tmp_path / "paper.safetensors")])
+    assert r.exit_code == 0, r.output
+    assert arch(tmp_path / "paper.safetensors") is False  # the paper by default
+    r = CliRunner().invoke(main, args + ["--empty-negatives", "-o", str(tmp_path / "en.safetensors")])
+    assert r.exit_code == 0, r.output
+    assert arch(tmp_path / "en.safetensors") is True
+    r = CliRunner().invoke(main, args + ["--init-from", str(tmp_path / "en.safetensors"),
+                                         "-o", str(tmp_path / "ft.safetensors")])
+    assert r.exit_code == 0, r.output
+    assert arch(tmp_path / "ft.safetensors") is True
+    r = CliRunner().invoke(main, args + ["--init-from", str(tmp_path / "en.safetensors"), "--no-empty-negatives",
+                                         "-o", str(tmp_path / "off.safetensors")])
+    assert r.exit_code == 0, r.output
+    assert arch(tmp_path / "off.safetensors") is False
+
+
 def test_sample_batch_falls_back_to_empty_images_when_canopy_is_dense():
     rng = np.random.default_rng(0)
     dense = squares_tile(rng, 0, side=64)

@@ -58,6 +58,10 @@ def _detector_options(f):
                      help="Train only the gate head (with --init-from: retrain a model's gate, detections unchanged)."),
         click.option("--assigner", type=click.Choice(["nwd_rka", "iou"]), default="nwd_rka", show_default=True,
                      help="RPN label assignment."),
+        click.option("--empty-negatives/--no-empty-negatives", default=None,
+                     help="Crops without objects also train the detector (RPN negatives, background RoIs), not "
+                          "only the gate: the detector then learns to stay quiet on empty ground. Off in the "
+                          "paper and for new models; with --init-from the model's setting is kept unless given."),
         click.option("--gate-scale", type=int, default=4, show_default=True,
                      help="The gate reads tiles average-pooled by this factor (cheap gate); 1 = the paper's "
                           "gate on the shared full-resolution features."),
@@ -112,8 +116,8 @@ def _parse_scales(ctx, param, value):
 @handle_errors
 def _train(scenes, labels, empty_scenes, init_from, class_field, rename_class, gsd, epochs, steps_per_epoch,
            batch_size, crop, lr, warmup, scales, color_jitter, contrast_jitter, saturation_jitter, ema, train_only,
-           assigner, gate_scale, gate_pool, gate_recall, val_fraction, patience, max_minutes, device, seed,
-           split_seed, allow_ungeoreferenced, name, output, tile_size, overlap, bands) -> None:
+           assigner, empty_negatives, gate_scale, gate_pool, gate_recall, val_fraction, patience, max_minutes,
+           device, seed, split_seed, allow_ungeoreferenced, name, output, tile_size, overlap, bands) -> None:
     """Train the R2-CNN gate + detector (one network; `gate` and `detector` train the same model).
 
     Progress (loss, ETA, validation AP50 per epoch) goes to stderr; the last
@@ -162,6 +166,7 @@ def _train(scenes, labels, empty_scenes, init_from, class_field, rename_class, g
                       warmup_steps=warmup, init_from=init_from, train_only=train_only, scales=scales,
                       color_jitter=color_jitter, contrast_jitter=contrast_jitter,
                       saturation_jitter=saturation_jitter, ema_decay=ema,
+                      arch={} if empty_negatives is None else {"empty_negatives": empty_negatives},
                       max_seconds=max_minutes * 60 if max_minutes else None)
     model, meta = train_detector(tiles, classes, cfg, meta={
         "name": name or Path(output).stem, "tile_size": tile_size, "overlap": overlap,

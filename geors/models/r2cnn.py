@@ -17,6 +17,16 @@ Joint loss (μ = λ = 1 by default)::
 
 The detector loss is computed only for tiles with targets, as in the paper.
 
+**Empty crops as detector negatives (deviation from the paper, opt-in).** With
+``empty_negatives = True`` crops without targets also enter the detector loss:
+every anchor of such a crop is an RPN negative and every proposal a
+second-stage background RoI (no box regression), sampled like the negatives
+of a crop with targets. In the paper only the gate ever sees empty ground, so
+nothing teaches the detector branch to stay quiet there; measured on the NEON
+trees, detectors trained that way wrote 10-39 boxes per empty lake tile
+without the gate (docs/detector.md). Default ``False``: older model files
+load and train unchanged.
+
 **Cheap gate (deviation from the paper).** With ``gate_input_scale = s > 1``
 the gate branch does not read the full-resolution shared map: it reads the
 same backbone (same weights) applied to the tile average-pooled by ``s``
@@ -94,6 +104,9 @@ class R2CNNConfig:
     # proposal is scored, near-duplicates are removed by NMS at 0.7 on their loss and the n hardest RoIs
     # of each crop carry the loss. Defaults off so older model files load and train unchanged.
     roi_ohem: int = 0
+    # Training only: crops without targets also enter the detector loss (all anchors RPN negatives, all
+    # proposals background RoIs). False = the paper (detector loss only for crops with targets).
+    empty_negatives: bool = False
     pre_nms_train: int = 2000
     post_nms_train: int = 512
     # Inference top-k: with 300 proposals after NMS (the previous default) the
@@ -356,14 +369,24 @@ class R2CNN(nn.Module):
         reg = ps_roi_align(reg_maps, boxes, p, spatial_scale=scale, sampling_ratio=2).mean(dim=(2, 3))
         return cls, reg
 
+    def _roi_box_targets(self, gt: Tensor, matched: Tensor, rois: Tensor) -> Tensor:
+        """Regression targets of ``rois`` towards ``gt[matched]``; zeros for a crop without targets."""
+        if gt.shape[0] == 0:
+            return rois.new_zeros((rois.shape[0], 4))
+        return self.roi_coder.encode_single(gt[matched], rois)
+
     def _roi_loss(self, det: Tensor, proposals: list[Tensor], targets: list[dict[str, Tensor]]) -> tuple[Tensor, Tensor]:
         rois, labels, box_t = [], [], []
         lab_list, matched_list = [], []
         for props, t in zip(proposals, targets, strict=True):
             gt = t["boxes"]
             props = torch.cat([props, gt])  # gt boxes guarantee positives early in training
-            idx = self.roi_matcher(box_iou(gt, props))
-            lab = torch.where(idx >= 0, t["labels"][idx.clamp(min=0)] + 1, torch.zeros_like(idx))
+            if gt.shape[0] == 0:  # a crop without targets: every proposal is background
+                idx = torch.full((props.shape[0],), -1, dtype=torch.int64, device=props.device)
+                lab = torch.zeros_like(idx)
+            else:
+                idx = self.roi_matcher(box_iou(gt, props))
+                lab = torch.where(idx >= 0, t["labels"][idx.clamp(min=0)] + 1, torch.zeros_like(idx))
             rois.append(props)
             lab_list.append(lab)
             matched_list.append(idx.clamp(min=0))
@@ -374,7 +397,7 @@ class R2CNN(nn.Module):
             keep = (pos_masks[i] | neg_masks[i]).bool()
             rois[i] = rois[i][keep]
             labels.append(lab_list[i][keep])
-            box_t.append(self.roi_coder.encode_single(t["boxes"][matched_list[i][keep]], rois[i]))
+            box_t.append(self._roi_box_targets(t["boxes"], matched_list[i][keep], rois[i]))
         cls, reg = self._roi_outputs(det, rois)
         labels_t = torch.cat(labels)
         targets_t = torch.cat(box_t)
@@ -397,8 +420,7 @@ class R2CNN(nn.Module):
         """
         from geors.models.ops import nms
 
-        box_t = [self.roi_coder.encode_single(t["boxes"][m], r) for r, m, t in zip(rois, matched_list, targets,
-                                                                                   strict=True)]
+        box_t = [self._roi_box_targets(t["boxes"], m, r) for r, m, t in zip(rois, matched_list, targets, strict=True)]
         cls, reg = self._roi_outputs(det, rois)
         labels_t = torch.cat(lab_list)
         targets_t = torch.cat(box_t)
@@ -433,28 +455,32 @@ class R2CNN(nn.Module):
 
         With ``gate_input_scale > 1`` the gate loss is computed on the pooled
         crops and the detector loss on the full-resolution crops that have
-        targets (the backbone runs at full resolution only for those).
+        targets (the backbone runs at full resolution only for those). With
+        ``empty_negatives`` every crop enters the detector loss (see the
+        module docstring); a batch without any target then still trains the
+        detector branch with negatives.
         """
         cfg = self.config
         has = torch.tensor([t["boxes"].shape[0] > 0 for t in targets], device=images.device)
-        pos_idx = torch.nonzero(has).flatten()
+        det_idx = torch.arange(len(targets), device=images.device) if cfg.empty_negatives \
+            else torch.nonzero(has).flatten()
         if int(cfg.gate_input_scale) == 1:
             feats = self.features(images)
             gate = self.gate_logits(feats).float()
         else:
             gate = self.gate_forward(images).float()
-            feats = self.features(images[pos_idx]) if pos_idx.numel() > 0 else None
+            feats = self.features(images[det_idx]) if det_idx.numel() > 0 else None
         loss_gate = F.cross_entropy(gate, has.long())
         zero = gate.new_zeros(())
         losses = {"gate": loss_gate, "rpn": zero, "roi_cls": zero, "roi_box": zero}
-        if pos_idx.numel() > 0:
-            det = self.det_conv(feats[pos_idx] if int(cfg.gate_input_scale) == 1 else feats)
-            pos_targets = [targets[int(i)] for i in pos_idx]
+        if det_idx.numel() > 0:
+            det = self.det_conv(feats[det_idx] if int(cfg.gate_input_scale) == 1 else feats)
+            det_targets = [targets[int(i)] for i in det_idx]
             obj, reg = self._rpn(det)
             anchors = self.anchors(det.shape[-2], det.shape[-1], det.device)
-            losses["rpn"] = self._rpn_loss(obj, reg, anchors, pos_targets)
+            losses["rpn"] = self._rpn_loss(obj, reg, anchors, det_targets)
             props = self._proposals(obj, reg, anchors, tuple(images.shape[-2:]), training=True)
-            losses["roi_cls"], losses["roi_box"] = self._roi_loss(det, props, pos_targets)
+            losses["roi_cls"], losses["roi_box"] = self._roi_loss(det, props, det_targets)
         det_loss = losses["rpn"] + losses["roi_cls"] + cfg.box_loss_weight * losses["roi_box"]
         losses["total"] = loss_gate + cfg.detector_loss_weight * det_loss
         return losses
