@@ -210,10 +210,10 @@ def main() -> None:
     ap.add_argument("--roi-pos-fraction", type=float, default=None,
                     help="share of positives in the R-CNN head's sampler (model default 0.25)")
     ap.add_argument("--pos-fraction", type=float, default=0.5,
-                    help="share of crops centred on a tree (the rest are empty crops, which train only the gate "
-                         "unless --empty-negatives)")
-    ap.add_argument("--empty-negatives", action="store_true",
-                    help="empty crops also train the detector (RPN negatives, background RoIs), not only the gate")
+                    help="share of crops centred on a tree (the rest are empty crops; see --empty-negatives)")
+    ap.add_argument("--empty-negatives", action=argparse.BooleanOptionalAction, default=None,
+                    help="empty crops also train the detector (RPN negatives, background RoIs), not only the gate "
+                         "(default: on for a new model, the starting model's setting with --init-from)")
     ap.add_argument("--train-only", choices=["gate"], default=None,
                     help="with --init-from: train only the gate head (backbone and detector frozen, detections "
                          "unchanged), e.g. to retrain the gate without the jitter the detector was trained with")
@@ -245,8 +245,6 @@ def main() -> None:
         arch = {k: json.loads(v) for k, v in (a.split("=", 1) for a in args.arch)}
         if args.ohem:
             arch["roi_ohem"] = int(args.ohem)
-        if args.empty_negatives:
-            arch["empty_negatives"] = True
         if args.roi_pos_fraction is not None:
             arch["roi_pos_fraction"] = float(args.roi_pos_fraction)
         cfg = TrainConfig(epochs=epochs, steps_per_epoch=max(args.steps // epochs, 1), batch_size=args.batch,
@@ -259,6 +257,7 @@ def main() -> None:
                           init_from=str(args.init_from) if args.init_from else None, gate_pool=args.gate_pool,
                           arch=arch, val_fraction=args.val_fraction, pos_fraction=args.pos_fraction,
                           train_only=args.train_only, patience=args.patience or None,
+                          empty_negatives=args.empty_negatives,
                           max_seconds=args.max_minutes * 60 if args.max_minutes else None)
         model, meta = train_detector(tiles, ["tree"], cfg, meta={
             "name": "r2cnn-neon-trees" if args.assigner == "nwd_rka" else f"r2cnn-neon-trees-{args.assigner}",

@@ -60,8 +60,9 @@ def _detector_options(f):
                      help="RPN label assignment."),
         click.option("--empty-negatives/--no-empty-negatives", default=None,
                      help="Crops without objects also train the detector (RPN negatives, background RoIs), not "
-                          "only the gate: the detector then learns to stay quiet on empty ground. Off in the "
-                          "paper and for new models; with --init-from the model's setting is kept unless given."),
+                          "only the gate, so it learns to stay quiet on empty ground (on by default for a new "
+                          "model; the paper trains only the gate on them). With --init-from the model's setting "
+                          "is kept unless given."),
         click.option("--gate-scale", type=int, default=4, show_default=True,
                      help="The gate reads tiles average-pooled by this factor (cheap gate); 1 = the paper's "
                           "gate on the shared full-resolution features."),
@@ -166,7 +167,7 @@ def _train(scenes, labels, empty_scenes, init_from, class_field, rename_class, g
                       warmup_steps=warmup, init_from=init_from, train_only=train_only, scales=scales,
                       color_jitter=color_jitter, contrast_jitter=contrast_jitter,
                       saturation_jitter=saturation_jitter, ema_decay=ema,
-                      arch={} if empty_negatives is None else {"empty_negatives": empty_negatives},
+                      empty_negatives=empty_negatives,
                       max_seconds=max_minutes * 60 if max_minutes else None)
     model, meta = train_detector(tiles, classes, cfg, meta={
         "name": name or Path(output).stem, "tile_size": tile_size, "overlap": overlap,
