@@ -27,7 +27,7 @@ from geors import DetectConfig, ExecutionConfig, MaskConfig, OutputConfig, Pipel
 
 
 def batch_run(archive: str | Path, out: str | Path, *, crs: str | None = None, workers: int = 1,
-              mask_engine: str = "watershed", model: str | None = None, score_threshold: float = 0.3,
+              mask_engine: str = "watershed", model: str | None = None, score_threshold: float | None = None,
               tile: int | None = None, overlap: int | None = None, resume: bool = False) -> geors.RunSummary:
     """Detect and outline objects in every raster under ``archive``; write one GeoPackage ``out``."""
     config = PipelineConfig(
@@ -59,7 +59,7 @@ def main(argv: list[str] | None = None) -> geors.RunSummary:
     p.add_argument("--workers", type=int, default=1)
     p.add_argument("--sam", default="watershed", help="mask engine: watershed, grabcut, box, auto, vit_b, ...")
     p.add_argument("--model", help="detector name or .safetensors file (default: r2cnn-neon-trees)")
-    p.add_argument("--score-threshold", type=float, default=0.3)
+    p.add_argument("--score-threshold", type=float, default=None, help="default: the model's")
     p.add_argument("--tile", type=int)
     p.add_argument("--overlap", type=int)
     p.add_argument("--resume", action="store_true")

@@ -116,6 +116,9 @@ def evaluate(detector: Detector) -> dict:
     pred = {k: (np.concatenate(v) if k in ("boxes", "scores") else np.array(v)) for k, v in pred.items()}
     truth = {k: (np.concatenate(v) if k == "boxes" else np.array(v)) for k, v in truth.items()}
     res = evaluate_detections(pred, truth, score_threshold=0.3, class_agnostic=True)["overall"]
+    at_model = evaluate_detections(pred, truth, score_threshold=detector.score_threshold, class_agnostic=True)
+    res["model_score_threshold"] = detector.score_threshold  # what geors detect writes by default
+    res["recall@model"], res["precision@model"] = at_model["overall"]["recall"], at_model["overall"]["precision"]
     res["n_small_truth(<16px)"] = small_total
     res["recall_small@0.3"] = (small_hits / small_total) if small_total else None
     res["detect_seconds"] = round(seconds, 2)

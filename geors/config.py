@@ -78,19 +78,21 @@ class TilingConfig:
 
 @dataclass(frozen=True)
 class DetectConfig:
-    """R2-CNN gate + detector. ``gate_threshold`` None = the model's calibrated threshold."""
+    """R2-CNN gate + detector. ``gate_threshold`` and ``score_threshold`` None = the model's calibrated values
+    (a model without a calibrated score threshold: :data:`DEFAULT_SCORE_THRESHOLD`)."""
 
     model: str | None = None
     gate_threshold: float | None = None
     use_gate: bool = True
-    score_threshold: float = DEFAULT_SCORE_THRESHOLD
+    score_threshold: float | None = None
 
     def validate(self) -> None:
         if self.gate_threshold is not None:
             if not self.use_gate:
                 raise ConfigError("--gate-threshold and --no-gate exclude each other")
             _unit("--gate-threshold", self.gate_threshold)
-        _unit("--score-threshold", self.score_threshold)
+        if self.score_threshold is not None:
+            _unit("--score-threshold", self.score_threshold)
 
 
 @dataclass(frozen=True)

@@ -17,6 +17,7 @@ import numpy as np
 import torch
 
 from geors.errors import BandError, ConfigError
+from geors.config import DEFAULT_SCORE_THRESHOLD
 
 __all__ = ["Detector", "TileDetections", "gate_passes", "resolve_device", "trim_padding", "GATE_TOLERANCE"]
 
@@ -129,6 +130,13 @@ class Detector:
         log.info("loaded model %s (%s) on %s", meta.get("path"), ", ".join(meta["classes"]), dev)
         return cls(model, meta, dev, precision)
 
+    @property
+    def score_threshold(self) -> float:
+        """The model's detection score threshold: calibrated on its validation tiles by ``geors train``
+        (``meta["score_threshold"]``), else :data:`geors.config.DEFAULT_SCORE_THRESHOLD` (0.3)."""
+        value = self.meta.get("score_threshold")
+        return DEFAULT_SCORE_THRESHOLD if value is None else float(value)
+
     # ------------------------------------------------------------------ helpers
     def _autocast(self):
         if self.precision == "fp32":
@@ -174,12 +182,13 @@ class Detector:
         return logits.float().softmax(dim=1)[:, 1].cpu().numpy()
 
     @torch.no_grad()
-    def detect(self, images: np.ndarray, score_threshold: float = 0.3) -> list[TileDetections]:
+    def detect(self, images: np.ndarray, score_threshold: float | None = None) -> list[TileDetections]:
         """Detector branch on every tile (no gating).
 
         Args:
             images: ``(B, C, H, W)`` float32 in ``[0, 1]``.
-            score_threshold: minimum class probability kept.
+            score_threshold: minimum class probability kept; None = the
+                model's (:attr:`score_threshold`).
 
         Returns:
             Per tile ``(boxes (N, 4) float32 xyxy tile pixels, scores (N,) float32, class_ids (N,) int64)``.
@@ -188,7 +197,7 @@ class Detector:
 
     @torch.no_grad()
     def gate_and_detect(
-        self, images: np.ndarray, gate_threshold: float | None = 0.5, score_threshold: float = 0.3
+        self, images: np.ndarray, gate_threshold: float | None = 0.5, score_threshold: float | None = None
     ) -> tuple[np.ndarray, list[TileDetections]]:
         """Gate every tile and run the detector only on tiles that pass.
 
@@ -207,11 +216,14 @@ class Detector:
             images: ``(B, C, H, W)`` float32 in ``[0, 1]``.
             gate_threshold: tiles with gate probability below it get no
                 detections; None runs the detector on every tile.
-            score_threshold: minimum class probability kept.
+            score_threshold: minimum class probability kept; None = the
+                model's (:attr:`score_threshold`).
 
         Returns:
             ``(gate_probs (B,), detections per tile)``; skipped tiles have empty arrays.
         """
+        if score_threshold is None:
+            score_threshold = self.score_threshold
         x = trim_padding(self._to_tensor(images))
         h, w = x.shape[-2:]
         empty: TileDetections = (np.zeros((0, 4), np.float32), np.zeros(0, np.float32), np.zeros(0, np.int64))

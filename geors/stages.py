@@ -94,6 +94,12 @@ class DetectStage:
             return self.config.gate_threshold
         return float(self.detector.meta.get("gate_threshold", 0.5))
 
+    @property
+    def score_threshold(self) -> float:
+        if self.config.score_threshold is not None:
+            return self.config.score_threshold
+        return self.detector.score_threshold
+
     def prepare(self, scenes: Sequence[Scene]) -> None:
         det = self.detector  # loads (and validates) the model before any output is touched
         for scene in scenes:
@@ -111,7 +117,7 @@ class DetectStage:
         det = self.detector
         info = {"model": det.name, "model_path": det.meta.get("path"), "model_sha256": det.meta.get("file_sha256"),
                 "classes": det.classes, "gate_threshold": self.gate_threshold,
-                "score_threshold": self.config.score_threshold}
+                "score_threshold": self.score_threshold}
         if self.masks:
             info.update(mask_engine_info(self.engine))
         return info
@@ -127,7 +133,7 @@ class DetectStage:
         x = np.stack([img.image for img in batch.images])
         threshold = self.gate_threshold
         probs, per_tile = det.gate_and_detect(x, gate_threshold=threshold,
-                                              score_threshold=self.config.score_threshold)
+                                              score_threshold=self.score_threshold)
         detect_s = (time.perf_counter() - t0) / len(batch.tiles)
         results = []
         for k, (tile, p, (boxes, scores, labels)) in enumerate(zip(batch.tiles, probs, per_tile, strict=True)):

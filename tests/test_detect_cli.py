@@ -204,3 +204,41 @@ def test_cli_environment_defaults_respect_the_user(monkeypatch):
     env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True)
     assert out.stderr.strip().splitlines()[-1] == "PASSIVE False"
+
+
+def test_detect_uses_the_models_calibrated_score_threshold(tmp_path, random_model):
+    """Regression: `geors detect` wrote boxes >= 0.3 whatever the model; a model trained with empty
+    negatives scores its true boxes lower, so `geors train` calibrates a threshold on its validation
+    tiles (meta ``score_threshold``) and detect uses it unless --score-threshold is given."""
+    from geors.models.registry import load_model, read_metadata
+
+    scene = scenes.rgb_uint8(tmp_path / "rgb.tif", 600, 400)
+    everything = tmp_path / "all.gpkg"
+    r = CliRunner().invoke(main, ["detect", str(scene), "-o", str(everything), "--model", str(random_model),
+                                  "--score-threshold", "0.0", "--device", "cpu", "--progress", "none"])
+    assert r.exit_code == 0, r.output
+    scores = np.sort(pyogrio.read_dataframe(everything, layer="detections")["score"].to_numpy())
+    assert len(scores) > 10
+    calibrated = float(np.round(np.quantile(scores, 0.5), 4))
+    assert (scores >= calibrated).sum() != (scores >= 0.3).sum()  # the two defaults write different boxes
+    model, _ = load_model(str(random_model), torch.device("cpu"))
+    meta = read_metadata(random_model)
+    cal_model = tmp_path / "calibrated.safetensors"
+    save_model(model, {**{k: meta[k] for k in ("classes", "bands", "tile_size", "overlap", "gate_threshold")},
+                       "score_threshold": calibrated}, cal_model)
+    for extra, expected, threshold in (([], (scores >= calibrated).sum(), calibrated),
+                                       (["--score-threshold", "0.3"], (scores >= 0.3).sum(), 0.3)):
+        out = tmp_path / f"o{len(extra)}.gpkg"
+        r = CliRunner().invoke(main, ["detect", str(scene), "-o", str(out), "--model", str(cal_model),
+                                      "--device", "cpu", "--progress", "none", *extra])
+        assert r.exit_code == 0, r.output
+        det = pyogrio.read_dataframe(out, layer="detections")
+        assert len(det) == expected and (det["score"] >= threshold - 1e-6).all()
+        models = json.loads(pyogrio.read_dataframe(out, layer="geors_runs")["models"][0])
+        assert models["score_threshold"] == pytest.approx(threshold)
+    # a model without a calibrated threshold keeps the documented default, 0.3
+    out = tmp_path / "plain.gpkg"
+    r = CliRunner().invoke(main, ["detect", str(scene), "-o", str(out), "--model", str(random_model),
+                                  "--device", "cpu", "--progress", "none"])
+    assert r.exit_code == 0, r.output
+    assert len(pyogrio.read_dataframe(out, layer="detections")) == (scores >= 0.3).sum()

@@ -118,6 +118,20 @@ def test_training_reduces_loss_and_finds_squares():
     boxes, scores, _ = det.detect(tiles[0].image[None], score_threshold=0.01)[0]
     iou = box_iou(torch.from_numpy(tiles[0].boxes), torch.from_numpy(boxes[:3]))
     assert int((iou.max(dim=1).values >= 0.5).sum()) >= 2
+    # the score threshold rule: highest F1 over the candidates, ties to the lower threshold
+    from geors.evaluate.detections import evaluate_detections
+    from geors.train.detector import _validation_tables, calibrate_score_threshold
+
+    sc = calibrate_score_threshold(model, tiles)
+    assert sc["status"] == "calibrated" and sc["n_truth"] == 6
+    f1s = [row[3] for row in sc["curve"]]
+    assert sc["score_threshold"] == sc["curve"][f1s.index(max(f1s))][0] and sc["f1"] == pytest.approx(max(f1s), abs=1e-4)
+    o = evaluate_detections(*_validation_tables(model, tiles), iou_thresholds=(0.5,),
+                            score_threshold=sc["score_threshold"])["overall"]
+    assert (o["recall"], o["precision"]) == (sc["recall"], sc["precision"])
+    none = calibrate_score_threshold(model, [tiles[2]])  # no objects to calibrate on
+    assert none["status"] == "default" and none["score_threshold"] is None
+    assert Detector(model, {**meta, "score_threshold": None}, torch.device("cpu")).score_threshold == 0.3
 
 
 def test_no_labels_is_label_error():
@@ -421,8 +435,10 @@ def test_own_training_scene_never_loses_detections_to_the_gate(tmp_path, monkeyp
     assert calib["status"] in ("calibrated", "disabled")
     if calib["status"] == "calibrated":
         assert calib["achieved_recall"] >= calib["target_recall"] == GATE_TARGET_RECALL
-    assert f"Model written to {out}" in r.output and "geors detect" in r.output
+    assert f"Model written to {out}" in r.output and "geors detect" in r.output and "score threshold" in r.output
     det = Detector.load(out, device="cpu")
+    assert summary["score_threshold"] == det.meta["score_threshold"]
+    assert det.meta["training"]["score_calibration"]["score_threshold"] == det.meta["score_threshold"]
     sc = open_scene(scene)
     grid = TileGrid(sc, det.tile_size, det.overlap)
     x = np.stack([sc.read_tile(t).image for t in grid])
@@ -463,6 +479,7 @@ def test_training_stops_at_the_time_budget_and_logs_eta(caplog):
     assert meta["training"]["steps"] < 5000 and "time budget" in meta["training"]["stop_reason"]
     assert "ETA" in caplog.text
     assert meta["gate_threshold"] == 0.0 and meta["training"]["gate_calibration"]["status"] == "disabled"
+    assert meta["score_threshold"] is None and meta["training"]["score_calibration"]["status"] == "default"
 
 
 def test_cli_train_on_ungeoreferenced_image_names_the_flag(tmp_path):

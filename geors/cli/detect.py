@@ -18,7 +18,7 @@ def detect_options(f):
                      help="Tiles with gate probability below P skip the detector (default: the model's)."),
         click.option("--no-gate", is_flag=True, help="Run the detector on every tile."),
         click.option("--score-threshold", type=float, default=None,
-                     help="Minimum detection score written [default: 0.3]."),
+                     help="Minimum detection score written [default: the model's calibrated threshold, else 0.3]."),
     ]):
         f = opt(f)
     return pipeline_options(f)

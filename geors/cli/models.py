@@ -61,7 +61,7 @@ def list_command(as_json: bool) -> None:
 @click.argument("name")
 @click.option("--json", "as_json", is_flag=True,
               help="One JSON document including the model file's metadata (classes, tile size, overlap, "
-                   "gate threshold, class colours when present); NAME may also be a model file.")
+                   "gate and score thresholds, class colours when present); NAME may also be a model file.")
 @handle_errors
 def info_command(name: str, as_json: bool) -> None:
     """Details of one model as JSON (e.g. sam-vit_b)."""

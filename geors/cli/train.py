@@ -179,12 +179,16 @@ def _train(scenes, labels, empty_scenes, init_from, class_field, rename_class, g
     gate = (f"gate threshold {calib['gate_threshold']:.4g} (passes {calib['achieved_recall']:.2f} of "
             f"{calib['n_pos_tiles']} validation tiles with objects)" if calib["status"] == "calibrated"
             else f"GATE DISABLED: {calib['reason']}")
+    sc = meta["training"]["score_calibration"]
+    score = (f"score threshold {sc['score_threshold']:.2f}, F1 {sc['f1']:.2f} on the validation tiles"
+             if sc["status"] == "calibrated" else "score threshold: the default 0.3, no validation objects found")
     click.echo(json.dumps({"model": str(path), "classes": classes, "anchor_scales": meta["anchor_scales"],
                            "steps": meta["training"]["steps"], "seconds": meta["training"]["seconds"],
                            "gate_threshold": meta["gate_threshold"], "gate_calibration": calib,
+                           "score_threshold": meta["score_threshold"],
                            "validation": meta["training"]["validation"],
                            "best_val_AP50": meta["training"]["best_val_AP50"]}))
-    click.echo(f"Model written to {path} ({gate}). Run it with: geors detect SCENE.tif -o OUT.gpkg --model {path}",
+    click.echo(f"Model written to {path} ({gate}; {score}). Run it with: geors detect SCENE.tif -o OUT.gpkg --model {path}",
                err=True)
 
 

@@ -194,12 +194,13 @@ for _table in (DETECT, RUN, MASKS, LABEL, INFO, TILES, TRAIN):
     for _o in _table:
         KNOWN.setdefault(_o.flag, _o)
 
-MODEL_DEFAULTS = {"--tile": "tile_size", "--overlap": "overlap", "--gate-threshold": "gate_threshold"}
+MODEL_DEFAULTS = {"--tile": "tile_size", "--overlap": "overlap", "--gate-threshold": "gate_threshold",
+                  "--score-threshold": "score_threshold"}
 """Options whose default is read from the model metadata (``geors models info NAME --json``)."""
 
 
 def with_model_defaults(opts, metadata: dict | None):
-    """``opts`` with the model's tile size, overlap and gate threshold as defaults (when known)."""
+    """``opts`` with the model's tile size, overlap, gate and score thresholds as defaults (when known)."""
     if not metadata:
         return tuple(opts)
     out = []
