@@ -28,9 +28,9 @@ from contextlib import contextmanager
 
 import numpy as np
 import torch
+from bench_models import tiles
 
 import geors.models.r2cnn as r2cnn
-from bench_models import tiles
 from geors.detect import Detector
 from geors.models import ops
 from geors.models.registry import load_model

@@ -16,8 +16,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from geors.errors import BandError, ConfigError
 from geors.config import DEFAULT_SCORE_THRESHOLD
+from geors.errors import BandError, ConfigError
 
 __all__ = ["Detector", "TileDetections", "gate_passes", "resolve_device", "trim_padding", "GATE_TOLERANCE"]
 
