@@ -36,8 +36,25 @@ from rasterio.crs import CRS
 import scenes
 
 CLI = [sys.executable, "-c", "from geors.cli.main import main; main()"]
+MODEL: Path | None = None  # the random-weight model file of _random_model
 TILES = 3  # 704 x 256 px scene, 256 px tiles, 32 px overlap -> 3 tiles, one per batch
 
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _random_model(tmp_path_factory):
+    """A random-weight model file: what is checked here is the plumbing, which must not depend on what the
+    shipped weights happen to detect on synthetic squares (a retrained default model found none)."""
+    import torch
+
+    from geors.models.r2cnn import R2CNN, R2CNNConfig
+    from geors.models.registry import save_model
+
+    global MODEL
+    torch.manual_seed(0)
+    MODEL = tmp_path_factory.mktemp("model") / "random.safetensors"
+    save_model(R2CNN(R2CNNConfig(num_classes=1, anchor_scales=[16.0, 32.0])),
+               {"classes": ["blob"], "bands": 3, "tile_size": 256, "overlap": 32, "gate_threshold": 0.0}, MODEL)
 
 
 def _scene(path: Path) -> Path:
@@ -50,8 +67,8 @@ def _scene(path: Path) -> Path:
 
 
 def _command(scene: Path, out: Path, *extra: str) -> list[str]:
-    return [*CLI, "run", str(scene), "-o", str(out), "--no-gate", "--score-threshold", "0.05", "--tile", "256",
-            "--overlap", "32", "--batch-size", "1", "--workers", "1", "--threads", "1", "--sam", "box",
+    return [*CLI, "run", str(scene), "-o", str(out), "--model", str(MODEL), "--no-gate", "--score-threshold", "0.05",
+            "--tile", "256", "--overlap", "32", "--batch-size", "1", "--workers", "1", "--threads", "1", "--sam", "box",
             "--progress", "none", *extra]
 
 
