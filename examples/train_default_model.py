@@ -216,7 +216,7 @@ def main() -> None:
                     help="share of crops centred on a tree (the rest are empty crops; see --empty-negatives)")
     ap.add_argument("--empty-negatives", action=argparse.BooleanOptionalAction, default=None,
                     help="empty crops also train the detector (RPN negatives, background RoIs), not only the gate "
-                         "(default: on for a new model, the starting model's setting with --init-from)")
+                         "(default: off for a new model, the starting model's setting with --init-from)")
     ap.add_argument("--train-only", choices=["gate"], default=None,
                     help="with --init-from: train only the gate head (backbone and detector frozen, detections "
                          "unchanged), e.g. to retrain the gate without the jitter the detector was trained with")

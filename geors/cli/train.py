@@ -60,9 +60,10 @@ def _detector_options(f):
                      help="RPN label assignment."),
         click.option("--empty-negatives/--no-empty-negatives", default=None,
                      help="Crops without objects also train the detector (RPN negatives, background RoIs), not "
-                          "only the gate, so it learns to stay quiet on empty ground (on by default for a new "
-                          "model; the paper trains only the gate on them). With --init-from the model's setting "
-                          "is kept unless given."),
+                          "only the gate, so it learns to stay quiet on empty ground. Helps a fine-tune "
+                          "(--init-from, e.g. of the default model, which has it on: the model's setting is kept "
+                          "unless given); a new model trains without it (the paper), as from scratch it held "
+                          "the detector back."),
         click.option("--gate-scale", type=int, default=4, show_default=True,
                      help="The gate reads tiles average-pooled by this factor (cheap gate); 1 = the paper's "
                           "gate on the shared full-resolution features."),
