@@ -181,6 +181,18 @@ def case_check() -> dict:
     return dict(processing.run("geors:check_installation", {}, feedback=LogFeedback()))
 
 
+def case_defaults() -> dict:
+    """Dialog defaults that follow the model metadata (gate and score thresholds)."""
+    from geors_qgis import options as O
+
+    calibrated = {o.flag: o.default for o in O.with_model_defaults(O.DETECT, {"gate_threshold": 0.2222,
+                                                                              "score_threshold": 0.15})}
+    plain = {o.flag: o.default for o in O.with_model_defaults(O.DETECT, {"gate_threshold": 0.5,
+                                                                         "score_threshold": None})}
+    return {"gate": calibrated["--gate-threshold"], "score": calibrated["--score-threshold"],
+            "score_without": plain["--score-threshold"]}
+
+
 def case_load(scene: str, out: str) -> dict:
     """runAndLoadResults: the layers land in the project, styled, in one group per run."""
     import processing

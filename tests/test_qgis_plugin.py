@@ -287,6 +287,14 @@ def test_models_info_json_has_model_defaults():
     assert bad.exit_code == 2
 
 
+@pytest.mark.qgis
+def test_dialog_defaults_take_the_models_score_threshold(qgis):
+    """Regression: the dialogs showed 0.3 for SCORE_THRESHOLD whatever the model; now the model's calibrated
+    value (metadata ``score_threshold``), like the gate threshold; a model without one keeps 0.3."""
+    res = harness("defaults")
+    assert res == {"gate": 0.2222, "score": 0.15, "score_without": 0.3}
+
+
 class _Feedback:
     def __init__(self, cancel_at: float | None = None):
         self.cancel_at, self.cancelled, self.progress, self.log = cancel_at, False, [], []
