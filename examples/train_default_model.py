@@ -18,11 +18,11 @@ reads tiles average-pooled by 4) pooled over its 3 strongest locations
 (``geors.train.detector.calibrate_gate``: the threshold passes ``--gate-recall``
 = 99% of the validation tiles with trees). ``--val-fraction 0 --gate-pool avg
 --epochs 1`` trains as the script did before issue 12 (the gate is then
-disabled, since nothing is left to calibrate it on). The exact command
-of the shipped model is in docs/detector.md and in the model's metadata
-(``training.config``, ``training.script_args``): today a fine-tune of the
-previous default with ``--scales 0.75 1 1.33 --color-jitter 0.2
---contrast-jitter 0.3 --ema 0.99``, then ``--train-only gate`` without jitter.
+disabled, since nothing is left to calibrate it on). The shipped default model
+is no longer made by this script but by two ``geors train`` commands (README,
+"Default model"; its metadata records their ``training.config``); this script
+made its starting weights and the earlier defaults (``docs/detector.md``), runs
+the ablations there, and ``--eval-only`` gives the held-out table for any model.
 
     geors sample neon            # or have the files in ~/.cache/geors/samples/neon/
     python examples/train_default_model.py --threads 1 --out /tmp/r2cnn.safetensors
