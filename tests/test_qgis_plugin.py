@@ -331,7 +331,8 @@ class _Feedback:
 
 # A stand-in for `geors ... --progress jsonl`: two scenes of 4 tiles; stops cleanly on SIGINT.
 _FAKE = r"""
-import json, sys, time
+import json, signal, sys, time
+signal.signal(signal.SIGINT, signal.default_int_handler)  # as geors does (its CLI installs its own handler)
 print("INFO geors.cli: starting", file=sys.stderr, flush=True)
 try:
     for scene in ("a.tif", "b.tif"):
