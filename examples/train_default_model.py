@@ -21,7 +21,7 @@ reads tiles average-pooled by 4) pooled over its 3 strongest locations
 disabled, since nothing is left to calibrate it on). The shipped default model
 is no longer made by this script but by two ``geors train`` commands (README,
 "Default model"; its metadata records their ``training.config``); this script
-made its starting weights and the earlier defaults (``docs/detector.md``), runs
+made the earlier defaults it was fine-tuned from (``docs/detector.md``), runs
 the ablations there, and ``--eval-only`` gives the held-out table for any model.
 
     geors sample neon            # or have the files in ~/.cache/geors/samples/neon/

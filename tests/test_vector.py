@@ -601,20 +601,16 @@ def test_checkpoint_fires_on_the_nth_time_only(monkeypatch):
     # non-interactive shell inherits SIG_IGN, and Python then installs no handler): the point is the fault's count.
     previous = signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
-        _checkpoint_sequence(faults, monkeypatch)
+        faults.checkpoint("commit")  # unset: nothing
+        monkeypatch.setenv("GEORS_FAULT", "commit:2")
+        monkeypatch.setenv("GEORS_FAULT_SIGNAL", "INT")
+        faults.checkpoint("create")
+        faults.checkpoint("commit")
+        with pytest.raises(KeyboardInterrupt):
+            faults.checkpoint("commit")
+        faults.checkpoint("commit")  # the third time: nothing
     finally:
         signal.signal(signal.SIGINT, previous)
-
-
-def _checkpoint_sequence(faults, monkeypatch):
-    faults.checkpoint("commit")  # unset: nothing
-    monkeypatch.setenv("GEORS_FAULT", "commit:2")
-    monkeypatch.setenv("GEORS_FAULT_SIGNAL", "INT")
-    faults.checkpoint("create")
-    faults.checkpoint("commit")
-    with pytest.raises(KeyboardInterrupt):
-        faults.checkpoint("commit")
-    faults.checkpoint("commit")  # the third time: nothing
 
 
 def test_creator_that_waits_too_long_for_the_lock_gets_a_message(tmp_path, monkeypatch):
