@@ -217,6 +217,8 @@ def main() -> None:
     ap.add_argument("--empty-negatives", action=argparse.BooleanOptionalAction, default=None,
                     help="empty crops also train the detector (RPN negatives, background RoIs), not only the gate "
                          "(default: off for a new model, the starting model's setting with --init-from)")
+    ap.add_argument("--empty-negatives-from", type=float, default=0.0, metavar="SHARE",
+                    help="with --empty-negatives: share of the steps trained without them first (warm-up)")
     ap.add_argument("--train-only", choices=["gate"], default=None,
                     help="with --init-from: train only the gate head (backbone and detector frozen, detections "
                          "unchanged), e.g. to retrain the gate without the jitter the detector was trained with")
@@ -260,7 +262,7 @@ def main() -> None:
                           init_from=str(args.init_from) if args.init_from else None, gate_pool=args.gate_pool,
                           arch=arch, val_fraction=args.val_fraction, pos_fraction=args.pos_fraction,
                           train_only=args.train_only, patience=args.patience or None,
-                          empty_negatives=args.empty_negatives,
+                          empty_negatives=args.empty_negatives, empty_negatives_from=args.empty_negatives_from,
                           max_seconds=args.max_minutes * 60 if args.max_minutes else None)
         model, meta = train_detector(tiles, ["tree"], cfg, meta={
             "name": "r2cnn-neon-trees" if args.assigner == "nwd_rka" else f"r2cnn-neon-trees-{args.assigner}",

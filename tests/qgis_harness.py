@@ -13,11 +13,13 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import sys
 import tempfile
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
+SCRATCH: list[str] = []  # throw-away folders of this run, removed before the process ends
 sys.path.insert(0, str(REPO / "qgis_plugin"))
 sys.path.append("/usr/share/qgis/python/plugins")
 
@@ -63,6 +65,7 @@ class LogFeedback(QgsProcessingFeedback):
 
 def start(register: bool = True):
     profile = tempfile.mkdtemp(prefix="geors-qgis-profile-")
+    SCRATCH.append(profile)
     app = QgsApplication([], False, profile)
     app.initQgis()
     from processing.core.Processing import Processing
@@ -226,6 +229,7 @@ def case_zip(zip_path: str) -> dict:
     import zipfile
 
     plugins = Path(tempfile.mkdtemp(prefix="geors-qgis-plugins-"))
+    SCRATCH.append(str(plugins))
     with zipfile.ZipFile(zip_path) as zf:
         zf.extractall(plugins)
     for name in [m for m in sys.modules if m == "geors_qgis" or m.startswith("geors_qgis.")]:
@@ -254,4 +258,6 @@ if __name__ == "__main__":
 
         result = {"exception": f"{type(exc).__name__}: {exc}", "traceback": traceback.format_exc()}
     print("RESULT " + json.dumps(result, default=str), flush=True)
+    for folder in SCRATCH:  # os._exit skips atexit handlers
+        shutil.rmtree(folder, ignore_errors=True)
     os._exit(0)  # QgsApplication's exitQgis can crash after Processing; the result is out

@@ -247,9 +247,13 @@ def test_check_installation_reports_environment(qgis):
 def test_plugin_zip_installs_and_starts(qgis, tmp_path):
     r = subprocess.run([sys.executable, str(REPO / "qgis_plugin" / "build_zip.py"), "--out", str(tmp_path)],
                        capture_output=True, text=True, check=True)
-    res = harness("zip", r.stdout.strip())
+    scratch = tmp_path / "tmp"
+    scratch.mkdir()
+    res = harness("zip", r.stdout.strip(), env={"TMPDIR": str(scratch)})
     assert "geors-qgis-plugins-" in res["module"]  # the unpacked archive, not qgis_plugin/ of the checkout
     assert {"geors:run", "geors:detect", "geors:check_installation"} <= set(res["algorithms"])
+    # the throw-away profile and plugin folders are gone (they used to pile up in /tmp, one per harness run)
+    assert not [p.name for p in scratch.iterdir() if p.name.startswith("geors-qgis-")]
 
 
 # --- without QGIS ----------------------------------------------------------------------------------------

@@ -292,6 +292,35 @@ def test_cli_train_empty_negatives_is_recorded_and_kept_when_fine_tuning(tmp_pat
     assert arch(tmp_path / "off.safetensors") is False
 
 
+@pytest.mark.parametrize("start, expected", [(0.0, [True] * 6), (0.5, [False] * 3 + [True] * 3)])
+def test_empty_negatives_warm_up_trains_the_first_share_as_the_paper(monkeypatch, start, expected):
+    """``empty_negatives_from``: the first share of the steps leaves empty crops out of the detector loss, the rest
+    puts them in; the model file records the configured setting (on), not the state of one step."""
+    from geors.models.r2cnn import R2CNN
+
+    seen = []
+    real = R2CNN.compute_losses
+
+    def spy(self, images, targets):
+        seen.append(self.config.empty_negatives)
+        return real(self, images, targets)
+
+    monkeypatch.setattr(R2CNN, "compute_losses", spy)
+    rng = np.random.default_rng(0)
+    tiles = [squares_tile(rng, 3), squares_tile(rng, 0)]
+    cfg = TrainConfig(epochs=2, steps_per_epoch=3, batch_size=2, crop_size=64, device="cpu", warmup_steps=1,
+                      patience=None, val_fraction=0, arch=SMALL_ARCH, empty_negatives=True,
+                      empty_negatives_from=start)
+    model, meta = train_detector(tiles, ["square"], cfg, meta={"tile_size": 96, "overlap": 0}, val_tiles=[])
+    assert seen == expected
+    assert model.config.empty_negatives is True and meta["arch_args"]["empty_negatives"] is True
+    assert meta["training"]["config"]["empty_negatives_from"] == start
+    with pytest.raises(ValueError, match="empty_negatives_from"):
+        train_detector(tiles, ["square"], TrainConfig(epochs=1, steps_per_epoch=1, crop_size=64, device="cpu",
+                                                      val_fraction=0, arch=SMALL_ARCH, empty_negatives_from=1.0),
+                       meta={"tile_size": 96, "overlap": 0}, val_tiles=[])
+
+
 def test_sample_batch_falls_back_to_empty_images_when_canopy_is_dense():
     rng = np.random.default_rng(0)
     dense = squares_tile(rng, 0, side=64)

@@ -64,6 +64,11 @@ def _detector_options(f):
                           "(--init-from, e.g. of the default model, which has it on: the model's setting is kept "
                           "unless given); a new model trains without it (the paper), as from scratch it held "
                           "the detector back."),
+        click.option("--empty-negatives-from", type=click.FloatRange(0, 1, max_open=True), default=0.0,
+                     show_default=True,
+                     help="With --empty-negatives: share of the schedule trained without them first (e.g. 0.5: "
+                          "the detector learns to find objects in the first half, to stay quiet on empty ground "
+                          "in the second)."),
         click.option("--gate-scale", type=int, default=4, show_default=True,
                      help="The gate reads tiles average-pooled by this factor (cheap gate); 1 = the paper's "
                           "gate on the shared full-resolution features."),
@@ -118,7 +123,7 @@ def _parse_scales(ctx, param, value):
 @handle_errors
 def _train(scenes, labels, empty_scenes, init_from, class_field, rename_class, gsd, epochs, steps_per_epoch,
            batch_size, crop, lr, warmup, scales, color_jitter, contrast_jitter, saturation_jitter, ema, train_only,
-           assigner, empty_negatives, gate_scale, gate_pool, gate_recall, val_fraction, patience, max_minutes,
+           assigner, empty_negatives, empty_negatives_from, gate_scale, gate_pool, gate_recall, val_fraction, patience, max_minutes,
            device, seed, split_seed, allow_ungeoreferenced, name, output, tile_size, overlap, bands) -> None:
     """Train the R2-CNN gate + detector (one network; `gate` and `detector` train the same model).
 
@@ -168,7 +173,7 @@ def _train(scenes, labels, empty_scenes, init_from, class_field, rename_class, g
                       warmup_steps=warmup, init_from=init_from, train_only=train_only, scales=scales,
                       color_jitter=color_jitter, contrast_jitter=contrast_jitter,
                       saturation_jitter=saturation_jitter, ema_decay=ema,
-                      empty_negatives=empty_negatives,
+                      empty_negatives=empty_negatives, empty_negatives_from=empty_negatives_from,
                       max_seconds=max_minutes * 60 if max_minutes else None)
     model, meta = train_detector(tiles, classes, cfg, meta={
         "name": name or Path(output).stem, "tile_size": tile_size, "overlap": overlap,

@@ -165,6 +165,11 @@ class TrainConfig:
             per empty lake tile without the gate instead of 10-39); from
             scratch it held the detector back (2,400 steps: validation AP50
             0.031 vs 0.188, held-out 0.086 vs 0.232), hence off for a new model.
+        empty_negatives_from: share of the schedule (0-1) trained as in the
+            paper before empty crops join the detector loss (with
+            ``empty_negatives`` on; 0 = from the first step). A warm-up: the
+            detector first learns to find objects, then to stay quiet on
+            empty ground.
         train_only: ``"gate"`` trains only the gate head (backbone, its
             batch-norm statistics and the detector branch stay frozen), e.g.
             to retrain a model's gate with another pooling without changing
@@ -203,6 +208,7 @@ class TrainConfig:
     patience: int | None = 3
     train_only: str | None = None
     empty_negatives: bool | None = None
+    empty_negatives_from: float = 0.0
     arch: dict[str, Any] = field(default_factory=dict)
 
 
@@ -448,6 +454,9 @@ def train_detector(
                                 "empty_negatives": bool(cfg.empty_negatives), **cfg.arch},
         )
         model = R2CNN(arch).to(device)
+    if not 0.0 <= cfg.empty_negatives_from < 1.0:
+        raise ValueError(f"empty_negatives_from must be in [0, 1), got {cfg.empty_negatives_from!r}")
+    empty_negatives = bool(arch.empty_negatives)
     if cfg.train_only not in (None, "gate"):
         raise ValueError(f"train_only must be None or 'gate', got {cfg.train_only!r}")
     gate_only = cfg.train_only == "gate"
@@ -469,6 +478,9 @@ def train_detector(
         raise LabelError("every tile with objects went to the validation split; lower the validation fraction.")
     spe = cfg.steps_per_epoch or max(1, int(math.ceil(len(all_boxes) / max(cfg.batch_size, 1) / 8)))
     total = max(cfg.epochs * spe, 1)
+    empty_negatives_start = int(round(cfg.empty_negatives_from * total)) if empty_negatives else total
+    if empty_negatives and empty_negatives_start > 0:
+        log.info("empty crops join the detector loss from step %d of %d", empty_negatives_start + 1, total)
     use_amp = device.type == "cuda"
     amp_dtype = torch.bfloat16 if use_amp and torch.cuda.is_bf16_supported() else torch.float16
     scaler = torch.amp.GradScaler("cuda", enabled=use_amp and amp_dtype == torch.float16)
@@ -494,6 +506,7 @@ def train_detector(
             {"boxes": torch.from_numpy(b).to(device), "labels": torch.from_numpy(c).to(device)}
             for b, c in zip(bxs, cids, strict=True)
         ]
+        model.config.empty_negatives = empty_negatives and step >= empty_negatives_start
         with torch.autocast(device_type="cuda", dtype=amp_dtype, enabled=use_amp):
             losses = model.compute_losses(x, targets)
         opt.zero_grad(set_to_none=True)
@@ -539,6 +552,7 @@ def train_detector(
             log.warning("stopping: %s", stop_reason)
             break
     seconds = time.monotonic() - t0
+    model.config.empty_negatives = empty_negatives  # the model records how it was configured, not the last step
     if best is not None and (best[1] != step + 1 or ema is not None):
         model.load_state_dict(best[2])
         log.info("keeping the %sweights of step %d (best validation AP50 %.3f)",
