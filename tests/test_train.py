@@ -1,3 +1,4 @@
+import hashlib
 import json
 import xml.etree.ElementTree as ET
 
@@ -223,6 +224,10 @@ def test_cli_train_detector_writes_loadable_model(tmp_path):
     assert r.exit_code == 0, r.output
     sources = Detector.load(tmp_path / "m2.safetensors", device="cpu").meta["training"]["sources"]
     assert sources[-1]["n_empty_tiles_used"] == 4 and sources[-1]["n_boxes"] == 0
+    # an empty scene has no label file (it used to be recorded as its own labels); label files carry their hash
+    assert sources[-1]["labels"] is None and sources[-1]["labels_sha256"] is None
+    assert sources[-1]["scene"].endswith("blank.tif") and sources[0]["labels"].endswith("sq.xml")
+    assert sources[0]["labels_sha256"] == hashlib.sha256(labels.read_bytes()).hexdigest()
     # bad input: empty label file -> exit 2 with a message
     empty = tmp_path / "empty.xml"
     _write_voc(empty, [])

@@ -982,6 +982,7 @@ def tiles_from_scenes(
 
     rng = np.random.default_rng(seed)
     opened = []
+    label_paths = [label_path for _, label_path in pairs]
     for scene_path, label_path in pairs:
         scene = open_scene(scene_path, bands=list(bands) if bands else None, allow_ungeoreferenced=allow_ungeoreferenced)
         if label_path is None:  # an image without objects: only empty tiles
@@ -1025,9 +1026,22 @@ def tiles_from_scenes(
                 gsd = float(abs(scene.transform.a) * scene.crs.linear_units_factor[1])
             except Exception:  # CRS without a linear unit factor: leave GSD unknown
                 gsd = None
-        sources.append({"scene": str(scene.path), "labels": str(labels.source), "n_boxes": len(labels),
-                        "n_tiles_with_objects": len(pos_ids), "n_empty_tiles_used": n_empty})
+        given_as_empty = label_paths[len(sources)] is None
+        sources.append({"scene": str(scene.path), "labels": None if given_as_empty else str(labels.source),
+                        "labels_sha256": None if given_as_empty else _file_sha256(labels.source),
+                        "n_boxes": len(labels), "n_tiles_with_objects": len(pos_ids), "n_empty_tiles_used": n_empty})
         log.info("%s: %d boxes in %d tiles, %d empty tiles used", scene.name, len(labels), len(pos_ids), n_empty)
     info = {"gsd_m": gsd, "tile_size": tile_size, "overlap": overlap,
             "band_indexes": list(bands) if bands else None, "sources": sources}
     return tiles, classes, info
+
+
+def _file_sha256(path: str | Path) -> str | None:
+    """SHA-256 of a label file (a GeoPackage, shapefile, VOC XML or CSV), so a model's provenance can be checked on
+    another machine, where the recorded path means nothing; None when it is not a readable file."""
+    import hashlib
+
+    try:
+        return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+    except OSError:
+        return None
