@@ -326,6 +326,26 @@ def test_empty_negatives_warm_up_trains_the_first_share_as_the_paper(monkeypatch
                        meta={"tile_size": 96, "overlap": 0}, val_tiles=[])
 
 
+@pytest.mark.parametrize("patience", [None, 1])
+def test_empty_negatives_warm_up_weights_are_never_kept(monkeypatch, patience):
+    """With a warm-up, the best validation epoch may come before the empty crops joined: keeping it (or stopping
+    early there) handed the user a model that never saw them. Epochs of the warm-up are logged, not kept."""
+    import geors.train.detector as train_mod
+
+    scores = iter([0.9, 0.5, 0.2, 0.4])  # validation AP50 per epoch: best in the warm-up, then falling
+    monkeypatch.setattr(train_mod, "validation_ap50", lambda model, tiles, n: next(scores))
+    rng = np.random.default_rng(0)
+    tiles = [squares_tile(rng, 3), squares_tile(rng, 0)]
+    cfg = TrainConfig(epochs=4, steps_per_epoch=2, batch_size=2, crop_size=64, device="cpu", warmup_steps=1,
+                      patience=patience, arch=SMALL_ARCH, empty_negatives=True, empty_negatives_from=0.5)
+    _, meta = train_detector(tiles, ["square"], cfg, meta={"tile_size": 96, "overlap": 0},
+                             val_tiles=[squares_tile(rng, 2), squares_tile(rng, 0)])
+    tr = meta["training"]
+    assert tr["steps"] == 8 and tr["stop_reason"] == "all epochs done"
+    assert tr["best_step"] == 8 and tr["best_val_AP50"] == pytest.approx(0.4)  # epoch 4, after the warm-up
+    assert [v.get("selectable") for v in tr["validation"]] == [False, False, True, True]
+
+
 def test_sample_batch_falls_back_to_empty_images_when_canopy_is_dense():
     rng = np.random.default_rng(0)
     dense = squares_tile(rng, 0, side=64)

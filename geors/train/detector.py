@@ -169,7 +169,9 @@ class TrainConfig:
             paper before empty crops join the detector loss (with
             ``empty_negatives`` on; 0 = from the first step). A warm-up: the
             detector first learns to find objects, then to stay quiet on
-            empty ground.
+            empty ground. Epochs validated during the warm-up are logged but
+            never kept, and early stopping counts only the epochs after it,
+            so the weights kept have trained on the empty crops.
         train_only: ``"gate"`` trains only the gate head (backbone, its
             batch-norm statistics and the detector branch stay frozen), e.g.
             to retrain a model's gate with another pooling without changing
@@ -479,8 +481,12 @@ def train_detector(
     spe = cfg.steps_per_epoch or max(1, int(math.ceil(len(all_boxes) / max(cfg.batch_size, 1) / 8)))
     total = max(cfg.epochs * spe, 1)
     empty_negatives_start = int(round(cfg.empty_negatives_from * total)) if empty_negatives else total
-    if empty_negatives and empty_negatives_start > 0:
-        log.info("empty crops join the detector loss from step %d of %d", empty_negatives_start + 1, total)
+    # With a warm-up, weights validated before the empty crops joined are not the training asked for:
+    # they are never kept, and early stopping waits for the first epoch after the warm-up.
+    warm_up_end = empty_negatives_start if empty_negatives else 0
+    if warm_up_end > 0:
+        log.info("empty crops join the detector loss from step %d of %d; weights validated before that are "
+                 "not kept", empty_negatives_start + 1, total)
     use_amp = device.type == "cuda"
     amp_dtype = torch.bfloat16 if use_amp and torch.cuda.is_bf16_supported() else torch.float16
     scaler = torch.amp.GradScaler("cuda", enabled=use_amp and amp_dtype == torch.float16)
@@ -536,19 +542,28 @@ def train_detector(
             scored.eval()
             ap50 = validation_ap50(scored, val_tiles, len(classes))
             _train_mode(model, gate_only)
-            val_history.append({"epoch": round(epoch, 2), "step": step + 1, "val_AP50": ap50})
-            improved = best is None or ap50 > best[0]
-            if best is None or ap50 >= best[0]:  # ties: the later, longer-trained weights
+            selectable = step + 1 > warm_up_end
+            val_history.append({"epoch": round(epoch, 2), "step": step + 1, "val_AP50": ap50,
+                                "selectable": selectable})
+            improved = selectable and (best is None or ap50 > best[0])
+            if selectable and (best is None or ap50 >= best[0]):  # ties: the later, longer-trained weights
                 best = (ap50, step + 1, {k: v.detach().clone() for k, v in scored.state_dict().items()})
+            if not selectable:
+                note = f" (warm-up: not kept, empty crops join at step {warm_up_end + 1})"
+            else:
+                note = " best so far" if improved else f", best {best[0]:.3f} at step {best[1]}"
             log.info("epoch %.2f/%d: validation AP50 %.3f (%d tiles)%s", epoch, cfg.epochs, ap50, len(val_tiles),
-                     " best so far" if improved else f", best {best[0]:.3f} at step {best[1]}")
-            if (cfg.patience is not None and not improved
-                    and len(val_history) - 1 - _index_of_best(val_history) >= cfg.patience):
+                     note)
+            kept = [v for v in val_history if v["selectable"]]
+            if (cfg.patience is not None and selectable and not improved
+                    and len(kept) - 1 - _index_of_best(kept) >= cfg.patience):
                 stop_reason = f"early stop: no better validation AP50 for {cfg.patience} epochs"
                 log.info("%s", stop_reason)
                 break
         if out_of_time:
             stop_reason = f"time budget of {cfg.max_seconds:.0f} s reached after {step + 1} of {total} steps"
+            if step + 1 <= warm_up_end:
+                stop_reason += f", before the empty crops joined (step {warm_up_end + 1}): the model has not seen them"
             log.warning("stopping: %s", stop_reason)
             break
     seconds = time.monotonic() - t0
