@@ -89,12 +89,13 @@ def load_empty_image(file: str) -> np.ndarray:
     return _shrink(scene.read_window(Window(0, 0, scene.width, scene.height)).image)
 
 
-def evaluate(detector: Detector) -> dict:
+def evaluate(detector: Detector, held_out: list[tuple[str, str]] | None = None) -> dict:
+    """Metrics of ``detector`` on the held-out images (``held_out``: (stem, file) pairs, default HELD_OUT)."""
     pred = {"boxes": [], "scores": [], "classes": [], "images": []}
     truth = {"boxes": [], "classes": [], "images": []}
     small_hits, small_total = 0, 0
     seconds = 0.0
-    for stem, fname in HELD_OUT:
+    for stem, fname in HELD_OUT if held_out is None else held_out:
         image, boxes = load_image(stem, fname)
         t0 = time.perf_counter()
         b, s, c = detector.detect(image[None], score_threshold=0.05)[0]

@@ -480,13 +480,13 @@ def train_detector(
         raise LabelError("every tile with objects went to the validation split; lower the validation fraction.")
     spe = cfg.steps_per_epoch or max(1, int(math.ceil(len(all_boxes) / max(cfg.batch_size, 1) / 8)))
     total = max(cfg.epochs * spe, 1)
-    empty_negatives_start = int(round(cfg.empty_negatives_from * total)) if empty_negatives else total
-    # With a warm-up, weights validated before the empty crops joined are not the training asked for:
-    # they are never kept, and early stopping waits for the first epoch after the warm-up.
-    warm_up_end = empty_negatives_start if empty_negatives else 0
+    # Steps trained as the paper before empty crops join the detector loss (0 without empty negatives).
+    # Weights validated in the warm-up are not the training asked for: never kept, and early stopping
+    # waits for the first epoch after it.
+    warm_up_end = int(round(cfg.empty_negatives_from * total)) if empty_negatives else 0
     if warm_up_end > 0:
         log.info("empty crops join the detector loss from step %d of %d; weights validated before that are "
-                 "not kept", empty_negatives_start + 1, total)
+                 "not kept", warm_up_end + 1, total)
     use_amp = device.type == "cuda"
     amp_dtype = torch.bfloat16 if use_amp and torch.cuda.is_bf16_supported() else torch.float16
     scaler = torch.amp.GradScaler("cuda", enabled=use_amp and amp_dtype == torch.float16)
@@ -512,7 +512,7 @@ def train_detector(
             {"boxes": torch.from_numpy(b).to(device), "labels": torch.from_numpy(c).to(device)}
             for b, c in zip(bxs, cids, strict=True)
         ]
-        model.config.empty_negatives = empty_negatives and step >= empty_negatives_start
+        model.config.empty_negatives = empty_negatives and step >= warm_up_end
         with torch.autocast(device_type="cuda", dtype=amp_dtype, enabled=use_amp):
             losses = model.compute_losses(x, targets)
         opt.zero_grad(set_to_none=True)
