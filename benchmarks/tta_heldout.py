@@ -8,9 +8,11 @@ score >= 0.05), pooled and per image, for:
 - the 2 (identity + horizontal flip) or 8 (dihedral group) flips/rotations, their boxes mapped
   back and merged by NMS (IoU 0.4, the detector's own) or by box fusion (boxes overlapping at
   IoU >= 0.55 averaged, weighted by score; score = sum of the members' scores / views);
-- the images resized by a factor (crowns shown larger or smaller), boxes scaled back.
+- the images resized by a factor (crowns shown larger or smaller), boxes scaled back;
+- with ``--ensemble M2 M3 ...``: the model and the other models (e.g. the same recipe trained
+  with other seeds) run on each image, their boxes merged the same two ways.
 
-    python benchmarks/tta_heldout.py [MODEL]
+    python benchmarks/tta_heldout.py [MODEL] [--ensemble M2 M3 ...]
 """
 
 from __future__ import annotations
@@ -54,14 +56,16 @@ def fuse(boxes: np.ndarray, scores: np.ndarray, views: int, iou: float = 0.55) -
 
 
 class ViewsDetector:
-    """``Detector.detect`` over several views of each image, boxes mapped back and merged."""
+    """``Detector.detect`` of one or more models over several views of each image, boxes mapped back and merged."""
 
-    def __init__(self, detector: Detector, views: list[tuple[bool, int]], merge: str = "nms", scale: float = 1.0):
-        self.detector, self.views, self.merge, self.scale = detector, views, merge, scale
-        self.score_threshold = detector.score_threshold
+    def __init__(self, detector: Detector | list[Detector], views: list[tuple[bool, int]], merge: str = "nms",
+                 scale: float = 1.0):
+        self.detectors = detector if isinstance(detector, list) else [detector]
+        self.views, self.merge, self.scale = views, merge, scale
+        self.score_threshold = self.detectors[0].score_threshold
         self._done: dict[tuple[bytes, float], tuple] = {}  # each image is evaluated pooled and alone: detect once
 
-    def _one_view(self, image: np.ndarray, flip: bool, k: int, score_threshold: float):
+    def _one_view(self, detector: Detector, image: np.ndarray, flip: bool, k: int, score_threshold: float):
         img, nil = image, np.zeros((0, 4), np.float32)
         if self.scale != 1.0:
             img = torch.nn.functional.interpolate(torch.from_numpy(img)[None], scale_factor=self.scale,
@@ -69,7 +73,7 @@ class ViewsDetector:
         if flip:
             img, _ = hflip(img, nil)
         img, _ = rot90(img, nil, k)
-        b, s, c = self.detector.detect(np.ascontiguousarray(img)[None], score_threshold=score_threshold)[0]
+        b, s, c = detector.detect(np.ascontiguousarray(img)[None], score_threshold=score_threshold)[0]
         # back: undo the rotation on the rotated image's grid, then the flip, then the scale
         img, b = rot90(img, np.asarray(b, np.float32).reshape(-1, 4), (4 - k) % 4)
         if flip:
@@ -87,16 +91,16 @@ class ViewsDetector:
         return out
 
     def _merged(self, image: np.ndarray, thr: float):
-        parts = [self._one_view(image, f, k, thr) for f, k in self.views]
+        parts = [self._one_view(d, image, f, k, thr) for d in self.detectors for f, k in self.views]
         b = np.concatenate([p[0] for p in parts]).astype(np.float32)
         s = np.concatenate([p[1] for p in parts])
         c = np.concatenate([p[2] for p in parts])
-        if len(self.views) > 1 and len(b):
+        if len(parts) > 1 and len(b):
             if self.merge == "nms":
                 keep = nms(torch.from_numpy(b), torch.from_numpy(s), 0.4).numpy()
                 b, s, c = b[keep], s[keep], c[keep]
             else:  # one class (the tree model): fused boxes take the first class id
-                b, s = fuse(b, s, len(self.views))
+                b, s = fuse(b, s, len(parts))
                 c = np.full(len(b), c[0], c.dtype)
         return b, s, c
 
@@ -113,12 +117,21 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("model", nargs="?", default=None, help="model file (default: the shipped tree model)")
     ap.add_argument("--scales", type=float, nargs="+", default=[0.75, 1.33])
+    ap.add_argument("--ensemble", nargs="+", default=[], metavar="MODEL",
+                    help="only the ensemble rows: MODEL and these models on each image, merged")
     args = ap.parse_args()
     det = Detector.load(args.model, device="cpu")
     print("| views / scale | AP50 | AP | max recall | written recall / precision | "
           + " | ".join(s for s, _ in heldout.HELD_OUT) + " |")
     print("|---|---|---|---|---|" + "---|" * len(heldout.HELD_OUT))
     row("1 (as geors detect)", ViewsDetector(det, IDENTITY))
+    if args.ensemble:
+        others = [Detector.load(m, device="cpu") for m in args.ensemble]
+        for i, other in enumerate(others, start=2):
+            row(f"model {i} alone", ViewsDetector(other, IDENTITY))
+        for merge in ("nms", "fuse"):
+            row(f"{1 + len(others)} models, {merge}", ViewsDetector([det, *others], IDENTITY, merge))
+        return
     for views, name in ((FLIP, "2 (flip)"), (DIHEDRAL, "8 (dihedral)")):
         for merge in ("nms", "fuse"):
             row(f"{name}, {merge}", ViewsDetector(det, views, merge))

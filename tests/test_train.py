@@ -180,12 +180,11 @@ def test_cli_train_detector_takes_the_default_models_augmentation_recipe(tmp_pat
     args = ["detector", "--scene", str(scene), "--labels", str(labels), "--epochs", "1", "--steps-per-epoch", "2",
             "--crop", "64", "--tile", "128", "--overlap", "32", "--device", "cpu", "-o", str(out)]
     r = CliRunner().invoke(main, args + ["--scales", "0.75,1,1.33", "--color-jitter", "0.2", "--contrast-jitter",
-                                         "0.3", "--saturation-jitter", "0.1", "--grey-objects", "0.25",
-                                         "--ema", "0.99"])
+                                         "0.3", "--saturation-jitter", "0.1", "--ema", "0.99"])
     assert r.exit_code == 0, r.output
     cfg = Detector.load(out, device="cpu").meta["training"]["config"]
     assert cfg["scales"] == [0.75, 1.0, 1.33] and cfg["color_jitter"] == 0.2 and cfg["contrast_jitter"] == 0.3
-    assert cfg["saturation_jitter"] == 0.1 and cfg["grey_objects"] == 0.25 and cfg["ema_decay"] == 0.99
+    assert cfg["saturation_jitter"] == 0.1 and cfg["ema_decay"] == 0.99
     r = CliRunner().invoke(main, args + ["--scales", "0,1"])
     assert r.exit_code == 2 and "--scales" in r.output
 
@@ -570,52 +569,6 @@ def test_random_contrast_lowers_contrast_within_range():
     # away from the clip bounds the change is a per-band affine map with one shared factor < 1
     c = np.corrcoef(img[0].ravel(), out[0].ravel())[0, 1]
     assert c > 0.95
-
-
-def test_random_grey_objects_recolours_inside_boxes_only():
-    from geors.train.augment import random_grey_objects
-
-    rng = np.random.default_rng(0)
-    img = np.zeros((3, 64, 64), np.float32)
-    img[0], img[1], img[2] = 0.1, 0.5, 0.2  # green ground
-    boxes = np.array([[8, 8, 28, 28], [36, 36, 60, 56]], np.float32)
-    # off: the same array, and the random stream is untouched (existing seeds train as before)
-    r = np.random.default_rng(5)
-    assert random_grey_objects(img, boxes, r, 0.0) is img
-    assert r.random() == np.random.default_rng(5).random()
-    out = random_grey_objects(img, boxes, rng, 1.0)
-    assert out.shape == img.shape and out.dtype == np.float32 and out.min() >= 0 and out.max() <= 1
-    assert img[1, 18, 18] == 0.5  # the input is not modified
-    for x1, y1, x2, y2 in boxes.astype(int):
-        cy, cx = (y1 + y2) // 2, (x1 + x2) // 2
-        centre = out[:, cy, cx]
-        assert np.ptp(centre) < 1e-6  # grey: all bands equal
-        assert centre[0] >= img[:, cy, cx].mean() - 1e-6  # not darker than the band mean
-        assert np.array_equal(out[:, y1, x1], img[:, y1, x1])  # box corner: outside the inscribed ellipse
-    outside = np.ones((64, 64), bool)
-    for x1, y1, x2, y2 in boxes.astype(int):
-        outside[y1:y2, x1:x2] = False
-    assert np.array_equal(out[:, outside], img[:, outside])
-    # the edge is blended: between the centre and the rim the colour is part-way
-    mid = out[:, 18, 26]  # 8 px right of the first box's centre, radius 10: inside, in the outer third
-    assert 0 < np.ptp(mid) < np.ptp(img[:, 18, 26])
-
-
-def test_grey_objects_reaches_the_training_crops():
-    """``TrainConfig.grey_objects`` / ``--grey-objects`` turn object centres grey in the sampled crops."""
-    img = np.zeros((3, 96, 96), np.float32)
-    img[1] = 0.6
-    tile = TrainTile(img, np.array([[40, 40, 56, 56]], np.float32), np.zeros(1, np.int64))
-    imgs, boxes, _ = sample_batch([tile], 8, 48, np.random.default_rng(0), pos_fraction=1.0, grey_objects=1.0)
-    whole = [(im, bx[0]) for im, bx in zip(imgs, boxes, strict=True) if len(bx) and np.ptp(bx[0, 2:] - bx[0, :2]) == 0
-             and bx[0, 2] - bx[0, 0] == 16]  # crops holding the whole square
-    assert len(whole) >= 3
-    for im, (x1, y1, x2, y2) in whole:
-        c = im[:, int((y1 + y2) / 2), int((x1 + x2) / 2)]
-        assert np.ptp(c) < 1e-6 and c[0] > 0.15
-    plain, pboxes, _ = sample_batch([tile], 8, 48, np.random.default_rng(0), pos_fraction=1.0)
-    assert all(np.ptp(p[:, int((b[0, 1] + b[0, 3]) / 2), int((b[0, 0] + b[0, 2]) / 2)]) > 0.5
-               for p, b in zip(plain, pboxes, strict=True) if len(b))
 
 
 def test_gate_only_training_leaves_detections_unchanged(tmp_path):

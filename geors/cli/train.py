@@ -51,9 +51,6 @@ def _detector_options(f):
                      help="Contrast / brightness jitter strength (0 = off)."),
         click.option("--saturation-jitter", type=click.FloatRange(0), default=0.0, show_default=True,
                      help="Colour saturation jitter strength (1 = from grey to twice the saturation)."),
-        click.option("--grey-objects", type=click.FloatRange(0, 1), default=0.0, show_default=True,
-                     help="Share of the labelled objects recoloured grey and brighter inside their boxes, so a "
-                          "class learned from live green crowns also finds grey dead ones (0 = off)."),
         click.option("--ema", type=click.FloatRange(0, 1, max_open=True), default=0.0, show_default=True,
                      help="Keep and validate an exponential moving average of the weights with this decay "
                           "(e.g. 0.99; 0 = off)."),
@@ -125,8 +122,7 @@ def _parse_scales(ctx, param, value):
 
 @handle_errors
 def _train(scenes, labels, empty_scenes, init_from, class_field, rename_class, gsd, epochs, steps_per_epoch,
-           batch_size, crop, lr, warmup, scales, color_jitter, contrast_jitter, saturation_jitter, grey_objects, ema,
-           train_only,
+           batch_size, crop, lr, warmup, scales, color_jitter, contrast_jitter, saturation_jitter, ema, train_only,
            assigner, empty_negatives, empty_negatives_from, gate_scale, gate_pool, gate_recall, val_fraction, patience, max_minutes,
            device, seed, split_seed, allow_ungeoreferenced, name, output, tile_size, overlap, bands) -> None:
     """Train the R2-CNN gate + detector (one network; `gate` and `detector` train the same model).
@@ -176,7 +172,7 @@ def _train(scenes, labels, empty_scenes, init_from, class_field, rename_class, g
                       gate_recall=gate_recall, val_fraction=val_fraction, patience=patience or None,
                       warmup_steps=warmup, init_from=init_from, train_only=train_only, scales=scales,
                       color_jitter=color_jitter, contrast_jitter=contrast_jitter,
-                      saturation_jitter=saturation_jitter, grey_objects=grey_objects, ema_decay=ema,
+                      saturation_jitter=saturation_jitter, ema_decay=ema,
                       empty_negatives=empty_negatives, empty_negatives_from=empty_negatives_from,
                       max_seconds=max_minutes * 60 if max_minutes else None)
     model, meta = train_detector(tiles, classes, cfg, meta={

@@ -1,4 +1,4 @@
-"""Augmentation for training tiles: flips and 90° rotations, photometric jitter.
+"""Geometric augmentation for training tiles: flips and 90° rotations.
 
 Images are ``(C, H, W)`` arrays, boxes ``(N, 4)`` ``x1, y1, x2, y2`` in tile
 pixels (pixel ``i`` covers ``[i, i + 1)``), so a horizontal flip maps ``x`` to
@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["hflip", "vflip", "rot90", "random_dihedral", "random_photometric", "random_contrast", "random_grey_objects"]
+__all__ = ["hflip", "vflip", "rot90", "random_dihedral"]
 
 
 def hflip(image: np.ndarray, boxes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -82,43 +82,3 @@ def random_contrast(image: np.ndarray, rng: np.random.Generator, strength: float
     factor = float(rng.uniform(1 - strength, 1))
     offset = rng.uniform(-strength / 2, strength / 2, size=(c, 1, 1)).astype(np.float32)
     return np.clip(mean + factor * (image - mean) + offset, 0, 1).astype(np.float32)
-
-
-def random_grey_objects(
-    image: np.ndarray, boxes: np.ndarray, rng: np.random.Generator, fraction: float = 0.0,
-    brightness: tuple[float, float] = (1.0, 1.5),
-) -> np.ndarray:
-    """Recolour a random share of the objects grey and brighter (dead or leafless crowns, bleached roofs).
-
-    Each box is picked with probability ``fraction``; inside the ellipse
-    inscribed in it every band is replaced by the band mean times one gain
-    drawn from ``brightness`` (clipped to ``[0, 1]``), blended into the
-    surroundings over the outer third of the radius so that no hard disc
-    edge marks the object. Outside the ellipses and for the other boxes the
-    image is unchanged, and so are the boxes. A model
-    trained on live, green crowns alone learns colour as a cue and misses
-    grey dead trees of the same shape; this teaches it that an object keeps
-    its class when it loses its colour. ``fraction = 0`` returns the image
-    unchanged without drawing from ``rng``.
-    """
-    if fraction <= 0 or image.shape[0] < 2 or not len(boxes):
-        return image
-    pick = rng.random(len(boxes)) < fraction
-    gains = rng.uniform(brightness[0], brightness[1], size=len(boxes))
-    if not pick.any():
-        return image
-    out = image.copy()
-    _, h, w = image.shape
-    for (x1, y1, x2, y2), g in zip(np.asarray(boxes, np.float64)[pick], gains[pick], strict=True):
-        c0, c1 = max(int(np.floor(x1)), 0), min(int(np.ceil(x2)), w)
-        r0, r1 = max(int(np.floor(y1)), 0), min(int(np.ceil(y2)), h)
-        if c1 <= c0 or r1 <= r0:
-            continue
-        # pixel centres inside the ellipse inscribed in the box
-        yy = (np.arange(r0, r1) + 0.5 - (y1 + y2) / 2) / max((y2 - y1) / 2, 0.5)
-        xx = (np.arange(c0, c1) + 0.5 - (x1 + x2) / 2) / max((x2 - x1) / 2, 0.5)
-        weight = np.clip((1.0 - np.sqrt(yy[:, None] ** 2 + xx[None, :] ** 2)) * 3.0, 0.0, 1.0)
-        win = out[:, r0:r1, c0:c1]
-        grey = np.clip(win.mean(axis=0) * g, 0, 1)
-        win += weight * (grey - win)
-    return out.astype(np.float32, copy=False)

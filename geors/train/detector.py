@@ -45,7 +45,7 @@ from torch import Tensor
 from geors.errors import GeorsError, LabelError
 from geors.models.r2cnn import INFERENCE_FIELDS, R2CNN, R2CNNConfig
 from geors.train.anchors import box_sizes, kmeans_anchor_scales
-from geors.train.augment import random_contrast, random_dihedral, random_grey_objects, random_photometric
+from geors.train.augment import random_contrast, random_dihedral, random_photometric
 
 __all__ = [
     "GATE_TARGET_RECALL",
@@ -111,9 +111,6 @@ class TrainConfig:
         saturation_jitter: strength s of the colour saturation jitter: each
             crop is blended with its grey image by a factor drawn from
             ``[1 - s, 1 + s]`` (0 = grey, 1 = unchanged; 0 = off).
-        grey_objects: share of the objects recoloured grey and brighter inside
-            their boxes (:func:`geors.train.augment.random_grey_objects`: dead or
-            leafless crowns of a class learned from live ones; 0 = off).
         paste_fraction: share of positive crops pasted onto crops of images
             without objects (see :func:`sample_batch`; 0 = off).
         lr, weight_decay, warmup_steps: AdamW with linear warm-up then cosine decay.
@@ -192,7 +189,6 @@ class TrainConfig:
     paste_fraction: float = 0.0
     contrast_jitter: float = 0.0
     saturation_jitter: float = 0.0
-    grey_objects: float = 0.0
     ema_decay: float = 0.0
     lr: float = 2e-3
     weight_decay: float = 1e-4
@@ -276,7 +272,6 @@ def sample_batch(
     paste_fraction: float = 0.0,
     contrast_jitter: float = 0.0,
     saturation_jitter: float = 0.0,
-    grey_objects: float = 0.0,
 ) -> tuple[np.ndarray, list[np.ndarray], list[np.ndarray]]:
     """Draw a balanced batch of augmented crops.
 
@@ -346,7 +341,6 @@ def sample_batch(
                 crop = _paste_on_empty(crop, empty_tiles, side, rng)
         img, bx, ci = crop
         img, bx = random_dihedral(img, bx, rng)
-        img = random_grey_objects(img, bx, rng, grey_objects)
         img = random_photometric(img, rng, color_jitter)
         img = random_contrast(img, rng, contrast_jitter)
         img = _random_saturation(img, rng, saturation_jitter)
@@ -512,8 +506,7 @@ def train_detector(
         for g in opt.param_groups:
             g["lr"] = cfg.lr * _lr_factor(step, total, cfg.warmup_steps)
         imgs, bxs, cids = sample_batch(tiles, cfg.batch_size, cfg.crop_size, rng, cfg.pos_fraction, cfg.scales,
-                                      cfg.color_jitter, cfg.paste_fraction, cfg.contrast_jitter, cfg.saturation_jitter,
-                                      cfg.grey_objects)
+                                      cfg.color_jitter, cfg.paste_fraction, cfg.contrast_jitter, cfg.saturation_jitter)
         x = torch.from_numpy(imgs).to(device)
         targets = [
             {"boxes": torch.from_numpy(b).to(device), "labels": torch.from_numpy(c).to(device)}
