@@ -297,7 +297,8 @@ def test_cli_train_empty_negatives_is_recorded_and_kept_when_fine_tuning(tmp_pat
     assert arch(tmp_path / "off.safetensors") is False
 
 
-@pytest.mark.parametrize("start, expected", [(0.0, [True] * 6), (0.5, [False] * 3 + [True] * 3)])
+@pytest.mark.parametrize("start, expected", [(0.0, [True] * 6), (0.5, [False] * 3 + [True] * 3),
+                                             (0.95, [False] * 5 + [True])])  # rounds to 6 of 6: the last step still
 def test_empty_negatives_warm_up_trains_the_first_share_as_the_paper(monkeypatch, start, expected):
     """``empty_negatives_from``: the first share of the steps leaves empty crops out of the detector loss, the rest
     puts them in; the model file records the configured setting (on), not the state of one step."""

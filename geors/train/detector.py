@@ -167,7 +167,8 @@ class TrainConfig:
             0.031 vs 0.188, held-out 0.086 vs 0.232), hence off for a new model.
         empty_negatives_from: share of the schedule (0-1) trained as in the
             paper before empty crops join the detector loss (with
-            ``empty_negatives`` on; 0 = from the first step). A warm-up: the
+            ``empty_negatives`` on; 0 = from the first step; the last step
+            always has them). A warm-up: the
             detector first learns to find objects, then to stay quiet on
             empty ground. Epochs validated during the warm-up are logged but
             never kept, and early stopping counts only the epochs after it,
@@ -480,10 +481,11 @@ def train_detector(
         raise LabelError("every tile with objects went to the validation split; lower the validation fraction.")
     spe = cfg.steps_per_epoch or max(1, int(math.ceil(len(all_boxes) / max(cfg.batch_size, 1) / 8)))
     total = max(cfg.epochs * spe, 1)
-    # Steps trained as the paper before empty crops join the detector loss (0 without empty negatives).
+    # Steps trained as the paper before empty crops join the detector loss (0 without empty negatives;
+    # at most total - 1, so that a short run still trains its last step, and validates its last epoch, with them).
     # Weights validated in the warm-up are not the training asked for: never kept, and early stopping
     # waits for the first epoch after it.
-    warm_up_end = int(round(cfg.empty_negatives_from * total)) if empty_negatives else 0
+    warm_up_end = min(int(round(cfg.empty_negatives_from * total)), total - 1) if empty_negatives else 0
     if warm_up_end > 0:
         log.info("empty crops join the detector loss from step %d of %d; weights validated before that are "
                  "not kept", warm_up_end + 1, total)
