@@ -150,15 +150,24 @@ def train_command(scenes, labels, class_field, classes, small_classes, backgroun
               help="The scene: its grid and valid pixels (the footprint). Needed when PRED is a GeoPackage.")
 @click.option("--class-field", default=None, help="Class field of polygon TRUTH.")
 @click.option("--classes", default=None, help="Class names of a TRUTH raster's ids (default: its geors_classes tag).")
-@click.option("--background", default=None, help="Class of unlabelled truth pixels (default: ignored).")
+@click.option("--background", default=None,
+              help="Name of the background class: unlabelled truth pixels and PRED's 255 [default: background].")
+@click.option("--ignore-unlabelled", is_flag=True, default=False,
+              help="Leave unlabelled truth pixels out (sparse labels) instead of counting them as background.")
 @click.option("--layer", default="segmentation", show_default=True, help="Layer of a GeoPackage PRED.")
 @click.option("-o", "--output", type=click.Path(dir_okay=False), default=None, help="Also write the JSON here.")
 @handle_errors
-def eval_command(pred, truth, scene, class_field, classes, background, layer, output):
-    """Per-class IoU, F1 and mIoU of PRED (class GeoTIFF or GeoPackage layer) against TRUTH (raster or polygons)."""
+def eval_command(pred, truth, scene, class_field, classes, background, ignore_unlabelled, layer, output):
+    """Per-class IoU, F1 and mIoU of PRED (class GeoTIFF or GeoPackage layer) against TRUTH (raster or polygons).
+
+    Every pixel of the extent counts (the --scene's valid pixels, else all of PRED's grid), background
+    included: PRED's 255 is background, and so are unlabelled truth pixels unless --ignore-unlabelled.
+    mIoU averages the object classes; miou_with_background adds the background.
+    """
     from geors.cli.eval import emit_json
     from geors.evaluate.segmentation import evaluate_segmentation_files
 
     emit_json(evaluate_segmentation_files(pred, truth, scene=scene, truth_class_field=class_field,
-                                          truth_classes=_names(classes) or None, background=background, layer=layer),
+                                          truth_classes=_names(classes) or None, background=background, layer=layer,
+                                          ignore_unlabelled=ignore_unlabelled),
               output)
