@@ -32,6 +32,8 @@ class Instance:
     detection_index: int | None = None  # index into the same TileResult.detections
     class_id: int | None = None
     box_px: tuple[float, float, float, float] | None = None  # tile-local prompt box (ownership by its centre)
+    box_fid: int | None = None  # a given box's id in its file (fid, VOC object or CSV row number)
+    box_attributes: str | None = None  # the given box's attributes, JSON
 
 
 @dataclass
@@ -62,3 +64,5 @@ class TileResult:
     rows: dict[str, list[tuple[dict, object]]] = field(default_factory=dict)
     stage_seconds: dict[str, float] = field(default_factory=dict)  # seconds per step, for the run summary
     message: str = ""
+    # given boxes this tile owns that got no outline: {"box_fid", "reason"} (the summary lists them)
+    unanswered: list[dict] = field(default_factory=list)

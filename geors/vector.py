@@ -91,7 +91,8 @@ LAYERS: dict[str, LayerSchema] = {
     "instances": LayerSchema("MultiPolygon", (
         ("detection_fid", "int"), ("class", "str"), ("class_id", "int"), ("score", "float"),
         ("mask_score", "float"), ("area_m2", "float"), ("mask_method", "str"), ("tile_id", "str"),
-        ("scene", "str"), ("run_id", "str"))),
+        ("scene", "str"), ("run_id", "str"), ("box_fid", "int"), ("box_attributes", "str")),
+        added=("box_fid", "box_attributes")),
     "segmentation": LayerSchema("MultiPolygon", (
         ("class", "str"), ("class_id", "int"), ("area_m2", "float"), ("tile_id", "str"),
         ("scene", "str"), ("run_id", "str"), ("edge", "int")), added=("edge",)),
@@ -838,7 +839,8 @@ class GeoPackageWriter:
                 rows.append({**common, "detection_fid": fid, "class": inst.class_name,
                              "class_id": inst.class_id, "score": None if inst.score is None else float(inst.score),
                              "mask_score": None if inst.mask_score is None else float(inst.mask_score),
-                             "area_m2": float(area), "mask_method": inst.mask_method})
+                             "area_m2": float(area), "mask_method": inst.mask_method,
+                             "box_fid": inst.box_fid, "box_attributes": inst.box_attributes})
             self._insert("instances", rows, [i.geometry for i in res.instances], src)
         if res.segmentation:
             areas = areas_m2([s.geometry for s in res.segmentation], src)
