@@ -119,7 +119,8 @@ class DetectStage:
                 "classes": det.classes, "gate_threshold": self.gate_threshold,
                 "score_threshold": self.score_threshold}
         if self.masks:
-            info.update(mask_engine_info(self.engine))
+            info.update(mask_engine_info(self.engine), simplify_px=self.masks.simplify_px,
+                        multipart=self.masks.multipart)
         return info
 
     def tile_inputs(self, scene: Scene, tiles: Sequence[Tile]) -> None:
@@ -163,6 +164,14 @@ class BoxMasksStage:
     read per scene with :func:`geors.io.labels.read_labels` in the main
     process; :meth:`tile_inputs` hands each batch only its tiles' boxes.
 
+    A box the user gives is always answered: every box that overlaps a scene is
+    clipped to it and outlined by the tile whose core holds its (clipped)
+    centre, also when that centre lies on nodata; its id in the file
+    (``box_fid``) and its attributes (``box_attributes``, JSON) go with the
+    instance. A box that gets no outline (an empty mask), or that no scene
+    holds, is listed by id with the reason in the tile ledger's ``message`` and
+    in the run summary (``TileResult.unanswered``).
+
     Args:
         boxes: path of the boxes/polygons file, a :class:`geors.io.labels.LabelSet` or
             ``(boxes, names)`` arrays in scene pixels (see :func:`geors.io.labels.as_labelset`).
@@ -187,12 +196,15 @@ class BoxMasksStage:
         self._labels: dict[str, object] = {}
         self._owners: dict[str, dict[tuple[int, int], np.ndarray]] = {}
         self._centres: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+        self.unplaced: list[dict] = []  # boxes no scene holds: {"box_fid", "reason"}
+        self._first_scene: str | None = None
 
     def __getstate__(self):
         state = self.__dict__.copy()
         state["_labels"] = {}  # workers get their boxes with each batch, never the whole set
         state["_owners"] = {}
         state["_centres"] = {}
+        state["unplaced"] = []
         if not isinstance(state["boxes"], str):
             state["boxes"] = None
         return state
@@ -204,9 +216,15 @@ class BoxMasksStage:
     def prepare(self, scenes: Sequence[Scene]) -> None:
         from geors.io.labels import as_labelset
 
+        dropped: dict[int, str] | None = None
         for scene in scenes:
-            self._labels[scene.name] = as_labelset(self.boxes, scene, class_field=self.class_field,
-                                                   layer=self.layer)
+            ls = as_labelset(self.boxes, scene, class_field=self.class_field, layer=self.layer, min_visible=0.0)
+            self._labels[scene.name] = ls
+            mine = dict(ls.dropped)
+            # a box counts as unplaced only when no scene holds it
+            dropped = mine if dropped is None else {f: r for f, r in dropped.items() if f in mine}
+        self.unplaced = [{"box_fid": f, "reason": r} for f, r in sorted((dropped or {}).items())]
+        self._first_scene = scenes[0].name if scenes else None
         _ = self.engine
 
     def default_tiling(self) -> tuple[int, int]:
@@ -214,16 +232,23 @@ class BoxMasksStage:
 
     def describe(self) -> dict:
         boxes = self.boxes if isinstance(self.boxes, str) else str(getattr(self.boxes, "source", "<arrays>"))
-        return {"boxes": boxes, "class_field": self.class_field, "simplify_px": self.masks.simplify_px,
-                "multipart": self.masks.multipart, **mask_engine_info(self.engine)}
+        from geors.paths import sha256_file
+
+        digest = sha256_file(boxes) if os.path.isfile(boxes) else None  # a changed file of the same name
+        return {"boxes": boxes, "boxes_sha256": digest, "class_field": self.class_field,
+                "simplify_px": self.masks.simplify_px, "multipart": self.masks.multipart,
+                **mask_engine_info(self.engine)}
 
     def n_boxes(self, scene: Scene) -> int:
         return len(self._labels[scene.name])
 
     def tile_inputs(self, scene: Scene, tiles: Sequence[Tile]) -> list:
-        """Per tile: (boxes (K, 4) tile-local, class names, class ids) of the boxes whose centre its core holds."""
+        """Per tile: (boxes (K, 4) tile-local, class names, class ids, box ids, box attributes, unplaced boxes)
+        of the boxes whose centre its core holds; the first tile of the first scene also carries the boxes
+        no scene holds, so that the ledger and the summary list them once."""
         ls = self._labels[scene.name]
         boxes = np.asarray(ls.boxes, dtype=np.float64).reshape(-1, 4)
+        fids = ls.fids if ls.fids is not None else np.arange(1, len(boxes) + 1)
         index = self._bucket_index(scene, tiles[0].size)
         size = tiles[0].size
         out = []
@@ -237,7 +262,10 @@ class BoxMasksStage:
             inside = (cx[idx] >= c0) & (cx[idx] < c1) & (cy[idx] >= r0) & (cy[idx] < r1)
             idx = idx[inside]
             local = boxes[idx] - np.array([t.col_off, t.row_off] * 2, dtype=np.float64)
-            out.append((local, [str(ls.class_names[i]) for i in idx], [int(ls.class_ids[i]) for i in idx]))
+            attrs = [ls.attributes[i] for i in idx] if ls.attributes is not None else [None] * len(idx)
+            first = scene.name == self._first_scene and t.row == 0 and t.col == 0
+            out.append((local, [str(ls.class_names[i]) for i in idx], [int(ls.class_ids[i]) for i in idx],
+                        [int(fids[i]) for i in idx], attrs, list(self.unplaced) if first else []))
         return out
 
     def _bucket_index(self, scene: Scene, size: int) -> dict[tuple[int, int], np.ndarray]:
@@ -259,19 +287,38 @@ class BoxMasksStage:
         results = []
         for k, tile in enumerate(batch.tiles):
             t0 = time.perf_counter()
-            boxes, names, ids = batch.inputs[k]
+            boxes, names, ids, fids, attrs, unplaced = batch.inputs[k]
             dets = [Detection(None, n, c, 1.0, tuple(float(v) for v in b)) for b, n, c in
                     zip(boxes, names, ids, strict=True)]
             instances = _mask_instances(batch, k, dets, self.engine, self.masks) if dets else []
+            outlined = set()
             for inst in instances:  # given boxes, not detections: no detection link, no detector score
-                inst.box_px = dets[inst.detection_index].box_px
+                i = inst.detection_index
+                outlined.add(i)
+                inst.box_px = dets[i].box_px
+                inst.box_fid, inst.box_attributes = fids[i], attrs[i]
                 inst.detection_index = None
                 inst.score = None
+            unanswered = [{"box_fid": fids[i], "reason": "empty mask"} for i in range(len(dets))
+                          if i not in outlined] + list(unplaced)
             res = TileResult(batch.scene.name, tile.id, tile.window, "done", instances=instances,
-                             stage_seconds={"masks": time.perf_counter() - t0})
+                             stage_seconds={"masks": time.perf_counter() - t0}, unanswered=unanswered,
+                             message=unanswered_message(unanswered))
             res.seconds = res.stage_seconds["masks"]
             results.append(res)
         return results
+
+
+def unanswered_message(unanswered: Sequence[dict], n: int = 20) -> str:
+    """The ledger message for given boxes without an outline: ids grouped by reason."""
+    by_reason: dict[str, list[int]] = defaultdict(list)
+    for u in unanswered:
+        by_reason[u["reason"]].append(u["box_fid"])
+    parts = []
+    for reason, ids in by_reason.items():
+        shown = ", ".join(str(i) for i in ids[:n]) + (f" and {len(ids) - n} more" if len(ids) > n else "")
+        parts.append(f"no outline for box{'es' if len(ids) > 1 else ''} {shown} ({reason})")
+    return "; ".join(parts)
 
 
 class TileInfoStage:
