@@ -70,8 +70,10 @@ class LabelRasterReport:
         path: the label raster.
         instance_path: the instance-id raster, or None.
         classes: class name -> id used.
-        n_boxes: boxes read.
-        n_empty: boxes whose mask was empty (nothing painted).
+        n_boxes: boxes read from the file (also those no outline answers).
+        n_empty: boxes that overlap the scene but got no outline (an empty mask; nothing painted).
+        unanswered: every box without an outline, by id in its file, with the reason
+            (``empty mask``, ``outside the scene``, ...) and its attributes (JSON) when known.
         mask_method: the engine's ``mask_method`` value.
         labelled_pixels: pixels with a class id (not 255).
     """
@@ -86,6 +88,7 @@ class LabelRasterReport:
     order: str = "larger_first"
     masks_path: Path | None = None
     summary: object = None  # the masks run's geors.pipeline.RunSummary
+    unanswered: list[dict] | None = None
 
     def to_dict(self) -> dict:
         return {
@@ -98,6 +101,7 @@ class LabelRasterReport:
             "labelled_pixels": self.labelled_pixels,
             "order": self.order,
             "masks_path": str(self.masks_path) if self.masks_path else None,
+            "boxes_unanswered": self.unanswered or [],
         }
 
 
@@ -239,19 +243,34 @@ def write_label_raster(
     # class ids must be decidable before the long part runs
     from geors.io.labels import as_labelset
 
-    ls = as_labelset(boxes, scene, class_field=class_field, layer=layer)
+    ls = as_labelset(boxes, scene, class_field=class_field, layer=layer, min_visible=0.0)
     _, mapping = _class_ids([str(n) for n in ls.class_names], class_map)
     stage = BoxMasksStage(ls, config.masks, device=config.execution.device)
     summary = process_scenes([scene], masks_path, stage, config, progress=progress, cancel=cancel, command="label")
     report = rasterize_instances(scene, masks_path, out_path, mapping, inst_path, order, block)
     n_written = report.n_boxes  # instances of this scene in the masks GeoPackage
-    report.n_boxes = len(ls)
+    report.n_boxes = len(ls) + len(ls.dropped)
     report.n_empty = max(0, len(ls) - n_written)
-    if report.n_empty:
-        log.warning("%d of %d boxes gave an empty mask and were not painted", report.n_empty, len(ls))
+    report.unanswered = _unanswered(ls, summary)
+    if report.unanswered:
+        from geors.stages import unanswered_message
+
+        log.warning("%d of %d boxes got no outline and were not painted: %s", len(report.unanswered),
+                    report.n_boxes, unanswered_message(report.unanswered, n=10))
     report.summary = summary
     report.masks_path = masks_path
     return report
+
+
+def _unanswered(ls, summary) -> list[dict]:
+    """Boxes without an outline: left out for the scene (by reason) and those this run found no mask for."""
+    out = {int(f): {"box_fid": int(f), "reason": r, "attributes": None} for f, r in ls.dropped}
+    attrs = dict(zip((int(f) for f in ls.fids), ls.attributes, strict=True)) if (
+        ls.fids is not None and ls.attributes is not None) else {}
+    for u in getattr(summary, "boxes_unanswered", None) or []:
+        f = int(u["box_fid"])
+        out.setdefault(f, {"box_fid": f, "reason": u["reason"], "attributes": attrs.get(f)})
+    return [out[f] for f in sorted(out)]
 
 
 def rasterize_instances(scene, masks_path: Path, out_path: Path, mapping: dict[str, int],

@@ -57,7 +57,9 @@ def apply_seams(tile: Tile, image, result, classes: tuple[str, ...] = ()):
       lies on valid pixels (a box centred on nodata or padding is an artefact
       of the border);
     - instances: kept with their detection (``detection_index`` remapped), or,
-      for box-prompted instances without a detection, by their own ``box_px``;
+      for box-prompted instances without a detection, when the tile's core
+      holds the centre of their own ``box_px`` (the box was given by the user:
+      it is outlined even when its centre lies on nodata);
     - class raster: clipped to the core and polygonised (``segment_polygons``);
       polygons along inner core edges are marked for the dissolve across cores.
 
@@ -88,8 +90,9 @@ def apply_seams(tile: Tile, image, result, classes: tuple[str, ...] = ()):
                 inst.detection_index = remap[inst.detection_index]
                 kept_instances.append(inst)
         elif inst.box_px is not None:
+            # a box the user gave is outlined wherever its centre lies (nodata included): only ownership
             b = np.asarray(inst.box_px, dtype=np.float64)[None]
-            if owned_mask(tile, b)[0] and on_valid(valid, b)[0]:
+            if owned_mask(tile, b)[0]:
                 kept_instances.append(inst)
         else:
             kept_instances.append(inst)

@@ -35,6 +35,8 @@ class RunSummary:
     stage_seconds: dict[str, float] = field(default_factory=dict)
     crs: str = ""
     reprojected_scenes: list[str] = field(default_factory=list)
+    # given boxes (geors masks / label) without an outline: {"scene", "tile_id", "box_fid", "reason"}
+    boxes_unanswered: list[dict] = field(default_factory=list)
     extra: dict = field(default_factory=dict)  # command-specific results (e.g. the label raster written)
 
     @property
@@ -75,6 +77,11 @@ class RunSummary:
             out.append(f"  reprojected into {self.crs}: {', '.join(self.reprojected_scenes)}")
         for s in self.scenes_skipped:
             out.append(f"  skipped {s['path']}: {s['reason']}")
+        if self.boxes_unanswered:
+            from geors.stages import unanswered_message
+
+            out.append(f"  {len(self.boxes_unanswered)} given box(es) without an outline: "
+                       + unanswered_message(self.boxes_unanswered, n=10))
         return out
 
 
@@ -93,3 +100,4 @@ def tally(summary: RunSummary, results: list[TileResult]) -> None:
             summary.fallbacks += i.mask_method.endswith(":fallback")
         for k, v in r.stage_seconds.items():
             summary.stage_seconds[k] = summary.stage_seconds.get(k, 0.0) + v
+        summary.boxes_unanswered += [{"scene": r.scene, "tile_id": r.tile_id, **u} for u in r.unanswered]

@@ -23,12 +23,18 @@ x = column, y = row, origin at the top-left corner of the top-left pixel.
 A box that lies partly outside the scene (or a tile) is clipped to it and kept
 only when at least half of its area is visible (``MIN_VISIBLE``): a detector
 cannot learn from a sliver, and a tile holding less than half of an object is
-not asked to find it. Every problem a user can fix raises
+not asked to find it. Boxes given as prompts (``geors masks``, ``geors label``)
+are read with ``min_visible=0``: every box that overlaps the scene is clipped
+and outlined. Every box keeps its id in its file (``LabelSet.fids``: the OGR
+feature id, the VOC ``<object>`` number or the CSV data row number, from 1) and
+its attributes (``LabelSet.attributes``); boxes left out are listed with the
+reason (``LabelSet.dropped``). Every problem a user can fix raises
 :class:`geors.errors.LabelError` naming the file and what to do.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import xml.etree.ElementTree as ET
@@ -69,6 +75,9 @@ class LabelSet:
         class_ids: ``(N,)`` int64 index of each box's class in ``classes``.
         classes: class names; ``classes[i]`` has id ``i``.
         source: the label file.
+        fids: ``(N,)`` int64 id of each box in its file (OGR fid, VOC object or CSV row number), or None.
+        attributes: per box, its attributes as JSON text (vector files and CSV), or None.
+        dropped: ``(id, reason)`` of the boxes of the file left out for this scene.
     """
 
     boxes: np.ndarray
@@ -76,6 +85,9 @@ class LabelSet:
     class_ids: np.ndarray
     classes: tuple[str, ...]
     source: Path
+    fids: np.ndarray | None = None
+    attributes: tuple[str | None, ...] | None = None
+    dropped: tuple[tuple[int, str], ...] = ()
 
     def __len__(self) -> int:
         return len(self.boxes)
@@ -106,6 +118,7 @@ def read_labels(
     class_field: str | None = None,
     class_map: Mapping[str, int] | Sequence[str] | None = None,
     layer: str | None = None,
+    min_visible: float = MIN_VISIBLE,
 ) -> LabelSet:
     """Read boxes for ``scene`` from a vector file, Pascal VOC XML or CSV.
 
@@ -121,6 +134,8 @@ def read_labels(
             position) or a mapping name -> id with ids ``0..K-1``. Labels of
             other classes are an error. Default: the sorted unique names.
         layer: layer of a multi-layer vector file (default: the first).
+        min_visible: least share of a box's area inside the scene for it to be kept (clipped);
+            0 keeps every box that overlaps the scene (prompts for masks).
 
     Returns:
         The boxes inside the scene, in scene pixels.
@@ -136,24 +151,31 @@ def read_labels(
     if path.is_dir() and path.suffix.lower() != ".gdb":
         raise LabelError(f"{path}: is a directory; pass a label file (GeoPackage, GeoJSON, Shapefile, VOC XML or CSV).")
     suffix = path.suffix.lower()
+    dropped: list[tuple[int, str]] = []
     if suffix == ".xml":
         boxes, names = _read_voc(path, scene)
+        fids, attrs = np.arange(1, len(boxes) + 1, dtype=np.int64), None
     elif suffix == ".csv" and is_pixel_csv(path):
-        boxes, names = _read_pixel_csv(path, scene, class_field)
+        boxes, names, fids, attrs = _read_pixel_csv(path, scene, class_field)
     else:
-        boxes, names = _read_vector(path, scene, class_field, layer)
+        boxes, names, fids, attrs, dropped = _read_vector(path, scene, class_field, layer)
     n_read = len(boxes)
-    boxes, keep = clip_boxes(boxes, (0.0, 0.0, float(scene.width), float(scene.height)))
+    boxes, keep = clip_boxes(boxes, (0.0, 0.0, float(scene.width), float(scene.height)), min_visible)
     names = [n for n, k in zip(names, keep, strict=True) if k]
+    reason = "outside the scene" if min_visible <= 0 else "outside the scene or less than half inside"
+    dropped += [(int(f), reason) for f in fids[~keep]]
+    fids = fids[keep]
+    if attrs is not None:
+        attrs = tuple(a for a, k in zip(attrs, keep, strict=True) if k)
     if len(boxes) == 0:
         raise LabelError(
             f"{path}: all {n_read} labels fall outside the scene bounds of {getattr(scene, 'name', scene)} "
-            f"({scene.width} x {scene.height} px) or are less than half inside; check the CRS of the labels "
-            "and that they belong to this scene."
+            f"({scene.width} x {scene.height} px)" + (" or are less than half inside" if min_visible > 0 else "")
+            + "; check the CRS of the labels and that they belong to this scene."
         )
     if len(boxes) < n_read:
-        log.warning("%s: %d of %d labels are outside the scene or less than half inside; dropped",
-                    path, n_read - len(boxes), n_read)
+        log.warning("%s: %d of %d labels are %s; left out (ids %s)", path, n_read - len(boxes), n_read,
+                    reason, _ids_text([f for f, _ in dropped]))
     classes, ids = _class_ids(path, names, class_map)
     return LabelSet(
         boxes=boxes,
@@ -161,7 +183,32 @@ def read_labels(
         class_ids=ids,
         classes=classes,
         source=path,
+        fids=fids,
+        attributes=attrs,
+        dropped=tuple(dropped),
     )
+
+
+def _ids_text(ids: Sequence[int], n: int = 10) -> str:
+    ids = list(ids)
+    return ", ".join(str(i) for i in ids[:n]) + (f" and {len(ids) - n} more" if len(ids) > n else "")
+
+
+def _attributes_json(df) -> tuple[str, ...]:
+    """Each row's attributes as JSON text (values JSON cannot hold become strings; missing ones null)."""
+    cols = [c for c in df.columns if c != "geometry"]
+    return tuple(json.dumps({str(c): _json_value(v) for c, v in zip(cols, row, strict=True)}, default=str)
+                 for row in df[cols].itertuples(index=False, name=None))
+
+
+def _json_value(v):
+    import pandas as pd
+
+    if isinstance(v, np.generic):
+        v = v.item()
+    if v is None or v is pd.NaT or (isinstance(v, float) and v != v):
+        return None
+    return v
 
 
 def clip_boxes(boxes: np.ndarray, bounds: tuple[float, float, float, float],
@@ -209,7 +256,7 @@ def _matches_scene(image_path: str, scene) -> bool:
     return img == name or Path(img).stem == Path(name).stem
 
 
-def _read_pixel_csv(path: Path, scene, class_field: str | None) -> tuple[np.ndarray, list[str]]:
+def _read_pixel_csv(path: Path, scene, class_field: str | None):
     import pandas as pd
 
     try:
@@ -218,6 +265,7 @@ def _read_pixel_csv(path: Path, scene, class_field: str | None) -> tuple[np.ndar
         raise LabelError(f"{path}: cannot parse the CSV ({exc}). Expected columns "
                          "image_path,xmin,ymin,xmax,ymax,label.") from None
     df.columns = [str(c).strip() for c in df.columns]
+    df.index = np.arange(1, len(df) + 1)  # the data row number is the box's id
     lower = {c.lower(): c for c in df.columns}
     if len(df) == 0:
         raise LabelError(f"{path}: the CSV has a header but no label rows; add boxes or pass another file.")
@@ -255,7 +303,7 @@ def _read_pixel_csv(path: Path, scene, class_field: str | None) -> tuple[np.ndar
     real = ~np.all(boxes == 0, axis=1)
     boxes, names_list = boxes[real], [n for n, r in zip(names_list, real, strict=True) if r]
     _check_boxes(path, boxes)
-    return boxes, names_list
+    return boxes, names_list, df.index.to_numpy(np.int64)[real], _attributes_json(df[real])
 
 
 def _read_voc(path: Path, scene) -> tuple[np.ndarray, list[str]]:
@@ -298,12 +346,18 @@ def _check_boxes(path: Path, boxes: np.ndarray) -> None:
                          f"(first: {boxes[i].tolist()}); boxes must be xmin,ymin,xmax,ymax in pixels.")
 
 
-def _read_vector(path: Path, scene, class_field: str | None, layer: str | None) -> tuple[np.ndarray, list[str]]:
+def _read_vector(path: Path, scene, class_field: str | None, layer: str | None):
+    import warnings
+
     import pyogrio
     import shapely
 
     try:
-        gdf = pyogrio.read_dataframe(path, layer=layer)
+        with warnings.catch_warnings():
+            # pyogrio warns when it meets a layer of a geors output (several layers, or a non-spatial table
+            # listed first); the layer read is named in our own messages
+            warnings.simplefilter("ignore", UserWarning)
+            gdf = pyogrio.read_dataframe(path, layer=layer, fid_as_index=True)
     except Exception as exc:  # pyogrio raises several GDAL-backed types
         raise LabelError(f"{path}: cannot read it as a vector file ({exc}). Pass a GeoPackage, GeoJSON, "
                          "Shapefile, Pascal VOC XML or CSV with xmin,ymin,xmax,ymax columns.") from None
@@ -316,8 +370,10 @@ def _read_vector(path: Path, scene, class_field: str | None, layer: str | None) 
     valid = ~(shapely.is_missing(geoms) | shapely.is_empty(geoms))
     if not valid.any():
         raise LabelError(f"{path}: all {len(gdf)} features have empty geometries.")
+    dropped = [(int(f), "no geometry") for f in gdf.index[~valid]]
     if (~valid).any():
-        log.warning("%s: %d features without geometry skipped", path, int((~valid).sum()))
+        log.warning("%s: %d features without geometry skipped (ids %s)", path, int((~valid).sum()),
+                    _ids_text([f for f, _ in dropped]))
         gdf = gdf[valid]
 
     fields = [c for c in gdf.columns if c != "geometry"]
@@ -365,11 +421,17 @@ def _read_vector(path: Path, scene, class_field: str | None, layer: str | None) 
     if degenerate.all():
         raise LabelError(f"{path}: no feature has an area (points or lines?); labels must be boxes or "
                          "polygons.")
+    fids = gdf.index.to_numpy(np.int64)
+    attrs = _attributes_json(gdf)
     if degenerate.any():
-        log.warning("%s: %d point/line features without area skipped", path, int(degenerate.sum()))
+        dropped += [(int(f), "no area (a point or line)") for f in fids[degenerate]]
+        log.warning("%s: %d point/line features without area skipped (ids %s)", path, int(degenerate.sum()),
+                    _ids_text(fids[degenerate]))
         boxes = boxes[~degenerate]
         names = [n for n, d in zip(names, degenerate, strict=True) if not d]
-    return boxes, names
+        attrs = tuple(a for a, d in zip(attrs, degenerate, strict=True) if not d)
+        fids = fids[~degenerate]
+    return boxes, names, fids, attrs, dropped
 
 
 def reproject_labels(path: Path, geoms: np.ndarray, src, dst) -> np.ndarray:
@@ -418,14 +480,16 @@ def _class_ids(path: Path, names: list[str], class_map) -> tuple[tuple[str, ...]
     return classes, np.asarray([index[n] for n in names], dtype=np.int64)
 
 
-def as_labelset(boxes, scene, class_field: str | None = None, layer: str | None = None) -> LabelSet:
+def as_labelset(boxes, scene, class_field: str | None = None, layer: str | None = None,
+                min_visible: float = MIN_VISIBLE) -> LabelSet:
     """Boxes of ``scene`` from a label file path, a :class:`LabelSet`, or ``(boxes, names)`` arrays.
 
     Arrays are scene pixel boxes ``(N, 4)`` xyxy or rotated corners ``(N, 4, 2)``
-    (which become their RH-box); ``names`` may be None (every box class ``"0"``).
+    (which become their RH-box); ``names`` may be None (every box class ``"0"``); their ids are their
+    positions from 1. ``min_visible``: see :func:`read_labels`.
     """
     if isinstance(boxes, str | os.PathLike):
-        return read_labels(boxes, scene, class_field=class_field, layer=layer)
+        return read_labels(boxes, scene, class_field=class_field, layer=layer, min_visible=min_visible)
     if isinstance(boxes, LabelSet):
         return boxes
     if isinstance(boxes, tuple) and len(boxes) == 2:
@@ -438,5 +502,5 @@ def as_labelset(boxes, scene, class_field: str | None = None, layer: str | None 
             raise LabelError(f"{len(b)} boxes but {len(names)} class names")
         classes = tuple(sorted(set(names)))
         ids = np.array([classes.index(n) for n in names], dtype=np.int64)
-        return LabelSet(b, tuple(names), ids, classes, Path("<arrays>"))
+        return LabelSet(b, tuple(names), ids, classes, Path("<arrays>"), fids=np.arange(1, len(b) + 1))
     raise LabelError("boxes must be a label file path, a LabelSet or a (boxes, names) tuple")
