@@ -60,6 +60,7 @@ class Executor:
                                                         silence_logs=logging.ERROR)
                 self.client = distributed.Client(self.cluster)
             elif isinstance(sched, str):
+                _probe_scheduler(sched)
                 try:
                     self.client = distributed.Client(sched, timeout="20s")
                     self.own_client = True
@@ -89,6 +90,25 @@ class Executor:
             self.client.close()
         if self.cluster is not None:
             self.cluster.close(timeout=30)
+
+
+def _probe_scheduler(address: str, timeout_s: float = 5.0) -> None:
+    """Refuse at once a ``tcp://HOST:PORT`` where nothing listens (the Dask client would retry for 20 s)."""
+    import socket
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(address)
+    try:
+        port = parts.port
+    except ValueError:
+        raise ConfigError(f"--scheduler {address}: the port is not a number; give tcp://HOST:PORT") from None
+    if parts.scheme not in ("tcp", "tls") or not parts.hostname or not port:
+        return  # other transports: the client says what is wrong
+    try:
+        socket.create_connection((parts.hostname, port), timeout=timeout_s).close()
+    except OSError as exc:
+        raise ConfigError(f"--scheduler {address}: cannot reach a Dask scheduler there ({exc.strerror or exc}). "
+                          "Start it first (dask scheduler), or leave --scheduler out to run here.") from None
 
 
 def with_batch_size(config: PipelineConfig) -> PipelineConfig:

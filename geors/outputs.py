@@ -19,13 +19,22 @@ from geors.stage import Stage
 __all__ = ["read_output_state", "result_key", "check_continuation", "resolve_outputs", "check_raster_output",
            "RESUME_KEYS"]
 
-# Result-affecting provenance keys compared on --resume, and the option a user changes for each.
+# The option a user changes for each result-affecting key (the key is everything the stage describes, except
+# the provenance-only keys below); a key not listed here is named as it is.
 RESUME_KEYS = {
-    "stage": "the command", "tile_size": "--tile", "overlap": "--overlap", "bands": "--bands",
-    "model_sha256": "--model", "gate_threshold": "--gate-threshold / --no-gate",
-    "score_threshold": "--score-threshold", "mask_method": "--sam", "segmenter_sha256": "--segmenter",
-    "boxes": "--boxes", "simplify_px": "--simplify", "multipart": "--all-parts",
+    "stage": "the command", "layers": "the command (geors detect writes detections; geors run with --sam also "
+    "instances)", "tile_size": "--tile", "overlap": "--overlap", "bands": "--bands",
+    "model": "--model", "model_sha256": "--model (the file's content)", "classes": "--model (its class names)",
+    "gate_threshold": "--gate-threshold / --no-gate", "score_threshold": "--score-threshold",
+    "mask_method": "--sam", "mask_checkpoint_sha256": "--sam (the SAM checkpoint's content)",
+    "segmenter": "--segmenter", "segmenter_sha256": "--segmenter (the file's content)",
+    "segmenter_classes": "--segmenter (its class names)", "segmenter_colours": "--segmenter (its colours)",
+    "boxes": "--boxes", "boxes_sha256": "--boxes (the file's content)", "class_field": "--class-field",
+    "simplify_px": "--simplify", "multipart": "--all-parts", "with_stats": "--no-stats",
 }
+
+# Provenance that does not change what is written: where a file was found (its content is keyed by sha256).
+_NOT_RESULT_KEYS = frozenset({"model_path", "mask_checkpoint", "segmenter_path"})
 
 
 def read_output_state(path: Path) -> dict:
@@ -71,23 +80,29 @@ def read_output_state(path: Path) -> dict:
     return state
 
 
-def _flat(d: dict) -> dict:
+def _flat(info: dict, stage: Stage) -> dict:
+    """One level: a stage group describes each of its stages under the stage's name."""
+    names = {s.name for s in getattr(stage, "stages", ())}
     out = {}
-    for k, v in d.items():
-        if isinstance(v, dict) and k not in ("classes",):
-            out.update(_flat(v))
+    for k, v in info.items():
+        if k in names and isinstance(v, dict):
+            out.update(v)
         else:
             out[k] = v
     return out
 
 
-def result_key(stage: Stage, tiling: tuple[int, int], bands) -> dict:
-    """The result-affecting facts of a run (recorded; compared on ``--resume``)."""
-    info = _flat(stage.describe())
-    key = {"stage": stage.name, "tile_size": tiling[0], "overlap": tiling[1],
+def result_key(stage: Stage, tiling: tuple[int, int], bands, info: dict | None = None) -> dict:
+    """The result-affecting facts of a run (recorded; compared on ``--resume``): the stage and the layers it
+    writes, the tiling, the bands, and everything the stage describes (``info``: its ``describe()``, computed
+    once per run by the caller because it hashes model files) except where files were found.
+
+    Values are as JSON gives them back (tuples as lists), so a recorded key compares equal to a new one."""
+    info = _flat(stage.describe() if info is None else info, stage)
+    key = {"stage": stage.name, "layers": list(stage.layers), "tile_size": tiling[0], "overlap": tiling[1],
            "bands": list(bands) if bands else None}
-    key.update({k: info.get(k) for k in RESUME_KEYS if k in info})
-    return key
+    key.update({k: v for k, v in info.items() if k not in _NOT_RESULT_KEYS and k not in key})
+    return json.loads(json.dumps(key, default=str))
 
 
 def check_continuation(path: Path, state: dict, scenes: list[Scene], fingerprints: dict, key: dict,
@@ -126,10 +141,16 @@ def _check_recorded(path: Path, scene: Scene, last: dict, fingerprints: dict, ke
             f"{path}: --resume: scene {scene.name} ({scene.path}) is not the raster this output was made "
             f"from ({rec_scene.get('path')}): size, grid, CRS or content differ. Use the same file, "
             "or write to another output.")
-    old = last["config"].get("result_key") or {}
-    diff = [k for k in key if k in old and old[k] != key[k]]
+    old = last["config"].get("result_key")
+    if old is None:  # recorded by a geors that kept no options: the ledger's tile windows are compared
+        return
+    missing = object()
+    diff = [k for k in dict.fromkeys([*old, *key]) if old.get(k, missing) != key.get(k, missing)]
     if diff:
-        what = "; ".join(f"{RESUME_KEYS.get(k, k)}: was {old[k]!r}, now {key[k]!r}" for k in diff)
+        def shown(d, k):
+            return repr(d[k]) if k in d else "not recorded" if d is old else "not set"
+
+        what = "; ".join(f"{RESUME_KEYS.get(k, k)}: was {shown(old, k)}, now {shown(key, k)}" for k in diff)
         raise OutputError(
             f"{path}: --resume with other options than run {last['run_id']} would mix two results in one "
             f"file ({what}). Resume with the same options, or write to another output.")

@@ -194,7 +194,8 @@ def process_scenes(
     overlap = tiling.overlap if tiling.overlap is not None else min(default_overlap, size // 2)
     grids = {s.name: TileGrid(s, size, overlap) for s in opened}  # validates overlap < tile
     check_memory(size, config.execution)
-    key = result_key(stage, (size, overlap), tiling.bands)
+    models = stage.describe()  # once per run: it hashes the model and checkpoint files
+    key = result_key(stage, (size, overlap), tiling.bands, models)
     fingerprints = {s.name: scene_fingerprint(s) for s in opened}
     targets = resolve_outputs(Path(out), opened, config.output.per_scene)
     rasters = _raster_outputs(config, opened, targets)
@@ -203,17 +204,23 @@ def process_scenes(
         check_continuation(p, st, [s for s in opened if targets[s.name] == p], fingerprints, key,
                            config.output.resume, config.output.overwrite, grids)
 
+    # the executor is a check too: an unreachable --scheduler is refused before the output is touched (and
+    # before --overwrite deletes anything)
+    executor = Executor(config.execution)
+
     # ---- from here on the output is touched
-    if config.output.per_scene:
-        Path(out).mkdir(exist_ok=True)
-    models = stage.describe()
-    out_crs = {}
     writers: dict[Path, GeoPackageWriter] = {}
-    for p in dict.fromkeys(targets.values()):
-        first = next(s for s in opened if targets[s.name] == p)
-        crs = config.output.crs or first.crs
-        writers[p] = GeoPackageWriter(p, crs, layers=stage.layers)
-        out_crs[p] = writers[p].crs
+    try:
+        if config.output.per_scene:
+            Path(out).mkdir(exist_ok=True)
+        for p in dict.fromkeys(targets.values()):
+            first = next(s for s in opened if targets[s.name] == p)
+            writers[p] = GeoPackageWriter(p, config.output.crs or first.crs, layers=stage.layers)
+    except BaseException:
+        executor.close()
+        for w in writers.values():
+            w.close()
+        raise
     run_id = next(iter(writers.values())).run_id
     summary = RunSummary(run_id=run_id, output=str(out), scenes_skipped=skipped,
                          crs=next(iter(writers.values())).crs.name)
@@ -231,7 +238,6 @@ def process_scenes(
                     "crs": s.crs_name, "stretch": s.stats.to_dict()} for s in opened],
     }
     status = "failed"
-    executor = None
     try:
         for p, w in writers.items():
             # under the writer's creation lock (held until its first commit): a run of the same scene that
@@ -268,7 +274,6 @@ def process_scenes(
                 tiles = todo
             plan.append((s, tiles))
         summary.scenes = len(opened)
-        executor = Executor(config.execution)
         status = _execute(plan, stage, config.execution, executor, writers, targets, summary, progress, cancel,
                           rasters, _model_name(models))
     except (KeyboardInterrupt, Cancelled):
@@ -277,8 +282,7 @@ def process_scenes(
     finally:
         summary.seconds = time.perf_counter() - t_start
         summary.status = status
-        if executor is not None:
-            executor.close()
+        executor.close()
         for w in writers.values():
             try:
                 w.finish_run(status)
