@@ -30,7 +30,11 @@ def command(scene, output, class_map, instances, masks_out, order, **params):
     first by default, so small objects stay visible).
     """
     from geors.label import write_label_raster
+    from geors.paths import check_outputs_not_inputs
     from geors.progress import make_progress
+
+    check_outputs_not_inputs({"-o": output, "--instances": instances, "--masks-out": masks_out},
+                             {"SCENE": scene, "--boxes": params["boxes"], "--class-map": class_map})
 
     params["simplify"] = params.get("simplify") or 0.0
     params["all_parts"] = True
