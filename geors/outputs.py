@@ -13,6 +13,7 @@ import os
 from pathlib import Path
 
 from geors.errors import OutputError
+from geors.paths import check_outputs_not_inputs
 from geors.raster import Scene
 from geors.stage import Stage
 
@@ -169,14 +170,7 @@ def resolve_outputs(out: Path, scenes: list[Scene], per_scene: bool) -> dict[str
         targets = {s.name: out / f"{Path(s.name).stem}.gpkg" for s in scenes}
     else:
         targets = {s.name: out for s in scenes}
-    for s in scenes:
-        t = targets[s.name]
-        try:
-            if t.exists() and Path(s.path).exists() and os.path.samefile(t, s.path):
-                raise OutputError(f"{t}: is the input scene itself; geors never overwrites an input. "
-                                  "Choose another output name.")
-        except OSError:
-            pass
+    check_outputs_not_inputs({"-o": set(targets.values())}, {"SCENES": [s.path for s in scenes]})
     return targets
 
 
@@ -189,9 +183,8 @@ def check_raster_output(out: Path, scene_path, overwrite: bool, option: str = "-
         raise OutputError(f"{out}: {option} must be a GeoTIFF path ending in .tif")
     if out.is_dir():
         raise OutputError(f"{out}: is a directory; give a .tif file path.")
+    check_outputs_not_inputs({option: out}, {"SCENE": scene_path})
     if out.exists():
-        if Path(scene_path).exists() and os.path.samefile(out, scene_path):
-            raise OutputError(f"{out}: is the input scene; geors never overwrites an input. Choose another name.")
         if not overwrite:
             raise OutputError(f"{out}: exists; add --overwrite to replace it, or choose another name.")
     if not os.access(parent, os.W_OK):

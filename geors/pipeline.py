@@ -41,6 +41,7 @@ from geors.outputs import (
     resolve_outputs,
     result_key,
 )
+from geors.paths import check_outputs_not_inputs
 from geors.progress import NullProgress, Progress
 from geors.raster import Scene
 from geors.results import TileResult
@@ -199,6 +200,8 @@ def process_scenes(
     fingerprints = {s.name: scene_fingerprint(s) for s in opened}
     targets = resolve_outputs(Path(out), opened, config.output.per_scene)
     rasters = _raster_outputs(config, opened, targets)
+    check_outputs_not_inputs({"-o": set(targets.values()), "--raster-out": rasters.values()},
+                             _input_files(config, opened, models))
     states = {p: read_output_state(p) for p in set(targets.values())}
     for p, st in states.items():
         check_continuation(p, st, [s for s in opened if targets[s.name] == p], fingerprints, key,
@@ -367,6 +370,24 @@ def _execute(plan, stage: Stage, execution: ExecutionConfig, executor: Executor,
     if error is not None:
         raise error
     return "cancelled" if stopping else "finished"
+
+
+def _input_files(config: PipelineConfig, scenes: list[Scene], info: dict) -> dict[str, list]:
+    """Every file a run reads, by the option that named it: scenes (a VRT's sources too), model, SAM
+    checkpoint, segmenter, boxes (as given, and as the stage found them)."""
+    from geors.inputs import scene_files
+
+    flat = dict(info)
+    for v in info.values():
+        if isinstance(v, dict):
+            flat.update(v)
+    return {
+        "SCENES": [f for s in scenes for f in scene_files(s)],
+        "--model": [config.detect.model if config.detect else None, flat.get("model_path")],
+        "--sam": [config.masks.engine if config.masks else None, flat.get("mask_checkpoint")],
+        "--segmenter": [config.segment.segmenter if config.segment else None],
+        "--boxes": [flat.get("boxes")],
+    }
 
 
 def _model_name(info: dict) -> str:
