@@ -19,7 +19,8 @@ import torch
 from geors.config import DEFAULT_SCORE_THRESHOLD
 from geors.errors import BandError, ConfigError
 
-__all__ = ["Detector", "TileDetections", "gate_passes", "resolve_device", "trim_padding", "GATE_TOLERANCE"]
+__all__ = ["Detector", "TileDetections", "gate_passes", "resolve_device", "trim_padding", "padding_groups",
+           "GATE_TOLERANCE"]
 
 log = logging.getLogger(__name__)
 
@@ -91,6 +92,28 @@ def trim_padding(images: torch.Tensor) -> torch.Tensor:
     if (h2, w2) == (h, w):
         return images
     return images[..., :h2, :w2]
+
+
+def padding_groups(images: torch.Tensor) -> list[tuple[list[int], torch.Tensor]]:
+    """The batch split by each tile's own padding extent, each group trimmed to it.
+
+    :func:`trim_padding` of a whole batch cuts to the extent of its largest
+    tile, so a tile's input (and so its gate probability and boxes) would
+    depend on its batch mates. Here every tile is trimmed by its own zero
+    rows and columns (the rule of :func:`trim_padding` applied to the tile
+    alone), and tiles that end up with the same shape run together.
+
+    Returns:
+        ``[(tile indexes, (b, C, h, w) view), ...]`` covering every tile once, in order of first index.
+    """
+    groups: dict[tuple[int, int], list[int]] = {}
+    for i in range(images.shape[0]):
+        h2, w2 = trim_padding(images[i:i + 1]).shape[-2:]
+        groups.setdefault((int(h2), int(w2)), []).append(i)
+    if len(groups) == 1:
+        (h2, w2), idx = next(iter(groups.items()))
+        return [(idx, images[..., :h2, :w2])]
+    return [(idx, images[idx][..., :h2, :w2]) for (h2, w2), idx in groups.items()]
 
 
 class Detector:
@@ -176,10 +199,13 @@ class Detector:
         Returns:
             ``(B,)`` float32 probabilities.
         """
-        x = trim_padding(self._to_tensor(images))
-        with self._autocast():
-            logits = self.model.gate_forward(x)
-        return logits.float().softmax(dim=1)[:, 1].cpu().numpy()
+        x = self._to_tensor(images)
+        probs = np.zeros(x.shape[0], np.float32)
+        for idx, xs in padding_groups(x):  # each tile trimmed by its own padding: batch mates change nothing
+            with self._autocast():
+                logits = self.model.gate_forward(xs)
+            probs[idx] = logits.float().softmax(dim=1)[:, 1].cpu().numpy()
+        return probs
 
     @torch.no_grad()
     def detect(self, images: np.ndarray, score_threshold: float | None = None) -> list[TileDetections]:
@@ -209,8 +235,9 @@ class Detector:
         whose gate probabilities are then still reported). This deviates from
         the paper's single shared pass because on CPU the backbone, not the
         detector branch, dominates the per-tile cost. Zero padding at the
-        bottom/right of the batch (a scene smaller than a tile) is cut off
-        first (:func:`trim_padding`); boxes stay in tile pixels.
+        bottom/right of each tile (a scene smaller than a tile) is cut off
+        first, tile by tile (:func:`padding_groups`), so a tile's result does
+        not depend on the tiles batched with it; boxes stay in tile pixels.
 
         Args:
             images: ``(B, C, H, W)`` float32 in ``[0, 1]``.
@@ -224,7 +251,20 @@ class Detector:
         """
         if score_threshold is None:
             score_threshold = self.score_threshold
-        x = trim_padding(self._to_tensor(images))
+        x = self._to_tensor(images)
+        probs = np.zeros(x.shape[0], np.float32)
+        empty: TileDetections = (np.zeros((0, 4), np.float32), np.zeros(0, np.float32), np.zeros(0, np.int64))
+        out: list[TileDetections] = [empty] * x.shape[0]
+        for idx, xs in padding_groups(x):
+            p, dets = self._gate_and_detect_group(xs, gate_threshold, score_threshold)
+            probs[idx] = p
+            for i, d in zip(idx, dets, strict=True):
+                out[i] = d
+        return probs, out
+
+    def _gate_and_detect_group(self, x: torch.Tensor, gate_threshold: float | None, score_threshold: float
+                               ) -> tuple[np.ndarray, list[TileDetections]]:
+        """:meth:`gate_and_detect` of tiles of one trimmed shape."""
         h, w = x.shape[-2:]
         empty: TileDetections = (np.zeros((0, 4), np.float32), np.zeros(0, np.float32), np.zeros(0, np.int64))
         shared = int(getattr(self.model.config, "gate_input_scale", 1)) == 1

@@ -307,3 +307,35 @@ def test_scene_smaller_than_a_tile_detects_as_the_unpadded_image():
 def test_inference_defaults_do_not_cap_proposals_at_300():
     cfg = R2CNNConfig()
     assert cfg.post_nms_test >= 1000 and cfg.max_detections >= cfg.post_nms_test and cfg.pre_nms_test >= 6000
+
+
+def test_a_tiles_result_does_not_depend_on_its_batch_mates():
+    """Issue 26.5: padding was trimmed per batch, so a tile with zero bottom rows got another gate
+    probability and other boxes when batched with a full tile (failed before: the batch was not trimmed)."""
+    torch.manual_seed(0)
+    m = R2CNN(R2CNNConfig(anchor_scales=[8.0, 16.0], gate_input_scale=4, gate_pool="top3")).eval()
+    det = _detector(m, tile=128)
+    rng = np.random.default_rng(1)
+    edge = np.zeros((1, 3, 128, 128), np.float32)
+    edge[..., :72, :] = rng.uniform(0.05, 1, (1, 3, 72, 128))  # the scene's last rows, zero below
+    full = rng.uniform(0.05, 1, (1, 3, 128, 128)).astype(np.float32)
+    p_alone, d_alone = det.gate_and_detect(edge, gate_threshold=None, score_threshold=0.0)
+    p_batch, d_batch = det.gate_and_detect(np.concatenate([full, edge, full]), gate_threshold=None,
+                                           score_threshold=0.0)
+    assert abs(float(p_batch[1]) - float(p_alone[0])) < 1e-6
+    assert np.allclose(det.gate(np.concatenate([edge, full])), [p_alone[0], p_batch[0]], atol=1e-6)
+    assert len(d_alone[0][0]) == len(d_batch[1][0]) > 0
+    assert np.allclose(d_alone[0][0], d_batch[1][0], atol=1e-4)
+    assert np.allclose(d_alone[0][1], d_batch[1][1], atol=1e-6)
+    # the full tiles are what they are alone
+    p_full, d_full = det.gate_and_detect(full, gate_threshold=None, score_threshold=0.0)
+    assert abs(float(p_batch[0]) - float(p_full[0])) < 1e-6 and np.allclose(d_full[0][0], d_batch[2][0], atol=1e-4)
+
+
+def test_padding_groups_trim_each_tile_by_its_own_padding():
+    from geors.detect import padding_groups
+
+    x = torch.rand(3, 3, 64, 64) + 0.01
+    x[1, :, 40:, :] = 0
+    groups = padding_groups(x)
+    assert [(idx, tuple(g.shape)) for idx, g in groups] == [([0, 2], (2, 3, 64, 64)), ([1], (1, 3, 40, 64))]
