@@ -85,6 +85,8 @@ class DetectConfig:
     gate_threshold: float | None = None
     use_gate: bool = True
     score_threshold: float | None = None
+    # also write detections scoring down to this (field passes_threshold = 0): AP is not capped by the threshold
+    min_score: float | None = None
 
     def validate(self) -> None:
         if self.gate_threshold is not None:
@@ -93,6 +95,11 @@ class DetectConfig:
             _unit("--gate-threshold", self.gate_threshold)
         if self.score_threshold is not None:
             _unit("--score-threshold", self.score_threshold)
+        if self.min_score is not None:
+            _unit("--min-score", self.min_score)
+            if self.score_threshold is not None and self.min_score > self.score_threshold:
+                raise ConfigError(f"--min-score {self.min_score} is above --score-threshold {self.score_threshold}: "
+                                  "it writes boxes below the threshold, so give a lower score")
 
 
 @dataclass(frozen=True)
