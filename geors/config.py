@@ -72,7 +72,7 @@ class TilingConfig:
             if self.tile_size is not None and self.overlap >= self.tile_size:
                 raise ConfigError(f"--overlap must be smaller than --tile ({self.tile_size}), got {self.overlap}")
         if self.bands is not None:
-            if not self.bands or any(not isinstance(b, int) or b < 1 for b in self.bands):
+            if not self.bands or any(not isinstance(b, int) or isinstance(b, bool) or b < 1 for b in self.bands):
                 raise ConfigError(f"--bands must be 1-based band numbers, e.g. 4,3,2; got {self.bands!r}")
 
 
@@ -160,7 +160,8 @@ class ExecutionConfig:
                 continue
             if not isinstance(v, int) or isinstance(v, bool) or not 1 <= v <= 1024:
                 raise ConfigError(f"{_opt(name)} must be an integer from 1 to 1024, got {v!r}")
-        if self.threads is not None and (not isinstance(self.threads, int) or not 1 <= self.threads <= 1024):
+        if self.threads is not None and (not isinstance(self.threads, int) or isinstance(self.threads, bool)
+                                         or not 1 <= self.threads <= 1024):
             raise ConfigError(f"--threads must be an integer from 1 to 1024, got {self.threads!r}")
         s = self.scheduler
         if s is not None and s not in ("threads", "synchronous", "local") and not (
@@ -226,6 +227,9 @@ class PipelineConfig:
         for f in fields(self):
             part = getattr(self, f.name)
             if part is not None:
+                for fld in fields(part):  # the Python API gets the type checks of numbers and switches
+                    if "str" not in str(fld.type):  # (paths, CRS objects... are the validators' business)
+                        _check_type(getattr(part, fld.name), fld.type, _opt(_CLI_NAMES.get(fld.name, fld.name)))
                 part.validate()
         return self
 
@@ -272,6 +276,9 @@ class PipelineConfig:
             bad = set(values) - names
             if bad:
                 raise ConfigError(f"{source}: unknown option(s) {sorted(bad)} in [{sec}]; known: {sorted(names)}")
+            types = {f.name: f.type for f in fields(kind)}
+            for k, v in values.items():
+                _check_type(v, types[k], f"{source}: [{sec}] {k}")
             values = {k: (tuple(v) if isinstance(v, list) else v) for k, v in values.items()}
             parts[sec] = kind(**values)
         return cls(**parts)
@@ -297,10 +304,18 @@ class PipelineConfig:
             with open(p, "rb") as fh:
                 data = tomllib.load(fh)
         except FileNotFoundError:
-            raise ConfigError(f"{p}: config file not found") from None
+            raise ConfigError(f"{p}: --config file not found") from None
+        except IsADirectoryError:
+            raise ConfigError(f"{p}: --config is a folder; give a TOML file (see --save-config)") from None
+        except OSError as exc:
+            raise ConfigError(f"{p}: --config cannot be read: {exc.strerror or exc}") from None
+        except UnicodeDecodeError:
+            raise ConfigError(f"{p}: --config is not a text file; give a TOML file (see --save-config)") from None
         except tomllib.TOMLDecodeError as exc:
-            raise ConfigError(f"{p}: not valid TOML: {exc}") from None
+            raise ConfigError(f"{p}: --config is not valid TOML: {exc}") from None
         for sec, values in list(data.items()):
+            if isinstance(values, dict) and "enabled" in values:
+                _check_type(values["enabled"], "bool", f"{p}: [{sec}] enabled")
             if isinstance(values, dict) and values.get("enabled", True) is False:
                 data[sec] = None
             elif isinstance(values, dict):
@@ -319,6 +334,43 @@ class PipelineConfig:
 
 _SECTIONS = {"tiling": TilingConfig, "detect": DetectConfig, "masks": MaskConfig, "segment": SegmentConfig,
              "execution": ExecutionConfig, "output": OutputConfig}
+
+
+# field -> the CLI option's name where they differ (messages name what users type)
+_CLI_NAMES = {"tile_size": "tile", "simplify_px": "simplify", "engine": "sam", "multipart": "all_parts",
+              "use_gate": "no_gate"}
+
+_TYPE_WORDS = {"bool": "true or false", "int": "an integer", "float": "a number", "str": "a text in quotes",
+               "tuple[int, ...]": "a list of integers, e.g. [4, 3, 2]"}
+
+
+def _type_ok(value, kind: str) -> bool:
+    if kind == "bool":
+        return isinstance(value, bool)
+    if kind == "int":
+        return isinstance(value, int) and not isinstance(value, bool)
+    if kind == "float":
+        return isinstance(value, int | float) and not isinstance(value, bool)
+    if kind == "str":
+        return isinstance(value, str)
+    if kind == "tuple[int, ...]":
+        return isinstance(value, list | tuple) and all(_type_ok(v, "int") for v in value)
+    return True  # a type this check does not know: validate() decides
+
+
+def _check_type(value, annotation: str, where: str) -> None:
+    """Values from TOML (or Python) typed like the CLI options: ``overwrite = "false"`` is not false."""
+    kinds = [k.strip() for k in str(annotation).split("|")]
+    if value is None and "None" in kinds:
+        return
+    kinds = [k for k in kinds if k != "None"]
+    if not any(_type_ok(value, k) for k in kinds):
+        expected = " or ".join(_TYPE_WORDS.get(k, k) for k in kinds)
+        try:
+            shown = _toml_value(value)
+        except Exception:  # noqa: BLE001 - an object TOML cannot hold (Python API)
+            shown = repr(value)
+        raise ConfigError(f"{where} = {shown}: expected {expected}")
 
 
 def _unit(option: str, value) -> None:
