@@ -59,18 +59,26 @@ def command(scenes, output, segmenter, raster_out, progress, **params):
 @click.option("--scene", "scenes", multiple=True, required=True, type=click.Path(),
               help="Training raster; repeat together with --labels for several scenes.")
 @click.option("--labels", "labels", multiple=True, required=True, type=click.Path(),
-              help="Label raster (class ids, 255 = unlabelled, e.g. from `geors label`) or polygon layer "
-                   "(any OGR format, any CRS) for the matching --scene.")
+              help="Polygon layer (any OGR format, any CRS: the objects; every other pixel is background) or "
+                   "label raster (class ids, 255 = unlabelled, e.g. from `geors label`) for the matching --scene.")
 @click.option("--class-field", default=None, help="Class attribute of polygon labels.")
 @click.option("--classes", default=None,
               help="Class names of a label raster's ids in order, comma-separated (default: its geors_classes tag).")
 @click.option("--small-classes", required=True, help="Comma-separated small-object classes refined by the fine net.")
 @click.option("--background", default=None,
-              help="Class of pixels no label covers (default: ignored). Use it for labels that mark objects only.")
+              help="Name of the background class [default: background]: pixels outside polygon labels; with a "
+                   "label raster, giving it turns unlabelled (255) pixels into this class.")
+@click.option("--unlabelled", type=click.Choice(["auto", "background", "ignore"]), default="auto", show_default=True,
+              help="Pixels no label covers: auto = background for polygons, ignored (255) for label rasters; "
+                   "ignore = never trained on (labels drawn only here and there).")
+@click.option("--labelled-area", type=click.Path(dir_okay=False), default=None,
+              help="Polygons of the area where the labels are complete: background only inside it "
+                   "(default: the whole scene; nodata pixels are always ignored).")
 @click.option("-o", "--output", required=True, type=click.Path(dir_okay=False), help="Model file (.safetensors).")
 @click.option("--variant", type=click.Choice(["compact", "wide"]), default="compact", show_default=True,
               help="compact trains on a CPU; wide is for a GPU.")
-@click.option("--coarse-steps", type=int, default=600, show_default=True)
+@click.option("--coarse-steps", type=int, default=600, show_default=True,
+              help="Coarse steps without --max-minutes; with it, the coarse/fine ratio of the budget.")
 @click.option("--fine-steps", type=int, default=400, show_default=True)
 @click.option("--batch-size", type=int, default=4, show_default=True)
 @click.option("--crop", type=int, default=256, show_default=True, help="Training crop size, pixels.")
@@ -85,21 +93,33 @@ def command(scenes, output, segmenter, raster_out, progress, **params):
 @click.option("--tile", "tile_size", type=int, default=640, show_default=True, help="Inference tile size recorded.")
 @click.option("--overlap", type=int, default=128, show_default=True, help="Inference overlap recorded.")
 @click.option("--max-minutes", type=click.FloatRange(0, min_open=True), default=None,
-              help="Time budget for both phases.")
+              help="Time budget for both phases: the steps are planned from the measured step time so that it "
+                   "is used (default: the step counts).")
+@click.option("--val-fraction", type=click.FloatRange(0, 0.5, max_open=True), default=0.15, show_default=True,
+              help="Share of the labels held back in spatial blocks for validation (0: none).")
+@click.option("--patience", type=click.IntRange(0), default=4, show_default=True,
+              help="Validation passes without improvement before a phase stops early (0: never).")
 @click.option("--device", default="auto", show_default=True)
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--allow-ungeoreferenced", is_flag=True, help="Accept images without CRS (labels on the same pixels).")
 @bands_option
 @handle_errors
-def train_command(scenes, labels, class_field, classes, small_classes, background, output, variant, coarse_steps,
-                  fine_steps, batch_size, crop, lr, window, window_stride, inference_stride, top_n, zoom, aggregation, tile_size, overlap,
-                  max_minutes, device, seed, allow_ungeoreferenced, bands):
-    """Train a C2FNet segmenter: coarse network first, then (frozen) the fine network on small-object windows."""
+def train_command(scenes, labels, class_field, classes, small_classes, background, unlabelled, labelled_area, output,
+                  variant, coarse_steps, fine_steps, batch_size, crop, lr, window, window_stride, inference_stride,
+                  top_n, zoom, aggregation, tile_size, overlap, max_minutes, val_fraction, patience, device, seed,
+                  allow_ungeoreferenced, bands):
+    """Train a C2FNet segmenter: coarse network first, then (frozen) the fine network on small-object windows.
+
+    Polygon labels mark objects: every other valid pixel of the scene is the background class (class 0).
+    A validation share of the labels is held back in spatial blocks; the last line (JSON) gives the
+    validation IoU per class.
+    """
     from pathlib import Path
 
     from geors.errors import ConfigError, OutputError
     from geors.models.registry import save_model
-    from geors.train.segmenter import SegTrainConfig, load_training_tiles, train_segmenter
+    from geors.train.seg_data import load_training_tiles
+    from geors.train.segmenter import SegTrainConfig, train_segmenter
 
     if len(scenes) != len(labels):
         raise ConfigError(f"give one --labels per --scene ({len(scenes)} scenes, {len(labels)} label files).")
@@ -111,35 +131,54 @@ def train_command(scenes, labels, class_field, classes, small_classes, backgroun
     parent = Path(output).parent
     if str(parent) and not parent.is_dir():
         raise OutputError(f"{output}: the output directory {parent} does not exist; create it first.")
+    cfg = SegTrainConfig(coarse_steps=coarse_steps, fine_steps=fine_steps, batch_size=batch_size, crop_size=crop,
+                         lr=lr, device=device, seed=seed, max_seconds=max_minutes * 60 if max_minutes else None,
+                         val_fraction=val_fraction, patience=patience,
+                         arch={"variant": variant, "window": window, "window_stride": window_stride,
+                               "inference_stride": inference_stride, "top_n": top_n,
+                               "zoom": int(zoom), "aggregation": aggregation}).validate()
     tiles, names, info = load_training_tiles(list(zip(scenes, labels, strict=True)), class_field=class_field,
                                              classes=_names(classes) or None, background=background,
-                                             bands=parse_bands(bands), allow_ungeoreferenced=allow_ungeoreferenced)
+                                             bands=parse_bands(bands), allow_ungeoreferenced=allow_ungeoreferenced,
+                                             unlabelled=unlabelled, labelled_area=labelled_area)
     missing = [c for c in small if c not in names]
     if missing:
         raise ConfigError(f"--small-classes {missing} are not among the label classes {names}; "
                           f"check the spelling (class names of {labels[0]}).")
-    cfg = SegTrainConfig(coarse_steps=coarse_steps, fine_steps=fine_steps, batch_size=batch_size, crop_size=crop,
-                         lr=lr, device=device, seed=seed, max_seconds=max_minutes * 60 if max_minutes else None,
-                         arch={"variant": variant, "window": window, "window_stride": window_stride,
-                               "inference_stride": inference_stride, "top_n": top_n,
-                               "zoom": int(zoom), "aggregation": aggregation})
+    if info["background"]:
+        click.echo(f"pixels outside the labels: class {info['background']!r} (id {names.index(info['background'])})"
+                   + ("; --unlabelled ignore to leave them out" if unlabelled == "auto" else ""), err=True)
     t0 = time.perf_counter()
 
     def report(rec: dict) -> None:
+        if "validation_miou" in rec:
+            v = rec["validation_miou"]
+            click.echo(f"{rec['phase']:6s} step {rec['step']}/{rec['steps']}  validation mIoU "
+                       f"{'-' if v is None else f'{v:.4f}'}  (best {rec['best_miou']:.4f} at step "
+                       f"{rec['best_step']})", err=True)
+            return
         eta = rec["eta_s"]
         click.echo(f"{rec['phase']:6s} step {rec['step']}/{rec['steps']}  loss {rec['loss']:.4f}  "
                    f"eta {int(eta // 60)}m{int(eta % 60):02d}s", err=True)
 
     model, meta = train_segmenter(tiles, names, small, cfg, progress=report, meta={
-        "background": background, "tile_size": tile_size, "overlap": overlap, "gsd_m": info["gsd_m"], "band_indexes": info["band_indexes"],
+        "background": info["background"], "tile_size": tile_size, "overlap": overlap, "gsd_m": info["gsd_m"],
+        "band_indexes": info["band_indexes"],
         "normalisation": {"method": "percentile_stretch", "percentiles": [2, 98], "scope": "scene", "range": [0, 1],
                           "training_stretch": info["stretch"]},
         "training": {"sources": info["sources"], "label_pixels": info["label_pixels"], "command": sys.argv[1:]},
     })
     path = save_model(model, meta, output)
+    tr = meta["training"]
+    val = tr["validation"]
+    if val.get("iou"):
+        click.echo("validation IoU per class: " + ", ".join(
+            f"{c} {v:.3f}" for c, v in val["iou"].items() if v is not None), err=True)
     click.echo(json.dumps({"model": str(path), "classes": names, "small_classes": small,
-                           "label_pixels": info["label_pixels"], "coarse_steps": meta["training"]["coarse"]["steps"],
-                           "fine_steps": meta["training"]["fine"]["steps"],
+                           "background": info["background"], "label_pixels": info["label_pixels"],
+                           "coarse_steps": tr["coarse"]["steps"], "fine_steps": tr["fine"]["steps"],
+                           "fine_skipped": tr["fine"].get("skipped"),
+                           "validation_iou": val.get("iou"), "validation_miou": val.get("miou"),
                            "seconds": round(time.perf_counter() - t0, 1)}))
 
 

@@ -131,8 +131,8 @@ def evaluate_segmentation_files(
     """
     from rasterio.windows import Window
 
+    from geors.io.seg_labels import is_raster_path, open_label_source
     from geors.raster import open_scene
-    from geors.train.segmenter import is_raster_path, open_label_source
 
     pred, truth = Path(pred), Path(truth)
     for p in (pred, truth):

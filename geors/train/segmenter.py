@@ -1,24 +1,8 @@
-"""Training of the C2FNet segmenter from scenes and label rasters or polygon layers.
+"""Training of the C2FNet segmenter: the configuration, the two phases, the time budget and validation.
 
-Labels (per scene):
-
-* a **label raster** (e.g. from ``geors label``): uint8 class ids, 255 =
-  unlabelled (ignored). Class names come from ``--classes`` or the raster's
-  ``geors_classes`` tag (JSON ``{"name": id}``). A raster on another grid or in
-  another CRS is reprojected on the fly to the scene grid (nearest neighbour,
-  window by window through a GDAL warped VRT); one without a CRS for a scene
-  with one (or the reverse) is refused with both CRSs named.
-* a **polygon layer** in any OGR format and any CRS (reprojected to the scene
-  CRS), classes from ``class_field`` (or a ``class``/``label`` field). It is
-  rasterised window by window; smaller polygons are painted last so they stay
-  visible where polygons overlap.
-
-``background``: pixels no label covers (255 in a raster, outside every
-polygon) are class ``background`` instead of ignored, for labels that mark
-objects only (boxes -> masks). Without it they are ignored (255).
-
-Only labelled windows of the scenes are loaded (``tile`` px windows holding at
-least one label pixel), so memory follows the labelled area, not the scene.
+Data (labelled windows, what unlabelled pixels mean, validation blocks,
+crops) is :mod:`geors.train.seg_data`; label readers are
+:mod:`geors.io.seg_labels`.
 
 Schedule (the paper's): the coarse network is trained first (cross-entropy,
 255 ignored), then frozen; the fine binary network is trained on windows
@@ -28,16 +12,43 @@ on a random ground-truth small-object pixel per crop when there is one
 (``fine_gt_windows``), so the fine net sees objects the young coarse net
 misses entirely; with a well-trained coarse net the selected windows hold
 them anyway.
+
+A phase with nothing to learn does not run: the coarse phase needs labelled
+pixels of two classes at least (otherwise training is refused: the model
+would paint everything with the one class), the fine phase needs pixels of a
+small class and of another class. The skipped phase's budget goes to the
+other.
+
+Time budget (``max_seconds``): the coarse phase gets its share
+(``coarse_steps / (coarse_steps + fine_steps)``, all of it when the fine phase
+is skipped), the fine phase whatever is left. Each phase measures its step time
+(and the cost of a validation pass) over its first steps and plans its number
+of steps so that the budget is used; the learning-rate schedule (linear
+warm-up, cosine decay) runs over the planned steps. Without a budget the step
+counts are used as given.
+
+Validation: spatial blocks of the labelled windows are held back
+(:func:`geors.train.seg_data.split_validation`). Each phase is validated
+``val_evals`` times (the coarse phase with the coarse network alone, the fine
+phase with C2FNet as it runs at inference), keeps the weights of its best
+validation mIoU (the later ones on a tie) and stops early only when validation
+has not improved for ``patience`` evaluations, in the second half of its
+planned steps. The final per-class validation IoU is in the model
+metadata (``training.validation``).
 """
 
 from __future__ import annotations
 
-import json
+import copy
+import dataclasses
 import logging
 import math
+import os
 import time
+import tomllib
+import typing
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -46,7 +57,9 @@ import torch
 import torch.nn.functional as F
 
 from geors.errors import ConfigError, LabelError
+from geors.io.seg_labels import IGNORE, LabelSource, is_raster_path, open_label_source
 from geors.models.c2fnet import C2FNet, C2FNetConfig, crop_windows, select_windows
+from geors.train.seg_data import CropSampler, SegTile, label_pixels, load_training_tiles, split_validation
 
 __all__ = [
     "SegTile",
@@ -55,15 +68,13 @@ __all__ = [
     "open_label_source",
     "load_training_tiles",
     "train_segmenter",
+    "phases_to_learn",
     "DEFAULT_COLOURS",
     "default_colours",
     "is_raster_path",
 ]
 
 log = logging.getLogger(__name__)
-
-IGNORE = 255
-RASTER_SUFFIXES = {".tif", ".tiff", ".vrt", ".img", ".jp2", ".png"}
 
 DEFAULT_COLOURS = [
     (0, 0, 0), (34, 139, 34), (230, 25, 75), (255, 225, 25), (0, 130, 200), (245, 130, 48),
@@ -80,285 +91,14 @@ def default_colours(n: int) -> list[list[int]]:
     return out
 
 
-def is_raster_path(path: str | Path) -> bool:
-    """Whether a labels path is a raster (by suffix; vector formats otherwise)."""
-    return Path(path).suffix.lower() in RASTER_SUFFIXES
-
-
-@dataclass
-class SegTile:
-    """One labelled training window: ``image`` (C, H, W) float32 [0, 1], ``label`` (H, W) uint8 (255 ignored)."""
-
-    image: np.ndarray
-    label: np.ndarray
-    name: str = ""
-
-
-# ----------------------------------------------------------------------------- label sources
-class LabelSource:
-    """Labels of one scene readable window by window on the scene grid.
-
-    Attributes:
-        path: the labels file.
-        names: class name -> id in this source's own numbering.
-    """
-
-    path: Path
-    names: dict[str, int]
-
-    def read(self, window) -> np.ndarray:  # pragma: no cover - interface
-        """uint8 ``(h, w)`` class ids of a scene window (255 = no label)."""
-        raise NotImplementedError
-
-    def close(self) -> None:
-        pass
-
-
-def _crs_text(crs) -> str:
-    if crs is None:
-        return "(no CRS)"
-    try:
-        return crs.to_string() or crs.to_wkt()[:80]
-    except Exception:  # noqa: BLE001 - any CRS object
-        return str(crs)[:80]
-
-
-class _RasterLabels(LabelSource):
-    def __init__(self, path: Path, scene, classes: Sequence[str] | None):
-        import rasterio
-        from rasterio.vrt import WarpedVRT
-
-        self.path = path
-        try:
-            self._src = rasterio.open(path)
-        except Exception as exc:  # noqa: BLE001 - rasterio raises several types
-            raise LabelError(f"{path}: cannot open the label raster ({exc}); pass a GeoTIFF of class ids.") from None
-        src = self._src
-        if src.count != 1 or src.dtypes[0] not in ("uint8", "int8", "uint16", "int16", "int32", "uint32"):
-            self._src.close()
-            raise LabelError(f"{path}: a label raster must have one integer band of class ids (255 = unlabelled); "
-                             f"it has {src.count} band(s) of {src.dtypes[0]}.")
-        scene_crs = scene.crs
-        if (src.crs is None) != (scene_crs is None):
-            self._src.close()
-            raise LabelError(
-                f"{path}: the label raster's CRS is {_crs_text(src.crs)} but the scene {scene.path} has "
-                f"{_crs_text(scene_crs)}; labels cannot be placed on the scene. Assign the right CRS to the "
-                f"labels (gdal_edit.py -a_srs ...) or write them with `geors label` on this scene.")
-        self._ds = src
-        same_grid = (src.width == scene.width and src.height == scene.height
-                     and (scene_crs is None or (src.crs == scene_crs and src.transform.almost_equals(scene.transform))))
-        if scene_crs is None and not same_grid:
-            self._src.close()
-            raise LabelError(f"{path}: {src.width}x{src.height} pixels but the scene {scene.path} is "
-                             f"{scene.width}x{scene.height} and neither has a CRS to align them; write the labels "
-                             "on the scene's grid.")
-        if not same_grid:
-            if src.crs != scene_crs:
-                log.warning("%s: label raster in %s, scene in %s: reprojecting labels to the scene grid "
-                            "(nearest neighbour)", path, _crs_text(src.crs), _crs_text(scene_crs))
-            try:
-                self._ds = WarpedVRT(src, crs=scene_crs, transform=scene.transform, width=scene.width,
-                                     height=scene.height, resampling=rasterio.enums.Resampling.nearest,
-                                     nodata=IGNORE, src_nodata=src.nodata if src.nodata is not None else IGNORE)
-            except Exception as exc:  # noqa: BLE001
-                self._src.close()
-                raise LabelError(f"{path}: cannot reproject the labels from {_crs_text(src.crs)} to the scene CRS "
-                                 f"{_crs_text(scene_crs)} ({exc}); reproject them with gdalwarp.") from None
-        if classes:
-            self.names = {str(n): i for i, n in enumerate(classes)}
-        else:
-            tag = src.tags().get("geors_classes")
-            if not tag:
-                self._src.close()
-                raise LabelError(f"{path}: the label raster has no class names (no geors_classes tag); "
-                                 "pass them in id order with --classes name0,name1,...")
-            try:
-                self.names = {str(k): int(v) for k, v in json.loads(tag).items()}
-            except (ValueError, AttributeError):
-                self._src.close()
-                raise LabelError(f"{path}: the geors_classes tag is not JSON {{\"name\": id}}; pass --classes.") from None
-
-    def read(self, window) -> np.ndarray:
-        data = self._ds.read(1, window=window, boundless=False)
-        if data.dtype != np.uint8:
-            bad = (data < 0) | (data > IGNORE)
-            if bad.any():
-                raise LabelError(f"{self.path}: class ids outside 0..254 (e.g. {int(data[bad][0])}); "
-                                 "ids must fit in uint8 with 255 = unlabelled.")
-            data = data.astype(np.uint8)
-        return data
-
-    def close(self) -> None:
-        if self._ds is not self._src:
-            self._ds.close()
-        self._src.close()
-
-
-class _PolygonLabels(LabelSource):
-    def __init__(self, path: Path, scene, class_field: str | None, layer: str | None):
-        import pyogrio
-        import shapely
-
-        from geors.crs import same_crs
-        from geors.io.labels import DEFAULT_CLASS_FIELDS, reproject_labels
-
-        self.path = path
-        try:
-            gdf = pyogrio.read_dataframe(path, layer=layer)
-        except Exception as exc:  # noqa: BLE001
-            raise LabelError(f"{path}: cannot read it as a polygon layer ({exc}); pass a GeoPackage, GeoJSON, "
-                             "Shapefile or a label raster (.tif).") from None
-        if len(gdf) == 0 or "geometry" not in gdf.columns:
-            raise LabelError(f"{path}: no polygons in the layer; add labels or pass another file/layer.")
-        fields = [c for c in gdf.columns if c != "geometry"]
-        if class_field is not None and class_field not in fields:
-            raise LabelError(f"{path}: no field {class_field!r}; available fields: {', '.join(fields) or '(none)'}.")
-        fld = class_field or next((f for f in fields if f.lower() in DEFAULT_CLASS_FIELDS), None)
-        geoms = gdf.geometry.to_numpy()
-        keep = ~(shapely.is_missing(geoms) | shapely.is_empty(geoms))
-        keep &= shapely.area(geoms) > 0 if keep.any() else keep
-        if not keep.any():
-            raise LabelError(f"{path}: no feature has an area; segmentation labels must be polygons.")
-        names = ["object"] * len(gdf) if fld is None else [str(v) for v in gdf[fld]]
-        if fld is not None and gdf[fld].isna().any():
-            raise LabelError(f"{path}: features without a value in {fld!r}; fill it or choose another --class-field.")
-        layer_crs, scene_crs = gdf.crs, scene.crs
-        if (layer_crs is None) != (scene_crs is None):
-            raise LabelError(f"{path}: the layer's CRS is {_crs_text(layer_crs)} but the scene {scene.path} has "
-                             f"{_crs_text(scene_crs)}; assign the right CRS to the layer (ogr2ogr -a_srs ...).")
-        geoms = geoms[keep]
-        names = [n for n, k in zip(names, keep, strict=True) if k]
-        if layer_crs is not None and not same_crs(layer_crs, scene_crs):
-            geoms = reproject_labels(path, geoms, layer_crs, scene_crs)
-        uniq = sorted(set(names))
-        self.names = {n: i for i, n in enumerate(uniq)}
-        ids = np.array([self.names[n] for n in names], np.int64)
-        order = np.argsort(-shapely.area(geoms), kind="stable")  # larger first: small ones stay visible
-        self._geoms = geoms[order]
-        self._ids = ids[order]
-        self._tree = shapely.STRtree(self._geoms)
-        self._transform = scene.transform
-
-    def read(self, window) -> np.ndarray:
-        import shapely
-        from rasterio.features import rasterize
-        from rasterio.windows import bounds as win_bounds
-        from rasterio.windows import transform as win_transform
-
-        shape = (int(window.height), int(window.width))
-        hits = np.sort(self._tree.query(shapely.box(*win_bounds(window, self._transform))))
-        if not len(hits):
-            return np.full(shape, IGNORE, np.uint8)
-        return rasterize(((self._geoms[i], int(self._ids[i])) for i in hits), out_shape=shape,
-                         transform=win_transform(window, self._transform), fill=IGNORE, dtype="uint8")
-
-
-def open_label_source(path: str | Path, scene, class_field: str | None = None, classes: Sequence[str] | None = None,
-                      layer: str | None = None) -> LabelSource:
-    """A :class:`LabelSource` for a label raster or a polygon layer (decided by the suffix)."""
-    p = Path(path)
-    if not p.exists():
-        raise LabelError(f"{p}: labels file not found.")
-    if is_raster_path(p):
-        return _RasterLabels(p, scene, classes)
-    return _PolygonLabels(p, scene, class_field, layer)
-
-
-def load_training_tiles(
-    sources: Sequence[tuple[object, str | Path]],
-    class_field: str | None = None,
-    classes: Sequence[str] | None = None,
-    background: str | None = None,
-    tile: int = 512,
-    bands: Sequence[int] | None = None,
-    allow_ungeoreferenced: bool = False,
-) -> tuple[list[SegTile], list[str], dict[str, Any]]:
-    """Read the labelled windows of every (scene, labels) pair, in one class numbering.
-
-    Args:
-        sources: pairs of a scene (path or :class:`geors.raster.Scene`) and its labels path.
-        class_field: class attribute of polygon labels.
-        classes: class names in id order for label rasters (overrides their tags).
-        background: name of the class for unlabelled pixels (None = ignored).
-        tile: window side in pixels.
-        bands: 1-based bands of the scenes.
-        allow_ungeoreferenced: accept images without CRS (labels must then be on the same pixel grid).
-
-    Returns:
-        ``(tiles, class names, info)`` where info has ``sources``, ``gsd_m``, ``band_indexes``,
-        ``bands``, ``stretch`` and ``label_pixels`` per class.
-
-    Raises:
-        LabelError: unreadable labels, misaligned grids, class ids missing from the class list,
-            no labelled pixel at all.
-    """
-    from rasterio.windows import Window
-
-    from geors.raster import Scene, open_scene
-
-    global_names: list[str] = [background] if background else []
-    tiles: list[SegTile] = []
-    info: dict[str, Any] = {"sources": [], "gsd_m": None, "band_indexes": None, "stretch": []}
-    for scene_in, labels in sources:
-        scene = scene_in if isinstance(scene_in, Scene) else open_scene(
-            scene_in, bands=list(bands) if bands else None, allow_ungeoreferenced=allow_ungeoreferenced)
-        src = open_label_source(labels, scene, class_field=class_field, classes=classes)
-        try:
-            lut = np.full(256, IGNORE, np.uint8)
-            for name, i in src.names.items():
-                if name not in global_names:
-                    global_names.append(name)
-                lut[i] = global_names.index(name)
-            known = set(src.names.values())
-            n0 = len(tiles)
-            for r0 in range(0, scene.height, tile):
-                for c0 in range(0, scene.width, tile):
-                    win = Window(c0, r0, min(tile, scene.width - c0), min(tile, scene.height - r0))
-                    raw = src.read(win)
-                    present = np.unique(raw)
-                    unknown = [int(v) for v in present if v != IGNORE and int(v) not in known]
-                    if unknown:
-                        raise LabelError(
-                            f"{labels}: class ids {unknown} are in the raster but not in its class list "
-                            f"{src.names}; pass the full list with --classes or fix the labels.")
-                    lab = lut[raw]
-                    img = scene.read_window(win)
-                    if background:
-                        lab[(raw == IGNORE) & img.valid] = global_names.index(background)
-                    lab[~img.valid] = IGNORE
-                    if (lab != IGNORE).any():
-                        tiles.append(SegTile(img.image, lab, f"{scene.name}:{r0}:{c0}"))
-            if len(tiles) == n0:
-                raise LabelError(f"{labels}: no labelled pixel over the scene {scene.path}; check that the labels "
-                                 "cover the scene (CRS, extent) or pass --background.")
-        finally:
-            src.close()
-        if info["band_indexes"] is None:
-            info["band_indexes"] = list(scene.band_indexes)
-            info["bands"] = scene.channels
-            info["gsd_m"] = scene.gsd_m
-        elif scene.channels != info["bands"]:
-            raise LabelError(f"{scene.path}: {scene.channels} band(s) but the first training scene has "
-                             f"{info['bands']}; train on scenes with the same bands (--bands).")
-        info["sources"].append({"scene": str(scene.path), "labels": str(labels), "gsd_m": scene.gsd_m,
-                                "classes": src.names})
-        info["stretch"].append(scene.stats.to_dict())
-    counts = np.zeros(len(global_names), np.int64)
-    for t in tiles:
-        v = t.label[t.label != IGNORE]
-        counts += np.bincount(v, minlength=len(global_names))[: len(global_names)]
-    info["label_pixels"] = {n: int(c) for n, c in zip(global_names, counts, strict=True)}
-    return tiles, global_names, info
-
-
-# ----------------------------------------------------------------------------- training
-@dataclass
+# ----------------------------------------------------------------------------- configuration
+@dataclass(frozen=True)
 class SegTrainConfig:
-    """Options of :func:`train_segmenter` (sizes in pixels).
+    """Options of :func:`train_segmenter` (sizes in pixels); dict and TOML round-trip with type checks.
 
     Attributes:
-        coarse_steps, fine_steps: optimiser steps of each phase.
+        coarse_steps, fine_steps: optimiser steps of each phase without a time budget; with one, their
+            ratio splits the budget between the phases.
         batch_size: crops per step.
         crop_size: side of the training crops.
         small_fraction: share of crops centred on a small-object pixel.
@@ -366,7 +106,12 @@ class SegTrainConfig:
         fine_windows: top-n windows per crop in fine training (selected from the frozen coarse prediction).
         fine_gt_windows: extra windows per crop centred on a ground-truth small-object pixel.
         color_jitter: per-band gain / gamma jitter strength.
-        max_seconds: wall-clock budget for both phases (split in proportion to their steps).
+        max_seconds: wall-clock budget for both phases; the step counts are planned from the measured step
+            time so that it is used (None: the step counts as given).
+        val_fraction: share of the labelled pixels held back in spatial blocks for validation (0: none).
+        val_block: side of the validation blocks.
+        val_evals: validation passes per phase.
+        patience: evaluations without improvement before a phase stops early (0: never).
         device, seed, log_every: as for the detector.
         arch: :class:`C2FNetConfig` fields (variant, window, window_stride, top_n, zoom, aggregation...).
     """
@@ -383,63 +128,118 @@ class SegTrainConfig:
     fine_gt_windows: int = 1
     color_jitter: float = 0.1
     max_seconds: float | None = None
+    val_fraction: float = 0.15
+    val_block: int = 128
+    val_evals: int = 8
+    patience: int = 4
     device: str = "auto"
     seed: int = 0
     log_every: int = 20
     arch: dict[str, Any] = field(default_factory=dict)
 
+    def __post_init__(self):
+        hints = typing.get_type_hints(SegTrainConfig)
+        for f in dataclasses.fields(self):
+            v, t = getattr(self, f.name), hints[f.name]
+            optional = type(None) in typing.get_args(t)
+            base = next((a for a in typing.get_args(t) if a is not type(None)), t) if optional else t
+            base = typing.get_origin(base) or base
+            if v is None and optional:
+                continue
+            if base is float and isinstance(v, int) and not isinstance(v, bool):
+                object.__setattr__(self, f.name, float(v))
+                continue
+            if isinstance(v, bool) or not isinstance(v, base):
+                raise ConfigError(f"segmenter training option {f.name} must be {base.__name__}"
+                                  f"{' or absent' if optional else ''}, got {v!r}")
+        arch_fields = {f.name for f in dataclasses.fields(C2FNetConfig)} - {"in_channels", "num_classes",
+                                                                           "small_classes"}
+        bad = sorted(set(self.arch) - arch_fields)
+        if bad:
+            raise ConfigError(f"segmenter training option arch: unknown field(s) {bad}; known: {sorted(arch_fields)}")
 
-class _Sampler:
-    def __init__(self, tiles: Sequence[SegTile], small_ids: Sequence[int], rng: np.random.Generator):
-        self.tiles = tiles
-        self.rng = rng
-        lut = np.zeros(256, bool)
-        lut[list(small_ids)] = True
-        self.small_px: list[np.ndarray] = []
-        for t in tiles:
-            ys, xs = np.nonzero(lut[t.label])
-            pts = np.column_stack([ys, xs])
-            if len(pts) > 20000:
-                pts = pts[rng.choice(len(pts), 20000, replace=False)]
-            self.small_px.append(pts)
-        self.with_small = [i for i, p in enumerate(self.small_px) if len(p)]
-        self.small_lut = lut
+    def validate(self) -> SegTrainConfig:
+        """Check the ranges; raise :class:`ConfigError` naming the option."""
+        checks = [("coarse_steps", self.coarse_steps >= 0), ("fine_steps", self.fine_steps >= 0),
+                  ("batch_size", self.batch_size >= 1), ("crop_size", self.crop_size >= 32),
+                  ("small_fraction", 0 <= self.small_fraction <= 1), ("lr", self.lr > 0),
+                  ("weight_decay", self.weight_decay >= 0), ("warmup_steps", self.warmup_steps >= 0),
+                  ("fine_windows", self.fine_windows >= 0), ("fine_gt_windows", self.fine_gt_windows >= 0),
+                  ("color_jitter", self.color_jitter >= 0),
+                  ("max_seconds", self.max_seconds is None or self.max_seconds > 0),
+                  ("val_fraction", 0 <= self.val_fraction < 0.5), ("val_block", self.val_block >= 16),
+                  ("val_evals", self.val_evals >= 1), ("patience", self.patience >= 0),
+                  ("log_every", self.log_every >= 1)]
+        for name, ok in checks:
+            if not ok:
+                raise ConfigError(f"segmenter training option {name} = {getattr(self, name)!r} is out of range.")
+        if self.coarse_steps + self.fine_steps == 0:
+            raise ConfigError("segmenter training: coarse_steps and fine_steps are both 0; nothing would train.")
+        return self
 
-    def crop(self, side: int, small: bool) -> tuple[np.ndarray, np.ndarray]:
-        rng = self.rng
-        if small and self.with_small:
-            i = self.with_small[int(rng.integers(len(self.with_small)))]
-            y, x = self.small_px[i][int(rng.integers(len(self.small_px[i])))]
-            y0 = int(y) - int(rng.integers(side // 4, 3 * side // 4 + 1))
-            x0 = int(x) - int(rng.integers(side // 4, 3 * side // 4 + 1))
-        else:
-            i = int(rng.integers(len(self.tiles)))
-            h, w = self.tiles[i].label.shape
-            y0 = int(rng.integers(max(h - side, 0) + 1))
-            x0 = int(rng.integers(max(w - side, 0) + 1))
-        t = self.tiles[i]
-        c, h, w = t.image.shape
-        img = np.zeros((c, side, side), np.float32)
-        lab = np.full((side, side), IGNORE, np.uint8)
-        ys, xs, ye, xe = max(y0, 0), max(x0, 0), min(y0 + side, h), min(x0 + side, w)
-        if ye > ys and xe > xs:
-            img[:, ys - y0:ye - y0, xs - x0:xe - x0] = t.image[:, ys:ye, xs:xe]
-            lab[ys - y0:ye - y0, xs - x0:xe - x0] = t.label[ys:ye, xs:xe]
-        if rng.random() < 0.5:
-            img, lab = img[:, :, ::-1], lab[:, ::-1]
-        k = int(rng.integers(4))
-        img, lab = np.rot90(img, k, axes=(1, 2)), np.rot90(lab, k)
-        return np.ascontiguousarray(img), np.ascontiguousarray(lab)
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
 
-    def batch(self, n: int, side: int, small_fraction: float, jitter: float) -> tuple[np.ndarray, np.ndarray]:
-        from geors.train.augment import random_photometric
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], source: str = "config") -> SegTrainConfig:
+        names = {f.name for f in dataclasses.fields(cls)}
+        bad = sorted(set(data) - names)
+        if bad:
+            raise ConfigError(f"{source}: unknown segmenter training option(s) {bad}; known: {sorted(names)}")
+        arch = data.get("arch", {})
+        if not isinstance(arch, dict):
+            raise ConfigError(f"{source}: arch must be a table, got {arch!r}")
+        arch = {k: (tuple(v) if isinstance(v, list) else v) for k, v in arch.items()}
+        return cls(**{**data, "arch": arch}) if "arch" in data else cls(**data)
 
-        imgs, labs = [], []
-        for _ in range(n):
-            img, lab = self.crop(side, self.rng.random() < small_fraction)
-            imgs.append(random_photometric(img, self.rng, jitter))
-            labs.append(lab)
-        return np.stack(imgs), np.stack(labs)
+    def to_toml(self) -> str:
+        """TOML text (options that are None are left out: they read back as None)."""
+        from geors.config import _toml_value
+
+        lines, arch = [], []
+        for k, v in self.to_dict().items():
+            if k == "arch":
+                arch = [f"{a} = {_toml_value(b)}" for a, b in v.items() if b is not None]
+            elif v is not None:
+                lines.append(f"{k} = {_toml_value(v)}")
+        return "\n".join(lines + ["", "[arch]", *arch, ""])
+
+    @classmethod
+    def from_toml(cls, path: str | os.PathLike) -> SegTrainConfig:
+        p = Path(path)
+        try:
+            with open(p, "rb") as fh:
+                data = tomllib.load(fh)
+        except FileNotFoundError:
+            raise ConfigError(f"{p}: config file not found") from None
+        except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+            raise ConfigError(f"{p}: not valid TOML: {exc}") from None
+        return cls.from_dict(data, source=str(p))
+
+
+# ----------------------------------------------------------------------------- phases
+def phases_to_learn(tiles: Sequence[SegTile], classes: Sequence[str], small_ids: Sequence[int]
+                    ) -> tuple[bool, str | None]:
+    """Whether the fine phase has something to learn, and why not; raise when the coarse phase has nothing.
+
+    Raises:
+        LabelError: every labelled pixel is of one class (the coarse loss would be 0 from the start and the
+            model would paint every pixel with that class).
+    """
+    counts = label_pixels(tiles, len(classes))
+    present = [classes[i] for i in np.nonzero(counts)[0]]
+    if len(present) < 2:
+        raise LabelError(f"every labelled training pixel is class {present[0] if present else None!r}: the coarse "
+                         "phase has nothing to learn and the model would paint every pixel as that class. Label "
+                         "the background too (pixels outside polygons are background by default) or add classes.")
+    small = counts[list(small_ids)].sum() if small_ids else 0
+    if not small_ids:
+        return False, "no small classes"
+    if not small:
+        return False, f"no labelled pixel of the small classes {[classes[i] for i in small_ids]}"
+    if small == counts.sum():
+        return False, "every labelled pixel is of a small class (nothing to tell them from)"
+    return True, None
 
 
 def _lr_factor(step: int, total: int, warmup: int, time_fraction: float = 0.0) -> float:
@@ -458,35 +258,122 @@ def _lr_factor(step: int, total: int, warmup: int, time_fraction: float = 0.0) -
 ProgressFn = Callable[[dict[str, Any]], None]
 
 
-def _run_phase(name: str, steps: int, budget: float | None, step_fn: Callable[[int], float], opt, cfg: SegTrainConfig,
-               progress: ProgressFn | None) -> dict[str, Any]:
+def _iou_table(cm: np.ndarray, classes: Sequence[str]) -> dict[str, Any]:
+    tp = np.diag(cm).astype(float)
+    union = cm.sum(0) + cm.sum(1) - tp
+    per = {c: (float(tp[i] / union[i]) if cm[i].sum() else None) for i, c in enumerate(classes)}
+    present = [v for v in per.values() if v is not None]
+    return {"iou": per, "miou": float(np.mean(present)) if present else None, "pixels": int(cm.sum())}
+
+
+def validate_segmenter(model: C2FNet, tiles: Sequence[SegTile], classes: Sequence[str], refine: bool,
+                       device) -> dict[str, Any]:
+    """Per-class IoU and mIoU (classes with validation pixels) of the model on labelled validation tiles."""
+    k = len(classes)
+    cm = np.zeros((k, k), np.int64)
+    was = (model.coarse.training, model.fine.training)
+    model.eval()
+    with torch.inference_mode():
+        for t in tiles:
+            pred = model(torch.from_numpy(t.image[None]).to(device), refine=refine).argmax(1)[0].cpu().numpy()
+            m = t.label != IGNORE
+            cm += np.bincount(t.label[m].astype(np.int64) * k + pred[m], minlength=k * k).reshape(k, k)
+    model.coarse.train(was[0])
+    model.fine.train(was[1])
+    return _iou_table(cm, classes)
+
+
+def _run_phase(name: str, net: torch.nn.Module, steps: int, budget: float | None, step_fn: Callable[[int], float],
+               opt, cfg: SegTrainConfig, progress: ProgressFn | None, validate: Callable[[], dict] | None,
+               later_s: float = 0.0) -> dict[str, Any]:
+    """One phase: probe the step time, plan the steps (budget), warm-up + cosine, validate, keep the best."""
     t0 = time.perf_counter()
     base = [g["lr"] for g in opt.param_groups]
     losses: list[float] = []
-    done = 0
-    for step in range(steps):
-        tf = (time.perf_counter() - t0) / budget if budget else 0.0
-        f = _lr_factor(step, steps, cfg.warmup_steps, tf)
+    probe = 5 if budget is not None else 0
+    planned = max(steps, probe)
+    warmup = min(cfg.warmup_steps, max(1, steps // 10))
+    every = max(1, planned // cfg.val_evals)
+    history: list[dict[str, Any]] = []
+    best: tuple[float, int, dict] | None = None
+    since_best = 0
+    stop = "schedule done"
+    val_s = 0.0
+
+    def run_validation(step: int) -> None:
+        nonlocal best, since_best, val_s
+        tv = time.perf_counter()
+        res = validate()
+        val_s = time.perf_counter() - tv
+        history.append({"step": step, "miou": res["miou"], "iou": res["iou"]})
+        score = res["miou"] if res["miou"] is not None else -1.0
+        if best is None or score > best[0] + 1e-6:
+            best = (score, step, copy.deepcopy(net.state_dict()))
+            since_best = 0
+        else:  # a tie keeps the later weights (further trained) but is no improvement
+            if score >= best[0] - 1e-9:
+                best = (best[0], step, copy.deepcopy(net.state_dict()))
+            since_best += 1
+        log.info("%s step %d validation mIoU %.4f (best %.4f at step %d)", name, step, score, best[0], best[1])
+        if progress is not None:
+            progress({"phase": name, "step": step, "steps": planned, "validation_miou": res["miou"],
+                      "best_miou": best[0], "best_step": best[1]})
+
+    step = 0
+    t_first = t0
+    while step < planned:
+        elapsed = time.perf_counter() - t0
+        tf = elapsed / budget if budget else 0.0
+        f = _lr_factor(step, planned, warmup, tf)
         for g, b in zip(opt.param_groups, base, strict=True):
             g["lr"] = b * f
         losses.append(step_fn(step))
-        done = step + 1
+        step += 1
         elapsed = time.perf_counter() - t0
-        if done % cfg.log_every == 0 or done == steps:
-            rate = elapsed / done
-            eta = rate * (steps - done)
+        if step == probe:  # plan the phase from the measured step time (the first step is not counted)
+            t_probe = time.perf_counter()
+            if validate is not None:
+                run_validation(step)
+            per_step = (t_probe - t0) / probe if probe < 2 else (t_probe - t_first) / (probe - 1)
+            left = max(0.0, budget - (time.perf_counter() - t0) - cfg.val_evals * val_s)
+            planned = max(probe, step + int(left / max(per_step, 1e-6)))
+            warmup = min(cfg.warmup_steps, max(1, planned // 10))
+            every = max(1, planned // cfg.val_evals)
+            log.info("%s: %.2f s/step, %.1f s/validation: %d steps planned for %.0f s", name, per_step, val_s,
+                     planned, budget)
+        if step == 1:
+            t_first = time.perf_counter()
+        if validate is not None and step > probe and (step % every == 0 or step == planned):
+            run_validation(step)
+            if cfg.patience and since_best >= cfg.patience and step >= planned // 2:
+                stop = f"validation mIoU did not improve for {cfg.patience} evaluations"
+        if step % cfg.log_every == 0 or step == planned:
+            rate = elapsed / step
+            eta = rate * (planned - step)
             if budget is not None:
                 eta = min(eta, max(0.0, budget - elapsed))
-            rec = {"phase": name, "step": done, "steps": steps, "loss": float(np.mean(losses[-cfg.log_every:])),
-                   "elapsed_s": round(elapsed, 1), "eta_s": round(eta, 1)}
-            log.info("%s step %d/%d loss %.4f eta %.0fs", name, done, steps, rec["loss"], eta)
+            rec = {"phase": name, "step": step, "steps": planned, "loss": float(np.nanmean(losses[-cfg.log_every:])),
+                   "elapsed_s": round(elapsed, 1), "eta_s": round(eta + later_s, 1)}
+            log.info("%s step %d/%d loss %.4f eta %.0fs", name, step, planned, rec["loss"], rec["eta_s"])
             if progress is not None:
                 progress(rec)
-        if budget is not None and elapsed >= budget:
-            log.info("%s: time budget reached after %d of %d steps", name, done, steps)
+        if stop != "schedule done":
             break
-    return {"steps": done, "planned_steps": steps, "seconds": round(time.perf_counter() - t0, 1),
-            "final_loss": float(np.mean(losses[-cfg.log_every:])) if losses else None}
+        if budget is not None and step < planned and time.perf_counter() - t0 >= budget:
+            stop = f"time budget reached after {step} of {planned} steps"
+            break
+    if validate is not None and (not history or history[-1]["step"] != step):
+        run_validation(step)
+    kept = step
+    if best is not None and best[1] != step:
+        net.load_state_dict(best[2])
+        kept = best[1]
+    if stop != "schedule done" or kept != step:
+        log.info("%s: %s; weights of step %d kept", name, stop, kept)
+    return {"steps": step, "planned_steps": planned, "kept_step": kept, "stop": stop,
+            "seconds": round(time.perf_counter() - t0, 1),
+            "final_loss": float(np.nanmean(losses[-cfg.log_every:])) if losses else None,
+            "validation": history}
 
 
 def train_segmenter(
@@ -497,6 +384,7 @@ def train_segmenter(
     meta: dict[str, Any] | None = None,
     progress: ProgressFn | None = None,
     init_coarse: C2FNet | None = None,
+    val_tiles: Sequence[SegTile] | None = None,
 ) -> tuple[C2FNet, dict[str, Any]]:
     """Train C2FNet: coarse net first, then (coarse frozen) the fine net on selected windows.
 
@@ -506,16 +394,24 @@ def train_segmenter(
         small_classes: names of the small-object classes (must be in ``classes``).
         cfg: schedule; see :class:`SegTrainConfig`.
         meta: extra model metadata (tile_size, gsd_m, bands, normalisation...).
-        progress: called with ``{"phase", "step", "steps", "loss", "elapsed_s", "eta_s"}`` every ``log_every`` steps.
-        init_coarse: start from this model's coarse weights and skip... nothing: it is trained further
-            for ``coarse_steps`` (0 keeps it as is; used for the coarse-vs-C2FNet ablation).
+        progress: called with ``{"phase", "step", "steps", "loss", "elapsed_s", "eta_s"}`` every ``log_every``
+            steps and with ``{"phase", "step", "steps", "validation_miou", "best_miou", "best_step"}`` after
+            each validation pass.
+        init_coarse: start from this model's coarse weights (trained further for the coarse phase).
+        val_tiles: validation tiles; None holds back ``cfg.val_fraction`` of the labels in spatial blocks.
 
     Returns:
-        ``(model in eval mode on CPU, metadata)`` ready for :func:`geors.models.registry.save_model`.
+        ``(model in eval mode on CPU, metadata)`` ready for :func:`geors.models.registry.save_model`;
+        ``metadata["training"]["validation"]`` has the final per-class validation IoU.
+
+    Raises:
+        LabelError: no tiles, or every labelled pixel of one class (nothing to learn).
+        ConfigError: unknown small classes, too many classes, options out of range.
     """
     from geors.detect import resolve_device
 
-    cfg = cfg or SegTrainConfig()
+    t_start = time.perf_counter()
+    cfg = (cfg or SegTrainConfig()).validate()
     if not tiles:
         raise LabelError("no labelled training windows")
     unknown = [c for c in small_classes if c not in classes]
@@ -524,6 +420,17 @@ def train_segmenter(
     if len(classes) > 255:
         raise ConfigError(f"{len(classes)} classes: at most 255 fit a uint8 class raster.")
     small_ids = [list(classes).index(c) for c in small_classes]
+    phases_to_learn(tiles, classes, small_ids)  # refuse a one-class set before splitting it
+    split_info: dict[str, Any] = {"given": True}
+    if val_tiles is None and cfg.val_fraction > 0:
+        tiles, val_tiles, split_info = split_validation(tiles, len(classes), cfg.val_fraction, cfg.val_block,
+                                                        seed=cfg.seed)
+        if not val_tiles:
+            log.warning("no validation: %s; the last weights are kept", split_info["reason"])
+    val_tiles = list(val_tiles or [])
+    fine_learns, fine_skip = phases_to_learn(tiles, classes, small_ids)
+    if small_ids and not fine_learns:
+        log.warning("fine phase skipped: %s; the coarse phase gets the whole budget", fine_skip)
     torch.manual_seed(cfg.seed)
     rng = np.random.default_rng(cfg.seed)
     device = resolve_device(cfg.device)
@@ -533,12 +440,14 @@ def train_segmenter(
     if init_coarse is not None:
         model.coarse.load_state_dict(init_coarse.coarse.state_dict())
     model.to(device)
-    sampler = _Sampler(tiles, small_ids, rng)
-    total_steps = cfg.coarse_steps + (cfg.fine_steps if small_ids else 0)
-    budget_c = budget_f = None
-    if cfg.max_seconds is not None:
-        budget_c = cfg.max_seconds * cfg.coarse_steps / max(total_steps, 1)
-    t_start = time.perf_counter()
+    sampler = CropSampler(tiles, small_ids, rng)
+    fine_steps = cfg.fine_steps if fine_learns else 0
+    coarse_share = cfg.coarse_steps / max(cfg.coarse_steps + fine_steps, 1)
+
+    def validator(refine: bool) -> Callable[[], dict] | None:
+        if not val_tiles:
+            return None
+        return lambda: validate_segmenter(model, val_tiles, classes, refine, device)
 
     # --- phase 1: coarse
     model.coarse.train()
@@ -556,16 +465,24 @@ def train_segmenter(
         opt.step()
         return float(loss.detach())
 
-    coarse_info = _run_phase("coarse", cfg.coarse_steps, budget_c, coarse_step, opt, cfg, progress)
+    budget_c = later = None
+    if cfg.max_seconds is not None:  # the share of what is left (building the model and optimiser took time)
+        left = max(0.0, cfg.max_seconds - (time.perf_counter() - t_start))
+        budget_c, later = left * coarse_share, left * (1 - coarse_share)
+    coarse_info: dict[str, Any] = {"steps": 0}
+    if cfg.coarse_steps:
+        coarse_info = _run_phase("coarse", model.coarse, cfg.coarse_steps, budget_c, coarse_step, opt, cfg, progress,
+                                 validator(False), later_s=later or 0.0)
 
     # --- phase 2: fine, coarse frozen
     model.coarse.eval()
     for p in model.coarse.parameters():
         p.requires_grad_(False)
-    fine_info: dict[str, Any] = {"steps": 0}
-    if small_ids and cfg.fine_steps > 0:
-        if cfg.max_seconds is not None:
-            budget_f = max(0.0, cfg.max_seconds - (time.perf_counter() - t_start))
+    fine_info: dict[str, Any] = {"steps": 0, "skipped": fine_skip}
+    budget_f = None
+    if cfg.max_seconds is not None:
+        budget_f = max(0.0, cfg.max_seconds - (time.perf_counter() - t_start))
+    if fine_learns and fine_steps > 0:
         model.fine.train()
         opt_f = torch.optim.AdamW(model.fine.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
         k = min(arch.window, cfg.crop_size)
@@ -605,9 +522,16 @@ def train_segmenter(
             opt_f.step()
             return float(loss.detach())
 
-        fine_info = _run_phase("fine", cfg.fine_steps, budget_f, fine_step, opt_f, cfg, progress)
+        fine_info = _run_phase("fine", model.fine, fine_steps, budget_f, fine_step, opt_f, cfg, progress,
+                               validator(True))
     for p in model.coarse.parameters():
         p.requires_grad_(True)
+    validation: dict[str, Any] = {"split": split_info, "tiles": len(val_tiles)}
+    if val_tiles:
+        validation.update(validate_segmenter(model, val_tiles, classes, True, device))
+        validation["coarse_only"] = validate_segmenter(model, val_tiles, classes, False, device)
+        log.info("validation IoU per class: %s", ", ".join(
+            f"{c} {v:.3f}" for c, v in validation["iou"].items() if v is not None))
     model.eval().cpu()
 
     full = dict(meta or {})
@@ -625,7 +549,7 @@ def train_segmenter(
     full.setdefault("normalisation", {"method": "percentile_stretch", "percentiles": [2, 98], "scope": "scene",
                                       "range": [0, 1]})
     training = dict(full.get("training", {}))
-    training.update(config=asdict(cfg), coarse=coarse_info, fine=fine_info,
+    training.update(config=cfg.to_dict(), coarse=coarse_info, fine=fine_info, validation=validation,
                     seconds=round(time.perf_counter() - t_start, 1), tiles=len(tiles))
     full["training"] = training
     return model, full
