@@ -62,10 +62,11 @@ from geors.masks.box import BoxEngine
 from geors.masks.boxes import MaskCrop, MaskResult, box_fits, box_window, rh_box
 from geors.masks.factory import make_mask_engine
 from geors.masks.grabcut import GrabCutEngine
+from geors.masks.judge import DEFAULT_THRESHOLDS, JudgeThresholds, judge_mask
 from geors.masks.polygons import mask_to_geometry
 from geors.masks.sam import SAM_KINDS, SamBoxPredictor, SamEngine
 from geors.masks.tile import instances_for_tile
-from geors.masks.watershed import WatershedEngine, judge_mask
+from geors.masks.watershed import WatershedEngine
 
 __all__ = [
     "MaskCrop",
@@ -76,6 +77,8 @@ __all__ = [
     "GrabCutEngine",
     "WatershedEngine",
     "judge_mask",
+    "JudgeThresholds",
+    "DEFAULT_THRESHOLDS",
     "SamEngine",
     "SamBoxPredictor",
     "SAM_KINDS",

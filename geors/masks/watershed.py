@@ -17,19 +17,21 @@ For each box, on a crop around it (``margin``):
    outside, because they continue past the box edge.
 3. The region is cut to the box, holes are filled and the part holding the
    seed is kept.
-4. The candidate is judged (:func:`judge_mask`): fill ratio (the region
-   covers enough of the box), extent (a box is drawn tight around its object,
-   so the object spans most of the box in x and in y), compactness
-   (``4 pi A / P^2``, no ragged leaks) and edge agreement (the region's border
-   inside the box lies on stronger Lab gradients than the box's pixels on
-   average). A candidate that fails any test is replaced by the box itself
-   with ``method = "box:fallback"``. A region that fills (>= 97 %) the box
-   passes the edge test: the strongest edges were the box's own sides (a
-   box-shaped object such as a roof aligned with the box).
+4. The candidate is judged (:mod:`geors.masks.judge`): it is kept only when it
+   is plausibly better than the box: it covers enough of the box (fill),
+   spans it (extent: a box is drawn tight around its object), is not
+   box-shaped itself (rectangularity: a rectangle aligned with the image is
+   its own tight box, and an outline that nearly fills its box can win
+   little), is compact (no ragged leaks), its border lies on stronger Lab
+   gradients than the box's pixels on average (edges), and the part of the box
+   it leaves out looks like the ground around the box rather than like the
+   outline (separation). A candidate that fails any test is replaced by the
+   box itself with ``method = "box:fallback"``.
 
-Defaults were set on the data of ``benchmarks/bench_masks.py`` (synthetic
-crowns, vehicles and discs, the DOTA P1888 vehicle outlines); there is no
-held-out real outline set yet, so treat the thresholds as a starting point.
+The judge's thresholds were chosen by leave-one-kind-out cross-validation over
+vehicles (DOTA P1888 and synthetic), trees (synthetic crowns) and a building
+proxy (synthetic roofs on real ground): ``benchmarks/bench_masks.py --cv``,
+``docs/masks.md``.
 
 ``mask_score`` is the edge agreement ``g_border / (g_border + g_box)`` in
 (0, 1): 0.5 means the border is no sharper than the box on average; box
@@ -42,29 +44,19 @@ CPU core; no state is kept between calls, so threads can share an engine.
 from __future__ import annotations
 
 import logging
-import math
-from dataclasses import dataclass
+from dataclasses import fields
 
 import numpy as np
 
 from geors.masks.base import FALLBACK, MaskEngine, box_crop, check_image
 from geors.masks.boxes import MaskCrop, as_boxes, clip_window
+from geors.masks.judge import DEFAULT_THRESHOLDS, JudgeThresholds, MaskJudgement, decide, mask_features
 
-__all__ = ["WatershedEngine", "MaskJudgement", "judge_mask"]
+__all__ = ["WatershedEngine"]
+
+_LIMITS = tuple(f.name for f in fields(JudgeThresholds))
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class MaskJudgement:
-    """Plausibility of a candidate mask inside its box (see :func:`judge_mask`)."""
-
-    fill: float  # mask pixels / box pixels
-    extent: float  # min over x, y of (mask span / box span)
-    compactness: float  # 4 pi A / P^2 (1 = disc)
-    edge_score: float  # g_border / (g_border + g_box), 0.5 = no better than the box's pixels
-    ok: bool
-    reason: str = ""
 
 
 def _box_pixels(box: np.ndarray, c0: int, r0: int, shape: tuple[int, int]) -> np.ndarray:
@@ -85,70 +77,6 @@ def _gradient(image: np.ndarray) -> np.ndarray:
     return np.sqrt(g2.sum(axis=-1) if g2.ndim == 3 else g2)
 
 
-def judge_mask(
-    mask: np.ndarray,
-    in_box: np.ndarray,
-    grad: np.ndarray,
-    min_fill: float = 0.3,
-    min_extent: float = 0.7,
-    min_compactness: float = 0.25,
-    min_edge_score: float = 0.6,
-) -> MaskJudgement:
-    """Judge a candidate mask against its box and the image edges.
-
-    Args:
-        mask: bool (h, w) candidate, already cut to the box.
-        in_box: bool (h, w), the box's pixels.
-        grad: float (h, w) gradient magnitude of the (smoothed) image.
-        min_fill: least ``mask / box`` pixel ratio.
-        min_extent: least ``mask span / box span``, in x and in y.
-        min_compactness: least ``4 pi A / P^2``.
-        min_edge_score: least ``g_border / (g_border + g_box)``, where
-            ``g_border`` is the mean gradient on the mask's border pixels that
-            are not on the box's edge and ``g_box`` the mean over the box.
-
-    Returns:
-        A :class:`MaskJudgement`; ``ok`` is False with the first failed test in ``reason``.
-    """
-    import cv2
-
-    n_box = int(in_box.sum())
-    area = int(mask.sum())
-    if n_box == 0 or area == 0:
-        return MaskJudgement(0.0, 0.0, 0.0, 0.0, False, "empty")
-    fill = area / n_box
-    br = np.flatnonzero(in_box.any(axis=1))
-    bc = np.flatnonzero(in_box.any(axis=0))
-    mr = np.flatnonzero(mask.any(axis=1))
-    mc = np.flatnonzero(mask.any(axis=0))
-    extent = min((mr[-1] - mr[0] + 1) / (br[-1] - br[0] + 1), (mc[-1] - mc[0] + 1) / (bc[-1] - bc[0] + 1))
-    m8 = mask.astype(np.uint8)
-    contours, _ = cv2.findContours(m8, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_NONE)
-    perimeter = sum(cv2.arcLength(c, True) for c in contours)
-    compactness = float(min(1.0, 4 * math.pi * area / perimeter**2)) if perimeter > 0 else 0.0
-    # the mask's own border, without the stretches where it runs along the box edge
-    k = np.ones((3, 3), np.uint8)
-    border = (m8 - cv2.erode(m8, k, borderType=cv2.BORDER_CONSTANT, borderValue=0)).astype(bool)
-    box_inner = cv2.erode(in_box.astype(np.uint8), k, borderType=cv2.BORDER_CONSTANT, borderValue=0).astype(bool)
-    inner_border = border & box_inner
-    g_box = float(grad[in_box].mean())
-    if inner_border.sum() < 3:  # the mask is (almost) the whole box: nothing to check against edges
-        edge_score = 0.5
-    else:
-        g_border = float(grad[inner_border].mean())
-        edge_score = g_border / (g_border + g_box) if (g_border + g_box) > 0 else 0.5
-    if fill >= 0.97:  # the region is the box: its few inner border pixels say nothing about edges
-        edge_score = max(edge_score, 0.5)
-    tests = (
-        (fill >= min_fill, "fill"),
-        (extent >= min_extent, "extent"),
-        (compactness >= min_compactness, "compactness"),
-        (edge_score >= min_edge_score or fill >= 0.97, "edges"),
-    )
-    reason = next((name for ok, name in tests if not ok), "")
-    return MaskJudgement(float(fill), float(extent), compactness, float(edge_score), not reason, reason)
-
-
 class WatershedEngine(MaskEngine):
     """Marker watershed seeded inside each box; the box where the mask is implausible (module docstring).
 
@@ -158,7 +86,10 @@ class WatershedEngine(MaskEngine):
         min_margin_px: least crop margin in pixels.
         seed_frac: object seed ellipse semi-axes as a fraction of the box half-sides.
         min_side_px: boxes with a shorter side get the box (too small to outline).
-        min_fill, min_extent, min_compactness, min_edge_score: see :func:`judge_mask`.
+        thresholds: the judge's limits (:class:`~geors.masks.judge.JudgeThresholds`,
+            default :data:`~geors.masks.judge.DEFAULT_THRESHOLDS`).
+        min_fill, min_extent, max_rectangularity, min_compactness, min_edge_score, min_separation:
+            single limits overriding ``thresholds`` (see :mod:`geors.masks.judge`).
         sigma_frac, max_sigma: smoothing sigma = ``sigma_frac`` x the shorter
             box side, clipped to 0.5..``max_sigma`` px.
         lines: give the object the watershed lines that touch it (without
@@ -172,13 +103,17 @@ class WatershedEngine(MaskEngine):
     """
 
     method = "watershed"
-    OPTIONS = ("margin", "min_margin_px", "seed_frac", "min_side_px", "min_fill", "min_extent", "min_compactness",
-               "min_edge_score", "sigma_frac", "max_sigma", "lines", "space", "convex")
+    OPTIONS = ("margin", "min_margin_px", "seed_frac", "min_side_px", "thresholds", *_LIMITS, "sigma_frac",
+               "max_sigma", "lines", "space", "convex")
 
     def __init__(self, margin: float = 0.25, min_margin_px: int = 4, seed_frac: float = 0.3, min_side_px: int = 5,
-                 min_fill: float = 0.3, min_extent: float = 0.7, min_compactness: float = 0.25,
-                 min_edge_score: float = 0.6, sigma_frac: float = 0.03, max_sigma: float = 2.0, lines: bool = True,
-                 space: str = "lab", convex: bool = False):
+                 thresholds: JudgeThresholds | None = None, sigma_frac: float = 0.03, max_sigma: float = 2.0,
+                 lines: bool = True, space: str = "lab", convex: bool = False, **limits: float):
+        unknown = sorted(set(limits) - set(_LIMITS))
+        if unknown:
+            raise TypeError(f"WatershedEngine got unknown option(s) {', '.join(unknown)}")
+        from dataclasses import replace
+
         self.convex = bool(convex)
         self.sigma_frac = float(sigma_frac)
         self.max_sigma = float(max_sigma)
@@ -188,8 +123,7 @@ class WatershedEngine(MaskEngine):
         self.min_margin_px = int(min_margin_px)
         self.seed_frac = float(seed_frac)
         self.min_side_px = int(min_side_px)
-        self.thresholds = dict(min_fill=float(min_fill), min_extent=float(min_extent),
-                               min_compactness=float(min_compactness), min_edge_score=float(min_edge_score))
+        self.thresholds = replace(thresholds or DEFAULT_THRESHOLDS, **{k: float(v) for k, v in limits.items()})
 
     def _fallback(self, box: np.ndarray, w: int, h: int) -> MaskCrop:
         return box_crop(box, w, h, 0.0, FALLBACK)
@@ -240,7 +174,7 @@ class WatershedEngine(MaskEngine):
         region &= in_box
         region = _fill_holes(_component_at(region, close if close.any() else ell))
         grad = _gradient(lab8)
-        judgement = judge_mask(region, in_box, grad, **self.thresholds)
+        judgement = decide(mask_features(region, in_box, grad, lab8), self.thresholds)
         if self.convex and judgement.ok:  # judged as found, then given the convex prior
             region = _hull(region) & in_box
         rows = np.flatnonzero(in_box.any(axis=1))
