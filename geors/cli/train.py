@@ -36,10 +36,25 @@ def _detector_options(f):
         click.option("--gsd", type=click.FloatRange(0, min_open=True), default=None,
                      help="Ground sample distance in metres to record in the model, for training images "
                           "without georeferencing (georeferenced scenes give their own)."),
-        click.option("--epochs", type=int, default=10, show_default=True),
-        click.option("--steps-per-epoch", type=int, default=None, help="Batches per epoch (default from the number of boxes)."),
-        click.option("--batch-size", type=int, default=4, show_default=True),
-        click.option("--crop", type=int, default=384, show_default=True, help="Training crop size, pixels."),
+        click.option("--config", "config_file", type=click.Path(dir_okay=False), default=None,
+                     help="Training options from a TOML file (TrainConfig.to_toml(); a model file's "
+                          "training.config); options given on the command line win."),
+        click.option("--max-minutes", type=click.FloatRange(0), default=10.0, show_default=True,
+                     help="Time budget for the whole training, validation included: the step time is measured "
+                          "on the first steps and the number of steps and the learning-rate schedule are "
+                          "planned to use it. 0 = no budget (then --steps, default 1000)."),
+        click.option("--steps", type=click.IntRange(1), default=None,
+                     help="A fixed number of steps instead of planning them from the budget (which then only "
+                          "caps them)."),
+        click.option("--validations", type=click.IntRange(1), default=10, show_default=True,
+                     help="Validations (AP50 on the held-back labels) spread over the schedule."),
+        click.option("--epochs", type=click.IntRange(1), default=None,
+                     help="Fixed schedule of EPOCHS x --steps-per-epoch steps, validated after each epoch "
+                          "(instead of a planned one)."),
+        click.option("--steps-per-epoch", type=click.IntRange(1), default=None,
+                     help="Batches per epoch with --epochs (default: 1000 steps split into the epochs)."),
+        click.option("--batch-size", type=click.IntRange(1), default=4, show_default=True),
+        click.option("--crop", type=int, default=256, show_default=True, help="Training crop size, pixels."),
         click.option("--lr", type=float, default=2e-3, show_default=True),
         click.option("--warmup", type=int, default=50, show_default=True, help="Linear warm-up steps."),
         click.option("--scales", default="1", show_default=True, callback=_parse_scales,
@@ -51,6 +66,10 @@ def _detector_options(f):
                      help="Contrast / brightness jitter strength (0 = off)."),
         click.option("--saturation-jitter", type=click.FloatRange(0), default=0.0, show_default=True,
                      help="Colour saturation jitter strength (1 = from grey to twice the saturation)."),
+        click.option("--pos-fraction", type=click.FloatRange(0, 1), default=0.5, show_default=True,
+                     help="Share of the crops centred on an object when crops without objects exist."),
+        click.option("--paste-fraction", type=click.FloatRange(0, 1), default=0.0, show_default=True,
+                     help="Share of the object crops pasted onto crops of images without objects (--empty-scene)."),
         click.option("--ema", type=click.FloatRange(0, 1, max_open=True), default=0.0, show_default=True,
                      help="Keep and validate an exponential moving average of the weights with this decay "
                           "(e.g. 0.99; 0 = off)."),
@@ -58,6 +77,9 @@ def _detector_options(f):
                      help="Train only the gate head (with --init-from: retrain a model's gate, detections unchanged)."),
         click.option("--assigner", type=click.Choice(["nwd_rka", "iou"]), default="nwd_rka", show_default=True,
                      help="RPN label assignment."),
+        click.option("--arch", "arch", multiple=True, metavar="KEY=VALUE", callback=_parse_arch,
+                     help="Another R2-CNN architecture setting, JSON value (repeatable), e.g. roi_ohem=8 (online "
+                          "hard example mining: the 8 hardest RoIs per crop) or roi_pos_fraction=0.5."),
         click.option("--empty-negatives/--no-empty-negatives", default=None,
                      help="Crops without objects also train the detector (RPN negatives, background RoIs), not "
                           "only the gate, so it learns to stay quiet on empty ground. Helps a fine-tune "
@@ -78,12 +100,12 @@ def _detector_options(f):
         click.option("--gate-recall", type=click.FloatRange(0, 1, min_open=True), default=0.99, show_default=True,
                      help="Share of the validation tiles with objects the calibrated gate threshold must pass."),
         click.option("--val-fraction", type=click.FloatRange(0, 1, max_open=True), default=0.2, show_default=True,
-                     help="Share of the tiles held out for validation AP50, early stopping and the gate "
-                          "calibration (0 = none; the gate is then disabled)."),
-        click.option("--patience", type=int, default=3, show_default=True,
-                     help="Stop after this many epochs without a better validation AP50 (0 = never)."),
-        click.option("--max-minutes", type=click.FloatRange(0, min_open=True), default=None,
-                     help="Time budget: stop training after this many minutes (the best epoch is kept)."),
+                     help="Share of the labelled objects held back, in spatial blocks of the scenes (whole tiles, "
+                          "or blocks inside a small scene), for the validation AP50, early stopping and the gate "
+                          "and score calibration (0 = none: neither is calibrated)."),
+        click.option("--patience", type=click.IntRange(0), default=5, show_default=True,
+                     help="Stop after this many validations in a row without a better validation AP50; the best "
+                          "weights are kept (0 = never stop early)."),
         click.option("--device", default="auto", show_default=True, help="auto, cpu or cuda."),
         click.option("--seed", type=int, default=0, show_default=True,
                      help="Seeds the training randomness (crops, jitter, initialisation)."),
@@ -93,6 +115,10 @@ def _detector_options(f):
                           "by their validation AP50; keep it the same for the detector and gate steps."),
         click.option("--allow-ungeoreferenced", is_flag=True, help="Accept images without CRS (pixel labels)."),
         click.option("--name", default=None, help="Model name stored in the file (default: the output file's stem)."),
+        click.option("--progress", type=click.Choice(["auto", "bar", "jsonl", "none"]), default="auto",
+                     show_default=True,
+                     help="Progress of the steps with ETA: a bar on stderr (auto: when stderr is a terminal), "
+                          "JSON lines on stdout, or none (the log then shows a line every 20 steps)."),
         click.option("-o", "--output", required=True, type=click.Path(), help="Model file to write (.safetensors)."),
     ]
     for opt in reversed(options):
@@ -110,6 +136,19 @@ def _parse_renames(ctx, param, value):
     return renames
 
 
+def _parse_arch(ctx, param, value):
+    arch: dict = {}
+    for item in value:
+        key, sep, raw = str(item).partition("=")
+        if not sep or not key.strip():
+            raise click.BadParameter(f"{item!r}: give KEY=VALUE, e.g. roi_ohem=8.")
+        try:
+            arch[key.strip()] = json.loads(raw)
+        except json.JSONDecodeError:
+            raise click.BadParameter(f"{item!r}: the value must be JSON (a number, true/false, \"text\").") from None
+    return arch
+
+
 def _parse_scales(ctx, param, value):
     try:
         scales = tuple(float(v) for v in str(value).split(",") if v.strip())
@@ -120,82 +159,133 @@ def _parse_scales(ctx, param, value):
     return scales
 
 
+# CLI parameter -> TrainConfig field, for the options that are training options
+_CONFIG_FIELDS = {
+    "max_minutes": "max_seconds", "steps": "steps", "validations": "validations", "epochs": "epochs",
+    "steps_per_epoch": "steps_per_epoch", "batch_size": "batch_size", "crop": "crop_size", "lr": "lr",
+    "warmup": "warmup_steps", "scales": "scales", "color_jitter": "color_jitter",
+    "contrast_jitter": "contrast_jitter", "saturation_jitter": "saturation_jitter", "pos_fraction": "pos_fraction",
+    "paste_fraction": "paste_fraction", "ema": "ema_decay", "train_only": "train_only", "assigner": "assigner",
+    "arch": "arch", "empty_negatives": "empty_negatives", "empty_negatives_from": "empty_negatives_from",
+    "gate_scale": "gate_input_scale", "gate_pool": "gate_pool", "gate_recall": "gate_recall",
+    "val_fraction": "val_fraction", "patience": "patience", "device": "device", "seed": "seed",
+    "split_seed": "split_seed", "init_from": "init_from",
+}
+
+
+def _config_value(name: str, value):
+    if name == "max_minutes":
+        return value * 60.0 if value else None  # 0 = no budget
+    if name == "patience":
+        return value or None  # 0 = never stop early
+    return value
+
+
+def train_config(params: dict, config_file: str | None = None):
+    """The :class:`TrainConfig` of a command line: the file's options, then the options given (they win).
+
+    Options left at their default take the file's value when it has one, else the command's default.
+    """
+    from geors.train.detector import TrainConfig
+
+    ctx = click.get_current_context(silent=True)
+    given = {n for n in params if ctx is not None and ctx.get_parameter_source(n) not in
+             (click.core.ParameterSource.DEFAULT, click.core.ParameterSource.DEFAULT_MAP, None)}
+    base = TrainConfig.from_toml(config_file).to_dict() if config_file else {}
+    values = dict(base)
+    for name, fld in _CONFIG_FIELDS.items():
+        if name in given or fld not in base:
+            values[fld] = _config_value(name, params[name])
+    return TrainConfig.from_dict(values, source=config_file or "command line")
+
+
 @handle_errors
-def _train(scenes, labels, empty_scenes, init_from, class_field, rename_class, gsd, epochs, steps_per_epoch,
-           batch_size, crop, lr, warmup, scales, color_jitter, contrast_jitter, saturation_jitter, ema, train_only,
-           assigner, empty_negatives, empty_negatives_from, gate_scale, gate_pool, gate_recall, val_fraction, patience, max_minutes,
-           device, seed, split_seed, allow_ungeoreferenced, name, output, tile_size, overlap, bands) -> None:
+def _train(**params) -> None:
     """Train the R2-CNN gate + detector (one network; `gate` and `detector` train the same model).
 
-    Progress (loss, ETA, validation AP50 per epoch) goes to stderr; the last
-    stdout line is a JSON summary, preceded by where the model is and how to run it.
+    The time budget (--max-minutes, default 10) is the schedule: the step time
+    is measured and the steps planned to use it. 20% of the labelled objects
+    are held back in spatial blocks to validate, keep the best weights and
+    calibrate the gate and score thresholds. Progress goes to stderr; the last
+    stdout line is a JSON summary, the last stderr line the validation AP50 and
+    F1, where the model is and how to run it.
     """
     import logging
 
     from geors.errors import ConfigError, GeoreferenceError
     from geors.models.registry import save_model
-    from geors.train.detector import TrainConfig, tiles_from_scenes, train_detector
+    from geors.progress import JsonlProgress, NullProgress
+    from geors.train.detector import tiles_from_scenes, train_detector
+    from geors.train.schedule import TrainingBar
 
+    p = params
+    scenes, labels, output = p["scenes"], p["labels"], p["output"]
+    tile_size, overlap = p["tile_size"], p["overlap"]
     if len(scenes) != len(labels):
         raise ConfigError(f"give one --labels per --scene ({len(scenes)} scenes, {len(labels)} label files).")
-    if epochs < 1 or batch_size < 1 or crop < 32:
-        raise ConfigError("--epochs and --batch-size must be >= 1 and --crop >= 32 pixels.")
-    if gate_scale < 1 or crop // gate_scale < 8:
-        raise ConfigError(f"--gate-scale must be >= 1 and leave at least 8 px of the --crop ({crop} // {gate_scale}).")
-    if init_from and (tile_size is None or overlap is None):
+    cfg = train_config(p, p["config_file"])
+    if cfg.crop_size < 32:
+        raise ConfigError("--crop must be >= 32 pixels.")
+    if cfg.gate_input_scale < 1 or cfg.crop_size // cfg.gate_input_scale < 8:
+        raise ConfigError(f"--gate-scale must be >= 1 and leave at least 8 px of the --crop "
+                          f"({cfg.crop_size} // {cfg.gate_input_scale}).")
+    if cfg.init_from and (tile_size is None or overlap is None):
         from geors.models.registry import load_model
 
-        _, init_meta = load_model(init_from, "cpu")
+        _, init_meta = load_model(cfg.init_from, "cpu")
         tile_size = tile_size or int(init_meta.get("tile_size", 640))
         overlap = overlap if overlap is not None else int(init_meta.get("overlap", 128))
     tile_size = tile_size or 640  # the inference grid the model records (defaults of a new model)
     overlap = 128 if overlap is None else overlap
+    kind = p["progress"]
+    if kind == "auto":
+        kind = "bar" if click.get_text_stream("stderr").isatty() else "none"
+    progress = {"bar": TrainingBar, "jsonl": JsonlProgress}.get(kind, NullProgress)()
     train_log = logging.getLogger("geors.train")
     if logging.getLogger("geors").getEffectiveLevel() > logging.INFO and train_log.getEffectiveLevel() < logging.ERROR:
         train_log.setLevel(logging.INFO)  # training progress is shown unless -q
     try:
-        pairs = list(zip(scenes, labels, strict=True)) + [(s, None) for s in empty_scenes]
-        tiles, classes, info = tiles_from_scenes(pairs, class_field, tile_size, overlap, parse_bands(bands),
-                                                 seed=split_seed, allow_ungeoreferenced=allow_ungeoreferenced,
-                                                 rename=rename_class)
+        pairs = list(zip(scenes, labels, strict=True)) + [(s, None) for s in p["empty_scenes"]]
+        tiles, classes, info = tiles_from_scenes(pairs, p["class_field"], tile_size, overlap, parse_bands(p["bands"]),
+                                                 seed=cfg.split_seed,
+                                                 allow_ungeoreferenced=p["allow_ungeoreferenced"],
+                                                 rename=p["rename_class"])
     except GeoreferenceError as exc:
-        if allow_ungeoreferenced or "no geotransform" not in str(exc):
+        if p["allow_ungeoreferenced"] or "no geotransform" not in str(exc):
             raise
         raise GeoreferenceError(f"{exc} To train on it anyway with labels in pixel coordinates (VOC XML, CSV), "
                                 "add --allow-ungeoreferenced.") from None
+    gsd = p["gsd"]
     if gsd is not None and info["gsd_m"] is not None and abs(gsd - info["gsd_m"]) > 0.01 * info["gsd_m"]:
         raise ConfigError(f"--gsd {gsd} m contradicts the scenes' own ground sample distance "
                           f"({info['gsd_m']:.4g} m); leave --gsd out for georeferenced scenes.")
-    cfg = TrainConfig(epochs=epochs, steps_per_epoch=steps_per_epoch, batch_size=batch_size, crop_size=crop, lr=lr,
-                      assigner=assigner, device=device, seed=seed, split_seed=split_seed,
-                      gate_input_scale=gate_scale, gate_pool=gate_pool,
-                      gate_recall=gate_recall, val_fraction=val_fraction, patience=patience or None,
-                      warmup_steps=warmup, init_from=init_from, train_only=train_only, scales=scales,
-                      color_jitter=color_jitter, contrast_jitter=contrast_jitter,
-                      saturation_jitter=saturation_jitter, ema_decay=ema,
-                      empty_negatives=empty_negatives, empty_negatives_from=empty_negatives_from,
-                      max_seconds=max_minutes * 60 if max_minutes else None)
     model, meta = train_detector(tiles, classes, cfg, meta={
-        "name": name or Path(output).stem, "tile_size": tile_size, "overlap": overlap,
+        "name": p["name"] or Path(output).stem, "tile_size": tile_size, "overlap": overlap,
         "gsd_m": info["gsd_m"] if info["gsd_m"] is not None else gsd,
         "training": {"sources": info["sources"], "band_indexes": info["band_indexes"]},
-    })
+    }, progress=None if isinstance(progress, NullProgress) else progress)
     path = save_model(model, meta, output)
-    calib = meta["training"]["gate_calibration"]
+    tr = meta["training"]
+    calib = tr["gate_calibration"]
     gate = (f"gate threshold {calib['gate_threshold']:.4g} (passes {calib['achieved_recall']:.2f} of "
-            f"{calib['n_pos_tiles']} validation tiles with objects)" if calib["status"] == "calibrated"
+            f"{calib['n_pos_tiles']} validation images with objects)" if calib["status"] == "calibrated"
             else f"GATE DISABLED: {calib['reason']}")
-    sc = meta["training"]["score_calibration"]
-    score = (f"score threshold {sc['score_threshold']:.2f}, F1 {sc['f1']:.2f} on the validation tiles"
-             if sc["status"] == "calibrated" else "score threshold: the default 0.3, no validation objects found")
+    sc = tr["score_calibration"]
+    score = (f"score threshold {sc['score_threshold']:.2f}" if sc["status"] == "calibrated"
+             else "score threshold: the default 0.3 (not calibrated)")
     click.echo(json.dumps({"model": str(path), "classes": classes, "anchor_scales": meta["anchor_scales"],
-                           "steps": meta["training"]["steps"], "seconds": meta["training"]["seconds"],
-                           "gate_threshold": meta["gate_threshold"], "gate_calibration": calib,
-                           "score_threshold": meta["score_threshold"],
-                           "validation": meta["training"]["validation"],
-                           "best_val_AP50": meta["training"]["best_val_AP50"]}))
-    click.echo(f"Model written to {path} ({gate}; {score}). Run it with: geors detect SCENE.tif -o OUT.gpkg --model {path}",
-               err=True)
+                           "steps": tr["steps"], "planned_steps": tr["planned_steps"], "seconds": tr["seconds"],
+                           "stop_reason": tr["stop_reason"], "gate_threshold": meta["gate_threshold"],
+                           "gate_calibration": calib, "score_threshold": meta["score_threshold"],
+                           "validation": tr["validation"], "best_val_AP50": tr["best_val_AP50"],
+                           "validation_AP50": tr["validation_AP50"], "validation_F1": tr["validation_F1"]}))
+    run = f"geors detect SCENE.tif -o OUT.gpkg --model {path}"
+    if calib["status"] != "calibrated":
+        run += "   (no gate: every tile goes to the detector)"
+    click.echo(f"Model written to {path} ({gate}; {score}); {tr['steps']} steps in {tr['seconds'] / 60:.1f} min "
+               f"({tr['stop_reason']}).", err=True)
+    line = tr["validation_summary"]
+    click.echo(f"{line[:1].upper()}{line[1:]}. Run it with: {run}", err=True)
 
 
 # each command gets its own options: click.command() takes the parameters off the function it wraps, so one

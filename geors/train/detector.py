@@ -1,30 +1,28 @@
-"""Training loop of the R2-CNN gate + detector from labelled tiles.
+"""Training loop of the R2-CNN gate + detector, and its options (:class:`TrainConfig`, TOML in/out).
 
-Input is a list of :class:`TrainTile` (image ``(C, H, W)`` float32 in ``[0, 1]``,
-boxes ``(N, 4)`` xyxy tile pixels, class ids). Each step draws a batch of
-random crops, half of them around a labelled object ("positive") and half
-without any object ("empty") when empty examples exist, applies a random
-flip/90° rotation, and minimises the joint R2-CNN loss (gate loss on every
-crop, detector loss only on crops with targets unless ``empty_negatives``). With the cheap gate
-(``gate_input_scale > 1``, the default of :class:`TrainConfig`) the gate loss
-is computed on the crops average-pooled by that factor and the detector loss on
-the full-resolution crops. The gate head is trained with the pooling it runs
-with (``TrainConfig.gate_pool``, top-3 by default).
+Input is a list of :class:`~geors.train.crops.TrainTile` (image ``(C, H, W)``
+float32 in ``[0, 1]``, boxes ``(N, 4)`` xyxy pixels, class ids). Each step
+draws a batch of random crops (:func:`~geors.train.crops.sample_batch`: half
+around a labelled object, half without any when empty examples exist, flips,
+90° rotations, colour jitter) and minimises the joint R2-CNN loss (gate loss
+on every crop, detector loss only on crops with targets unless
+``empty_negatives``). With the cheap gate (``gate_input_scale > 1``) the gate
+loss is computed on the crops average-pooled by that factor.
 
-A validation split of the inference tile grid (``TrainConfig.val_fraction``)
-is held out of training: it gives a validation AP50 per epoch (early stopping
-keeps the best epoch) and calibrates the gate threshold
-(:func:`calibrate_gate`, the one calibration path of ``geors train`` and
-``examples/train_default_model.py``): the threshold is the highest value that
-still passes ``gate_recall`` (0.99) of the validation tiles holding objects.
-When no such threshold can be calibrated (no positive validation tile) the gate
-is disabled (threshold 0: every tile reaches the detector) and a warning says
-so; a calibration that misses its recall target raises
-:class:`GateCalibrationError` rather than ship a gate that hides objects. The
-same tiles set the model's detection score threshold
-(:func:`calibrate_score_threshold`, highest F1).
-CPU works for small runs; on CUDA the forward pass runs under mixed precision.
-Everything is seeded.
+The time budget is the schedule (:mod:`geors.train.schedule`): the step time
+is measured on the first steps and the number of steps planned so that
+training, validation and calibration fill ``max_seconds``; the learning rate
+warms up and then follows a cosine over the planned steps. Validation always
+exists unless switched off: :func:`~geors.train.crops.split_validation` holds
+back spatial blocks (whole tiles, or blocks inside a single small scene) for
+the validation AP50 (early stopping keeps the best weights), the gate
+threshold (:func:`~geors.train.calibrate.calibrate_gate`, disabled with too
+little evidence) and the score threshold (best F1,
+:func:`~geors.train.calibrate.calibrate_score_threshold`). CPU works; on
+CUDA the forward pass runs under mixed precision. Everything is seeded.
+
+The names of :mod:`geors.train.crops`, :mod:`geors.train.calibrate` and
+:func:`geors.train.labels.tiles_from_scenes` are importable from here too.
 """
 
 from __future__ import annotations
@@ -33,73 +31,89 @@ import logging
 import math
 import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from types import UnionType
+from typing import Any, Union, get_args, get_origin, get_type_hints
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
-from geors.errors import GeorsError, LabelError
+from geors.errors import ConfigError, LabelError
 from geors.models.r2cnn import INFERENCE_FIELDS, R2CNN, R2CNNConfig
+from geors.progress import Progress
 from geors.train.anchors import box_sizes, kmeans_anchor_scales
-from geors.train.augment import random_contrast, random_dihedral, random_photometric
+from geors.train.calibrate import (
+    GATE_TARGET_RECALL,
+    SCORE_CANDIDATES,
+    GateCalibrationError,
+    _validation_tables,
+    calibrate_gate,
+    calibrate_gate_threshold,
+    calibrate_score_threshold,
+    gate_scores,
+    validation_ap50,
+)
+from geors.train.crops import (
+    MIN_VISIBLE,
+    TrainTile,
+    count_objects,
+    grid_tiles,
+    require_enough_labels,
+    sample_batch,
+    split_validation,
+)
+from geors.train.labels import tiles_from_scenes
+from geors.train.schedule import BudgetSchedule
 
 __all__ = [
-    "GATE_TARGET_RECALL",
-    "GateCalibrationError",
-    "TrainTile",
-    "TrainConfig",
-    "train_detector",
-    "sample_batch",
-    "split_validation",
-    "gate_scores",
-    "calibrate_gate",
-    "calibrate_gate_threshold",
-    "calibrate_score_threshold",
+    "DEFAULT_STEPS", "MIN_LABELLED_OBJECTS", "GATE_TARGET_RECALL", "SCORE_CANDIDATES", "MIN_VISIBLE",
+    "GateCalibrationError", "TrainTile", "TrainConfig", "train_detector", "sample_batch", "grid_tiles",
+    "split_validation", "gate_scores", "calibrate_gate", "calibrate_gate_threshold", "calibrate_score_threshold",
+    "tiles_from_scenes", "validation_ap50", "_validation_tables",
 ]
 
 log = logging.getLogger(__name__)
 
-MIN_VISIBLE = 0.5
-"""A box cut by a crop is kept if at least this share of its area stays visible."""
+DEFAULT_STEPS = 1000
+"""Steps of a run without a time budget (``max_seconds=None``) and without ``steps``."""
 
-GATE_TARGET_RECALL = 0.99
-"""Share of the validation tiles holding objects that the calibrated gate must pass."""
+MIN_LABELLED_OBJECTS = 10
+"""With a validation split, fewer labelled objects than this are refused: too few to train on and to hold some
+back for the calibration."""
 
+VALIDATION_SHARE = 0.25
+"""At most about this share of a time budget goes to validations: when one takes longer, there are fewer (two at
+least: one in the middle, one at the end)."""
 
-class GateCalibrationError(GeorsError, ValueError):
-    """A gate threshold that passes fewer positive validation tiles than the recall target."""
-
-
-@dataclass
-class TrainTile:
-    """One labelled training image.
-
-    Attributes:
-        image: ``(C, H, W)`` float32 in ``[0, 1]``.
-        boxes: ``(N, 4)`` xyxy in pixels of this image (N may be 0).
-        class_ids: ``(N,)`` int, 0-based.
-        name: for logs.
-    """
-
-    image: np.ndarray
-    boxes: np.ndarray
-    class_ids: np.ndarray
-    name: str = ""
+_clock = time.monotonic  # the schedule's clock (tests replace it)
 
 
-@dataclass
+@dataclass(frozen=True)
 class TrainConfig:
-    """Options of :func:`train_detector` (sizes in pixels).
+    """Options of :func:`train_detector` (sizes in pixels); TOML in/out with :meth:`to_toml` / :meth:`from_toml`.
+
+    The schedule: by default the time budget ``max_seconds`` sets it (the
+    step time is measured on the first steps and the number of steps planned
+    so that training, validation and calibration fill the budget; warm-up
+    then cosine decay over the planned steps; :mod:`geors.train.schedule`).
+    ``steps`` (or ``epochs`` x ``steps_per_epoch``) gives a fixed number of
+    steps instead, which the budget only caps; without a budget and without
+    ``steps``, :data:`DEFAULT_STEPS` steps.
 
     Attributes:
-        epochs: passes; one epoch = ``steps_per_epoch`` batches.
-        steps_per_epoch: batches per epoch; None = one batch per
-            ``8 * batch_size`` labelled objects (at least 1): a crop usually
-            holds several objects.
+        max_seconds: time budget in seconds for the whole of training
+            (validation and calibration included); None = no budget.
+        steps: a fixed number of steps (the budget then only caps them); None
+            = planned from the budget (or :data:`DEFAULT_STEPS` without one).
+        validations: validations (AP50 on the held-back blocks) over a planned
+            or ``steps`` schedule, evenly spaced; the last one at the last step.
+        epochs: the older way to fix the schedule: ``epochs`` x
+            ``steps_per_epoch`` steps, validated after each epoch. None = not
+            used. With only ``steps_per_epoch``, 10 epochs; with only
+            ``epochs``, :data:`DEFAULT_STEPS` split into them.
+        steps_per_epoch: see ``epochs``.
         batch_size: crops per step.
         crop_size: side of the random training crops (the net is fully
             convolutional, so crops smaller than the inference tile are fine).
@@ -121,11 +135,9 @@ class TrainConfig:
         assigner: ``"nwd_rka"`` (default) or ``"iou"`` for the RPN.
         num_anchor_scales: k of the anchor k-means.
         anchor_scales: fixed anchor sides; None = k-means over training boxes.
-        nwd_c: NWD constant in pixels. geors keeps the paper's 12.7 rather than
-            the mean object size: the constant sets the radius of the ignored
-            zone around objects (NWD >= 0.3 means W2 <= 1.2 C), and with the
-            ~35 px NEON crowns and dense canopy a mean-size C would ignore
-            almost every anchor between trees, starving the RPN of negatives.
+        nwd_c: NWD constant in pixels: the paper's 12.7, not the mean object
+            size, which would ignore almost every anchor between dense crowns
+            (the radius of the ignored zone is set by C; docs/detector.md).
         device: ``auto``, ``cpu`` or ``cuda``.
         seed: seeds numpy and torch (crops, jitter, initialisation).
         split_seed: seeds the validation split (:func:`split_validation`),
@@ -133,8 +145,7 @@ class TrainConfig:
             validated on the same tiles, so their validation AP50 can be
             compared (and one chosen by it), and a later ``train_only="gate"``
             step calibrates on the tiles the detector step did not train on.
-        max_seconds: optional wall-clock budget; training stops early at it.
-        log_every: steps between log lines.
+        log_every: steps between log lines (DEBUG when a progress bar is shown).
         gate_input_scale: the gate reads crops/tiles average-pooled by this
             factor (4 = cheap gate, default for new models; 1 = the paper's
             gate on the shared full-resolution map).
@@ -149,30 +160,26 @@ class TrainConfig:
         gate_pool: gate pooling the head is trained and run with: ``"topK"``
             (default ``"top3"``: mean of the K highest per-location margins) or
             ``"avg"`` (the paper's global average pooling).
-        val_fraction: share of the inference-grid tiles (positive and empty
-            separately, at least one of each kind when there are two or more)
-            held out for the per-epoch validation AP50, early stopping and the
-            gate calibration; 0 = no split (the gate is then disabled).
-        patience: stop after this many epochs without a better validation
-            AP50 and keep the best epoch's weights; None = no early stopping.
+        val_fraction: share of the labelled objects held back in spatial
+            blocks (:func:`geors.train.crops.split_validation`: whole inference
+            tiles when there are enough, blocks inside them otherwise) for the
+            validation AP50, early stopping and the gate and score
+            calibration; 0 = no split (the gate is then disabled and the
+            score threshold not calibrated). With a split, fewer than
+            :data:`MIN_LABELLED_OBJECTS` objects are refused (LabelError).
+        patience: stop after this many validations in a row without a better
+            validation AP50 and keep the best weights; None = no early stopping.
         empty_negatives: crops without objects also enter the detector loss
             (RPN negatives, background RoIs; :class:`R2CNNConfig`
             ``empty_negatives``), not only the gate loss as in the paper.
-            None = off for a new model (the paper), the starting model's
-            setting with ``init_from``. Measured on the NEON trees
-            (docs/detector.md): for a fine-tune of a working detector it is
-            the better choice (held-out AP50 0.33 vs 0.26 over seeds; 0 boxes
-            per empty lake tile without the gate instead of 10-39); from
-            scratch it held the detector back (2,400 steps: validation AP50
-            0.031 vs 0.188, held-out 0.086 vs 0.232), hence off for a new model.
+            None = off for a new model (the paper; from scratch it held the
+            detector back), the starting model's setting with ``init_from``
+            (it helps a fine-tune; measurements in docs/detector.md).
         empty_negatives_from: share of the schedule (0-1) trained as in the
             paper before empty crops join the detector loss (with
             ``empty_negatives`` on; 0 = from the first step; the last step
-            always has them). A warm-up: the
-            detector first learns to find objects, then to stay quiet on
-            empty ground. Epochs validated during the warm-up are logged but
-            never kept, and early stopping counts only the epochs after it,
-            so the weights kept have trained on the empty crops.
+            always has them). Weights validated during this warm-up are never
+            kept, and early stopping counts only the validations after it.
         train_only: ``"gate"`` trains only the gate head (backbone, its
             batch-norm statistics and the detector branch stay frozen), e.g.
             to retrain a model's gate with another pooling without changing
@@ -180,10 +187,13 @@ class TrainConfig:
         arch: other :class:`R2CNNConfig` fields to override.
     """
 
-    epochs: int = 10
+    max_seconds: float | None = 600.0
+    steps: int | None = None
+    validations: int = 10
+    epochs: int | None = None
     steps_per_epoch: int | None = None
     batch_size: int = 4
-    crop_size: int = 384
+    crop_size: int = 256
     scales: tuple[float, ...] = (1.0,)
     pos_fraction: float = 0.5
     color_jitter: float = 0.1
@@ -201,180 +211,96 @@ class TrainConfig:
     device: str = "auto"
     seed: int = 0
     split_seed: int = 0
-    max_seconds: float | None = None
     log_every: int = 20
     gate_input_scale: int = 4
     init_from: str | None = None
     gate_recall: float | None = GATE_TARGET_RECALL
     gate_pool: str = "top3"
     val_fraction: float = 0.2
-    patience: int | None = 3
+    patience: int | None = 5
     train_only: str | None = None
     empty_negatives: bool | None = None
     empty_negatives_from: float = 0.0
     arch: dict[str, Any] = field(default_factory=dict)
 
+    def to_dict(self) -> dict[str, Any]:
+        """Plain values (tuples as lists), for JSON metadata and TOML."""
+        return {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(self).items()}
 
-def _crop(
-    tile: TrainTile, x0: int, y0: int, side: int
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Crop ``side`` px at ``(x0, y0)``, zero-padding beyond the image; boxes clipped, slivers dropped."""
-    c, h, w = tile.image.shape
-    out = np.zeros((c, side, side), np.float32)
-    xs, ys = max(x0, 0), max(y0, 0)
-    xe, ye = min(x0 + side, w), min(y0 + side, h)
-    if xe > xs and ye > ys:
-        out[:, ys - y0 : ye - y0, xs - x0 : xe - x0] = tile.image[:, ys:ye, xs:xe]
-    b = np.asarray(tile.boxes, np.float64).reshape(-1, 4) - [x0, y0, x0, y0]
-    cl = np.clip(b, 0, side)
-    area = (b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1])
-    vis = np.clip(cl[:, 2] - cl[:, 0], 0, None) * np.clip(cl[:, 3] - cl[:, 1], 0, None)
-    keep = (area > 0) & (vis >= MIN_VISIBLE * area) & (vis > 0)
-    return out, cl[keep].astype(np.float32), np.asarray(tile.class_ids, np.int64).reshape(-1)[keep]
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], source: str = "training config") -> TrainConfig:
+        """A config from plain values, each checked against its field's type.
 
+        Raises:
+            ConfigError: an unknown option or a value of the wrong type, naming ``source``.
+        """
+        hints = get_type_hints(cls)
+        unknown = sorted(set(data) - set(hints))
+        if unknown:
+            raise ConfigError(f"{source}: unknown training option(s) {unknown}; known: {sorted(hints)}")
+        values = {k: _checked(source, k, v, hints[k]) for k, v in data.items()}
+        return cls(**values)
 
-def _touches_box(tile: TrainTile, x0: int, y0: int, side: int) -> bool:
-    b = np.asarray(tile.boxes).reshape(-1, 4)
-    return bool(np.any((b[:, 0] < x0 + side) & (b[:, 2] > x0) & (b[:, 1] < y0 + side) & (b[:, 3] > y0)))
+    def to_toml(self) -> str:
+        """TOML text of every option; None (TOML has no null) is written as ``"none"``."""
+        return "".join(f"{k} = {_toml_value(v)}\n" for k, v in self.to_dict().items())
 
+    @classmethod
+    def from_toml(cls, path: str | Path) -> TrainConfig:
+        """Read a TOML file written by :meth:`to_toml` (or by hand; a ``[train]`` table is accepted too)."""
+        import tomllib
 
-def _paste_on_empty(
-    crop: tuple[np.ndarray, np.ndarray, np.ndarray], empty_tiles: Sequence[TrainTile], side: int,
-    rng: np.random.Generator,
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Paste a random window of a positive crop onto a crop of an image without objects (see sample_batch)."""
-    img, bx, ci = crop
-    ws = int(rng.integers(max(side // 4, 1), max(3 * side // 4, 1) + 1))
-    src = TrainTile(img, bx, ci)
-    # place the window around a random object so it holds one
-    b = bx[int(rng.integers(len(bx)))]
-    cx, cy = int((b[0] + b[2]) / 2), int((b[1] + b[3]) / 2)
-    wx = int(np.clip(cx - int(rng.integers(ws)), 0, side - ws))
-    wy = int(np.clip(cy - int(rng.integers(ws)), 0, side - ws))
-    win, wbx, wci = _crop(src, wx, wy, ws)
-    if not len(wbx):
-        return crop
-    t = empty_tiles[int(rng.integers(len(empty_tiles)))]
-    _, h, w = t.image.shape
-    base, _, _ = _crop(t, int(rng.integers(max(w - side, 0) + 1)), int(rng.integers(max(h - side, 0) + 1)), side)
-    px, py = int(rng.integers(side - ws + 1)), int(rng.integers(side - ws + 1))
-    base[:, py : py + ws, px : px + ws] = win
-    return base, (wbx + np.array([px, py, px, py], np.float32)).astype(np.float32), wci
+        p = Path(path)
+        try:
+            data = tomllib.loads(p.read_text())
+        except FileNotFoundError:
+            raise ConfigError(f"{p}: training config file not found") from None
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"{p}: not valid TOML: {exc}") from None
+        if set(data) == {"train"} and isinstance(data["train"], dict):
+            data = data["train"]
+        return cls.from_dict(data, source=str(p))
 
 
-def sample_batch(
-    tiles: Sequence[TrainTile],
-    batch_size: int,
-    crop_size: int,
-    rng: np.random.Generator,
-    pos_fraction: float = 0.5,
-    scales: Sequence[float] = (1.0,),
-    color_jitter: float = 0.0,
-    paste_fraction: float = 0.0,
-    contrast_jitter: float = 0.0,
-    saturation_jitter: float = 0.0,
-) -> tuple[np.ndarray, list[np.ndarray], list[np.ndarray]]:
-    """Draw a balanced batch of augmented crops.
-
-    A positive crop is placed so that a randomly chosen object's centre lies
-    inside it; an empty crop comes from an image without objects, or is a
-    random crop that touches no box (up to 20 tries; if none is found, a crop
-    of an image without objects when there is one, otherwise a positive crop).
-    Without any empty source every crop is positive.
-
-    With ``paste_fraction > 0`` and images without objects, that share of the
-    positive crops is a copy-paste composite: a random window (1/4 to 3/4 of
-    the crop side, holding at least one object by the visibility rule) of the
-    positive crop pasted at a random place on a crop of an image without
-    objects. Real scenes have isolated stands of trees on open ground or
-    water; dense-canopy crops alone teach the gate (global average pooling)
-    that a tile is positive only when trees fill it.
-
-    Returns:
-        images ``(B, C, S, S)`` float32, per-crop boxes ``(N, 4)`` float32 xyxy
-        crop pixels, per-crop class ids ``(N,)`` int64.
-    """
-    pos_tiles = [t for t in tiles if len(t.boxes)]
-    empty_tiles = [t for t in tiles if not len(t.boxes)]
-    if not pos_tiles:
-        raise LabelError("no training image has labelled objects; check the labels and the scene.")
-    imgs, boxes, cids = [], [], []
-    for _ in range(batch_size):
-        s = float(scales[int(rng.integers(len(scales)))])
-        side = max(int(round(crop_size / s)), 8)
-        crop = None
-        if rng.random() >= pos_fraction:
-            if empty_tiles and (rng.random() < 0.5 or len(pos_tiles) == 0):
-                t = empty_tiles[int(rng.integers(len(empty_tiles)))]
-                _, h, w = t.image.shape
-                x0 = int(rng.integers(max(w - side, 0) + 1))
-                y0 = int(rng.integers(max(h - side, 0) + 1))
-                crop = _crop(t, x0, y0, side)
-            else:
-                for _try in range(20):
-                    t = tiles[int(rng.integers(len(tiles)))]
-                    _, h, w = t.image.shape
-                    x0 = int(rng.integers(max(w - side, 0) + 1))
-                    y0 = int(rng.integers(max(h - side, 0) + 1))
-                    if not _touches_box(t, x0, y0, side):
-                        crop = _crop(t, x0, y0, side)
-                        break
-                if crop is None and empty_tiles:
-                    t = empty_tiles[int(rng.integers(len(empty_tiles)))]
-                    _, h, w = t.image.shape
-                    x0 = int(rng.integers(max(w - side, 0) + 1))
-                    y0 = int(rng.integers(max(h - side, 0) + 1))
-                    crop = _crop(t, x0, y0, side)
-        if crop is None:
-            t = pos_tiles[int(rng.integers(len(pos_tiles)))]
-            _, h, w = t.image.shape
-            b = np.asarray(t.boxes).reshape(-1, 4)[int(rng.integers(len(t.boxes)))]
-            cx, cy = (b[0] + b[2]) / 2, (b[1] + b[3]) / 2
-            lo_x, hi_x = int(math.floor(cx)) - side + 1, int(math.floor(cx))
-            lo_y, hi_y = int(math.floor(cy)) - side + 1, int(math.floor(cy))
-            # keep the crop inside the image when it can be
-            lo_x, hi_x = max(lo_x, min(0, w - side)), min(hi_x, max(w - side, 0))
-            lo_y, hi_y = max(lo_y, min(0, h - side)), min(hi_y, max(h - side, 0))
-            x0 = int(rng.integers(lo_x, max(hi_x, lo_x) + 1))
-            y0 = int(rng.integers(lo_y, max(hi_y, lo_y) + 1))
-            crop = _crop(t, x0, y0, side)
-            if empty_tiles and paste_fraction > 0 and rng.random() < paste_fraction:
-                crop = _paste_on_empty(crop, empty_tiles, side, rng)
-        img, bx, ci = crop
-        img, bx = random_dihedral(img, bx, rng)
-        img = random_photometric(img, rng, color_jitter)
-        img = random_contrast(img, rng, contrast_jitter)
-        img = _random_saturation(img, rng, saturation_jitter)
-        if side != crop_size:
-            f = crop_size / side
-            img = F.interpolate(torch.from_numpy(img)[None], size=(crop_size, crop_size), mode="bilinear",
-                                align_corners=False)[0].numpy()
-            bx = bx * f
-        imgs.append(img)
-        boxes.append(bx.astype(np.float32))
-        cids.append(ci)
-    return np.stack(imgs), boxes, cids
+def _checked(source: str, name: str, value: Any, hint: Any) -> Any:
+    """``value`` converted to the field type ``hint`` (lists to tuples, ints to floats) or ConfigError."""
+    args = [a for a in get_args(hint) if a is not type(None)] if get_origin(hint) in (Union, UnionType) else [hint]
+    if value is None or (isinstance(value, str) and value.lower() == "none" and type(None) in get_args(hint)):
+        if type(None) in get_args(hint):
+            return None
+        raise ConfigError(f"{source}: {name} cannot be empty")
+    for a in args:
+        origin = get_origin(a) or a
+        if origin is bool and isinstance(value, bool):
+            return value
+        if origin is int and isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if origin is float and isinstance(value, int | float) and not isinstance(value, bool):
+            return float(value)
+        if origin is str and isinstance(value, str):
+            return value
+        if origin in (tuple, list) and isinstance(value, list | tuple) and all(
+                isinstance(x, int | float) and not isinstance(x, bool) for x in value):
+            return origin(float(x) for x in value)
+        if origin is dict and isinstance(value, dict):
+            return dict(value)
+    raise ConfigError(f"{source}: {name} = {value!r} is not a {hint}")
 
 
-def _random_saturation(image: np.ndarray, rng: np.random.Generator, strength: float) -> np.ndarray:
-    """Blend a crop with its grey (band mean) image by a factor from ``[1 - s, 1 + s]``, clipped to ``[0, 1]``.
+def _toml_value(v: Any) -> str:
+    if v is None:
+        return '"none"'
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, int | float):
+        return repr(v)
+    if isinstance(v, list | tuple):
+        return "[" + ", ".join(_toml_value(x) for x in v) + "]"
+    if isinstance(v, dict):
+        return "{" + ", ".join(f"{k} = {_toml_value(x)}" for k, x in v.items()) + "}"
+    s = str(v).replace("\\", "\\\\").replace('"', '\\"')
+    return f'"{s}"'
 
-    Other forests differ in colour more than in shape (dead grey snags, yellow or
-    blue-green crowns); a factor below 1 desaturates, above 1 saturates.
-    ``strength = 0`` returns the image unchanged.
-    """
-    if strength <= 0 or image.shape[0] < 2:
-        return image
-    f = float(rng.uniform(max(1 - strength, 0.0), 1 + strength))
-    grey = image.mean(axis=0, keepdims=True)
-    return np.clip(grey + f * (image - grey), 0, 1).astype(np.float32)
-
-
-def _lr_factor(step: int, total: int, warmup: int) -> float:
-    if step < warmup:
-        return (step + 1) / warmup
-    progress = (step - warmup) / max(total - warmup, 1)
-    return 0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
 
 
 def train_detector(
@@ -383,6 +309,7 @@ def train_detector(
     config: TrainConfig | None = None,
     meta: dict[str, Any] | None = None,
     val_tiles: Sequence[TrainTile] | None = None,
+    progress: Progress | None = None,
 ) -> tuple[R2CNN, dict[str, Any]]:
     """Train an R2-CNN gate + detector from scratch (or from ``config.init_from``).
 
@@ -392,23 +319,32 @@ def train_detector(
         config: training options.
         meta: extra model metadata (``tile_size``, ``overlap``, ``gsd_m``,
             ``normalisation``, ``training``...), merged into the result.
-        val_tiles: validation tiles (inference-grid size); None = split
-            ``config.val_fraction`` of ``tiles`` off with :func:`split_validation`.
+        val_tiles: validation images; None = hold back ``config.val_fraction``
+            of the objects in spatial blocks of ``tiles``
+            (:func:`geors.train.crops.split_validation`).
+        progress: reporter of the steps (:class:`geors.progress.Progress`;
+            :class:`geors.train.schedule.TrainingBar` follows a changing plan);
+            its ``cancelled`` stops training like the budget does.
 
     Returns:
         ``(model, meta)``: the trained model in eval mode on CPU, and metadata
         ready for :func:`geors.models.registry.save_model`. ``meta["gate_threshold"]``
         is the calibrated threshold (0 when the gate is disabled) and
         ``meta["training"]["gate_calibration"]`` records target, achieved
-        recall, pass rates and status.
+        recall, pass rates and status. ``meta["training"]`` also records the
+        schedule, the validation AP50 of each validation and of the kept
+        weights (``validation_AP50``) and their F1 at the calibrated score
+        threshold (``validation_F1``).
 
     Raises:
-        LabelError: no labelled object, or class ids outside ``classes``.
+        LabelError: no labelled object, class ids outside ``classes``, or (with
+            a validation split) fewer than :data:`MIN_LABELLED_OBJECTS` objects.
         GateCalibrationError: the calibrated gate misses its recall target.
     """
     from geors.detect import resolve_device
 
     cfg = config or TrainConfig()
+    given_val = val_tiles is not None
     tile_size = int((meta or {}).get("tile_size", 640))
     overlap = int((meta or {}).get("overlap", 128))
     all_boxes = np.concatenate([np.asarray(t.boxes, np.float64).reshape(-1, 4) for t in tiles]) if tiles else np.zeros((0, 4))
@@ -423,6 +359,8 @@ def train_detector(
     n_bands = bands.pop()
     if val_tiles is None:
         tiles, val_tiles = split_validation(tiles, cfg.val_fraction, cfg.split_seed, tile_size, overlap)
+        if cfg.val_fraction > 0:
+            require_enough_labels(tiles, val_tiles, MIN_LABELLED_OBJECTS)
     val_tiles = list(val_tiles)
     val_pos = [t for t in val_tiles if len(t.boxes)]
 
@@ -479,34 +417,43 @@ def train_detector(
     n_pos_tiles = sum(1 for t in tiles if len(t.boxes))
     if n_pos_tiles == 0:
         raise LabelError("every tile with objects went to the validation split; lower the validation fraction.")
-    spe = cfg.steps_per_epoch or max(1, int(math.ceil(len(all_boxes) / max(cfg.batch_size, 1) / 8)))
-    total = max(cfg.epochs * spe, 1)
-    # Steps trained as the paper before empty crops join the detector loss (0 without empty negatives;
-    # at most total - 1, so that a short run still trains its last step, and validates its last epoch, with them).
+    sched, spe = _make_schedule(cfg)
+    # Steps trained as the paper before empty crops join the detector loss (0 without empty negatives; at most
+    # total - 1, so that a short run still trains its last step, and validates its last weights, with them).
     # Weights validated in the warm-up are not the training asked for: never kept, and early stopping
-    # waits for the first epoch after it.
-    warm_up_end = min(int(round(cfg.empty_negatives_from * total)), total - 1) if empty_negatives else 0
-    if warm_up_end > 0:
+    # waits for the first validation after it. It follows the plan when the plan changes.
+    def warm_up_end() -> int:
+        return min(int(round(cfg.empty_negatives_from * sched.total)), sched.total - 1) if empty_negatives else 0
+
+    if warm_up_end() > 0:
         log.info("empty crops join the detector loss from step %d of %d; weights validated before that are "
-                 "not kept", warm_up_end + 1, total)
+                 "not kept", warm_up_end() + 1, sched.total)
     use_amp = device.type == "cuda"
     amp_dtype = torch.bfloat16 if use_amp and torch.cuda.is_bf16_supported() else torch.float16
     scaler = torch.amp.GradScaler("cuda", enabled=use_amp and amp_dtype == torch.float16)
-    log.info("training R2-CNN on %d images (%d with objects, %d boxes), validation %d tiles (%d with objects); "
-             "%d epochs x %d steps of %d crops of %d px on %s; anchor scales %s; assigner %s; gate pool %s",
-             len(tiles), n_pos_tiles, len(all_boxes), len(val_tiles), len(val_pos), cfg.epochs, spe, cfg.batch_size,
-             cfg.crop_size, device, [round(s, 1) for s in scales], cfg.assigner, arch.gate_pool)
+    n_train_boxes, n_val_boxes = count_objects(tiles), count_objects(val_tiles)
+    log.info("training R2-CNN on %d images (%d with objects, %d boxes), validation %d images (%d with objects, "
+             "%d boxes); %s; batches of %d crops of %d px on %s; anchor scales %s; assigner %s; gate pool %s",
+             len(tiles), n_pos_tiles, n_train_boxes, len(val_tiles), len(val_pos), n_val_boxes,
+             _describe_schedule(cfg, sched, spe), cfg.batch_size, cfg.crop_size, device,
+             [round(s, 1) for s in scales], cfg.assigner, arch.gate_pool)
 
-    t0 = time.monotonic()
     running: dict[str, float] = {}
     history: list[float] = []
     val_history: list[dict[str, Any]] = []
     best: tuple[float, int, dict[str, Tensor]] | None = None
-    stop_reason = "all epochs done"
+    val_px = sum(t.image.shape[1] * t.image.shape[2] for t in val_tiles)
+    val_seconds: list[float] = []
+    stop_reason = ""
+    n_validations = max(cfg.validations, 1)  # lowered when validating would take more than its share of the budget
+    quiet = progress is not None
+    if progress is not None:
+        progress.start(sched.total, "training")
+    sched.start()
     step = 0
-    for step in range(total):
+    while not sched.finished(step):
         for g in opt.param_groups:
-            g["lr"] = cfg.lr * _lr_factor(step, total, cfg.warmup_steps)
+            g["lr"] = cfg.lr * sched.lr_factor(step)
         imgs, bxs, cids = sample_batch(tiles, cfg.batch_size, cfg.crop_size, rng, cfg.pos_fraction, cfg.scales,
                                       cfg.color_jitter, cfg.paste_fraction, cfg.contrast_jitter, cfg.saturation_jitter)
         x = torch.from_numpy(imgs).to(device)
@@ -514,7 +461,7 @@ def train_detector(
             {"boxes": torch.from_numpy(b).to(device), "labels": torch.from_numpy(c).to(device)}
             for b, c in zip(bxs, cids, strict=True)
         ]
-        model.config.empty_negatives = empty_negatives and step >= warm_up_end
+        model.config.empty_negatives = empty_negatives and step >= warm_up_end()
         with torch.autocast(device_type="cuda", dtype=amp_dtype, enabled=use_amp):
             losses = model.compute_losses(x, targets)
         opt.zero_grad(set_to_none=True)
@@ -528,49 +475,69 @@ def train_detector(
         for k, v in losses.items():
             running[k] = running.get(k, 0.0) + float(v.detach())
         history.append(float(losses["total"].detach()))
-        elapsed = time.monotonic() - t0
-        if (step + 1) % cfg.log_every == 0 or step + 1 == total:
-            n = (step % cfg.log_every) + 1
-            eta = elapsed / (step + 1) * (total - step - 1)
-            if cfg.max_seconds is not None:
-                eta = min(eta, max(cfg.max_seconds - elapsed, 0.0))
-            log.info("step %d/%d %s | %.0f s, ETA %.0f s", step + 1, total,
-                     " ".join(f"{k}={v / n:.3f}" for k, v in running.items()), elapsed, eta)
+        step += 1
+        sched.step_done(step)
+        if not val_seconds and val_pos and sched.step_s() is not None:
+            # before the first validation is timed: a forward pass over the validation pixels costs about a
+            # third of a training step over as many pixels
+            est = sched.step_s() * val_px / (3.0 * cfg.batch_size * cfg.crop_size ** 2)
+            sched.set_reserve(est * (_validations_left(n_validations, sched, spe, step, 0) + 2))
+        if progress is not None:
+            progress.advance(1, steps=sched.total, loss=history[-1], eta_s=round(sched.eta_s(step), 1))
+        if step % cfg.log_every == 0 or sched.finished(step):
+            n = (step - 1) % cfg.log_every + 1
+            log.log(logging.DEBUG if quiet else logging.INFO, "step %d/%d %s | %.0f s, ETA %.0f s", step, sched.total,
+                    " ".join(f"{k}={v / n:.3f}" for k, v in running.items()), sched.elapsed_s(), sched.eta_s(step))
             running = {}
-        out_of_time = cfg.max_seconds is not None and elapsed > cfg.max_seconds
-        if ((step + 1) % spe == 0 or out_of_time) and val_pos:
-            epoch = (step + 1) / spe
-            scored = model if ema is None else ema
-            scored.eval()
-            ap50 = validation_ap50(scored, val_tiles, len(classes))
-            _train_mode(model, gate_only)
-            selectable = step + 1 > warm_up_end
-            val_history.append({"epoch": round(epoch, 2), "step": step + 1, "val_AP50": ap50,
-                                "selectable": selectable})
+        cancelled = progress is not None and bool(getattr(progress, "cancelled", False))
+        ending = sched.finished(step) or cancelled
+        if val_pos and (_validation_due(n_validations, sched, spe, step, len(val_history)) or ending):
+            with sched.side_work():
+                t_val = time.perf_counter()
+                scored = model if ema is None else ema
+                scored.eval()
+                ap50 = validation_ap50(scored, val_tiles, len(classes))
+                _train_mode(model, gate_only)
+                val_seconds.append(time.perf_counter() - t_val)
+            selectable = step > warm_up_end()
+            val_history.append({"step": step, "val_AP50": ap50, "selectable": selectable,
+                                **({"epoch": round(step / spe, 2)} if spe else {})})
             improved = selectable and (best is None or ap50 > best[0])
             if selectable and (best is None or ap50 >= best[0]):  # ties: the later, longer-trained weights
-                best = (ap50, step + 1, {k: v.detach().clone() for k, v in scored.state_dict().items()})
+                best = (ap50, step, {k: v.detach().clone() for k, v in scored.state_dict().items()})
             if not selectable:
-                note = f" (warm-up: not kept, empty crops join at step {warm_up_end + 1})"
+                note = f" (warm-up: not kept, empty crops join at step {warm_up_end() + 1})"
             else:
                 note = " best so far" if improved else f", best {best[0]:.3f} at step {best[1]}"
-            log.info("epoch %.2f/%d: validation AP50 %.3f (%d tiles)%s", epoch, cfg.epochs, ap50, len(val_tiles),
-                     note)
+            log.info("step %d/%d: validation AP50 %.3f (%d images)%s", step, sched.total, ap50, len(val_tiles), note)
+            if progress is not None:
+                progress.advance(0, steps=sched.total, val_AP50=ap50, best=best[0] if best else None)
+            mean_val = float(np.mean(val_seconds))
+            if cfg.max_seconds is not None and not spe:
+                n_validations = max(len(val_history) + 1, 2, min(n_validations, int(VALIDATION_SHARE * cfg.max_seconds
+                                                                                    / max(mean_val, 1e-6))))
+            sched.set_reserve(mean_val * (_validations_left(n_validations, sched, spe, step, len(val_history)) + 2))
             kept = [v for v in val_history if v["selectable"]]
-            if (cfg.patience is not None and selectable and not improved
+            if (cfg.patience is not None and selectable and not improved and not ending
                     and len(kept) - 1 - _index_of_best(kept) >= cfg.patience):
-                stop_reason = f"early stop: no better validation AP50 for {cfg.patience} epochs"
+                stop_reason = f"early stop: no better validation AP50 for {cfg.patience} validations"
                 log.info("%s", stop_reason)
                 break
-        if out_of_time:
-            stop_reason = f"time budget of {cfg.max_seconds:.0f} s reached after {step + 1} of {total} steps"
-            if step + 1 <= warm_up_end:
-                stop_reason += f", before the empty crops joined (step {warm_up_end + 1}): the model has not seen them"
+        if cancelled:
+            stop_reason = f"cancelled after {step} of {sched.total} planned steps"
             log.warning("stopping: %s", stop_reason)
             break
-    seconds = time.monotonic() - t0
+    if not stop_reason:
+        stop_reason = sched.stop_reason(step)
+        if sched.out_of_time() and step < sched.total:
+            if step <= warm_up_end():
+                stop_reason += f", before the empty crops joined (step {warm_up_end() + 1}): the model has not seen them"
+            log.warning("stopping: %s", stop_reason)
+    if progress is not None:
+        progress.close()
+    seconds = sched.elapsed_s()
     model.config.empty_negatives = empty_negatives  # the model records how it was configured, not the last step
-    if best is not None and (best[1] != step + 1 or ema is not None):
+    if best is not None and (best[1] != step or ema is not None):
         model.load_state_dict(best[2])
         log.info("keeping the %sweights of step %d (best validation AP50 %.3f)",
                  "" if ema is None else "moving-average ", best[1], best[0])
@@ -582,6 +549,8 @@ def train_detector(
                            train_tiles=tiles)
     gate_threshold = calib["gate_threshold"]
     score_calib = calibrate_score_threshold(model, val_tiles)
+    val_summary = _validation_summary(val_tiles, score_calib, calib)
+    log.info("%s", val_summary["line"])
 
     sizes = box_sizes(all_boxes)
     out_meta: dict[str, Any] = {
@@ -607,8 +576,13 @@ def train_detector(
             "n_boxes": int(len(all_boxes)),
             "per_class": {c: int((all_ids == i).sum()) for i, c in enumerate(classes)},
             "box_size_px": {"mean": float(sizes.mean()), "min": float(sizes.min()), "max": float(sizes.max())},
-            "steps": step + 1,
-            "best_step": best[1] if best is not None else step + 1,
+            "n_validation_boxes": n_val_boxes,
+            "validation_split": ("spatial blocks held back (split_validation)" if cfg.val_fraction > 0 else "none")
+            if not given_val else "given",
+            "steps": step,
+            "planned_steps": sched.total,
+            "schedule": sched.summary(step),
+            "best_step": best[1] if best is not None else step,
             "best_val_AP50": float(best[0]) if best is not None else None,
             "stop_reason": stop_reason,
             "train_only": cfg.train_only,
@@ -617,7 +591,11 @@ def train_detector(
             "device": str(device),
             "initial_loss": float(np.mean(history[:10])) if history else None,
             "final_loss": float(np.mean(history[-10:])) if history else None,
-            "config": {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(cfg).items()},
+            "config": cfg.to_dict(),
+            "validation_AP50": val_summary["AP50"],
+            "validation_F1": val_summary["F1"],
+            "validation_summary": val_summary["line"],
+            "gate_note": val_summary["gate_note"],
             "gate_input_scale": int(arch.gate_input_scale),
             "gate_calibration": calib,
             "score_calibration": score_calib,
@@ -631,6 +609,64 @@ def train_detector(
         if training_extra:
             out_meta["training"].update(training_extra)
     return model, out_meta
+
+
+
+def _make_schedule(cfg: TrainConfig) -> tuple[BudgetSchedule, int | None]:
+    """The run's schedule and, for the epoch form, its steps per epoch (else None)."""
+    if cfg.max_seconds is not None and cfg.max_seconds <= 0:
+        raise ConfigError(f"max_seconds must be positive or None (no budget), got {cfg.max_seconds}")
+    spe = None
+    if cfg.epochs is not None or cfg.steps_per_epoch is not None:
+        epochs = cfg.epochs or 10
+        if epochs < 1 or (cfg.steps_per_epoch is not None and cfg.steps_per_epoch < 1):
+            raise ConfigError("epochs and steps_per_epoch must be >= 1")
+        spe = cfg.steps_per_epoch or max(1, math.ceil(DEFAULT_STEPS / epochs))
+        fixed: int | None = epochs * spe
+    elif cfg.steps is not None:
+        fixed = cfg.steps
+    else:
+        fixed = None if cfg.max_seconds is not None else DEFAULT_STEPS
+    if fixed is not None and fixed < 1:
+        raise ConfigError(f"steps must be >= 1, got {fixed}")
+    return BudgetSchedule(cfg.max_seconds, fixed, warmup_steps=cfg.warmup_steps, clock=_clock), spe
+
+
+def _describe_schedule(cfg: TrainConfig, sched: BudgetSchedule, spe: int | None) -> str:
+    if not sched.fixed:
+        return (f"steps planned for a budget of {cfg.max_seconds / 60:.1f} min (step time measured on the first "
+                f"{sched.probe_steps} steps), {cfg.validations} validations")
+    form = f"{sched.total // spe} epochs x {spe} steps" if spe else f"{sched.total} steps"
+    return form + (f", capped at {cfg.max_seconds / 60:.1f} min" if cfg.max_seconds is not None else "")
+
+
+def _validation_due(n_validations: int, sched: BudgetSchedule, spe: int | None, step: int, n_done: int) -> bool:
+    """After every epoch in the epoch form; otherwise ``n_validations`` times, evenly over the current plan."""
+    if spe:
+        return step % spe == 0
+    return step >= math.ceil((n_done + 1) * sched.total / max(n_validations, 1))
+
+
+def _validations_left(n_validations: int, sched: BudgetSchedule, spe: int | None, step: int, n_done: int) -> int:
+    if spe:
+        return math.ceil(max(sched.total - step, 0) / spe)
+    return max(n_validations - n_done, 1)
+
+
+def _validation_summary(val_tiles: Sequence[TrainTile], score_calib: dict[str, Any],
+                        gate_calib: dict[str, Any]) -> dict[str, Any]:
+    """The final figures on the held-back labels, and one line saying them (and whether the gate is on)."""
+    n = count_objects(val_tiles)
+    gate_note = None if gate_calib["status"] == "calibrated" else f"gate disabled: {gate_calib['reason']}"
+    if not n:
+        line = "no held-back labels (validation switched off): gate and score threshold not calibrated"
+        return {"AP50": None, "F1": None, "line": line, "gate_note": gate_note}
+    ap, f1 = score_calib.get("AP50"), score_calib.get("f1")
+    at = (f"F1 {f1:.3f} at score threshold {score_calib['score_threshold']:.2f}" if f1 is not None
+          else "F1 0 (no object found at any score threshold)")
+    line = (f"validation on {n} held-back objects in {len(val_tiles)} images: AP50 "
+            f"{0.0 if ap is None else ap:.3f}, {at}")
+    return {"AP50": ap, "F1": f1, "line": line, "gate_note": gate_note}
 
 
 @torch.no_grad()
@@ -656,409 +692,3 @@ def _index_of_best(val_history: list[dict[str, Any]]) -> int:
     """Index of the first epoch with the highest validation AP50."""
     return int(np.argmax([v["val_AP50"] for v in val_history]))
 
-
-def _grid_origins(length: int, tile_size: int, stride: int) -> list[int]:
-    starts = list(range(0, max(length - tile_size, 0) + 1, stride))
-    if starts[-1] + tile_size < length:
-        starts.append(length - tile_size)
-    return starts
-
-
-def grid_tiles(tiles: Sequence[TrainTile], tile_size: int, overlap: int) -> list[TrainTile]:
-    """Cut images into the inference grid (``tile_size``, stride ``tile_size - overlap``, zero-padded
-    beyond the image); boxes kept by the crop rule of :func:`sample_batch`. An image no larger than a
-    tile stays one tile of its own size (not padded)."""
-    stride = max(tile_size - overlap, 1)
-    out = []
-    for t in tiles:
-        _, h, w = t.image.shape
-        if h <= tile_size and w <= tile_size:
-            out.append(t)
-            continue
-        for y0 in _grid_origins(h, tile_size, stride):
-            for x0 in _grid_origins(w, tile_size, stride):
-                img, bx, ci = _crop(t, x0, y0, tile_size)
-                out.append(TrainTile(img, bx, ci, f"{t.name}@{x0},{y0}"))
-    return out
-
-
-def split_validation(
-    tiles: Sequence[TrainTile], fraction: float, seed: int = 0, tile_size: int = 640, overlap: int = 128
-) -> tuple[list[TrainTile], list[TrainTile]]:
-    """Hold out ``fraction`` of the inference-grid tiles for validation.
-
-    Images larger than a tile are first cut into the inference grid
-    (:func:`grid_tiles`). Tiles with objects and empty tiles are drawn
-    separately (seeded), at least one of each kind when there are two or more
-    of that kind, so that the split always keeps training data. Neighbouring
-    grid tiles overlap by ``overlap`` px, so a validation tile can share that
-    strip with a training tile.
-
-    Returns:
-        ``(training tiles, validation tiles)``; with ``fraction <= 0`` the
-        tiles unchanged and an empty list.
-    """
-    if fraction <= 0:
-        return list(tiles), []
-    if fraction >= 1:
-        raise ValueError(f"the validation fraction must lie in [0, 1), got {fraction}")
-    grid = grid_tiles(tiles, tile_size, overlap)
-    rng = np.random.default_rng(seed + 7919)
-    val_idx: set[int] = set()
-    for kind in (True, False):
-        idx = [i for i, t in enumerate(grid) if bool(len(t.boxes)) == kind]
-        n = int(round(fraction * len(idx)))
-        n = min(max(n, 1), len(idx) - 1) if len(idx) >= 2 else 0
-        if n:
-            val_idx.update(int(i) for i in rng.choice(idx, n, replace=False))
-    train = [t for i, t in enumerate(grid) if i not in val_idx]
-    val = [t for i, t in enumerate(grid) if i in val_idx]
-    return train, val
-
-
-@torch.no_grad()
-def _validation_tables(model: R2CNN, val_tiles: Sequence[TrainTile], batch_size: int = 2) -> tuple[dict, dict]:
-    """``(pred, truth)`` tables of ``model``'s detections (score >= 0.05, no gate) on ``val_tiles``."""
-    from geors.detect import trim_padding
-
-    dev = next(model.parameters()).device
-    pred: dict[str, list] = {"boxes": [], "scores": [], "classes": [], "images": []}
-    truth: dict[str, list] = {"boxes": [], "classes": [], "images": []}
-    for i in range(0, len(val_tiles), batch_size):
-        chunk = val_tiles[i : i + batch_size]
-        shapes = {t.image.shape for t in chunk}
-        groups = [chunk] if len(shapes) == 1 else [[t] for t in chunk]
-        for grp in groups:
-            x = trim_padding(torch.from_numpy(np.stack([t.image for t in grp])).to(dev))
-            dets = model.detect_from_features(model.features(x), tuple(x.shape[-2:]), 0.05)
-            for j, (t, d) in enumerate(zip(grp, dets, strict=True)):
-                name = f"{i}:{j}:{t.name}"
-                pred["boxes"].append(d.boxes.float().cpu().numpy())
-                pred["scores"].append(d.scores.float().cpu().numpy())
-                pred["classes"] += d.labels.cpu().tolist()
-                pred["images"] += [name] * len(d.boxes)
-                truth["boxes"].append(np.asarray(t.boxes, np.float32).reshape(-1, 4))
-                truth["classes"] += np.asarray(t.class_ids).reshape(-1).tolist()
-                truth["images"] += [name] * len(t.boxes)
-    p = {"boxes": np.concatenate(pred["boxes"]).reshape(-1, 4), "scores": np.concatenate(pred["scores"]),
-         "classes": np.asarray(pred["classes"], np.int64), "images": np.asarray(pred["images"], object)}
-    g = {"boxes": np.concatenate(truth["boxes"]).reshape(-1, 4), "classes": np.asarray(truth["classes"], np.int64),
-         "images": np.asarray(truth["images"], object)}
-    return p, g
-
-
-@torch.no_grad()
-def validation_ap50(model: R2CNN, val_tiles: Sequence[TrainTile], num_classes: int, batch_size: int = 2) -> float:
-    """AP50 (mean over classes with objects) of ``model``'s detections (score >= 0.05, no gate) on ``val_tiles``."""
-    from geors.evaluate.detections import evaluate_detections
-
-    p, g = _validation_tables(model, val_tiles, batch_size)
-    ap50 = evaluate_detections(p, g, iou_thresholds=(0.5,))["overall"]["AP50"]
-    return float(ap50 or 0.0)
-
-
-SCORE_CANDIDATES = tuple(round(0.05 * k, 2) for k in range(1, 20))
-"""Score thresholds :func:`calibrate_score_threshold` chooses from (0.05 to 0.95)."""
-
-
-@torch.no_grad()
-def calibrate_score_threshold(
-    model: R2CNN, val_tiles: Sequence[TrainTile], candidates: Sequence[float] = SCORE_CANDIDATES
-) -> dict[str, Any]:
-    """The detection score threshold with the highest F1 on the validation tiles.
-
-    ``geors detect`` writes the boxes scoring at least the model's
-    ``score_threshold`` unless ``--score-threshold`` is given. One fixed
-    value does not suit every model: a detector trained with empty crops as
-    negatives scores its true boxes lower, and at a fixed 0.3 it kept about
-    half of the AP50 it reaches at 0.05 on held-out trees (docs/detector.md).
-    Each candidate is scored by the F1 of recall and precision (IoU 0.5, over
-    all classes); the highest F1 wins, ties go to the lower threshold (more
-    of the objects). Without validation objects, or with F1 0 everywhere,
-    nothing is calibrated and the status says so (``geors detect`` then uses
-    its default, 0.3).
-
-    Returns:
-        ``{"status": "calibrated"|"default", "score_threshold" (None when not
-        calibrated), "f1", "recall", "precision", "n_truth", "curve": [[t, recall, precision, f1], ...],
-        "rule"}``.
-    """
-    from geors.evaluate.detections import evaluate_detections
-
-    rule = "highest F1 (IoU 0.5) on the validation tiles over thresholds 0.05-0.95; ties: the lower threshold"
-    p, g = _validation_tables(model, val_tiles) if val_tiles else (None, None)
-    n_truth = 0 if g is None else len(g["boxes"])
-    curve = []
-    best: tuple[float, float, float, float] | None = None
-    if n_truth:
-        for t in candidates:
-            o = evaluate_detections(p, g, iou_thresholds=(0.5,), score_threshold=float(t))["overall"]
-            r, pr = o["recall"] or 0.0, o["precision"] or 0.0
-            f1 = 2 * r * pr / (r + pr) if r + pr > 0 else 0.0
-            curve.append([float(t), round(r, 4), round(pr, 4), round(f1, 4)])
-            if f1 > 0 and (best is None or f1 > best[3] + 1e-12):
-                best = (float(t), r, pr, f1)
-    if best is None:
-        log.info("score threshold not calibrated (%s): geors detect uses its default",
-                 "no validation objects" if not n_truth else "no validation object was found at any threshold")
-        return {"status": "default", "score_threshold": None, "f1": None, "recall": None, "precision": None,
-                "n_truth": n_truth, "curve": curve, "rule": rule}
-    log.info("score threshold %.2f: F1 %.3f (recall %.3f, precision %.3f) on %d validation objects",
-             best[0], best[3], best[1], best[2], n_truth)
-    return {"status": "calibrated", "score_threshold": best[0], "f1": best[3], "recall": best[1],
-            "precision": best[2], "n_truth": n_truth, "curve": curve, "rule": rule}
-
-
-@torch.no_grad()
-def gate_scores(model: R2CNN, tiles: Sequence[TrainTile], batch_size: int = 4) -> np.ndarray:
-    """Gate probability ``(N,)`` of each tile, as :meth:`geors.detect.Detector.gate` computes it.
-
-    Tiles of equal shape are batched together; the result follows ``tiles``' order.
-    """
-    from geors.detect import trim_padding
-
-    dev = next(model.parameters()).device
-    probs = np.zeros(len(tiles), np.float32)
-    by_shape: dict[tuple[int, ...], list[int]] = {}
-    for i, t in enumerate(tiles):
-        by_shape.setdefault(tuple(t.image.shape), []).append(i)
-    for ids in by_shape.values():
-        for start in range(0, len(ids), batch_size):
-            sel = ids[start : start + batch_size]
-            x = trim_padding(torch.from_numpy(np.stack([tiles[i].image for i in sel])).to(dev))
-            probs[sel] = model.gate_forward(x).float().softmax(dim=1)[:, 1].cpu().numpy()
-    return probs
-
-
-def _kth_highest(scores: np.ndarray, target_recall: float) -> float:
-    k = int(math.ceil(target_recall * len(scores) - 1e-9))
-    return float(np.sort(scores)[::-1][max(k, 1) - 1])
-
-
-def calibrate_gate_threshold(
-    pos_scores: np.ndarray,
-    empty_scores: np.ndarray,
-    target_recall: float = GATE_TARGET_RECALL,
-    train_pos_scores: np.ndarray | None = None,
-) -> dict[str, Any]:
-    """Gate threshold for a target tile recall, from validation gate probabilities.
-
-    The threshold is the ``k``-th highest probability of the validation tiles
-    holding objects, ``k = ceil(target_recall * n_pos)``: the highest threshold
-    that still passes at least ``target_recall`` of them (a tile passes when
-    its probability is ``>=`` the threshold). With ``train_pos_scores`` the
-    same rule on the training tiles with objects gives a second value and the
-    lower one is kept: a validation split of a few tiles is a noisy estimate,
-    and a gate must not reject the tiles it was trained on either. There is
-    no cap (the previous rule capped the threshold at 0.5 or 0.95). Without
-    positive validation tiles nothing can be calibrated and the gate is
-    disabled (threshold 0: every tile passes).
-
-    Args:
-        pos_scores: gate probabilities of validation tiles holding objects.
-        empty_scores: gate probabilities of validation tiles without objects.
-        target_recall: share of positive tiles to pass, in ``(0, 1]``.
-        train_pos_scores: optional gate probabilities of training tiles with objects.
-
-    Returns:
-        ``{"status": "calibrated"|"disabled", "gate_threshold", "target_recall",
-        "achieved_recall", "pass_rate", "empty_pass_rate", "n_pos_tiles",
-        "n_empty_tiles", "train_recall", "rule", "reason"}`` (validation
-        figures; rates None where undefined).
-
-    Raises:
-        GateCalibrationError: the threshold passes fewer positive validation
-            tiles than the target (guards the invariant; the rule cannot miss it).
-    """
-    if not 0 < target_recall <= 1:
-        raise ValueError(f"target recall must lie in (0, 1], got {target_recall}")
-    pos = np.asarray(pos_scores, np.float64).reshape(-1)
-    neg = np.asarray(empty_scores, np.float64).reshape(-1)
-    tpos = None if train_pos_scores is None else np.asarray(train_pos_scores, np.float64).reshape(-1)
-    rule = ("k-th highest gate probability of the validation tiles with objects, k = ceil(target_recall * n_pos)"
-            + ("; the lower of that and the same rule on the training tiles with objects" if tpos is not None else ""))
-    if len(pos) == 0:
-        thr, status, reason = 0.0, "disabled", "no validation tile holds an object: nothing to calibrate on"
-    else:
-        thr, status, reason = _kth_highest(pos, target_recall), "calibrated", None
-        if tpos is not None and len(tpos):
-            thr = min(thr, _kth_highest(tpos, target_recall))
-    both = np.concatenate([pos, neg])
-    result = {
-        "status": status,
-        "gate_threshold": thr,
-        "target_recall": float(target_recall),
-        "achieved_recall": float((pos >= thr).mean()) if len(pos) else None,
-        "pass_rate": float((both >= thr).mean()) if len(both) else None,
-        "empty_pass_rate": float((neg >= thr).mean()) if len(neg) else None,
-        "n_pos_tiles": int(len(pos)),
-        "n_empty_tiles": int(len(neg)),
-        "train_recall": float((tpos >= thr).mean()) if tpos is not None and len(tpos) else None,
-        "rule": rule,
-        "reason": reason,
-    }
-    if status == "calibrated" and result["achieved_recall"] < target_recall:
-        raise GateCalibrationError(
-            f"gate threshold {thr:.4g} passes {result['achieved_recall']:.3f} of the {len(pos)} validation tiles "
-            f"with objects, below the target {target_recall}; not shipping a gate that hides objects.")
-    return result
-
-
-def calibrate_gate(
-    model: R2CNN,
-    val_tiles: Sequence[TrainTile],
-    target_recall: float | None = GATE_TARGET_RECALL,
-    tile_size: int = 640,
-    overlap: int = 128,
-    train_tiles: Sequence[TrainTile] | None = None,
-) -> dict[str, Any]:
-    """Calibrate ``model``'s gate threshold on validation tiles (the one path of ``geors train`` and the example).
-
-    Images larger than a tile are cut into the inference grid first. See
-    :func:`calibrate_gate_threshold` for the rule (``train_tiles`` give the
-    second, training-tile bound). With ``target_recall=None``, or no
-    validation tile holding an object, the gate is disabled (threshold 0) and
-    a warning is logged: a model without a calibrated gate runs the detector
-    on every tile rather than risk hiding objects.
-
-    Returns:
-        the dict of :func:`calibrate_gate_threshold` plus ``gate_pool`` and
-        ``train_pass_rate``.
-    """
-    grid = grid_tiles(val_tiles, tile_size, overlap)
-    has = np.array([len(t.boxes) > 0 for t in grid], bool)
-    p = gate_scores(model, grid)
-    tp = th = None
-    if train_tiles:
-        tg = grid_tiles(train_tiles, tile_size, overlap)
-        tp = gate_scores(model, tg)
-        th = np.array([len(t.boxes) > 0 for t in tg], bool)
-    if target_recall is None:
-        calib = calibrate_gate_threshold(np.zeros(0), p[~has])
-        calib.update(status="disabled", reason="gate calibration turned off (gate_recall=None)", target_recall=None)
-    else:
-        calib = calibrate_gate_threshold(p[has], p[~has], target_recall, None if tp is None else tp[th])
-    calib["gate_pool"] = model.config.gate_pool
-    calib["train_pass_rate"] = float((tp >= calib["gate_threshold"]).mean()) if tp is not None and len(tp) else None
-    if tp is not None and th.any():
-        calib["train_recall"] = float((tp[th] >= calib["gate_threshold"]).mean())
-    if calib["status"] == "disabled":
-        log.warning("GATE DISABLED (threshold 0, every tile goes to the detector): %s. Give more labelled tiles "
-                    "or a validation fraction > 0 to calibrate it.", calib["reason"])
-    else:
-        log.info("gate threshold %.4g: passes %.3f of %d validation tiles with objects (target %.3f), "
-                 "%s of %d empty ones", calib["gate_threshold"], calib["achieved_recall"], calib["n_pos_tiles"],
-                 target_recall, "n/a" if calib["empty_pass_rate"] is None else f"{calib['empty_pass_rate']:.3f}",
-                 calib["n_empty_tiles"])
-    return calib
-
-
-def tiles_from_scenes(
-    pairs: Sequence[tuple[str, str]],
-    class_field: str | None = None,
-    tile_size: int = 640,
-    overlap: int = 128,
-    bands: Sequence[int] | None = None,
-    max_empty_ratio: float = 1.0,
-    seed: int = 0,
-    allow_ungeoreferenced: bool = False,
-    rename: dict[str, str] | None = None,
-) -> tuple[list[TrainTile], list[str], dict[str, Any]]:
-    """Cut labelled scenes into training tiles.
-
-    Every tile showing at least half of a labelled object is kept; tiles
-    without objects are kept too, at most ``max_empty_ratio`` times the number
-    of labelled tiles (a random, seeded choice; at least 4 when there are any),
-    so memory follows the labelled area, not the scene size.
-
-    Args:
-        pairs: ``(scene path, label path)`` pairs; labels in any format
-            :func:`geors.io.labels.read_labels` accepts, or None for an image
-            without objects (all its tiles are empty examples).
-        class_field: attribute holding the class in vector labels.
-        tile_size, overlap: tile grid in pixels (as at inference).
-        bands: 1-based band indexes; default as :func:`geors.open_scene`.
-        max_empty_ratio: empty tiles per labelled tile.
-        seed: for the choice of empty tiles (the CLI passes ``--split-seed``:
-            it picks data, like the validation split, not training randomness).
-        allow_ungeoreferenced: accept images without CRS (pixel labels only).
-        rename: class names to rename (or merge: several old names to one new
-            name) before training, e.g. ``{"Tree": "tree"}``.
-
-    Returns:
-        ``(tiles, classes, info)``: training tiles (boxes in tile pixels),
-        sorted class names, and metadata (``gsd_m``, ``bands``, sources).
-
-    Raises:
-        LabelError, SceneReadError, GeoreferenceError, BandError: bad inputs.
-    """
-    from geors.io.labels import LabelSet, read_labels
-    from geors.raster import open_scene
-    from geors.tiling import TileGrid
-    from geors.train.labels import tiles_with_labels
-
-    rng = np.random.default_rng(seed)
-    opened = []
-    label_paths = [label_path for _, label_path in pairs]
-    for scene_path, label_path in pairs:
-        scene = open_scene(scene_path, bands=list(bands) if bands else None, allow_ungeoreferenced=allow_ungeoreferenced)
-        if label_path is None:  # an image without objects: only empty tiles
-            labels = LabelSet(boxes=np.zeros((0, 4)), class_names=(), class_ids=np.zeros(0, np.int64), classes=(),
-                              source=Path(scene_path))
-        else:
-            labels = read_labels(label_path, scene, class_field=class_field)
-        opened.append((scene, labels))
-    if rename:
-        found = {n for _, lab in opened for n in lab.class_names}
-        unknown = sorted(set(rename) - found)
-        if unknown:
-            raise LabelError(f"class {', '.join(map(repr, unknown))} to rename is not in the labels (their classes: "
-                             f"{', '.join(sorted(found)) or 'none'}); class names are case-sensitive.")
-        opened = [(scene, replace(lab, class_names=tuple(rename.get(n, n) for n in lab.class_names)))
-                  for scene, lab in opened]
-    classes = sorted({n for _, lab in opened for n in lab.class_names})
-    index = {c: i for i, c in enumerate(classes)}
-    tiles: list[TrainTile] = []
-    gsd = None
-    sources = []
-    for scene, labels in opened:
-        remapped = np.array([index[n] for n in labels.class_names], dtype=np.int64)
-        labels = type(labels)(boxes=labels.boxes, class_names=labels.class_names, class_ids=remapped,
-                              classes=tuple(classes), source=labels.source)
-        grid = TileGrid(scene, tile_size, overlap)
-        assigned = tiles_with_labels(labels, grid, include_empty=True)
-        by_id = {t.id: t for t in grid}
-        pos_ids = [tid for tid, (b, _) in assigned.items() if len(b)]
-        empty_ids = [tid for tid, (b, _) in assigned.items() if not len(b)]
-        n_empty = min(len(empty_ids), max(int(round(max_empty_ratio * len(pos_ids))), 4))
-        if not len(labels):
-            n_empty = len(empty_ids)  # an image given as empty is used whole
-        chosen = list(rng.choice(len(empty_ids), n_empty, replace=False)) if n_empty else []
-        for tid in pos_ids + [empty_ids[i] for i in chosen]:
-            b, c = assigned[tid]
-            img = scene.read_tile(by_id[tid]).image
-            tiles.append(TrainTile(img, np.asarray(b, np.float32), np.asarray(c, np.int64), f"{scene.name}:{tid}"))
-        if gsd is None and scene.crs is not None and scene.crs.is_projected:
-            try:
-                gsd = float(abs(scene.transform.a) * scene.crs.linear_units_factor[1])
-            except Exception:  # CRS without a linear unit factor: leave GSD unknown
-                gsd = None
-        given_as_empty = label_paths[len(sources)] is None
-        sources.append({"scene": str(scene.path), "labels": None if given_as_empty else str(labels.source),
-                        "labels_sha256": None if given_as_empty else _file_sha256(labels.source),
-                        "n_boxes": len(labels), "n_tiles_with_objects": len(pos_ids), "n_empty_tiles_used": n_empty})
-        log.info("%s: %d boxes in %d tiles, %d empty tiles used", scene.name, len(labels), len(pos_ids), n_empty)
-    info = {"gsd_m": gsd, "tile_size": tile_size, "overlap": overlap,
-            "band_indexes": list(bands) if bands else None, "sources": sources}
-    return tiles, classes, info
-
-
-def _file_sha256(path: str | Path) -> str | None:
-    """SHA-256 of a label file (a GeoPackage, shapefile, VOC XML or CSV), so a model's provenance can be checked on
-    another machine, where the recorded path means nothing; None when it is not a readable file."""
-    import hashlib
-
-    try:
-        return hashlib.sha256(Path(path).read_bytes()).hexdigest()
-    except OSError:
-        return None
