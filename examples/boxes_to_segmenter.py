@@ -18,7 +18,10 @@ Usage:
     python examples/boxes_to_segmenter.py --demo --work /tmp/samrs        # tiny, seconds on a GPU, ~1 min on a CPU
 
 The demo's step counts only show the workflow; keep the defaults of
-``geors train segmenter`` (600 coarse + 400 fine steps) for a real model.
+``geors train segmenter`` (a 10-minute budget, planned from the measured step
+time) for a real model. A label raster keeps 255 = unlabelled, so the
+pixels no box covers are named with ``--background`` here; polygon labels
+would make them background by themselves.
 """
 
 from __future__ import annotations
@@ -67,8 +70,9 @@ def _fmt(value) -> str:
 
 
 # Small enough for a CPU in about a minute; shows the workflow, not a good model.
-DEMO_TRAIN = ["--coarse-steps", "20", "--fine-steps", "10", "--batch-size", "2", "--crop", "64", "--window", "32",
-              "--window-stride", "16", "--top-n", "4", "--tile", "128", "--overlap", "32", "--device", "cpu"]
+DEMO_TRAIN = ["--max-minutes", "0", "--coarse-steps", "20", "--fine-steps", "10", "--batch-size", "2", "--crop", "64",
+              "--window", "32", "--window-stride", "16", "--top-n", "4", "--tile", "128", "--overlap", "32",
+              "--device", "cpu"]
 
 
 def main(argv: list[str] | None = None) -> dict:

@@ -120,10 +120,10 @@ def evaluate(model_path: str, held_out: list[tuple[Path, Path]], refine: bool, i
              ) -> dict:
     """Per-class IoU/F1 and s/MP of the model on the held-out scenes (tile grid of the model)."""
     from geors.evaluate.segmentation import confusion_matrix, segmentation_metrics
+    from geors.io.seg_labels import open_label_source
     from geors.raster import open_scene
     from geors.segment import Segmenter
     from geors.tiling import TileGrid
-    from geors.train.segmenter import open_label_source
 
     seg = Segmenter.load(model_path, device="cpu", refine=refine, batch_size=1)
     if inference_stride:
@@ -167,7 +167,11 @@ def main() -> None:
     ap.add_argument("--fine-steps", type=int, default=500)
     ap.add_argument("--batch-size", type=int, default=4)
     ap.add_argument("--crop", type=int, default=256)
-    ap.add_argument("--max-minutes", type=float, default=None)
+    ap.add_argument("--max-minutes", type=float, default=None,
+                    help="Time budget: the steps are planned from the measured step time (default: the step counts).")
+    ap.add_argument("--val-fraction", type=float, default=0.0,
+                    help="Labels held back in spatial blocks to choose the weights (default 0: the held-out "
+                         "images below are the evaluation; the shipped model was trained without it).")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--eval-only", default=None, help="Evaluate this model file only.")
     ap.add_argument("--inference-stride", type=int, default=None,
@@ -180,13 +184,14 @@ def main() -> None:
     model_path = args.eval_only
     if model_path is None:
         from geors.models.registry import save_model
-        from geors.train.segmenter import SegTrainConfig, load_training_tiles, train_segmenter
+        from geors.train.seg_data import load_training_tiles
+        from geors.train.segmenter import SegTrainConfig, train_segmenter
 
         tiles, classes, info = load_training_tiles(data["train"], class_field="class", background=BACKGROUND,
                                                    tile=512, allow_ungeoreferenced=True)
         print(json.dumps({"tiles": len(tiles), "classes": classes, "label_pixels": info["label_pixels"]}), flush=True)
         cfg = SegTrainConfig(coarse_steps=args.coarse_steps, fine_steps=args.fine_steps, batch_size=args.batch_size,
-                             crop_size=args.crop, seed=args.seed, device="cpu",
+                             crop_size=args.crop, seed=args.seed, device="cpu", val_fraction=args.val_fraction,
                              max_seconds=args.max_minutes * 60 if args.max_minutes else None)
         model, meta = train_segmenter(tiles, classes, SMALL, cfg, meta={
             "name": "c2fnet-neon-dota", "background": BACKGROUND, "tile_size": 640, "overlap": 128, "gsd_m": info["gsd_m"],

@@ -266,7 +266,8 @@ def test_train_segmenter_cli_writes_model_with_metadata(data):
     out = data["dir"] / "m.safetensors"
     r = CliRunner().invoke(main, ["train", "segmenter", "--scene", str(data["scene"]), "--labels", str(data["labels"]),
                                   "--small-classes", "car", "-o", str(out), "--coarse-steps", "3", "--fine-steps", "2",
-                                  "--crop", "64", "--window", "32", "--batch-size", "2", "--device", "cpu"])
+                                  "--crop", "64", "--window", "32", "--batch-size", "2", "--device", "cpu",
+                                  "--max-minutes", "0"])
     assert r.exit_code == 0, r.output
     assert "loss" in r.output and "eta" in r.output
     model, meta = load_model(out)
@@ -282,7 +283,7 @@ def test_train_from_polygons_in_another_crs(data):
     import pyogrio
     from pyproj import Transformer
 
-    from geors.train.segmenter import load_training_tiles
+    from geors.train.seg_data import load_training_tiles
 
     tr = Transformer.from_crs(CRS, "EPSG:4326", always_xy=True)
     polys = [shapely.box(*(T * (30, 70)), *(T * (90, 20))), shapely.box(*(T * (40, 104)), *(T * (48, 100)))]
@@ -299,7 +300,7 @@ def test_train_from_polygons_in_another_crs(data):
 def test_label_raster_in_another_crs_is_reprojected(data):
     from rasterio.warp import Resampling, calculate_default_transform, reproject
 
-    from geors.train.segmenter import load_training_tiles
+    from geors.train.seg_data import load_training_tiles
 
     with rasterio.open(data["labels"]) as src:
         t2, w2, h2 = calculate_default_transform(src.crs, "EPSG:3857", src.width, src.height, *src.bounds)
@@ -330,7 +331,7 @@ def _no_crs_labels(data) -> Path:
 def test_bad_labels_exit_2_nothing_written(data):
     out = data["dir"] / "m.safetensors"
     base = ["train", "segmenter", "--scene", str(data["scene"]), "--small-classes", "car", "-o", str(out),
-            "--coarse-steps", "1", "--fine-steps", "1", "--crop", "64", "--device", "cpu"]
+            "--coarse-steps", "1", "--fine-steps", "1", "--crop", "64", "--device", "cpu", "--max-minutes", "0"]
     r = CliRunner().invoke(main, base + ["--labels", str(_no_crs_labels(data))])
     assert r.exit_code == 2 and "(no CRS)" in r.output and "EPSG:32633" in r.output and "nocrs.tif" in r.output
     # class ids missing from the class list
@@ -423,7 +424,7 @@ def test_dota_vehicle_polygons_become_small_object_labels(tmp_path):
     import geopandas as gpd
     import pyogrio
 
-    from geors.train.segmenter import load_training_tiles
+    from geors.train.seg_data import load_training_tiles
 
     lines = (DOTA / "P1888.txt").read_text().splitlines()
     gsd = float(lines[1].split(":")[1])
@@ -444,12 +445,3 @@ def test_dota_vehicle_polygons_become_small_object_labels(tmp_path):
     want = sum(p.area for p, r in zip(polys, rows, strict=True) if r[8] == "large-vehicle") / gsd ** 2
     assert px["large-vehicle"] == pytest.approx(want, rel=0.1)
     assert 0 < px["small-vehicle"] < px["large-vehicle"]
-
-
-def test_lr_schedule_anneals_on_the_time_budget():
-    from geors.train.segmenter import _lr_factor
-
-    assert _lr_factor(0, 100, 10) == pytest.approx(0.1)
-    assert _lr_factor(10, 100, 10) == pytest.approx(1.0)
-    assert _lr_factor(50, 1000, 10, time_fraction=1.0) == pytest.approx(0.0)
-    assert _lr_factor(50, 1000, 10, time_fraction=0.5) == pytest.approx(0.5)

@@ -57,7 +57,7 @@ def harbour(tmp_path: Path) -> dict[str, Path]:
 
 
 FAST = ["--crop", "64", "--batch-size", "4", "--window", "32", "--window-stride", "16", "--device", "cpu",
-        "--val-fraction", "0"]
+        "--val-fraction", "0", "--max-minutes", "0"]
 
 
 def _train(harbour, *extra: str) -> tuple[object, Path]:

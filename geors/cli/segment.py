@@ -78,8 +78,8 @@ def command(scenes, output, segmenter, raster_out, progress, **params):
 @click.option("--variant", type=click.Choice(["compact", "wide"]), default="compact", show_default=True,
               help="compact trains on a CPU; wide is for a GPU.")
 @click.option("--coarse-steps", type=int, default=600, show_default=True,
-              help="Coarse steps without --max-minutes; with it, the coarse/fine ratio of the budget.")
-@click.option("--fine-steps", type=int, default=400, show_default=True)
+              help="Coarse steps with --max-minutes 0; with a budget, --coarse-steps : --fine-steps splits it.")
+@click.option("--fine-steps", type=int, default=400, show_default=True, help="Fine steps with --max-minutes 0.")
 @click.option("--batch-size", type=int, default=4, show_default=True)
 @click.option("--crop", type=int, default=256, show_default=True, help="Training crop size, pixels.")
 @click.option("--lr", type=float, default=3e-3, show_default=True)
@@ -92,9 +92,10 @@ def command(scenes, output, segmenter, raster_out, progress, **params):
 @click.option("--aggregation", type=click.Choice(["paper", "reference"]), default="paper", show_default=True)
 @click.option("--tile", "tile_size", type=int, default=640, show_default=True, help="Inference tile size recorded.")
 @click.option("--overlap", type=int, default=128, show_default=True, help="Inference overlap recorded.")
-@click.option("--max-minutes", type=click.FloatRange(0, min_open=True), default=None,
-              help="Time budget for both phases: the steps are planned from the measured step time so that it "
-                   "is used (default: the step counts).")
+@click.option("--max-minutes", type=click.FloatRange(0), default=10.0, show_default=True,
+              help="Time budget for both phases, validation included: the step time is measured on the first "
+                   "steps and the steps and learning-rate schedule are planned to use it (the detector's "
+                   "default). 0 = no budget: --coarse-steps and --fine-steps as given.")
 @click.option("--val-fraction", type=click.FloatRange(0, 0.5, max_open=True), default=0.15, show_default=True,
               help="Share of the labels held back in spatial blocks for validation (0: none).")
 @click.option("--patience", type=click.IntRange(0), default=4, show_default=True,

@@ -42,7 +42,6 @@ from __future__ import annotations
 import copy
 import dataclasses
 import logging
-import math
 import os
 import time
 import tomllib
@@ -242,19 +241,6 @@ def phases_to_learn(tiles: Sequence[SegTile], classes: Sequence[str], small_ids:
     return True, None
 
 
-def _lr_factor(step: int, total: int, warmup: int, time_fraction: float = 0.0) -> float:
-    """Linear warm-up, then cosine decay over the schedule's progress.
-
-    Progress is the larger of the step fraction and ``time_fraction`` (elapsed
-    / budget), so a run stopped by its time budget still ends annealed instead
-    of at a high learning rate.
-    """
-    if step < warmup:
-        return (step + 1) / warmup
-    frac = max((step - warmup) / max(1, total - warmup), time_fraction)
-    return 0.5 * (1 + math.cos(math.pi * min(1.0, frac)))
-
-
 ProgressFn = Callable[[dict[str, Any]], None]
 
 
@@ -286,25 +272,29 @@ def validate_segmenter(model: C2FNet, tiles: Sequence[SegTile], classes: Sequenc
 def _run_phase(name: str, net: torch.nn.Module, steps: int, budget: float | None, step_fn: Callable[[int], float],
                opt, cfg: SegTrainConfig, progress: ProgressFn | None, validate: Callable[[], dict] | None,
                later_s: float = 0.0) -> dict[str, Any]:
-    """One phase: probe the step time, plan the steps (budget), warm-up + cosine, validate, keep the best."""
-    t0 = time.perf_counter()
+    """One phase on a :class:`geors.train.schedule.BudgetSchedule`: planned steps, warm-up + cosine, validation
+    passes as side work (their cost reserved in the plan), the best validated weights kept."""
+    from geors.train.schedule import BudgetSchedule
+
+    sched = BudgetSchedule(budget, None if budget is not None else steps, warmup_steps=cfg.warmup_steps,
+                           probe_steps=5, min_steps=min(20, max(steps, 1)))
     base = [g["lr"] for g in opt.param_groups]
     losses: list[float] = []
-    probe = 5 if budget is not None else 0
-    planned = max(steps, probe)
-    warmup = min(cfg.warmup_steps, max(1, steps // 10))
-    every = max(1, planned // cfg.val_evals)
     history: list[dict[str, Any]] = []
     best: tuple[float, int, dict] | None = None
     since_best = 0
-    stop = "schedule done"
+    stop = None
     val_s = 0.0
+    done_evals = 0
 
     def run_validation(step: int) -> None:
-        nonlocal best, since_best, val_s
+        nonlocal best, since_best, val_s, done_evals
         tv = time.perf_counter()
-        res = validate()
+        with sched.side_work():
+            res = validate()
         val_s = time.perf_counter() - tv
+        done_evals += 1
+        sched.set_reserve(val_s * max(cfg.val_evals - done_evals, 0))
         history.append({"step": step, "miou": res["miou"], "iou": res["iou"]})
         score = res["miou"] if res["miou"] is not None else -1.0
         if best is None or score > best[0] + 1e-6:
@@ -316,62 +306,42 @@ def _run_phase(name: str, net: torch.nn.Module, steps: int, budget: float | None
             since_best += 1
         log.info("%s step %d validation mIoU %.4f (best %.4f at step %d)", name, step, score, best[0], best[1])
         if progress is not None:
-            progress({"phase": name, "step": step, "steps": planned, "validation_miou": res["miou"],
+            progress({"phase": name, "step": step, "steps": sched.total, "validation_miou": res["miou"],
                       "best_miou": best[0], "best_step": best[1]})
 
+    sched.start()
     step = 0
-    t_first = t0
-    while step < planned:
-        elapsed = time.perf_counter() - t0
-        tf = elapsed / budget if budget else 0.0
-        f = _lr_factor(step, planned, warmup, tf)
+    while not sched.finished(step):
+        f = sched.lr_factor(step)
         for g, b in zip(opt.param_groups, base, strict=True):
             g["lr"] = b * f
         losses.append(step_fn(step))
         step += 1
-        elapsed = time.perf_counter() - t0
-        if step == probe:  # plan the phase from the measured step time (the first step is not counted)
-            t_probe = time.perf_counter()
-            if validate is not None:
-                run_validation(step)
-            per_step = (t_probe - t0) / probe if probe < 2 else (t_probe - t_first) / (probe - 1)
-            left = max(0.0, budget - (time.perf_counter() - t0) - cfg.val_evals * val_s)
-            planned = max(probe, step + int(left / max(per_step, 1e-6)))
-            warmup = min(cfg.warmup_steps, max(1, planned // 10))
-            every = max(1, planned // cfg.val_evals)
-            log.info("%s: %.2f s/step, %.1f s/validation: %d steps planned for %.0f s", name, per_step, val_s,
-                     planned, budget)
-        if step == 1:
-            t_first = time.perf_counter()
-        if validate is not None and step > probe and (step % every == 0 or step == planned):
+        sched.step_done(step)
+        if validate is not None and (step * cfg.val_evals // max(sched.total, 1) > done_evals
+                                     or sched.finished(step)):
             run_validation(step)
-            if cfg.patience and since_best >= cfg.patience and step >= planned // 2:
+            if cfg.patience and since_best >= cfg.patience and step >= sched.total // 2:
                 stop = f"validation mIoU did not improve for {cfg.patience} evaluations"
-        if step % cfg.log_every == 0 or step == planned:
-            rate = elapsed / step
-            eta = rate * (planned - step)
-            if budget is not None:
-                eta = min(eta, max(0.0, budget - elapsed))
-            rec = {"phase": name, "step": step, "steps": planned, "loss": float(np.nanmean(losses[-cfg.log_every:])),
-                   "elapsed_s": round(elapsed, 1), "eta_s": round(eta + later_s, 1)}
-            log.info("%s step %d/%d loss %.4f eta %.0fs", name, step, planned, rec["loss"], rec["eta_s"])
+        if step % cfg.log_every == 0 or sched.finished(step) or stop:
+            rec = {"phase": name, "step": step, "steps": sched.total,
+                   "loss": float(np.nanmean(losses[-cfg.log_every:])), "elapsed_s": round(sched.elapsed_s(), 1),
+                   "eta_s": round(sched.eta_s(step) + later_s, 1)}
+            log.info("%s step %d/%d loss %.4f eta %.0fs", name, step, sched.total, rec["loss"], rec["eta_s"])
             if progress is not None:
                 progress(rec)
-        if stop != "schedule done":
+        if stop:
             break
-        if budget is not None and step < planned and time.perf_counter() - t0 >= budget:
-            stop = f"time budget reached after {step} of {planned} steps"
-            break
+    stop = stop or sched.stop_reason(step)
     if validate is not None and (not history or history[-1]["step"] != step):
         run_validation(step)
     kept = step
     if best is not None and best[1] != step:
         net.load_state_dict(best[2])
         kept = best[1]
-    if stop != "schedule done" or kept != step:
-        log.info("%s: %s; weights of step %d kept", name, stop, kept)
-    return {"steps": step, "planned_steps": planned, "kept_step": kept, "stop": stop,
-            "seconds": round(time.perf_counter() - t0, 1),
+    log.info("%s: %s; weights of step %d kept", name, stop, kept)
+    return {"steps": step, "planned_steps": sched.total, "kept_step": kept, "stop": stop,
+            "seconds": round(sched.elapsed_s(), 1), "schedule": sched.summary(step),
             "final_loss": float(np.nanmean(losses[-cfg.log_every:])) if losses else None,
             "validation": history}
 
