@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
 import logging
 
 from geors.config import ExecutionConfig, PipelineConfig
@@ -55,10 +56,15 @@ class Executor:
             distributed = require("distributed", "distributed", "Running on a Dask cluster")
             self.kind = "distributed"
             if sched == "local":
-                self.cluster = distributed.LocalCluster(n_workers=execution.workers, threads_per_worker=1,
-                                                        processes=True, dashboard_address=None,
-                                                        silence_logs=logging.ERROR)
-                self.client = distributed.Client(self.cluster)
+                # Ctrl-C in a terminal goes to the whole process group: the worker processes would die with the
+                # batches in flight and the run wait for them forever. They start with SIGINT ignored (so do
+                # the processes their nannies start), so only this process hears it, stops submitting and lets
+                # the batches in flight finish, as with the other executors.
+                with _sigint_ignored_by_children():
+                    self.cluster = distributed.LocalCluster(n_workers=execution.workers, threads_per_worker=1,
+                                                            processes=True, dashboard_address=None,
+                                                            silence_logs=logging.ERROR)
+                    self.client = distributed.Client(self.cluster)
             elif isinstance(sched, str):
                 _probe_scheduler(sched)
                 try:
@@ -69,6 +75,15 @@ class Executor:
             else:
                 self.client = sched
         self.slots = 1 if self.kind == "synchronous" else 2 * max(1, execution.workers)
+
+    def workers_alive(self) -> int | None:
+        """Workers the cluster has now (None: not a cluster, or it cannot be asked)."""
+        if self.client is None:
+            return None
+        try:
+            return len(self.client.nthreads())
+        except Exception:  # noqa: BLE001 - a scheduler that is gone has no workers
+            return 0
 
     def submit(self, fn, *args):
         if self.kind == "synchronous":
@@ -90,6 +105,24 @@ class Executor:
             self.client.close()
         if self.cluster is not None:
             self.cluster.close(timeout=30)
+
+
+@contextlib.contextmanager
+def _sigint_ignored_by_children():
+    """SIGINT ignored while worker processes start: an ignored signal stays ignored across exec, and Python
+    (and asyncio in the Dask worker) leave SIGINT alone when the parent ignored it. A blocked signal mask
+    would not do: the processes are started with the mask reset. A Ctrl-C in these seconds is lost."""
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    old = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, old)
 
 
 def _probe_scheduler(address: str, timeout_s: float = 5.0) -> None:

@@ -30,7 +30,7 @@ from pathlib import Path
 
 from geors import faults
 from geors.config import ExecutionConfig, PipelineConfig, TilingConfig
-from geors.errors import Cancelled, ConfigError, GeorsError, OutputError, SceneReadError
+from geors.errors import Cancelled, ConfigError, GeorsError, OutputError, ProcessingError, SceneReadError
 from geors.execution import Executor, check_memory, configure_threads, estimate_peak_memory, with_batch_size
 from geors.inputs import RASTER_SUFFIXES, expand_inputs, open_scenes, scene_fingerprint
 from geors.merge import apply_seams
@@ -336,6 +336,7 @@ def _execute(plan, stage: Stage, execution: ExecutionConfig, executor: Executor,
     while in_flight < executor.slots and submit_next():
         pass
     error: BaseException | None = None
+    watch = _WorkerWatch(executor)
     while in_flight:
         try:
             (scene, tiles), fut = done_q.get(timeout=0.2)
@@ -343,6 +344,16 @@ def _execute(plan, stage: Stage, execution: ExecutionConfig, executor: Executor,
             if not stopping and ((cancel is not None and cancel.is_set()) or getattr(progress, "cancelled", False)):
                 stopping = True
                 log.warning("cancelling: finishing the %d batch(es) in flight", in_flight)
+            gone = watch.gone_for()
+            if stopping and gone >= WORKERS_GONE_CANCEL_S:
+                log.warning("the cluster's workers are gone: %d batch(es) in flight are not written (--resume "
+                            "redoes them)", in_flight)
+                break
+            if gone >= WORKERS_GONE_FAIL_S:
+                error = error or ProcessingError(
+                    f"the Dask cluster has had no worker for {gone:.0f} s with {in_flight} batch(es) in flight; "
+                    "what was written is valid: continue with --resume once workers are back")
+                break
             continue
         in_flight -= 1
         try:
@@ -388,6 +399,32 @@ def _input_files(config: PipelineConfig, scenes: list[Scene], info: dict) -> dic
         "--segmenter": [config.segment.segmenter if config.segment else None],
         "--boxes": [flat.get("boxes")],
     }
+
+
+#: Seconds without any worker after which a cancelled run stops waiting for its batches in flight, and a
+#: running one fails (a cluster can lose its workers: killed, out of memory, a scheduler restart).
+WORKERS_GONE_CANCEL_S = 3.0
+WORKERS_GONE_FAIL_S = 120.0
+
+
+class _WorkerWatch:
+    """How long a cluster has had no worker (asked at most once a second; 0 for local executors)."""
+
+    def __init__(self, executor: Executor):
+        self.executor = executor
+        self.asked = 0.0
+        self.since: float | None = None
+
+    def gone_for(self) -> float:
+        now = time.monotonic()
+        if now - self.asked >= 1.0:
+            self.asked = now
+            alive = self.executor.workers_alive()
+            if alive == 0:
+                self.since = self.since or now
+            else:
+                self.since = None
+        return 0.0 if self.since is None else now - self.since
 
 
 def _model_name(info: dict) -> str:

@@ -374,3 +374,40 @@ def test_two_cli_runs_creating_one_output_at_once(tmp_path):
         assert sorted(_run_statuses(out)) == ["finished", "finished"]
         correct += 1
     print(f"\nconcurrency (CLI): {correct} / {trials} trials of 2 simultaneous `geors run` creators correct")
+
+
+@pytest.mark.slow  # a LocalCluster of 2 processes: ~35 s
+def test_ctrl_c_to_the_process_group_ends_a_local_cluster_run(tmp_path):
+    """Regression (issue 26, finding 8): Ctrl-C in a terminal signals the whole process group; the LocalCluster
+    workers died with the batches in flight and the run waited for them forever, its run row left
+    'running'. Now the workers ignore SIGINT, the batches in flight finish, exit 130, run 'cancelled'."""
+    scene = scenes.rgb_uint8(tmp_path / "s.tif", 1500, 1500)
+    out = tmp_path / "o.gpkg"
+    p = subprocess.Popen([*CLI, "detect", str(scene), "-o", str(out), "--model", str(MODEL), "--device", "cpu",
+                          "--batch-size", "1", "--workers", "2", "--scheduler", "local", "--threads", "1",
+                          "--progress", "none"], start_new_session=True, stdout=subprocess.PIPE,
+                         stderr=subprocess.PIPE, text=True)
+    try:
+        t0 = time.monotonic()
+        n = 0
+        while n < 2 and time.monotonic() - t0 < 240 and p.poll() is None:
+            time.sleep(0.3)
+            if out.is_file() and out.stat().st_size:
+                try:
+                    con = sqlite3.connect(f"file:{out}?mode=ro", uri=True)
+                    n = con.execute("SELECT COUNT(*) FROM geors_tiles").fetchone()[0]
+                    con.close()
+                except sqlite3.Error:
+                    pass
+        assert n >= 2 and p.poll() is None, "the run did not get going"
+        os.killpg(p.pid, signal.SIGINT)
+        _, err = p.communicate(timeout=90)
+    except subprocess.TimeoutExpired:
+        os.killpg(p.pid, signal.SIGKILL)
+        p.communicate()
+        pytest.fail("the run did not end within 90 s of Ctrl-C")
+    assert p.returncode == 130, err[-2000:]
+    assert "Traceback" not in err, err[-2000:]
+    con = sqlite3.connect(out)
+    assert [r[0] for r in con.execute("SELECT status FROM geors_runs")] == ["cancelled"]
+    con.close()
