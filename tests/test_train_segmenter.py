@@ -168,7 +168,7 @@ def test_time_budget_is_used_not_only_a_cap():
     _, meta = train_segmenter(_tiles(lab), ["ground", "boat"], ["boat"], cfg)
     tr = meta["training"]
     assert tr["coarse"]["steps"] > 2 and tr["fine"]["steps"] > 2
-    assert tr["coarse"]["steps"] == tr["coarse"]["planned_steps"]
+    assert tr["coarse"]["schedule"]["mode"] == "time budget" and tr["coarse"]["schedule"]["plans"]
     assert 4.0 <= tr["seconds"] <= 6.0 + 2.0
 
 
