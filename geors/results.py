@@ -20,6 +20,7 @@ class Detection:
     score: float
     box_px: tuple[float, float, float, float] | None = None  # tile-local pixels
     gate_score: float | None = None
+    passes_threshold: bool = True  # False: written below the score threshold (DetectConfig.min_score)
 
 
 @dataclass

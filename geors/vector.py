@@ -87,7 +87,8 @@ class LayerSchema:
 LAYERS: dict[str, LayerSchema] = {
     "detections": LayerSchema("Polygon", (
         ("class", "str"), ("class_id", "int"), ("score", "float"), ("gate_score", "float"),
-        ("tile_id", "str"), ("scene", "str"), ("model", "str"), ("run_id", "str"))),
+        ("tile_id", "str"), ("scene", "str"), ("model", "str"), ("run_id", "str"), ("passes_threshold", "int")),
+        added=("passes_threshold",)),
     "instances": LayerSchema("MultiPolygon", (
         ("detection_fid", "int"), ("class", "str"), ("class_id", "int"), ("score", "float"),
         ("mask_score", "float"), ("area_m2", "float"), ("mask_method", "str"), ("tile_id", "str"),
@@ -828,7 +829,8 @@ class GeoPackageWriter:
         det_fids: list[int] = []
         if res.detections:
             rows = [{**common, "class": d.class_name, "class_id": int(d.class_id), "score": float(d.score),
-                     "gate_score": None if d.gate_score is None else float(d.gate_score), "model": model}
+                     "gate_score": None if d.gate_score is None else float(d.gate_score), "model": model,
+                     "passes_threshold": int(d.passes_threshold)}
                     for d in res.detections]
             det_fids = self._insert("detections", rows, [d.geometry for d in res.detections], src)
         if res.instances:

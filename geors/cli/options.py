@@ -106,7 +106,7 @@ _OPTION_FIELDS = {
     "strict": ("output", "strict", None), "crs": ("output", "crs", None),
     "per_scene": ("output", "per_scene", None),
     "model": ("detect", "model", None), "gate_threshold": ("detect", "gate_threshold", None),
-    "score_threshold": ("detect", "score_threshold", None),
+    "score_threshold": ("detect", "score_threshold", None), "min_score": ("detect", "min_score", None),
     "sam": ("masks", "engine", None), "simplify": ("masks", "simplify_px", None),
     "segmenter": ("segment", "segmenter", None), "raster_out": ("segment", "raster_out", None),
 }
