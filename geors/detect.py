@@ -116,6 +116,15 @@ def padding_groups(images: torch.Tensor) -> list[tuple[list[int], torch.Tensor]]
     return [(idx, images[idx][..., :h2, :w2]) for (h2, w2), idx in groups.items()]
 
 
+def float32_at_least(threshold: float) -> float:
+    """The smallest float32 value >= ``threshold``: scores are float32, so comparing them with it in float32
+    keeps exactly the scores that are at least ``threshold`` in float64 (as written and evaluated)."""
+    t32 = np.float32(threshold)
+    if float(t32) < threshold:
+        t32 = np.nextafter(t32, np.float32(np.inf))
+    return float(t32)
+
+
 class Detector:
     """Gate + detector predictor around an R2-CNN model.
 
@@ -255,6 +264,7 @@ class Detector:
         probs = np.zeros(x.shape[0], np.float32)
         empty: TileDetections = (np.zeros((0, 4), np.float32), np.zeros(0, np.float32), np.zeros(0, np.int64))
         out: list[TileDetections] = [empty] * x.shape[0]
+        score_threshold = float32_at_least(score_threshold)
         for idx, xs in padding_groups(x):
             p, dets = self._gate_and_detect_group(xs, gate_threshold, score_threshold)
             probs[idx] = p

@@ -100,6 +100,14 @@ class DetectStage:
             return self.config.score_threshold
         return self.detector.score_threshold
 
+    @property
+    def write_threshold(self) -> float:
+        """The lowest score written: ``min_score`` when given (boxes below the score threshold are written
+        with ``passes_threshold`` False), else the score threshold."""
+        if self.config.min_score is not None:
+            return min(self.config.min_score, self.score_threshold)
+        return self.score_threshold
+
     def prepare(self, scenes: Sequence[Scene]) -> None:
         det = self.detector  # loads (and validates) the model before any output is touched
         for scene in scenes:
@@ -117,7 +125,7 @@ class DetectStage:
         det = self.detector
         info = {"model": det.name, "model_path": det.meta.get("path"), "model_sha256": det.meta.get("file_sha256"),
                 "classes": det.classes, "gate_threshold": self.gate_threshold,
-                "score_threshold": self.score_threshold}
+                "score_threshold": self.score_threshold, "min_score": self.config.min_score}
         if self.masks:
             info.update(mask_engine_info(self.engine), simplify_px=self.masks.simplify_px,
                         multipart=self.masks.multipart)
@@ -133,13 +141,13 @@ class DetectStage:
         det = self.detector
         x = np.stack([img.image for img in batch.images])
         threshold = self.gate_threshold
-        probs, per_tile = det.gate_and_detect(x, gate_threshold=threshold,
-                                              score_threshold=self.score_threshold)
+        score_threshold = self.score_threshold
+        probs, per_tile = det.gate_and_detect(x, gate_threshold=threshold, score_threshold=self.write_threshold)
         detect_s = (time.perf_counter() - t0) / len(batch.tiles)
         results = []
         for k, (tile, p, (boxes, scores, labels)) in enumerate(zip(batch.tiles, probs, per_tile, strict=True)):
             dets = [Detection(pixel_box_to_polygon(b, tile.transform), det.classes[int(c)], int(c), float(s),
-                              tuple(float(v) for v in b), float(p))
+                              tuple(float(v) for v in b), float(p), passes_threshold=float(s) >= score_threshold)
                     for b, s, c in zip(boxes, scores, labels, strict=True)]
             res = TileResult(batch.scene.name, tile.id, tile.window,
                              "gated" if threshold is not None and not gate_passes(p, threshold) else "done",
@@ -150,7 +158,11 @@ class DetectStage:
                 keep = batch.kept(k, np.array([d.box_px for d in dets]))
                 owned = [d for d, kk in zip(dets, keep, strict=True) if kk]
                 res.detections = owned
-                res.instances = _mask_instances(batch, k, owned, self.engine, self.masks)
+                # masks for the boxes that pass the score threshold (those below it are written for AP only)
+                passing = [i for i, d in enumerate(owned) if d.passes_threshold]
+                res.instances = _mask_instances(batch, k, [owned[i] for i in passing], self.engine, self.masks)
+                for inst in res.instances:
+                    inst.detection_index = passing[inst.detection_index]
                 res.stage_seconds["masks"] = time.perf_counter() - t1
             res.seconds = sum(res.stage_seconds.values())
             results.append(res)

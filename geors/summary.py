@@ -25,6 +25,7 @@ class RunSummary:
     failed: int = 0
     skipped_resume: int = 0
     detections: int = 0
+    below_threshold: int = 0  # detections written below the score threshold (--min-score), within ``detections``
     instances: int = 0
     segments: int = 0
     per_class: dict[str, int] = field(default_factory=dict)
@@ -63,7 +64,9 @@ class RunSummary:
         feats = [f"{n} {k}" for k, n in (("detections", self.detections), ("instances", self.instances),
                                           ("segments", self.segments)) if n]
         if feats:
-            out.append("  features: " + ", ".join(feats))
+            out.append("  features: " + ", ".join(feats)
+                       + (f"  ({self.below_threshold} detections below the score threshold, passes_threshold = 0)"
+                          if self.below_threshold else ""))
         if self.per_class:
             out.append("  per class: " + ", ".join(f"{k} {v}" for k, v in sorted(self.per_class.items())))
         if self.mask_methods:
@@ -94,6 +97,9 @@ def tally(summary: RunSummary, results: list[TileResult]) -> None:
         summary.instances += len(r.instances)
         summary.segments += len(r.segmentation)
         for d in r.detections:
+            if not d.passes_threshold:
+                summary.below_threshold += 1
+                continue
             summary.per_class[d.class_name] = summary.per_class.get(d.class_name, 0) + 1
         for i in r.instances:
             summary.mask_methods[i.mask_method] = summary.mask_methods.get(i.mask_method, 0) + 1

@@ -196,6 +196,13 @@ def case_defaults() -> dict:
             "score_without": plain["--score-threshold"]}
 
 
+def _legend_items(renderer):
+    """Categories of a categorized renderer; (label, active) of a rule-based renderer's rules."""
+    if renderer.type() == "RuleRenderer":
+        return [(r.label(), r.isActive()) for r in renderer.rootRule().children()]
+    return [cat.value() for cat in getattr(renderer, "categories", lambda: [])()]
+
+
 def case_load(scene: str, out: str) -> dict:
     """runAndLoadResults: the layers land in the project, styled, in one group per run."""
     import processing
@@ -205,8 +212,7 @@ def case_load(scene: str, out: str) -> dict:
     groups = {}
     for g in root.findGroups():
         groups[g.name()] = [(c.layer().name(), c.layer().renderer().type(), c.layer().crs().authid(),
-                             [cat.value() for cat in getattr(c.layer().renderer(), "categories", lambda: [])()])
-                            for c in g.findLayers()]
+                             _legend_items(c.layer().renderer())) for c in g.findLayers()]
     return {"groups": groups, "root_layers": [c.name() for c in root.children() if c not in root.findGroups()]}
 
 

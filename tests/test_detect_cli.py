@@ -242,3 +242,68 @@ def test_detect_uses_the_models_calibrated_score_threshold(tmp_path, random_mode
                                   "--device", "cpu", "--progress", "none"])
     assert r.exit_code == 0, r.output
     assert len(pyogrio.read_dataframe(out, layer="detections")) == (scores >= 0.3).sum()
+
+
+def test_min_score_writes_low_scores_so_ap_is_not_capped(tmp_path, random_model):
+    """Issue 25 ("what is written"): a layer written at the model's threshold caps AP; --min-score writes the
+    boxes below it too (passes_threshold = 0, no outline), so AP over all scores can exceed the capped figure
+    while F1/precision/recall at the model's threshold stay those of the boxes that pass. Failed before:
+    --min-score did not exist."""
+    import geopandas as gpd
+
+    from geors.evaluate import evaluate_detection_files
+    from geors.models.registry import load_model, read_metadata
+
+    scene = scenes.rgb_uint8(tmp_path / "rgb.tif", 600, 400)
+    every = tmp_path / "every.gpkg"
+    r = CliRunner().invoke(main, ["detect", str(scene), "-o", str(every), "--model", str(random_model),
+                                  "--score-threshold", "0.0", "--device", "cpu", "--progress", "none"])
+    assert r.exit_code == 0, r.output
+    det = pyogrio.read_dataframe(every, layer="detections")
+    # a float32 value: scores are float32, so the model and the evaluator then compare them with it alike
+    threshold = float(np.float32(np.quantile(det["score"], 0.75)))
+    model, _ = load_model(str(random_model), torch.device("cpu"))
+    meta = read_metadata(random_model)
+    cal = tmp_path / "cal.safetensors"
+    save_model(model, {**{k: meta[k] for k in ("classes", "bands", "tile_size", "overlap", "gate_threshold")},
+                       "score_threshold": threshold}, cal)
+    # truth: every other box below the threshold and every other box above it
+    low, high = det[det["score"] < threshold], det[det["score"] >= threshold]
+    truth = gpd.GeoDataFrame(geometry=list(low.geometry[::2]) + list(high.geometry[::2]), crs=det.crs)
+    truth_path = tmp_path / "truth.gpkg"
+    truth.to_file(truth_path)
+
+    capped, full = tmp_path / "capped.gpkg", tmp_path / "full.gpkg"
+    for out, extra in ((capped, []), (full, ["--min-score", "0.0"])):
+        r = CliRunner().invoke(main, ["run", str(scene), "-o", str(out), "--model", str(cal), "--sam", "box",
+                                      "--device", "cpu", "--progress", "none", *extra])
+        assert r.exit_code == 0, r.output
+    summary = json.loads(r.stdout.strip().splitlines()[-1])
+    written = pyogrio.read_dataframe(full, layer="detections", fid_as_index=True)
+    assert len(written) == len(det) and summary["below_threshold"] == len(low) > 0
+    assert ((written["score"] >= threshold) == (written["passes_threshold"] == 1)).all()
+    inst = pyogrio.read_dataframe(full, layer="instances")
+    assert len(inst) == len(high)
+    assert set(inst["detection_fid"]) == set(written.index[written["passes_threshold"] == 1])
+    assert (pyogrio.read_dataframe(capped, layer="detections")["passes_threshold"] == 1).all()
+
+    # the same boxes pass in both layers (scores tie at the threshold here: "at least" in the model as well)
+    assert (sorted(pyogrio.read_dataframe(capped, layer="detections")["score"])
+            == sorted(written.loc[written["passes_threshold"] == 1, "score"]))
+    a = evaluate_detection_files(capped, truth_path)
+    b = evaluate_detection_files(full, truth_path)
+    assert a["score_threshold"] == b["score_threshold"] == pytest.approx(threshold)
+    assert a["score_threshold_from"] == "the run record"
+    assert b["overall"]["AP50"] > a["overall"]["AP50"]  # AP over every score exceeds the capped figure
+    assert b["overall"]["max_recall"] == 1.0 > a["overall"]["max_recall"]
+    for k in ("f1", "precision", "recall", "tp", "fp"):
+        assert a["overall"][k] == b["overall"][k]
+    assert any("capped" in w for w in a["warnings"]) and not any("capped" in w for w in b["warnings"])
+
+
+def test_min_score_above_the_threshold_is_refused(tmp_path, random_model):
+    scene = scenes.rgb_uint8(tmp_path / "rgb.tif", 300, 300)
+    out = tmp_path / "o.gpkg"
+    r = CliRunner().invoke(main, ["detect", str(scene), "-o", str(out), "--model", str(random_model),
+                                  "--score-threshold", "0.3", "--min-score", "0.5", "--progress", "none"])
+    assert r.exit_code == 2 and "--min-score" in r.output and not out.exists()

@@ -80,9 +80,22 @@ def test_default_score_threshold_is_the_one_detect_keeps():
     from geors.cli.eval import detections_command
     from geors.config import DEFAULT_SCORE_THRESHOLD
 
+    # the CLI's default is the threshold PRED was written with (test_detect_cli checks a geors file);
+    # the function's default, for other predictions, is detect's documented default
     opt = next(p for p in detections_command.params if p.name == "score_threshold")
-    assert opt.default == DEFAULT_SCORE_THRESHOLD == 0.3
+    assert opt.default is None and DEFAULT_SCORE_THRESHOLD == 0.3
     assert run([GT[0]], [0.3])["overall"]["recall"] == 0.5
+
+
+def test_f1_against_hand_computed_counts():
+    # 3 truths; detections TP (0.9), FP (0.8), TP (0.7), FP (0.2): at 0.5, TP 2, FP 1, FN 1
+    truth = np.array([[0, 0, 10, 10], [20, 20, 30, 30], [40, 40, 50, 50]], dtype=float)
+    r = run([[0, 0, 10, 10], FAR, [20, 20, 30, 30], [70, 70, 80, 80]], [0.9, 0.8, 0.7, 0.2], truth=truth,
+            score_threshold=0.5)
+    o = r["overall"]
+    assert (o["tp"], o["fp"], o["fn"]) == (2, 1, 1)
+    assert o["precision"] == pytest.approx(2 / 3) and o["recall"] == pytest.approx(2 / 3)
+    assert o["f1"] == pytest.approx(2 * 2 / (2 * 2 + 1 + 1)) == r["per_class"]["t"]["f1"]
 
 
 def test_max_recall_ignores_scores_but_not_duplicates():

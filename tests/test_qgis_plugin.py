@@ -209,9 +209,12 @@ def test_results_loaded_styled_and_grouped(qgis, tmp_path):
     (name, layers), = res["groups"].items()
     assert name.startswith("geors run: small")
     assert [lyr[0] for lyr in layers] == ["detections", "instances"]
-    for _, renderer, crs, categories in layers:
-        assert renderer == "categorizedSymbol" and crs == "EPSG:32617"
-        assert "tree" in categories
+    (_, det_renderer, det_crs, rules), (_, renderer, crs, categories) = layers
+    assert renderer == "categorizedSymbol" and crs == "EPSG:32617" and "tree" in categories
+    # detections: one rule per class for boxes that pass the score threshold, one unticked grey rule for
+    # those written below it (--min-score), so AP can use them without their showing by default
+    assert det_renderer == "RuleRenderer" and det_crs == "EPSG:32617"
+    assert ("tree", True) in rules and rules[-1] == ("below the score threshold (kept for AP; tick to show)", False)
 
 
 @pytest.mark.qgis

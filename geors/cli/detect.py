@@ -18,7 +18,12 @@ def detect_options(f):
                      help="Tiles with gate probability below P skip the detector (default: the model's)."),
         click.option("--no-gate", is_flag=True, help="Run the detector on every tile."),
         click.option("--score-threshold", type=float, default=None,
-                     help="Minimum detection score written [default: the model's calibrated threshold, else 0.3]."),
+                     help="Detections scoring at least this pass (are outlined, counted, shown) [default: the "
+                          "model's threshold, calibrated for the best F1 on its validation tiles, else 0.3]."),
+        click.option("--min-score", type=float, default=None,
+                     help="Also write detections scoring down to S, with passes_threshold = 0 (no outline, greyed "
+                          "in QGIS): `geors eval detections` then computes AP over every score, not only those "
+                          "above the threshold. E.g. 0.05 [default: write only detections that pass]."),
     ]):
         f = opt(f)
     return pipeline_options(f)

@@ -47,9 +47,11 @@ def emit_json(result: dict, output: str | None) -> None:
 @click.option("--class-agnostic", is_flag=True, default=False,
               help="Ignore classes (default when TRUTH has no class field).")
 @click.option("--layer", default="detections", show_default=True, help="Detections layer in PRED.")
-@click.option("--score-threshold", type=click.FloatRange(0, 1), default=DEFAULT_SCORE_THRESHOLD, show_default=True,
-              help="Detections scoring at least this count for recall and precision (the score from which "
-                   "`geors detect` keeps detections); AP and max_recall use all.")
+@click.option("--score-threshold", type=click.FloatRange(0, 1), default=None,
+              help="Detections scoring at least this count for recall, precision and F1 [default: the threshold "
+                   "PRED was written with (its run record: the model's, calibrated for the best F1), else "
+                   f"{DEFAULT_SCORE_THRESHOLD}]. AP and max_recall use every written score: write PRED with "
+                   "`geors detect --min-score 0.05` so they are not capped by the threshold.")
 @click.option("--iou", "match_iou", type=click.FloatRange(0, 1, min_open=True), default=0.5, show_default=True,
               help="IoU needed for a match in recall and precision.")
 @click.option("--gate-threshold", type=click.FloatRange(0, 1), default=None,
@@ -58,7 +60,7 @@ def emit_json(result: dict, output: str | None) -> None:
 @handle_errors
 def detections_command(pred, truth, scene, class_field, class_agnostic, layer, score_threshold, match_iou,
                        gate_threshold, output):
-    """AP50, COCO AP (IoU 0.50:0.95), recall and precision per class for PRED against TRUTH.
+    """AP50, COCO AP (IoU 0.50:0.95), recall, precision and F1 per class for PRED against TRUTH.
 
     PRED is a GeoPackage from `geors detect`/`geors run`. TRUTH is any vector
     file of boxes or polygons (any CRS; reprojected to PRED's), or Pascal VOC

@@ -18,12 +18,19 @@ evaluation protocol where it applies to geors:
 - Unlike COCO there is no per-image cap on detections (COCO keeps 100 per
   image; a geors "image" is a whole scene with thousands of objects) and no
   area ranges or crowd regions.
-- Recall and precision are reported at ``score_threshold`` (default
-  :data:`geors.config.DEFAULT_SCORE_THRESHOLD`, 0.3: the score from which
-  ``geors detect``/``geors run`` keep detections) and ``match_iou`` (default
-  0.5); the overall values pool the counts of all classes (micro average).
-  ``max_recall`` is the recall with every detection (no score threshold): the
-  ceiling any threshold can reach.
+- Recall, precision and F1 are reported at ``score_threshold`` and
+  ``match_iou`` (default 0.5); the overall values pool the counts of all
+  classes (micro average). For a geors GeoPackage the default threshold is
+  the one the detections were written with (the run record's
+  ``score_threshold``: the model's, calibrated for the best F1 on its
+  validation tiles, or ``--score-threshold``), so F1/precision/recall are
+  those of the boxes that pass (``passes_threshold = 1``); otherwise
+  :data:`geors.config.DEFAULT_SCORE_THRESHOLD`. ``max_recall`` is the recall
+  with every detection (no score threshold): the ceiling any threshold can reach.
+- AP and ``max_recall`` use every written detection. A layer written without
+  ``--min-score`` holds only boxes above the threshold, so its AP is capped;
+  the result then says so in ``warnings`` (write it with
+  ``geors detect --min-score 0.05`` for the uncapped AP).
 
 Boxes are ``(xmin, ymin, xmax, ymax)``; any unit works (scene pixels or CRS
 units) as long as predictions and truth share it, because IoU is unit-free.
@@ -291,6 +298,7 @@ def evaluate_detections(
             "AP": _nan_to_none(ap),
             "recall": _ratio(tp, n_truth),
             "precision": _ratio(tp, tp + fp),
+            "f1": _ratio(2 * tp, 2 * tp + fp + fn),
             "max_recall": _ratio(tp_any, n_truth),
             "n_truth": n_truth,
             "n_pred": int(pm.sum()),
@@ -303,7 +311,7 @@ def evaluate_detections(
             aps50.append(ap50)
             aps.append(ap)
         for k in totals:
-            totals[k] += per_class[str(c)][k]
+            totals[k] += per_class[str(c)][k]  # (f1 is not summed: it is recomputed from the totals)
         tp_any_total += tp_any
 
     overall = {
@@ -311,6 +319,7 @@ def evaluate_detections(
         "AP": float(np.mean(aps)) if aps else None,
         "recall": _ratio(totals["tp"], totals["n_truth"]),
         "precision": _ratio(totals["tp"], totals["tp"] + totals["fp"]),
+        "f1": _ratio(2 * totals["tp"], 2 * totals["tp"] + totals["fp"] + totals["fn"]),
         "max_recall": _ratio(tp_any_total, totals["n_truth"]),
         **totals,
     }
@@ -530,7 +539,8 @@ def evaluate_detection_files(
         class_agnostic: ignore classes (default: when the truth has no class).
         gate_threshold: tiles pass the gate when ``gate_score >=`` this; by
             default a tile passed when the ledger status is not ``"gated"``.
-        **kwargs: passed to :func:`evaluate_detections`.
+        **kwargs: passed to :func:`evaluate_detections`; ``score_threshold`` None (or absent) = the
+            threshold recorded in ``pred_path``'s run record, else the default.
 
     Returns:
         The dict of :func:`evaluate_detections`, plus ``pred``, ``truth``,
@@ -546,6 +556,16 @@ def evaluate_detection_files(
     from geors.io.labels import is_pixel_csv, read_labels
 
     pred = _read_layer(pred_path, layer, "predictions")
+    warnings: list[str] = []
+    if kwargs.get("score_threshold") is None:
+        recorded = recorded_score_thresholds(pred_path)
+        kwargs["score_threshold"] = recorded[-1] if recorded else DEFAULT_SCORE_THRESHOLD
+        source = "the run record" if recorded else "the default"
+        if len(set(recorded)) > 1:
+            warnings.append(f"{pred_path}: runs wrote it with score thresholds {sorted(set(recorded))}; "
+                            f"recall, precision and F1 use the latest, {recorded[-1]}")
+    else:
+        source = "given"
     sc = None
     if scene is not None:
         from geors.raster import Scene, open_scene
@@ -576,6 +596,13 @@ def evaluate_detection_files(
     result["pred"] = str(pred_path)
     result["truth"] = str(truth_path)
     result["scene"] = None if sc is None else str(sc.path)
+    result["score_threshold_from"] = source
+    score_col = "score" if "score" in pred.columns else None
+    if score_col and len(pred) and float(pred[score_col].min()) >= result["score_threshold"] - 1e-6:
+        warnings.append(f"{pred_path}: every written detection scores >= the threshold "
+                        f"{result['score_threshold']:g}, so AP50/AP and max_recall are capped by it; write the "
+                        "layer with `geors detect --min-score 0.05` for AP over all scores")
+    result["warnings"] = list(result.get("warnings") or []) + warnings
     if sc is not None:
         if truth_boxes_px is None:
             truth_boxes_px = read_labels(truth_path, sc, class_field=result["truth_class_field"]).boxes
@@ -583,6 +610,30 @@ def evaluate_detection_files(
         if gate is not None:
             result["gate"] = gate
     return result
+
+
+def recorded_score_thresholds(pred_path) -> list[float]:
+    """Score thresholds recorded by the runs that wrote ``pred_path`` (oldest first; empty for other files)."""
+    import json
+    import sqlite3
+
+    try:
+        con = sqlite3.connect(f"file:{Path(pred_path)}?mode=ro", uri=True)
+        try:
+            rows = con.execute("SELECT models FROM geors_runs ORDER BY started").fetchall()
+        finally:
+            con.close()
+    except sqlite3.Error:
+        return []
+    out = []
+    for (models,) in rows:
+        try:
+            value = json.loads(models or "{}").get("score_threshold")
+        except (ValueError, AttributeError):
+            continue
+        if isinstance(value, int | float):
+            out.append(float(value))
+    return out
 
 
 def _pixel_boxes_to_polygons(boxes: np.ndarray, transform) -> list:

@@ -511,7 +511,7 @@ class R2CNN(nn.Module):
             scores = p[:, 1:].reshape(-1)
             labels = torch.arange(k, device=p.device).repeat(n)
             boxes = boxes.repeat_interleave(k, dim=0)
-            keep = torch.nonzero(scores > score_threshold).flatten()
+            keep = torch.nonzero(scores >= score_threshold).flatten()  # "at least", as written and evaluated
             boxes, scores, labels = boxes[keep], scores[keep], labels[keep]
             keep = remove_small_boxes(boxes, 1.0)
             boxes, scores, labels = boxes[keep], scores[keep], labels[keep]

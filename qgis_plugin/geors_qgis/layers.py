@@ -15,6 +15,7 @@ from qgis.core import (
     QgsProcessingUtils,
     QgsProject,
     QgsRendererCategory,
+    QgsRuleBasedRenderer,
     QgsSingleSymbolRenderer,
     QgsVectorLayer,
 )
@@ -88,9 +89,36 @@ def style_layer(layer: QgsVectorLayer, layer_name: str, metadata: dict | None = 
     colours = class_colours(metadata, classes)
     names = [c for c in colours if c in classes] + [c for c in (metadata or {}).get("classes") or []
                                                     if c not in classes]
+    if layer_name == "detections" and layer.fields().indexOf(PASSES_FIELD) >= 0:
+        layer.setRenderer(_threshold_renderer(names, colours))
+        layer.triggerRepaint()
+        return
     cats = [QgsRendererCategory(name, _symbol(layer_name, colours[name]), name) for name in names]
     layer.setRenderer(QgsCategorizedSymbolRenderer(field, cats))
     layer.triggerRepaint()
+
+
+PASSES_FIELD = "passes_threshold"
+"""Detections written below the score threshold (``geors detect --min-score``) have 0 here."""
+
+BELOW_THRESHOLD_LABEL = "below the score threshold (kept for AP; tick to show)"
+
+
+def _threshold_renderer(names: list[str], colours: dict) -> QgsRuleBasedRenderer:
+    """Detections by class for boxes that pass the score threshold; one grey, dotted rule, unticked
+    (hidden until the user ticks it in the legend), for the boxes written below it with --min-score."""
+    root = QgsRuleBasedRenderer.Rule(None)
+    for name in names:
+        quoted = name.replace("'", "''")
+        root.appendChild(QgsRuleBasedRenderer.Rule(
+            _symbol("detections", colours[name]), 0, 0,
+            f"\"class\" = '{quoted}' AND coalesce(\"{PASSES_FIELD}\", 1) = 1", name))
+    grey = QgsFillSymbol.createSimple({"style": "no", "outline_color": "150,150,150,255", "outline_style": "dot",
+                                       "outline_width": "0.3"})
+    below = QgsRuleBasedRenderer.Rule(grey, 0, 0, f"\"{PASSES_FIELD}\" = 0", BELOW_THRESHOLD_LABEL)
+    below.setActive(False)
+    root.appendChild(below)
+    return QgsRuleBasedRenderer(root)
 
 
 def layer_uri(gpkg: str, layer_name: str, run_id: str | None = None) -> str:
