@@ -18,6 +18,14 @@ SAM embedding per image). Columns: mIoU_I, mIoU_P (SAMRS definitions, via
 is more than 0.05 below the plain box's, ``fallback``: share of objects whose
 ``mask_method`` is ``box:fallback``, and boxes/s (median of ``--repeats``).
 
+Per object kind (vehicles, trees, buildings; ``mask_data.KINDS``): box vs the
+watershed engine, with the judge before issue 25 and today's, and the share
+of outlines kept; and the judge's thresholds by leave-one-kind-out
+cross-validation (held-out kind's figures):
+
+    python benchmarks/bench_masks.py --per-kind --threads 1
+    python benchmarks/bench_masks.py --cv --threads 1
+
 SAM speed on one 640 x 640 tile (encoder once per tile, boxes batched, as in geors):
 
     python benchmarks/bench_masks.py --speed --engines sam-tiny,vit_b-random --device cuda --bf16 --repeats 20
@@ -244,6 +252,19 @@ def kinds_report(args) -> None:
         if sum(len(t["fill"]) for t in full):
             print(_row(f"{k} filling their box (box IoU >= 0.95)", figures(full, DEFAULT_THRESHOLDS),
                        figures(full, BEFORE)))
+    if "trees" in tables:  # real tree boxes without outlines: only how often each judge keeps the outline
+        print("\n| real tree boxes, no outlines | n | before: kept / box | kept / box |\n|---|---|---|---|")
+        for d in mask_data.neon():
+            f = {k: [] for k in FEATURES}
+            eng = WatershedEngine()
+            for b in d.boxes:
+                cand = eng.candidate(d.image, b)
+                feats = cand[1].features() if cand is not None else dict.fromkeys(FEATURES, 0.0)
+                for k in FEATURES:
+                    f[k].append(feats[k])
+            f = {k: np.array(v) for k, v in f.items()}
+            old, new = kept(f, BEFORE).mean(), kept(f, DEFAULT_THRESHOLDS).mean()
+            print(f"| {d.name} | {len(d.boxes)} | {old:.2f} / {1 - old:.2f} | {new:.2f} / {1 - new:.2f} |")
     for k in tables:
         print(f"\n{k}: {mask_data.KINDS[k][0]}")
     print(f"\n{DEFAULT_THRESHOLDS}")

@@ -9,11 +9,21 @@ coordinates (x = column, y = row), or ``truth=None`` when only boxes exist.
   of each crown, box = its bounding box.
 - ``vehicles``: synthetic rotated rectangles (any angle, aspect 1.8-4, white, dark or
   coloured) in rows with 1-3 px gaps on asphalt with lane marks and shadows.
+- ``neon_crowns``: a tree *proxy*: real NEON crown texture (cut from the middle
+  of real tree boxes) in synthetic crown outlines, pasted with shadows on a
+  mosaic of real images; truth = the visible part of each pasted crown.
+- ``buildings``: a building *proxy* (no building outlines here): synthetic roofs
+  (rectangles aligned or rotated, L and T shapes; flat, two-facet, hip or in
+  sections) with shadows on a mosaic of real DOTA/NEON image crops.
 - ``discs``: ``tests/mask_scenes.py``'s dark discs on a bright background.
 - ``dota``: DOTA example P1888 (real Google Earth image, 64 vehicle outlines as
   oriented quadrilaterals, boxes = their circumscribed horizontal boxes as in
   SAMRS) from ``/work/shared/data/dota-P1888`` or ``$GEORS_DOTA_P1888``; never committed.
 - ``neon``: the NEON tree-crown samples (``geors sample neon``): boxes only.
+
+``KINDS`` groups data sets into object kinds (vehicles, trees, buildings) and
+says which truth is real and which is a proxy; ``load("crowns@1+jitter0.1")``
+builds a data set by name (``@seed``, ``+jitterF``).
 
 ``jitter(data, f)`` moves each box edge by up to ``f`` of the box side (a
 detector's boxes are not tight).
@@ -30,7 +40,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-__all__ = ["MaskData", "crowns", "vehicles", "buildings", "discs", "dota", "neon", "jitter", "kind_data", "KINDS",
+__all__ = ["MaskData", "crowns", "neon_crowns", "vehicles", "buildings", "discs", "dota", "neon", "jitter", "kind_data", "KINDS",
            "DOTA_DIR"]
 
 DOTA_DIR = Path(os.environ.get("GEORS_DOTA_P1888", "/work/shared/data/dota-P1888"))
@@ -268,6 +278,56 @@ def buildings(size: int = 640, n: int = 45, seed: int = 0) -> MaskData:
     return MaskData("buildings(proxy)", img, _boxes_from_masks(masks), _polys_from_masks(masks))
 
 
+def neon_crowns(size: int = 640, n: int = 110, seed: int = 0) -> MaskData | None:
+    """Real crown texture in synthetic crown shapes on real ground: a tree *proxy* (None without the NEON samples).
+
+    Each crown is cut from the middle of a real NEON tree box (an irregular
+    outline inside 90 % of the box's inscribed ellipse, so its pixels are that
+    tree's), pasted at its native size with a soft edge and a shadow down and
+    to the right onto a mosaic of real images (``_mosaic``); later crowns
+    cover earlier ones, as in :func:`crowns`. Truth = the visible part of each
+    pasted crown (kept when at least 60 px and 60 % of it are visible); box =
+    its bounding box. The texture and colours are real, the outlines are
+    synthetic.
+    """
+    import cv2
+
+    sources = [d for d in neon() if len(d.boxes)]
+    if not sources:
+        return None
+    rng = np.random.default_rng(seed)
+    img, _ = _mosaic(rng, size)
+    label = np.full((size, size), -1, np.int32)
+    full = []
+    for k in range(n):
+        d = sources[rng.integers(len(sources))]
+        x0, y0, x1, y1 = d.boxes[rng.integers(len(d.boxes))].round().astype(int)
+        bw, bh = x1 - x0, y1 - y0
+        if min(bw, bh) < 14 or x0 < 0 or y0 < 0 or x1 > d.image.shape[1] or y1 > d.image.shape[0]:
+            continue
+        patch = d.image[y0:y1, x0:x1].astype(np.float64)
+        yy, xx = np.mgrid[:bh, :bw] + 0.5
+        ang = np.arctan2((yy - bh / 2) / bh, (xx - bw / 2) / bw)
+        rad = np.full_like(ang, 0.45)
+        for harm in (3, 5, 7):
+            rad -= 0.45 * rng.uniform(0, 0.1) * (1 + np.cos(harm * ang + rng.uniform(0, 2 * np.pi)))
+        shape = np.hypot((yy - bh / 2) / bh, (xx - bw / 2) / bw) <= rad
+        r, c = int(rng.integers(0, size - bh)), int(rng.integers(0, size - bw))
+        sl = (slice(r, r + bh), slice(c, c + bw))
+        m = np.zeros((size, size), bool)
+        m[sl] = shape
+        off = int(max(2, 0.2 * min(bw, bh)))
+        sh = np.roll(np.roll(m, off, 0), off, 1) & ~m
+        img[sh] *= 0.5
+        alpha = cv2.GaussianBlur(shape.astype(np.float32), (0, 0), 0.7)[..., None]
+        img[sl] = alpha * patch + (1 - alpha) * img[sl]
+        label[m] = k
+        full.append((k, int(m.sum())))
+    img = np.clip(img, 0, 255).astype(np.uint8)
+    masks = [label == k for k, area in full if (label == k).sum() >= max(60, 0.6 * area)]
+    return MaskData("neon-crowns(proxy)", img, _boxes_from_masks(masks), _polys_from_masks(masks))
+
+
 def discs() -> MaskData:
     from tests.mask_scenes import disc_image
 
@@ -339,8 +399,9 @@ def jitter(data: MaskData, fraction: float, seed: int = 0) -> MaskData:
 KINDS = {
     "vehicles": ("real: DOTA P1888 outlines (tight and 10 % jittered boxes); synthetic parking rows",
                  ["dota", "dota+jitter0.1", "vehicles"]),
-    "trees": ("synthetic crowns only (the NEON samples have boxes, no outlines)",
-              ["crowns", "crowns@1", "crowns+jitter0.1"]),
+    "trees": ("proxy: synthetic crowns; real NEON crown texture in synthetic outlines on real ground (the NEON "
+              "samples have boxes, no outlines)", ["crowns", "crowns@1", "crowns+jitter0.1", "neon_crowns",
+                                                   "neon_crowns@1", "neon_crowns+jitter0.1"]),
     "buildings": ("proxy: synthetic roofs on real DOTA/NEON ground (no building outlines here)",
                   ["buildings", "buildings@1", "buildings@2", "buildings+jitter0.1"]),
 }
@@ -357,7 +418,7 @@ def load(name: str) -> list[MaskData]:
         items = [d] if d is not None else []
     else:
         d = globals()[base](seed=int(seed)) if seed else globals()[base]()
-        items = [replace(d, name=f"{d.name}@{seed}") if seed else d]
+        items = [] if d is None else [replace(d, name=f"{d.name}@{seed}") if seed else d]
     return [jitter(d, float(jit)) if jit else d for d in items]
 
 
