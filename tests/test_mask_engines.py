@@ -164,6 +164,7 @@ def test_box_filling_roofs_get_the_box():
     """Issue 25: on buildings the engine was worse than the plain box. Roofs aligned with the image fill their
     boxes; the judge kept outlines stopped at a parapet, a ridge or a shaded facet (mIoU_I 0.94-0.95 on these
     scenes, the box 1.0). Box-shaped outlines now give the box, so the engine is never below it here."""
+    old_judge = JudgeThresholds(min_extent=0.7, max_rectangularity=1.0, min_separation=0.0)  # before issue 25
     for seed in range(3):
         img, masks = roof_scene(seed)
         boxes, truth = _boxes(masks), _truth_polys(masks)
@@ -171,6 +172,9 @@ def test_box_filling_roofs_get_the_box():
         box = BoxEngine().predict_crops(img, boxes)
         r_ws, r_box = miou_instances(_polys(ws), truth), miou_instances(_polys(box), truth)
         assert r_ws["miou_i"] >= r_box["miou_i"] - 1e-9 and r_ws["miou_p"] >= r_box["miou_p"] - 1e-9
+        # the scene is a case the old judge lost: it kept outlines of most roofs
+        old = WatershedEngine(thresholds=old_judge).predict_crops(img, boxes)
+        assert miou_instances(_polys(old), truth)["miou_i"] < r_box["miou_i"] - 0.03
 
 
 def test_clearly_better_outlines_are_kept():
@@ -210,6 +214,8 @@ def test_box_engine_method_and_factory(caplog, monkeypatch, tmp_path):
     assert "without SAM" in msgs[0] and "geors models download sam-vit_b" in msgs[0]
     assert "GEORS_SAM_CHECKPOINT" in msgs[0]
     assert isinstance(make_mask_engine("watershed", min_fill=0.5), WatershedEngine)
+    e = make_mask_engine("auto", max_rectangularity=0.9, batch_size=8)  # judge limits reach the fallback engine
+    assert e.thresholds.max_rectangularity == 0.9 and e.thresholds.min_separation == DEFAULT_THRESHOLDS.min_separation
 
 
 def test_instances_carry_each_objects_method(tmp_path):
