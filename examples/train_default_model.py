@@ -12,11 +12,15 @@ stretch, the same normalisation inference uses) and the labels through
 
 The default options train with the cheap gate (``--gate-scale 4``: the gate
 reads tiles average-pooled by 4) pooled over its 3 strongest locations
-(``--gate-pool top3``, trained as it runs), hold out 20% of the 640 px tiles
+(``--gate-pool top3``, trained as it runs), hold back 20% of the trees in whole 640 px tiles
 (``--val-fraction``) for a validation AP50 per epoch, early stopping
 (``--patience``) and the gate calibration shared with ``geors train``
 (``geors.train.detector.calibrate_gate``: the threshold passes ``--gate-recall``
-= 99% of the validation tiles with trees). ``--val-fraction 0 --gate-pool avg
+= 99% of the validation tiles with trees). Every training option is a
+``TrainConfig`` field, the same as ``geors train detector`` options (the
+script is a thin caller of ``train_detector``); its fixed ``--steps``
+schedule keeps the documented runs reproducible, where ``geors train``
+plans the steps from a time budget. ``--val-fraction 0 --gate-pool avg
 --epochs 1`` trains as the script did before issue 12 (the gate is then
 disabled, since nothing is left to calibrate it on). The shipped default model
 is no longer made by this script but by two ``geors train`` commands (README,
@@ -137,43 +141,6 @@ def training_tiles(no_empty_images: bool = False) -> list[TrainTile]:
     return tiles
 
 
-def set_gate_pool(args) -> dict:
-    """Switch a trained model's gate pooling, adopt the current inference defaults (``INFERENCE_FIELDS``)
-    and recalibrate its gate threshold; the weights are unchanged.
-
-    Uses the same split and calibration as training (``split_validation`` + ``calibrate_gate``).
-    """
-    from geors.models.registry import load_model
-    from geors.train.detector import calibrate_gate, split_validation
-
-    if args.init_from is None:
-        raise SystemExit("--set-gate-pool needs --init-from MODEL")
-    from geors.models.r2cnn import INFERENCE_FIELDS, R2CNNConfig
-
-    model, meta = load_model(args.init_from, "cpu")
-    model.config.gate_pool = args.set_gate_pool
-    defaults = R2CNNConfig()
-    for name in INFERENCE_FIELDS:  # inference-only settings: adopt today's defaults, weights unchanged
-        setattr(model.config, name, getattr(defaults, name))
-    model.eval()
-    train, val = split_validation(training_tiles(args.no_empty_images), args.val_fraction, args.split_seed)
-    calib = calibrate_gate(model, val, args.gate_recall, train_tiles=train)
-    keep = {k: v for k, v in meta.items() if k not in ("path", "file_sha256", "arch_args", "weights_sha256",
-                                                        "format", "format_version", "geors_version")}
-    keep["gate_threshold"] = calib["gate_threshold"]
-    keep.setdefault("training", {})["gate_pool_change"] = {
-        "from": meta["arch_args"].get("gate_pool", "avg"), "to": args.set_gate_pool,
-        "source_sha256": meta.get("file_sha256"), "calibration": calib,
-        "inference": {k: getattr(model.config, k) for k in INFERENCE_FIELDS},
-        "command": "examples/train_default_model.py --set-gate-pool ..."}
-    keep["training"]["gate_calibration"] = calib
-    save_model(model, keep, args.out)
-    metrics = evaluate(Detector.load(args.out, device="cpu"))
-    metrics["gate_threshold"] = calib["gate_threshold"]
-    metrics["gate_calibration"] = calib
-    return metrics
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", type=Path, default=Path("geors/models/weights/r2cnn_neon_trees.safetensors"))
@@ -182,8 +149,9 @@ def main() -> None:
     ap.add_argument("--epochs", type=int, default=9, help="validation AP50 after each epoch; early stopping")
     ap.add_argument("--patience", type=int, default=3, help="epochs without a better validation AP50 (0 = never stop)")
     ap.add_argument("--val-fraction", type=float, default=0.2,
-                    help="share of the 640 px training tiles held out for validation and gate calibration")
-    ap.add_argument("--max-minutes", type=float, default=None, help="training time budget")
+                    help="share of the trees held back (whole 640 px tiles) for validation and gate calibration")
+    ap.add_argument("--max-minutes", type=float, default=None,
+                    help="time budget capping the fixed --steps (default: none, as in the documented runs)")
     ap.add_argument("--gate-pool", default="top3", help="gate pooling trained and run with (avg|topK)")
     ap.add_argument("--batch", type=int, default=4)
     ap.add_argument("--crop", type=int, default=256)
@@ -204,15 +172,6 @@ def main() -> None:
     ap.add_argument("--warmup", type=int, default=50, help="linear warm-up steps")
     ap.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = torch default)")
     ap.add_argument("--eval-only", type=Path, default=None, help="evaluate this model file and exit")
-    ap.add_argument("--set-gate-pool", default=None, metavar="POOL",
-                    help="no training: take --init-from, switch its gate pooling (avg|topK, e.g. top3), adopt the "
-                         "current inference defaults (proposal/detection top-k), recalibrate the gate threshold "
-                         "on the validation split and save to --out")
-    ap.add_argument("--ohem", type=int, default=0, metavar="N",
-                    help="online hard example mining in the R-CNN head: the N hardest RoIs per crop carry the "
-                         "second-stage loss (0 = the balanced sampler)")
-    ap.add_argument("--roi-pos-fraction", type=float, default=None,
-                    help="share of positives in the R-CNN head's sampler (model default 0.25)")
     ap.add_argument("--pos-fraction", type=float, default=0.5,
                     help="share of crops centred on a tree (the rest are empty crops; see --empty-negatives)")
     ap.add_argument("--empty-negatives", action=argparse.BooleanOptionalAction, default=None,
@@ -228,7 +187,8 @@ def main() -> None:
     ap.add_argument("--ema", type=float, default=0.0, metavar="DECAY",
                     help="validate and keep an exponential moving average of the weights (e.g. 0.99; 0 = off)")
     ap.add_argument("--arch", nargs="+", default=[], metavar="KEY=VALUE",
-                    help="other R2CNNConfig fields (e.g. rka_k=4 roi_batch=256); JSON values")
+                    help="other R2CNNConfig fields, JSON values, as geors train --arch: e.g. roi_ohem=128 (online "
+                         "hard example mining), roi_pos_fraction=0.5, rka_k=4")
     ap.add_argument("--metrics", type=Path, default=None, help="also write the metrics JSON here")
     ap.add_argument("--downsample", type=int, default=1,
                     help="shrink every image (training and held-out) by this factor (average pooling): "
@@ -242,17 +202,11 @@ def main() -> None:
 
     if args.eval_only:
         metrics = evaluate(Detector.load(args.eval_only, device="cpu"))
-    elif args.set_gate_pool:
-        metrics = set_gate_pool(args)
     else:
         tiles = training_tiles(args.no_empty_images)
         empty = [] if args.no_empty_images else EMPTY_IMAGES
         epochs = max(args.epochs, 1)
         arch = {k: json.loads(v) for k, v in (a.split("=", 1) for a in args.arch)}
-        if args.ohem:
-            arch["roi_ohem"] = int(args.ohem)
-        if args.roi_pos_fraction is not None:
-            arch["roi_pos_fraction"] = float(args.roi_pos_fraction)
         cfg = TrainConfig(epochs=epochs, steps_per_epoch=max(args.steps // epochs, 1), batch_size=args.batch,
                           crop_size=args.crop,
                           lr=args.lr, assigner=args.assigner, warmup_steps=args.warmup,

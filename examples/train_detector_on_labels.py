@@ -10,13 +10,14 @@ you would type, in this process:
 
 Usage:
 
-    python examples/train_detector_on_labels.py --scene S.tif --labels L.gpkg --work DIR [--epochs 10]
+    python examples/train_detector_on_labels.py --scene S.tif --labels L.gpkg --work DIR [--max-minutes 10]
     python examples/train_detector_on_labels.py --demo --work /tmp/own_labels     # tiny, seconds
 
 The demo settings (tiny crops, a few steps) only show the workflow; for a real
-model keep the defaults of ``geors train detector`` (10 epochs of 384 px crops)
-and label a few hundred objects. Evaluate on a scene you did not train on
-(``--eval-scene``/``--eval-labels``).
+model keep the defaults of ``geors train detector`` (a 10-minute budget that
+plans the steps, 256 px crops, 20% of the objects held back in spatial blocks
+to calibrate the thresholds) and label a few hundred objects. Evaluate on a
+scene you did not train on (``--eval-scene``/``--eval-labels``).
 """
 
 from __future__ import annotations
@@ -63,8 +64,8 @@ def _fmt(value) -> str:
 
 
 # Small enough to train in seconds on a CPU; shows the workflow, not a good model.
-DEMO_TRAIN = ["--epochs", "2", "--steps-per-epoch", "15", "--batch-size", "2", "--crop", "64", "--tile", "128",
-              "--overlap", "32", "--val-fraction", "0", "--device", "cpu"]
+DEMO_TRAIN = ["--steps", "30", "--batch-size", "2", "--crop", "64", "--tile", "128", "--overlap", "32",
+              "--val-fraction", "0", "--device", "cpu"]
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -77,7 +78,7 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--work", type=Path, required=True, help="folder for the model, detections and metrics")
     p.add_argument("--demo", action="store_true", help="generate a tiny scene with labels in --work and use it")
     p.add_argument("--size", type=int, default=256, help="--demo: scene side, pixels")
-    p.add_argument("--epochs", type=int, help="passed to geors train detector")
+    p.add_argument("--max-minutes", type=float, help="time budget, passed to geors train detector (default 10)")
     p.add_argument("--device", default=None, help="auto, cpu or cuda")
     a = p.parse_args(argv)
     train_options: list[str] = []
@@ -91,8 +92,8 @@ def main(argv: list[str] | None = None) -> dict:
         train_options = list(DEMO_TRAIN)
     if not (a.scene and a.labels):
         p.error("give --scene and --labels, or --demo")
-    if a.epochs:
-        train_options += ["--epochs", str(a.epochs)]
+    if a.max_minutes is not None:
+        train_options += ["--max-minutes", str(a.max_minutes)]
     if a.device:
         train_options += ["--device", a.device]
     metrics = train_and_evaluate(a.scene, a.labels, a.work, class_field=a.class_field, eval_scene=a.eval_scene,

@@ -529,7 +529,8 @@ def test_example_and_cli_share_one_calibration_path():
 
     src = (Path(__file__).parents[1] / "examples" / "train_default_model.py").read_text()
     called = {n.func.id for n in ast.walk(ast.parse(src)) if isinstance(n, ast.Call) and isinstance(n.func, ast.Name)}
-    assert {"train_detector", "calibrate_gate", "split_validation"} <= called
+    assert "train_detector" in called  # which splits and calibrates; the example has no calibration of its own
+    assert not {"calibrate_gate", "split_validation"} & called
     assert "max_threshold" not in src and "calibrate_gate_threshold" not in src
 
 

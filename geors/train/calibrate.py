@@ -18,7 +18,7 @@ import torch
 
 from geors.errors import GeorsError
 from geors.models.r2cnn import R2CNN
-from geors.train.crops import TrainTile, grid_tiles
+from geors.train.crops import TrainTile, count_objects, grid_tiles
 
 __all__ = [
     "GATE_TARGET_RECALL",
@@ -31,6 +31,9 @@ __all__ = [
     "gate_scores",
     "calibrate_gate_threshold",
     "calibrate_gate",
+    "MONITOR_PIXELS",
+    "monitor_subset",
+    "validation_summary",
 ]
 
 log = logging.getLogger(__name__)
@@ -300,3 +303,39 @@ def calibrate_gate(
     return calib
 
 
+MONITOR_PIXELS = 2 * 640 * 640
+"""Validation during training scores at most about this many pixels of the held-back images (on one CPU thread a
+640 px tile costs seconds); the calibration at the end uses all of them."""
+
+
+def monitor_subset(val_tiles: Sequence[TrainTile], seed: int) -> list[TrainTile]:
+    """The validation images scored during training: all of them up to :data:`MONITOR_PIXELS`, else a seeded
+    choice of that many pixels, images with objects first (the calibration at the end uses them all)."""
+    total = sum(t.image.shape[1] * t.image.shape[2] for t in val_tiles)
+    if total <= MONITOR_PIXELS:
+        return list(val_tiles)
+    order = np.random.default_rng(seed + 104729).permutation(len(val_tiles))
+    order = sorted(order, key=lambda i: not len(val_tiles[i].boxes))  # stable: objects first, seeded within
+    out, px = [], 0
+    for i in order:
+        if px >= MONITOR_PIXELS:
+            break
+        out.append(val_tiles[i])
+        px += val_tiles[i].image.shape[1] * val_tiles[i].image.shape[2]
+    return out
+
+
+def validation_summary(val_tiles: Sequence[TrainTile], score_calib: dict[str, Any],
+                       gate_calib: dict[str, Any]) -> dict[str, Any]:
+    """The final figures on the held-back labels, and one line saying them (and whether the gate is on)."""
+    n = count_objects(val_tiles)
+    gate_note = None if gate_calib["status"] == "calibrated" else f"gate disabled: {gate_calib['reason']}"
+    if not n:
+        line = "no held-back labels (validation switched off): gate and score threshold not calibrated"
+        return {"AP50": None, "F1": None, "line": line, "gate_note": gate_note}
+    ap, f1 = score_calib.get("AP50"), score_calib.get("f1")
+    at = (f"F1 {f1:.3f} at score threshold {score_calib['score_threshold']:.2f}" if f1 is not None
+          else "F1 0 (no object found at any score threshold)")
+    line = (f"validation on {n} held-back objects in {len(val_tiles)} images: AP50 "
+            f"{0.0 if ap is None else ap:.3f}, {at}")
+    return {"AP50": ap, "F1": f1, "line": line, "gate_note": gate_note}

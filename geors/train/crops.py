@@ -307,9 +307,18 @@ def _blocks(grid: Sequence[TrainTile], whole_tiles: bool) -> list[_Block]:
         _, h, w = t.image.shape
         b = np.asarray(t.boxes, np.float64).reshape(-1, 4)
         cx, cy = (b[:, 0] + b[:, 2]) / 2, (b[:, 1] + b[:, 3]) / 2
-        kx = max(1, min(per_side, int(w // min_side)))
-        ky = max(1, min(per_side, int(h // min_side)))
-        xs, ys = _edges(w, kx), _edges(h, ky)
+        if whole_tiles:
+            out.append(_Block(i, 0, 0, w, h, len(b)))
+            continue
+        # blocks over the tile's image data, not over the zero padding of a scene smaller than a tile
+        valid = np.flatnonzero(t.image.any(axis=(0, 1))), np.flatnonzero(t.image.any(axis=(0, 2)))
+        if not len(valid[0]):
+            continue
+        vx0, vx1, vy0, vy1 = int(valid[0][0]), int(valid[0][-1]) + 1, int(valid[1][0]), int(valid[1][-1]) + 1
+        kx = max(1, min(per_side, int((vx1 - vx0) // min_side)))
+        ky = max(1, min(per_side, int((vy1 - vy0) // min_side)))
+        xs = [vx0 + e for e in _edges(vx1 - vx0, kx)]
+        ys = [vy0 + e for e in _edges(vy1 - vy0, ky)]
         for y0, y1 in zip(ys[:-1], ys[1:], strict=True):
             for x0, x1 in zip(xs[:-1], xs[1:], strict=True):
                 n = int(((cx >= x0) & (cx < x1) & (cy >= y0) & (cy < y1)).sum())
@@ -390,12 +399,14 @@ def split_validation(
     pos = [b for b in blocks if b.n > 0]
     target = fraction * sum(b.n for b in pos)
     held = 0
-    for k in rng.permutation(len(pos)):
+    for k in rng.permutation(len(pos)):  # objects cluster (parking lots, stands): skip a block that overshoots
         b = pos[int(k)]
-        if held >= target or (held and held + b.n > 1.5 * target + 1):
+        if held >= target or held + b.n > 1.5 * target + 1:
             continue
         if take(b):
             held += b.n
+    if not held and pos:  # every block holds more than the target: the smallest one
+        take(min(pos, key=lambda b: (b.n, b.tile, b.y0, b.x0)))
     empty = [b for b in blocks if b.n == 0 and not len(_crop(grid[b.tile], b.x0, b.y0, b.w, b.h)[1])]
     n_empty = min(max(int(round(fraction * len(empty))), 1), len(empty) - 1) if len(empty) >= 2 else 0
     for k in rng.permutation(len(empty)):

@@ -53,7 +53,9 @@ from geors.train.calibrate import (
     calibrate_gate_threshold,
     calibrate_score_threshold,
     gate_scores,
+    monitor_subset,
     validation_ap50,
+    validation_summary,
 )
 from geors.train.crops import (
     MIN_VISIBLE,
@@ -442,13 +444,14 @@ def train_detector(
     history: list[float] = []
     val_history: list[dict[str, Any]] = []
     best: tuple[float, int, dict[str, Tensor]] | None = None
+    monitor = monitor_subset(val_tiles, cfg.split_seed)
     val_px = sum(t.image.shape[1] * t.image.shape[2] for t in val_tiles)
+    monitor_px = sum(t.image.shape[1] * t.image.shape[2] for t in monitor)
     val_seconds: list[float] = []
     stop_reason = ""
     n_validations = max(cfg.validations, 1)  # lowered when validating would take more than its share of the budget
     quiet = progress is not None
-    if progress is not None:
-        progress.start(sched.total, "training")
+    started = False  # the reporter starts once the plan is known (a fixed plan at once, a budget after the probe)
     sched.start()
     step = 0
     while not sched.finished(step):
@@ -480,9 +483,14 @@ def train_detector(
         if not val_seconds and val_pos and sched.step_s() is not None:
             # before the first validation is timed: a forward pass over the validation pixels costs about a
             # third of a training step over as many pixels
-            est = sched.step_s() * val_px / (3.0 * cfg.batch_size * cfg.crop_size ** 2)
-            sched.set_reserve(est * (_validations_left(n_validations, sched, spe, step, 0) + 2))
-        if progress is not None:
+            est = sched.step_s() * monitor_px / (3.0 * cfg.batch_size * cfg.crop_size ** 2)
+            sched.set_reserve(est * (_validations_left(n_validations, sched, spe, step, 0) + 1.2 * val_px / monitor_px))
+        if progress is not None and not started and (sched.fixed or sched.plans):
+            progress.start(sched.total, "training")
+            started = True
+            if step > 1:
+                progress.advance(step - 1)
+        if started:
             progress.advance(1, steps=sched.total, loss=history[-1], eta_s=round(sched.eta_s(step), 1))
         if step % cfg.log_every == 0 or sched.finished(step):
             n = (step - 1) % cfg.log_every + 1
@@ -496,7 +504,7 @@ def train_detector(
                 t_val = time.perf_counter()
                 scored = model if ema is None else ema
                 scored.eval()
-                ap50 = validation_ap50(scored, val_tiles, len(classes))
+                ap50 = validation_ap50(scored, monitor, len(classes))
                 _train_mode(model, gate_only)
                 val_seconds.append(time.perf_counter() - t_val)
             selectable = step > warm_up_end()
@@ -509,14 +517,17 @@ def train_detector(
                 note = f" (warm-up: not kept, empty crops join at step {warm_up_end() + 1})"
             else:
                 note = " best so far" if improved else f", best {best[0]:.3f} at step {best[1]}"
-            log.info("step %d/%d: validation AP50 %.3f (%d images)%s", step, sched.total, ap50, len(val_tiles), note)
-            if progress is not None:
+            log.info("step %d/%d: validation AP50 %.3f (%d images)%s", step, sched.total, ap50, len(monitor), note)
+            if started:
                 progress.advance(0, steps=sched.total, val_AP50=ap50, best=best[0] if best else None)
             mean_val = float(np.mean(val_seconds))
             if cfg.max_seconds is not None and not spe:
                 n_validations = max(len(val_history) + 1, 2, min(n_validations, int(VALIDATION_SHARE * cfg.max_seconds
                                                                                     / max(mean_val, 1e-6))))
-            sched.set_reserve(mean_val * (_validations_left(n_validations, sched, spe, step, len(val_history)) + 2))
+            # still to come: the validations left, then the calibration, one pass over all held-back images (+20%
+            # for the gate's)
+            sched.set_reserve(mean_val * (_validations_left(n_validations, sched, spe, step, len(val_history))
+                                          + 1.2 * val_px / monitor_px))
             kept = [v for v in val_history if v["selectable"]]
             if (cfg.patience is not None and selectable and not improved and not ending
                     and len(kept) - 1 - _index_of_best(kept) >= cfg.patience):
@@ -549,7 +560,7 @@ def train_detector(
                            train_tiles=tiles)
     gate_threshold = calib["gate_threshold"]
     score_calib = calibrate_score_threshold(model, val_tiles)
-    val_summary = _validation_summary(val_tiles, score_calib, calib)
+    val_summary = validation_summary(val_tiles, score_calib, calib)
     log.info("%s", val_summary["line"])
 
     sizes = box_sizes(all_boxes)
@@ -651,22 +662,6 @@ def _validations_left(n_validations: int, sched: BudgetSchedule, spe: int | None
     if spe:
         return math.ceil(max(sched.total - step, 0) / spe)
     return max(n_validations - n_done, 1)
-
-
-def _validation_summary(val_tiles: Sequence[TrainTile], score_calib: dict[str, Any],
-                        gate_calib: dict[str, Any]) -> dict[str, Any]:
-    """The final figures on the held-back labels, and one line saying them (and whether the gate is on)."""
-    n = count_objects(val_tiles)
-    gate_note = None if gate_calib["status"] == "calibrated" else f"gate disabled: {gate_calib['reason']}"
-    if not n:
-        line = "no held-back labels (validation switched off): gate and score threshold not calibrated"
-        return {"AP50": None, "F1": None, "line": line, "gate_note": gate_note}
-    ap, f1 = score_calib.get("AP50"), score_calib.get("f1")
-    at = (f"F1 {f1:.3f} at score threshold {score_calib['score_threshold']:.2f}" if f1 is not None
-          else "F1 0 (no object found at any score threshold)")
-    line = (f"validation on {n} held-back objects in {len(val_tiles)} images: AP50 "
-            f"{0.0 if ap is None else ap:.3f}, {at}")
-    return {"AP50": ap, "F1": f1, "line": line, "gate_note": gate_note}
 
 
 @torch.no_grad()
