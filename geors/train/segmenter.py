@@ -33,8 +33,10 @@ Validation: spatial blocks of the labelled windows are held back
 phase with C2FNet as it runs at inference), keeps the weights of its best
 validation mIoU (the later ones on a tie) and stops early only when validation
 has not improved for ``patience`` evaluations, in the second half of its
-planned steps. The final per-class validation IoU is in the model
-metadata (``training.validation``).
+planned steps. When C2FNet validates worse than its coarse network alone
+(a fine network too young for the windows it flips), the model is saved with
+``top_n = 0``: it refines no window. The final per-class validation IoU is in
+the model metadata (``training.validation``).
 """
 
 from __future__ import annotations
@@ -499,7 +501,16 @@ def train_segmenter(
     validation: dict[str, Any] = {"split": split_info, "tiles": len(val_tiles)}
     if val_tiles:
         validation.update(validate_segmenter(model, val_tiles, classes, True, device))
-        validation["coarse_only"] = validate_segmenter(model, val_tiles, classes, False, device)
+        validation["coarse_only"] = coarse_only = validate_segmenter(model, val_tiles, classes, False, device)
+        if (fine_info.get("steps") and arch.aggregation == "paper" and coarse_only["miou"] is not None
+                and (validation["miou"] or 0.0) < coarse_only["miou"] - 1e-6):
+            # the fine stage made validation worse (a fine net too young for its windows): refine no window
+            log.warning("fine stage not kept: validation mIoU %.4f with it, %.4f with the coarse network alone; "
+                        "the model refines no window (top_n 0); a longer --max-minutes trains the fine network "
+                        "further", validation["miou"], coarse_only["miou"])
+            arch.top_n = 0
+            fine_info["kept"] = False
+            validation.update({k: coarse_only[k] for k in ("iou", "miou", "pixels")})
         log.info("validation IoU per class: %s", ", ".join(
             f"{c} {v:.3f}" for c, v in validation["iou"].items() if v is not None))
     model.eval().cpu()
