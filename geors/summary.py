@@ -6,7 +6,7 @@ from dataclasses import asdict, dataclass, field
 
 from geors.results import TileResult
 
-__all__ = ["RunSummary", "tally"]
+__all__ = ["RunSummary", "tally", "empty_detections_hint"]
 
 
 @dataclass
@@ -39,6 +39,7 @@ class RunSummary:
     # given boxes (geors masks / label) without an outline: {"scene", "tile_id", "box_fid", "reason"}
     boxes_unanswered: list[dict] = field(default_factory=list)
     extra: dict = field(default_factory=dict)  # command-specific results (e.g. the label raster written)
+    hints: list[str] = field(default_factory=list)  # what to try (e.g. a run that found nothing)
 
     @property
     def processed(self) -> int:
@@ -80,12 +81,32 @@ class RunSummary:
             out.append(f"  reprojected into {self.crs}: {', '.join(self.reprojected_scenes)}")
         for s in self.scenes_skipped:
             out.append(f"  skipped {s['path']}: {s['reason']}")
+        for h in self.hints:
+            out.append(f"  hint: {h}")
         if self.boxes_unanswered:
             from geors.stages import unanswered_message
 
             out.append(f"  {len(self.boxes_unanswered)} given box(es) without an outline: "
                        + unanswered_message(self.boxes_unanswered, n=10))
         return out
+
+
+def empty_detections_hint(summary: RunSummary, score_threshold: float | None = None) -> str | None:
+    """What to try when a detection run wrote no detection (None when it wrote some or saw no tile)."""
+    if summary.detections or summary.status != "finished":
+        return None
+    if not (summary.done or summary.gated or summary.nodata):
+        return None  # nothing processed in this run (all tiles done before, or no tile)
+    if not (summary.done or summary.gated):
+        return ("every tile was nodata: check the scene's nodata value and --bands (`geors info SCENE`)")
+    if not summary.done:
+        return ("the gate skipped every tile: rerun with --no-gate or a lower --gate-threshold into another "
+                "output; check the warnings above about the scene and the model")
+    at = f" {score_threshold:g}" if score_threshold is not None else ""
+    return (f"no detection scored at least the score threshold{at} on {summary.done} tile(s): rerun with "
+            "--min-score 0.05 to see the low scores, a lower --score-threshold or --no-gate, check the warnings "
+            "above (bands, data type, GSD) and look at the scene with `geors preview`; a model trained on this "
+            "imagery (`geors train detector`) helps most")
 
 
 def tally(summary: RunSummary, results: list[TileResult]) -> None:

@@ -34,9 +34,18 @@ def _run(command: str, base: PipelineConfig, scenes, output, progress, optional=
     from geors.progress import make_progress
 
     config = build_config(base, dict(params, progress=progress), optional=optional)
-    return run_pipeline_command(
-        lambda cancel: pipeline.run(list(scenes), output, config, progress=make_progress(progress), cancel=cancel,
-                                    command=command), output, progress)
+
+    def work(cancel):
+        from geors.summary import empty_detections_hint
+
+        summary = pipeline.run(list(scenes), output, config, progress=make_progress(progress), cancel=cancel,
+                               command=command)
+        hint = empty_detections_hint(summary, config.detect.score_threshold if config.detect else None)
+        if hint:
+            summary.hints.append(hint)
+        return summary
+
+    return run_pipeline_command(work, output, progress)
 
 
 @click.command("detect")

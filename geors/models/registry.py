@@ -58,6 +58,19 @@ BUILTIN_MODELS: dict[str, str] = {
 
 DEFAULT_MODEL = "r2cnn-neon-trees"
 
+#: What the shipped files' metadata lacks or spells differently, applied when they are read (the files and
+#: their sha256 stay as shipped). ``input_dtype``: the data type of the imagery the model was trained on;
+#: ``gsd_m`` / ``gsd_range_m``: its ground sampling distance; the segmenter's ``Tree`` is spelt ``tree`` as
+#: the detector's class, so one object class has one name in every layer and legend.
+BUILTIN_METADATA: dict[str, dict[str, Any]] = {
+    "r2cnn_neon_trees.safetensors": {"input_dtype": "uint8"},
+    "c2fnet_neon_dota.safetensors": {"input_dtype": "uint8", "gsd_m": None, "gsd_range_m": [0.1, 0.27],
+                                     "rename_classes": {"Tree": "tree"}},
+}
+
+#: A scene whose GSD differs from the model's by more than this factor is warned about.
+GSD_TOLERANCE = 1.5
+
 _REQUIRED = ("architecture", "arch_args", "classes", "bands", "tile_size")
 
 
@@ -168,6 +181,18 @@ def _parse_meta(path: Path, header: dict[str, str]) -> dict[str, Any]:
     missing = [k for k in _REQUIRED if k not in meta]
     if missing:
         raise ModelError(f"{path}: model metadata lacks {missing}; the file is incomplete or was edited.")
+    fix = BUILTIN_METADATA.get(path.name) if path.parent.resolve() == WEIGHTS_DIR.resolve() else None
+    if fix:
+        fix = dict(fix)
+        rename = fix.pop("rename_classes", {})
+        meta = {**meta, **fix}
+        if rename:
+            meta["classes"] = [rename.get(c, c) for c in meta["classes"]]
+            for key in ("small_classes",):
+                if isinstance(meta.get(key), list):
+                    meta[key] = [rename.get(c, c) for c in meta[key]]
+            if meta.get("background") in rename:
+                meta["background"] = rename[meta["background"]]
     return meta
 
 
@@ -237,6 +262,38 @@ def load_model(name_or_path: str | os.PathLike | None = None, device: str | torc
     model.eval().to(device)
     meta = dict(meta, path=str(path), file_sha256=file_sha256(path))
     return model, meta
+
+
+def fit_warnings(scene, meta: dict[str, Any], what: str = "model") -> list[str]:
+    """What does not fit between a scene and a model's training imagery, one sentence each (empty = fits).
+
+    Checked: one band replicated into a model of 3 bands (it runs, on grey pixels the model never saw), the
+    data type (``input_dtype``) and the GSD (``gsd_m`` or ``gsd_range_m``, :data:`GSD_TOLERANCE`). A band
+    count that cannot be fed is refused elsewhere (``BandError``), before any output exists.
+    """
+    name = meta.get("name") or Path(str(meta.get("path", what))).stem
+    out = []
+    bands = int(meta.get("bands", 0) or 0)
+    if len(getattr(scene, "band_indexes", ())) == 1 and bands == 3:
+        out.append(f"{scene.path}: one band, repeated into the 3 bands {what} {name} was trained on (colour "
+                   "imagery); expect weaker results, or train a model on this imagery")
+    want = meta.get("input_dtype")
+    if want and getattr(scene, "dtype", None) and str(scene.dtype) != str(want):
+        out.append(f"{scene.path}: {scene.dtype} pixels, {what} {name} was trained on {want} imagery; geors "
+                   "stretches every scene to [0, 1] by its 2-98 percentiles, so this works only when the "
+                   "values show the same kind of image (check with `geors preview`)")
+    gsd = getattr(scene, "gsd_m", None)
+    lo_hi = meta.get("gsd_range_m") or ([meta["gsd_m"]] * 2 if meta.get("gsd_m") else None)
+    if gsd and lo_hi:
+        lo, hi = float(lo_hi[0]), float(lo_hi[1])
+        if gsd > hi * GSD_TOLERANCE or gsd < lo / GSD_TOLERANCE:
+            trained = f"{lo:g} m" if lo == hi else f"{lo:g}-{hi:g} m"
+            factor = gsd / hi if gsd > hi else lo / gsd
+            size = "smaller" if gsd > hi else "larger"
+            out.append(f"{scene.path}: {gsd:g} m pixels, {what} {name} was trained at {trained}: objects look "
+                       f"{factor:.1f}x {size} than it learned them; resample the scene (e.g. gdalwarp -tr "
+                       f"{lo:g} {lo:g}) or train a model at this resolution")
+    return out
 
 
 def list_models() -> list[dict[str, Any]]:
