@@ -228,3 +228,56 @@ def test_config_round_trips_through_toml_with_type_checks(tmp_path):
         SegTrainConfig.from_dict({"coarse_step": 3})
     with pytest.raises(ConfigError, match="val_fraction"):
         SegTrainConfig(val_fraction=0.7).validate()
+
+
+def test_background_only_windows_are_sampled_not_all_loaded(harbour):
+    """Memory follows the labels: one ship in a corner loads its window and a few background windows."""
+    import geopandas as gpd
+    import pyogrio
+
+    from geors.train.seg_data import MIN_BACKGROUND_WINDOWS, load_training_tiles
+
+    one = harbour["dir"] / "one.gpkg"
+    y, x = SHIPS[0]
+    pyogrio.write_dataframe(gpd.GeoDataFrame({"class": ["ship"]}, geometry=[shapely.box(*(T * (x, y + 6)),
+                                                                                          *(T * (x + 10, y)))],
+                                             crs=CRS), one)
+    tiles, names, info = load_training_tiles([(harbour["scene"], one)], class_field="class", tile=16)
+    assert len(tiles) == 2 + MIN_BACKGROUND_WINDOWS  # the ship's two windows (x 12..22) and 4 of the other 62
+    assert info["label_pixels"]["ship"] == 60
+    assert len({t.name for t in tiles}) == len(tiles)
+
+
+def test_raster_unlabelled_background_mode(harbour):
+    from geors.train.seg_data import load_training_tiles
+
+    lab = np.where(harbour["truth"] == 1, 0, 255).astype(np.uint8)
+    path = _write(harbour["dir"] / "ships0.tif", lab, nodata=255)
+    with rasterio.open(path, "r+") as ds:
+        ds.update_tags(geors_classes=json.dumps({"ship": 0}))
+    _, names, info = load_training_tiles([(harbour["scene"], path)], unlabelled="background")
+    ship = int(harbour["truth"].sum())
+    assert names == ["background", "ship"] and info["label_pixels"] == {"background": 128 * 128 - ship, "ship": ship}
+
+
+def test_fine_stage_that_validates_worse_is_not_kept(monkeypatch):
+    """A fine network that makes validation worse than the coarse network alone: the model refines no window."""
+    import geors.train.segmenter as seg
+
+    real = seg.validate_segmenter
+
+    def worse_with_refinement(model, tiles, classes, refine, device):
+        res = real(model, tiles, classes, refine, device)
+        return {**res, "miou": (res["miou"] or 0.0) - (0.1 if refine else 0.0)}
+
+    monkeypatch.setattr(seg, "validate_segmenter", worse_with_refinement)
+    lab = np.zeros((64, 64), np.uint8)
+    lab[20:30, 20:30] = 1
+    cfg = seg.SegTrainConfig(coarse_steps=3, fine_steps=3, crop_size=32, batch_size=2, device="cpu",
+                             arch={"window": 16, "window_stride": 8})
+    model, meta = seg.train_segmenter(_tiles(lab), ["ground", "boat"], ["boat"], cfg, val_tiles=_tiles(lab, 1))
+    assert meta["arch_args"]["top_n"] == 0 and model.config.top_n == 0
+    assert meta["training"]["fine"]["kept"] is False and meta["training"]["fine"]["steps"] == 3
+    monkeypatch.setattr(seg, "validate_segmenter", real)
+    _, meta = seg.train_segmenter(_tiles(lab), ["ground", "boat"], ["boat"], cfg, val_tiles=_tiles(lab, 1))
+    assert meta["arch_args"]["top_n"] == 32 and "kept" not in meta["training"]["fine"]
