@@ -20,13 +20,34 @@ def cache_dir(*parts: str) -> Path:
     return base.joinpath(*parts)
 
 
+_DIGESTS: dict[tuple, str] = {}
+
+
 def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
-    """Hex SHA-256 of a whole file, read in chunks (what run records and downloads check)."""
+    """Hex SHA-256 of a whole file, read in chunks (what run records and downloads check).
+
+    Remembered per process for the same file (device, inode, size, modification time in ns): a run checks
+    a 2.4 GiB SAM checkpoint when it loads it and records its sha256, and hashes it once."""
     h = hashlib.sha256()
     with open(path, "rb") as fh:
+        st = os.fstat(fh.fileno())
+        key = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
+        if key in _DIGESTS:
+            return _DIGESTS[key]
         for block in iter(lambda: fh.read(chunk), b""):
             h.update(block)
-    return h.hexdigest()
+    digest = h.hexdigest()
+    if key == _stat_key(path):  # unchanged while it was read
+        _DIGESTS[key] = digest
+    return digest
+
+
+def _stat_key(path) -> tuple | None:
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
 
 
 PathsByOption = Mapping[str, "str | os.PathLike | Iterable[str | os.PathLike] | None"]

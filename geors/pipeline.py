@@ -30,8 +30,17 @@ from pathlib import Path
 
 from geors import faults
 from geors.config import ExecutionConfig, PipelineConfig, TilingConfig
-from geors.errors import Cancelled, ConfigError, GeorsError, OutputError, ProcessingError, SceneReadError
+from geors.errors import (
+    Cancelled,
+    ConfigError,
+    GeorsError,
+    ModelError,
+    OutputError,
+    ProcessingError,
+    SceneReadError,
+)
 from geors.execution import Executor, check_memory, configure_threads, estimate_peak_memory, with_batch_size
+from geors.held_log import release_held
 from geors.inputs import RASTER_SUFFIXES, expand_inputs, open_scenes, scene_fingerprint
 from geors.merge import apply_seams
 from geors.outputs import (
@@ -68,6 +77,7 @@ def build_stage(config: PipelineConfig) -> Stage:
     stages: list = []
     device = config.execution.device
     if config.detect is not None:
+        check_detector_file(config.detect.model, tile_given=config.tiling.tile_size is not None)
         stages.append(DetectStage(config.detect, config.masks, device=device))
     if config.segment is not None:
         from geors.segment import SegmentStage
@@ -76,6 +86,39 @@ def build_stage(config: PipelineConfig) -> Stage:
     if not stages:
         raise ConfigError("nothing to do: the configuration has neither [detect] nor [segment]")
     return stages[0] if len(stages) == 1 else StageGroup(stages)
+
+
+def check_detector_file(model: str | os.PathLike | None, tile_given: bool = False) -> None:
+    """What a detector's file says about itself, checked from its header before any output exists: it is a
+    detector (a segmenter given as ``--model`` failed on every tile), it names its classes (one per output of
+    the network), and its tile size and overlap are usable. Raises :class:`ModelError` naming the file."""
+    from geors.config import MAX_TILE_SIZE
+    from geors.models.registry import get_model, read_metadata
+
+    path = get_model(model)
+    meta = read_metadata(path)
+    arch = meta.get("architecture", "r2cnn")
+    if arch != "r2cnn":
+        what = "a segmenter: give it to --segmenter" if arch == "c2fnet" else "not a detector"
+        raise ModelError(f"{path}: --model takes a detector (R2-CNN, from geors train detector); this file is a "
+                         f"{arch} model ({what}).")
+    classes = meta.get("classes")
+    if not isinstance(classes, list) or not classes or not all(isinstance(c, str) and c.strip() for c in classes):
+        raise ModelError(f"{path}: the model's metadata lists no usable class names (classes: {classes!r}); "
+                         "the file is damaged or was not written by geors train. Use another --model.")
+    n = (meta.get("arch_args") or {}).get("num_classes")
+    if isinstance(n, int) and n != len(classes):
+        raise ModelError(f"{path}: the model's network has {n} class output(s) but its metadata names "
+                         f"{len(classes)} class(es) ({', '.join(classes)}); the file is damaged. Use another --model.")
+    size, overlap = meta.get("tile_size"), meta.get("overlap", 0)
+    size_ok = isinstance(size, int) and not isinstance(size, bool) and 16 <= size <= MAX_TILE_SIZE
+    if not tile_given and not size_ok:
+        raise ModelError(f"{path}: the model's metadata tile_size {size!r} is not a tile size (16 to "
+                         f"{MAX_TILE_SIZE} px); give --tile, or use another --model.")
+    if not (isinstance(overlap, int) and not isinstance(overlap, bool) and overlap >= 0
+            and (not size_ok or overlap < size)):
+        raise ModelError(f"{path}: the model's metadata overlap {overlap!r} is not usable (an integer >= 0 and "
+                         f"below its tile_size {size!r}); give --overlap, or use another --model.")
 
 
 def run(scenes: Sequence[str | os.PathLike | Scene] | str | os.PathLike, out: str | os.PathLike,
@@ -210,6 +253,7 @@ def process_scenes(
     # the executor is a check too: an unreachable --scheduler is refused before the output is touched (and
     # before --overwrite deletes anything)
     executor = Executor(config.execution)
+    release_held()  # every check passed: the warnings they logged are worth reading (geors.held_log)
 
     # ---- from here on the output is touched
     writers: dict[Path, GeoPackageWriter] = {}

@@ -272,6 +272,7 @@ def build_sam_from_config(config: dict[str, Any]):
         An untrained ``segment_anything.modeling.Sam`` in eval mode.
     """
     require("segment_anything", "sam", "SAM masks")
+    _check_sam_config(config)
     import torch
     from segment_anything.modeling import (
         ImageEncoderViT,
@@ -353,7 +354,6 @@ def _read_checkpoint(path: Path):
     ``weights_only=False`` (which would run whatever the file contains).
     """
     import pickle
-    import zipfile
 
     try:
         return _torch_load(path)
@@ -367,10 +367,59 @@ def _read_checkpoint(path: Path):
                 "sam-vit_b') or one saved as a plain state dict.") from None
         raise ModelError(f"'{path}' is not a PyTorch checkpoint (unreadable pickle data). "
                          "Use an official SAM checkpoint: 'geors models download sam-vit_b'.") from None
-    except (RuntimeError, EOFError, ValueError, KeyError, TypeError, zipfile.BadZipFile, OSError) as exc:
+    except Exception as exc:  # noqa: BLE001 - torch, zipfile, safetensors... each has its own errors for bad files
         what = "truncated" if isinstance(exc, EOFError) else "not a PyTorch checkpoint"
-        raise ModelError(f"'{path}' is {what} ({type(exc).__name__}). Use an official SAM checkpoint: "
+        raise ModelError(f"{path}: the SAM checkpoint (--sam) is {what} ({type(exc).__name__}). Use an official one: "
                          "'geors models download sam-vit_b' (or check the file was fully downloaded).") from None
+
+
+def _check_official(path: Path) -> None:
+    """A file with an official checkpoint's name or size must be that file, byte for byte: a flipped bit in
+    a 2.4 GiB file loads without an error and gives other masks. (The digest is remembered by
+    :func:`geors.paths.sha256_file`; the run record reuses it.)"""
+    try:
+        size = path.stat().st_size
+    except OSError:
+        return
+    for entry in SAM_CHECKPOINTS.values():
+        if path.name != entry.filename and size != entry.size:
+            continue
+        digest = paths.sha256_file(path)
+        if digest != entry.sha256:
+            raise ModelError(
+                f"'{path}' has the name or size of the official SAM {entry.kind} checkpoint but not its content "
+                f"(sha256 {digest[:12]}..., expected {entry.sha256[:12]}...): the file is corrupt or incomplete. "
+                f"Download it again: geors models download {entry.name}")
+
+
+# Bounds of a geors SAM configuration (the official models: 1024 px, width 768-1280, depth 12-32): a crafted
+# file cannot make geors allocate what no machine has (img_size 262144 asked for 32 GiB).
+_SAM_CONFIG_BOUNDS = {"img_size": (64, 2048), "encoder_embed_dim": (16, 2048), "encoder_depth": (1, 64),
+                      "encoder_num_heads": (1, 64), "prompt_embed_dim": (16, 1024), "window_size": (1, 64),
+                      "decoder_mlp_dim": (16, 8192), "decoder_depth": (1, 16), "decoder_num_heads": (1, 64),
+                      "iou_head_hidden_dim": (16, 4096)}
+
+
+def _check_sam_config(config: Any) -> None:
+    if not isinstance(config, dict):
+        raise ModelError(f"invalid SAM configuration {config!r}: not a table of settings")
+    for key, (lo, hi) in _SAM_CONFIG_BOUNDS.items():
+        if key not in config:
+            continue
+        v = config[key]
+        if not isinstance(v, int) or isinstance(v, bool) or not lo <= v <= hi:
+            raise ModelError(f"invalid SAM configuration: {key} = {v!r}, expected an integer from {lo} to {hi}")
+    if config.get("img_size", 1024) % 16:
+        raise ModelError(f"invalid SAM configuration: img_size = {config['img_size']!r} is not a multiple of 16")
+    dim, heads = config.get("encoder_embed_dim"), config.get("encoder_num_heads")
+    if isinstance(dim, int) and isinstance(heads, int) and dim % heads:
+        raise ModelError(f"invalid SAM configuration: encoder_embed_dim {dim} is not a multiple of "
+                         f"encoder_num_heads {heads}")
+    idx = config.get("encoder_global_attn_indexes", [])
+    depth = config.get("encoder_depth", 0)
+    if not isinstance(idx, list | tuple) or not all(isinstance(i, int) and 0 <= i < depth for i in idx):
+        raise ModelError(f"invalid SAM configuration: encoder_global_attn_indexes {idx!r} must be block numbers "
+                         f"below encoder_depth {depth}")
 
 
 def load_sam(path: str | os.PathLike, kind: str | None = None):
@@ -392,6 +441,7 @@ def load_sam(path: str | os.PathLike, kind: str | None = None):
             is not installed.
     """
     path = Path(path)
+    _check_official(path)
     if kind == "vit_t":
         try:
             import mobile_sam as msam
@@ -410,7 +460,10 @@ def load_sam(path: str | os.PathLike, kind: str | None = None):
     sa = require("segment_anything", "sam", "SAM masks")
     obj = _read_checkpoint(path)
     if isinstance(obj, dict) and "geors_sam_config" in obj:
-        model = build_sam_from_config(obj["geors_sam_config"])
+        try:
+            model = build_sam_from_config(obj["geors_sam_config"])
+        except ModelError as exc:
+            raise ModelError(f"'{path}': {exc}") from None
         state = obj.get("state_dict", {})
         found = str(obj["geors_sam_config"].get("name", "custom"))
     elif isinstance(obj, dict):

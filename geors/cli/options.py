@@ -199,12 +199,15 @@ def run_pipeline_command(fn, output: str, progress_kind: str) -> object:
         if cancel.is_set() and signum == signal.SIGINT:
             raise KeyboardInterrupt
         cancel.set()
-        click.echo(f"\n{signal.Signals(signum).name}: stopping after the batches in flight "
-                   "(Ctrl-C again to abort now)...", err=True)
+        again = " (Ctrl-C again to abort now)" if signum == signal.SIGINT else ""
+        click.echo(f"\n{signal.Signals(signum).name}: stopping after the batches in flight{again}...", err=True)
 
     if threading.current_thread() is threading.main_thread():
         for sig in (signal.SIGINT, signal.SIGTERM):
             previous[sig] = signal.signal(sig, on_signal)
+    from geors.held_log import hold_warnings
+
+    held = hold_warnings()  # the checks' warnings show only when the run goes ahead (pipeline: release_held)
     try:
         summary = fn(cancel)
     except Cancelled as exc:
@@ -218,7 +221,11 @@ def run_pipeline_command(fn, output: str, progress_kind: str) -> object:
         click.echo(f"\nAborted: every committed batch is in {output}. Continue with:\n  {resume_command()}",
                    err=True)
         raise SystemExit(130) from None
+    except GeorsError:
+        held.drop()  # refused: its one message, not the warnings of the checks before it
+        raise
     finally:
+        held.release()
         for sig, h in previous.items():
             signal.signal(sig, h)
     _print_summary(summary, progress_kind)
