@@ -160,6 +160,13 @@ def _class_ids(names: list[str], class_map) -> tuple[np.ndarray, dict[str, int]]
     return np.array([mapping[n] for n in names], dtype=np.int64), mapping
 
 
+def _normal_mode(path: Path) -> None:
+    """Give a file made by ``mkstemp`` (mode 0600) a normal file's mode: 0666 less the umask."""
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(path, 0o666 & ~umask)
+
+
 def _atomic_target(out: Path) -> Path:
     fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp.tif", dir=out.parent if str(out.parent) else ".")
     os.close(fd)
@@ -355,8 +362,10 @@ def rasterize_instances(scene, masks_path: Path, out_path: Path, mapping: dict[s
                                           (scene.name,)).fetchone()[0])
         finally:
             con.close()
+        _normal_mode(tmp_label)
         os.replace(tmp_label, out_path)
         if tmp_inst is not None and inst_path is not None:
+            _normal_mode(tmp_inst)
             os.replace(tmp_inst, inst_path)
     finally:
         for t in (tmp_label, tmp_inst):

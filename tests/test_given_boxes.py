@@ -94,3 +94,32 @@ def test_unanswered_message_groups_ids_by_reason():
     msg = unanswered_message([{"box_fid": 3, "reason": "empty mask"}, {"box_fid": 9, "reason": "empty mask"},
                               {"box_fid": 4, "reason": "outside the scene"}])
     assert msg == "no outline for boxes 3, 9 (empty mask); no outline for box 4 (outside the scene)"
+
+
+def test_a_geopackage_of_several_layers_as_boxes_gives_one_clear_message(case, caplog):
+    """Issue 26.6: a geors GeoPackage as --boxes printed pyogrio's raw UserWarning ("More than one layer
+    found ... Specify layer parameter"); now the boxes come from its first layer with geometry, and a file
+    with several such layers is named in one message that says which layer was read and how to choose."""
+    import logging
+    import warnings
+
+    import geopandas as gpd
+
+    first = case["dir"] / "m.gpkg"
+    r = CliRunner().invoke(main, ["masks", str(case["scene"]), "--boxes", str(case["boxes"]), "-o", str(first),
+                                  "--sam", "box", "--progress", "none"])
+    assert r.exit_code == 0, r.output
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        r = CliRunner().invoke(main, ["masks", str(case["scene"]), "--boxes", str(first), "-o",
+                                      str(case["dir"] / "again.gpkg"), "--sam", "box", "--progress", "none"])
+    assert r.exit_code == 0, r.output
+    assert not [w for w in seen if "layer" in str(w.message)]  # failed before: pyogrio's UserWarning
+    two = case["dir"] / "two.gpkg"
+    gpd.read_file(case["boxes"]).to_file(two, layer="a")
+    gpd.read_file(case["boxes"]).to_file(two, layer="b")
+    with caplog.at_level(logging.WARNING):
+        r = CliRunner().invoke(main, ["masks", str(case["scene"]), "--boxes", str(two), "-o",
+                                      str(case["dir"] / "two_out.gpkg"), "--sam", "box", "--progress", "none"])
+    assert r.exit_code == 0, r.output
+    assert "2 layers with geometry (a, b); reading the boxes from 'a', choose another with --layer" in caplog.text

@@ -181,3 +181,20 @@ def test_label_never_replaces_its_input_and_resumes(scene_and_truth, tmp_path):
     r = CliRunner().invoke(main, [*args, "--resume"])
     assert r.exit_code == 0, r.output
     assert json.loads(r.stdout)["skipped_resume"] > 0
+
+
+def test_label_rasters_get_a_normal_files_mode(scene_and_truth, tmp_path):
+    """Issue 26.6: label and instance rasters were created 0600 (mkstemp) while GeoPackages are 0644."""
+    import os
+    import stat
+
+    scene, _ = scene_and_truth
+    vec = write_boxes(tmp_path / "b.geojson", [(10, 20, 60, 50)], ["car"])
+    old = os.umask(0o022)
+    try:
+        write_label_raster(scene, vec, tmp_path / "l.tif", class_field="kind", engine="box", block=256,
+                           instance_raster=tmp_path / "i.tif")
+    finally:
+        os.umask(old)
+    for name in ("l.tif", "i.tif"):
+        assert stat.S_IMODE(os.stat(tmp_path / name).st_mode) == 0o644, name

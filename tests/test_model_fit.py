@@ -76,3 +76,26 @@ def test_class_names_keep_one_case_across_the_shipped_models():
     seg = read_metadata(get_model("c2fnet-neon-dota"))["classes"]
     assert "tree" in det and "tree" in seg and "Tree" not in seg
     assert len({c.lower() for c in det + seg}) == len(set(det + seg))
+
+
+def test_a_refused_run_prints_only_its_refusal(tmp_path, caplog, monkeypatch):
+    """Issue 26.6: the SAM warning (and the scene/model warnings) were printed by a command that then refused
+    to run (here: the output already holds the scene). They now show only when the run goes ahead."""
+    import geors.masks.factory as factory
+
+    monkeypatch.delenv("GEORS_SAM_CHECKPOINT", raising=False)
+    monkeypatch.setenv("GEORS_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setattr(factory, "_told_no_sam", False)
+    scene = _rgb8(tmp_path / "rgb.tif", gsd=0.5)
+    out = tmp_path / "o.gpkg"
+    args = ["run", str(scene), "-o", str(out), "--device", "cpu", "--progress", "none", "--no-gate"]
+    with caplog.at_level(logging.WARNING):
+        r = CliRunner().invoke(main, args)
+    assert r.exit_code == 0, r.output
+    assert "no SAM checkpoint found" in caplog.text and "0.5 m pixels" in caplog.text  # the run went ahead
+    caplog.clear()
+    monkeypatch.setattr(factory, "_told_no_sam", False)
+    with caplog.at_level(logging.WARNING):
+        r = CliRunner().invoke(main, args)
+    assert r.exit_code == 2 and "already holds results" in r.output
+    assert "no SAM checkpoint" not in caplog.text + r.output and "0.5 m pixels" not in caplog.text + r.output

@@ -119,3 +119,16 @@ def test_detector_outputs(saved):
     assert boxes.dtype == np.float32 and boxes.shape[1] == 4 and cls.dtype == np.int64
     probs, gated = det.gate_and_detect(imgs, gate_threshold=1.01)
     assert np.allclose(probs, p, atol=1e-6) and all(len(b) == 0 for b, _, _ in gated)
+
+
+def test_model_files_get_a_normal_files_mode(tmp_path):
+    """Issue 26.6: safetensors writes 0600; a model file is shared like any other file (0666 less the umask)."""
+    import os
+    import stat
+
+    old = os.umask(0o022)
+    try:
+        path = save_model(R2CNN(R2CNNConfig(anchor_scales=[8.0, 16.0])), META, tmp_path / "m.safetensors")
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE(os.stat(path).st_mode) == 0o644

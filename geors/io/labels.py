@@ -353,9 +353,14 @@ def _read_vector(path: Path, scene, class_field: str | None, layer: str | None):
     import shapely
 
     try:
+        if layer is None:
+            layers = [str(n) for n, g in pyogrio.list_layers(path) if g]  # layers with geometry
+            if len(layers) > 1:
+                layer = layers[0]
+                log.warning("%s has %d layers with geometry (%s); reading the boxes from %r, choose another "
+                            "with --layer", path, len(layers), ", ".join(layers), layer)
         with warnings.catch_warnings():
-            # pyogrio warns when it meets a layer of a geors output (several layers, or a non-spatial table
-            # listed first); the layer read is named in our own messages
+            # pyogrio's own warnings (several layers, ...) are replaced by the message above
             warnings.simplefilter("ignore", UserWarning)
             gdf = pyogrio.read_dataframe(path, layer=layer, fid_as_index=True)
     except Exception as exc:  # pyogrio raises several GDAL-backed types

@@ -136,6 +136,9 @@ def save_model(model: nn.Module, meta: dict[str, Any], path: str | os.PathLike) 
     if path.parent and not path.parent.exists():
         path.parent.mkdir(parents=True, exist_ok=True)
     save_file(state, str(path), metadata={"geors": json.dumps(full, sort_keys=True)})
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(path, 0o666 & ~umask)  # safetensors writes 0600; a model file is shared like any other file
     return path
 
 
