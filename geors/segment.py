@@ -178,13 +178,13 @@ class SegmentStage:
 
     def prepare(self, scenes: Sequence) -> None:
         """Load the model and check every scene (main process, before any output is touched)."""
-        from geors.models.registry import fit_warnings
+        from geors.models.registry import fit_message, fit_warnings
 
         for sc in scenes:
             self.check_scene(sc)
         for sc in scenes:  # before any output exists: what runs but does not fit the segmenter
-            for msg in fit_warnings(sc, self.segmenter.meta, "segmenter"):
-                log.warning(msg)
+            if fit_warnings(sc, self.segmenter.meta, "segmenter"):
+                log.warning(fit_message(sc, self.segmenter.meta, "segmenter"))
 
     def check_scene(self, scene) -> None:
         """Fail before anything is written when the segmenter does not fit the scene's bands."""

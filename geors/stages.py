@@ -115,11 +115,11 @@ class DetectStage:
                 raise BandError(
                     f"{scene.path}: model {det.name} expects {det.bands} band(s) but geors would feed "
                     f"{scene.channels} (bands {list(scene.band_indexes)}). Choose bands with --bands.")
-        from geors.models.registry import fit_warnings
+        from geors.models.registry import fit_message, fit_warnings
 
         for scene in scenes:  # before any output exists: what runs but does not fit the model
-            for msg in fit_warnings(scene, det.meta, "model"):
-                log.warning(msg)
+            if fit_warnings(scene, det.meta, "model"):
+                log.warning(fit_message(scene, det.meta, "model"))
         if self.masks:
             _ = self.engine
 

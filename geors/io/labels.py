@@ -167,15 +167,16 @@ def read_labels(
     fids = fids[keep]
     if attrs is not None:
         attrs = tuple(a for a, k in zip(attrs, keep, strict=True) if k)
+    half = " or less than half inside" if min_visible > 0 else ""
     if len(boxes) == 0:
         raise LabelError(
             f"{path}: all {n_read} labels fall outside the scene bounds of {getattr(scene, 'name', scene)} "
-            f"({scene.width} x {scene.height} px)" + (" or are less than half inside" if min_visible > 0 else "")
-            + "; check the CRS of the labels and that they belong to this scene."
+            f"({scene.width} x {scene.height} px){half}; check the CRS of the labels and that they belong to "
+            "this scene."
         )
     if len(boxes) < n_read:
-        log.warning("%s: %d of %d labels are %s; left out (ids %s)", path, n_read - len(boxes), n_read,
-                    reason, _ids_text([f for f, _ in dropped]))
+        log.warning("%s: %d of %d labels are outside the scene%s; left out (ids %s)", path, n_read - len(boxes),
+                    n_read, half, _ids_text([f for f, _ in dropped]))
     classes, ids = _class_ids(path, names, class_map)
     return LabelSet(
         boxes=boxes,

@@ -299,6 +299,11 @@ def fit_warnings(scene, meta: dict[str, Any], what: str = "model") -> list[str]:
     return out
 
 
+def fit_message(scene, meta: dict[str, Any], what: str = "model") -> str:
+    """:func:`fit_warnings` as one log message, one line each."""
+    return "\n".join(fit_warnings(scene, meta, what))
+
+
 def list_models() -> list[dict[str, Any]]:
     """Built-in detector/gate models: name, path, whether installed, classes, tile size, sha256."""
     rows = []
