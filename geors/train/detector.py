@@ -499,7 +499,8 @@ def train_detector(
             running = {}
         cancelled = progress is not None and bool(getattr(progress, "cancelled", False))
         ending = sched.finished(step) or cancelled
-        if val_pos and (_validation_due(n_validations, sched, spe, step, len(val_history)) or ending):
+        last_val = val_history[-1]["step"] if val_history else 0
+        if val_pos and (_validation_due(n_validations, sched, spe, step, len(val_history), last_val) or ending):
             with sched.side_work():
                 t_val = time.perf_counter()
                 scored = model if ema is None else ema
@@ -543,7 +544,8 @@ def train_detector(
         if sched.out_of_time() and step < sched.total:
             if step <= warm_up_end():
                 stop_reason += f", before the empty crops joined (step {warm_up_end() + 1}): the model has not seen them"
-            log.warning("stopping: %s", stop_reason)
+            # a plan is an estimate: a step or two short is the budget used as planned, a cut schedule is not
+            log.log(logging.WARNING if step < 0.95 * sched.total else logging.INFO, "stopping: %s", stop_reason)
     if progress is not None:
         progress.close()
     seconds = sched.elapsed_s()
@@ -651,11 +653,13 @@ def _describe_schedule(cfg: TrainConfig, sched: BudgetSchedule, spe: int | None)
     return form + (f", capped at {cfg.max_seconds / 60:.1f} min" if cfg.max_seconds is not None else "")
 
 
-def _validation_due(n_validations: int, sched: BudgetSchedule, spe: int | None, step: int, n_done: int) -> bool:
+def _validation_due(n_validations: int, sched: BudgetSchedule, spe: int | None, step: int, n_done: int,
+                    last_step: int) -> bool:
     """After every epoch in the epoch form; otherwise ``n_validations`` times, evenly over the current plan."""
     if spe:
         return step % spe == 0
-    return step >= math.ceil((n_done + 1) * sched.total / max(n_validations, 1))
+    every = sched.total / max(n_validations, 1)
+    return step >= math.ceil((n_done + 1) * every) and step - last_step >= every / 2  # a shrinking plan: no bursts
 
 
 def _validations_left(n_validations: int, sched: BudgetSchedule, spe: int | None, step: int, n_done: int) -> int:

@@ -191,8 +191,8 @@ class BudgetSchedule:
 
     def _plan(self, done: int) -> None:
         rate = self.step_s()
-        if rate is None or self.budget_s is None:
-            return
+        if rate is None or self.budget_s is None or done >= self.total:
+            return  # a plan that has reached its end stays ended (re-planning would always add a step)
         self.total = plan_total_steps(self.budget_s, rate, done=done, elapsed_s=self.elapsed_s(),
                                       reserve_s=self.reserve_s, min_steps=self.min_steps, max_steps=self.max_steps)
         self._planned_step_s = rate
