@@ -79,3 +79,15 @@ def test_training_bar_follows_the_plan(capsys):
     assert bar._bar.total == 250
     bar.close()
     assert "250" in stream.getvalue()
+
+
+def test_a_plan_at_its_end_stays_ended():
+    """The last validation updates the reserve; re-planning then always added a step, and the run validated
+    again at every added step (281/281, 285/285, 286/286 on the DOTA scene)."""
+    clock = FakeClock()
+    sched = BudgetSchedule(100.0, clock=clock)
+    steps, _ = run(sched, clock, 1.0)
+    assert sched.finished(steps)
+    sched.set_reserve(0.0)
+    sched.set_reserve(5.0)
+    assert sched.total == steps and sched.finished(steps)
