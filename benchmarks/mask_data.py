@@ -40,7 +40,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-__all__ = ["MaskData", "crowns", "neon_crowns", "vehicles", "buildings", "discs", "dota", "neon", "jitter", "kind_data", "KINDS",
+__all__ = ["MaskData", "crowns", "neon_crowns", "vehicles", "buildings", "discs", "dota", "neon", "jitter", "kind_data", "KINDS", "FRESH",
            "DOTA_DIR"]
 
 DOTA_DIR = Path(os.environ.get("GEORS_DOTA_P1888", "/work/shared/data/dota-P1888"))
@@ -422,6 +422,14 @@ def load(name: str) -> list[MaskData]:
     return [jitter(d, float(jit)) if jit else d for d in items]
 
 
-def kind_data(kind: str) -> list[MaskData]:
-    """The data sets of one kind of :data:`KINDS` that are present here."""
-    return [d for n in KINDS[kind][1] for d in load(n)]
+#: Fresh draws of each kind (other seeds), never used to choose the judge's thresholds: a check after the choice.
+FRESH = {
+    "vehicles": ["vehicles@1", "vehicles@1+jitter0.1"],
+    "trees": ["crowns@2", "neon_crowns@2", "neon_crowns@3", "neon_crowns@2+jitter0.1", "neon_crowns@3+jitter0.1"],
+    "buildings": ["buildings@3", "buildings@4", "buildings@5+jitter0.1"],
+}
+
+
+def kind_data(kind: str, fresh: bool = False) -> list[MaskData]:
+    """The data sets of one kind of :data:`KINDS` (or :data:`FRESH`) that are present here."""
+    return [d for n in (FRESH if fresh else {k: v[1] for k, v in KINDS.items()})[kind] for d in load(n)]

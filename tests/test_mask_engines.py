@@ -146,13 +146,17 @@ def test_judge_keeps_the_box_for_box_shaped_and_ground_like_outlines():
     colour[in_box & ~diamond] = 0.0  # left-out corners like the ground: kept
     j = judge_mask(diamond, in_box, grad, colour, min_edge_score=0.0)
     assert j.ok and j.separation > 0.9 and j.rectangularity == pytest.approx(diamond.sum() / 900, abs=0.05)
+    # the same diamond where the box's sides it does not reach lie on strong edges: the object reaches them
+    sides = in_box & ~np.pad(np.ones((28, 28), bool), 6)
+    j = judge_mask(diamond, in_box, np.where(sides, 10.0, 1.0).astype(np.float32), colour, min_edge_score=0.0)
+    assert j.reason == "side edge" and j.side_edge > 0.7
 
 
 def test_thresholds_array_and_scalar_verdicts_agree():
     rng = np.random.default_rng(0)
     f = {k: rng.uniform(0, 1, 500) for k in ("fill", "extent", "rectangularity", "compactness", "edge_score",
-                                             "separation")}
-    for t in (DEFAULT_THRESHOLDS, JudgeThresholds(max_rectangularity=1.0, min_separation=0.0)):
+                                             "separation", "side_edge")}
+    for t in (DEFAULT_THRESHOLDS, JudgeThresholds(max_rectangularity=1.0, min_separation=0.0, max_side_edge=1.0)):
         scalar = [t.failed({k: v[i] for k, v in f.items()}) == "" for i in range(500)]
         assert t.passes(f).tolist() == scalar
         assert 0 < sum(scalar) < 500
@@ -164,7 +168,7 @@ def test_box_filling_roofs_get_the_box():
     """Issue 25: on buildings the engine was worse than the plain box. Roofs aligned with the image fill their
     boxes; the judge kept outlines stopped at a parapet, a ridge or a shaded facet (mIoU_I 0.94-0.95 on these
     scenes, the box 1.0). Box-shaped outlines now give the box, so the engine is never below it here."""
-    old_judge = JudgeThresholds(min_extent=0.7, max_rectangularity=1.0, min_separation=0.0)  # before issue 25
+    old_judge = JudgeThresholds(min_extent=0.7, max_rectangularity=1.0, min_separation=0.0, max_side_edge=1.0)
     for seed in range(3):
         img, masks = roof_scene(seed)
         boxes, truth = _boxes(masks), _truth_polys(masks)

@@ -21,7 +21,10 @@ decision:
   image edges (``edge_score``), and the part of the box it leaves out looks
   like the ground around the box, not like the outline itself
   (``separation``: an outline that stopped at a roof ridge or at a shadow on a
-  crown leaves out a part that looks like the object).
+  crown leaves out a part that looks like the object), and the box's sides
+  that the outline does not reach carry no strong edge (``side_edge``: a
+  tight box touches its object, so where the outline stops short of a side
+  that lies on a strong edge, the object most likely reaches that side).
 
 Every test is a threshold on one feature; a candidate that fails any is
 replaced by the box (``box:fallback``). The thresholds
@@ -51,6 +54,7 @@ class JudgeThresholds:
     min_compactness: float = 0.25  # least 4 pi A / P^2
     min_edge_score: float = 0.6  # least g_border / (g_border + g_box)
     min_separation: float = 0.4  # least d(left-out, mask) / (d(left-out, mask) + d(left-out, ground))
+    max_side_edge: float = 0.7  # most g_side / (g_side + g_box) on the box's sides that the mask does not reach
 
     def tests(self, f: dict) -> list[tuple[object, str]]:
         """Each test's outcome on features ``f`` (:func:`mask_features`; scalars or numpy arrays) and its name."""
@@ -62,6 +66,7 @@ class JudgeThresholds:
             # a region that fills the box has (almost) no inner border to check against edges
             ((f["edge_score"] >= self.min_edge_score) | (f["fill"] >= 0.97), "edges"),
             (f["separation"] >= self.min_separation, "separation"),
+            (f["side_edge"] <= self.max_side_edge, "side edge"),
         ]
 
     def failed(self, f: dict) -> str:
@@ -89,6 +94,7 @@ class MaskJudgement:
     reason: str = ""
     rectangularity: float = 0.0  # mask pixels / pixels of the mask's own bounding rectangle
     separation: float = 1.0  # 1 = the left-out part looks like the ground, 0 = like the mask
+    side_edge: float = 0.0  # g_side / (g_side + g_box): edges on the box sides the mask does not reach
 
     def features(self) -> dict:
         d = asdict(self)
@@ -119,7 +125,8 @@ def mask_features(mask: np.ndarray, in_box: np.ndarray, grad: np.ndarray, image:
     n_box = int(in_box.sum())
     area = int(mask.sum())
     if n_box == 0 or area == 0:
-        return dict(fill=0.0, extent=0.0, rectangularity=0.0, compactness=0.0, edge_score=0.0, separation=0.0)
+        return dict(fill=0.0, extent=0.0, rectangularity=0.0, compactness=0.0, edge_score=0.0, separation=0.0,
+                    side_edge=1.0)
     fill = area / n_box
     br = np.flatnonzero(in_box.any(axis=1))
     bc = np.flatnonzero(in_box.any(axis=0))
@@ -137,6 +144,10 @@ def mask_features(mask: np.ndarray, in_box: np.ndarray, grad: np.ndarray, image:
     box_inner = cv2.erode(in_box.astype(np.uint8), k, borderType=cv2.BORDER_CONSTANT, borderValue=0).astype(bool)
     inner_border = border & box_inner
     g_box = float(grad[in_box].mean())
+    # the box's own sides where the mask does not reach them: ground for a tight box, unless the object is there
+    sides = in_box & ~box_inner & ~cv2.dilate(m8, k).astype(bool)
+    g_side = float(grad[sides].mean()) if sides.sum() >= 3 else 0.0
+    side_edge = g_side / (g_side + g_box) if (g_side + g_box) > 0 else 0.0
     if inner_border.sum() < 3:  # the mask is (almost) the whole box: nothing to check against edges
         edge_score = 0.5
     else:
@@ -152,14 +163,14 @@ def mask_features(mask: np.ndarray, in_box: np.ndarray, grad: np.ndarray, image:
             d_in, d_ground = float(np.linalg.norm(c_out - c_in)), float(np.linalg.norm(c_out - c_ground))
             separation = d_in / (d_in + d_ground) if d_in + d_ground > 0 else 0.5
     return dict(fill=float(fill), extent=float(extent), rectangularity=float(rectangularity), compactness=compactness,
-                edge_score=float(edge_score), separation=float(separation))
+                edge_score=float(edge_score), separation=float(separation), side_edge=float(side_edge))
 
 
 def decide(features: dict, thresholds: JudgeThresholds = DEFAULT_THRESHOLDS) -> MaskJudgement:
     """The verdict on features from :func:`mask_features`."""
     reason = "empty" if features["fill"] <= 0 else thresholds.failed(features)
     return MaskJudgement(features["fill"], features["extent"], features["compactness"], features["edge_score"],
-                         not reason, reason, features["rectangularity"], features["separation"])
+                         not reason, reason, features["rectangularity"], features["separation"], features["side_edge"])
 
 
 def judge_mask(mask: np.ndarray, in_box: np.ndarray, grad: np.ndarray, image: np.ndarray | None = None,

@@ -25,7 +25,8 @@ For each box, on a crop around it (``margin``):
    little), is compact (no ragged leaks), its border lies on stronger Lab
    gradients than the box's pixels on average (edges), and the part of the box
    it leaves out looks like the ground around the box rather than like the
-   outline (separation). A candidate that fails any test is replaced by the
+   outline (separation), and the box sides it does not reach lie on no
+   strong edge (side edge). A candidate that fails any test is replaced by the
    box itself with ``method = "box:fallback"``.
 
 The judge's thresholds were chosen by leave-one-kind-out cross-validation over
@@ -88,7 +89,7 @@ class WatershedEngine(MaskEngine):
         min_side_px: boxes with a shorter side get the box (too small to outline).
         thresholds: the judge's limits (:class:`~geors.masks.judge.JudgeThresholds`,
             default :data:`~geors.masks.judge.DEFAULT_THRESHOLDS`).
-        min_fill, min_extent, max_rectangularity, min_compactness, min_edge_score, min_separation:
+        min_fill, min_extent, max_rectangularity, min_compactness, min_edge_score, min_separation, max_side_edge:
             single limits overriding ``thresholds`` (see :mod:`geors.masks.judge`).
         sigma_frac, max_sigma: smoothing sigma = ``sigma_frac`` x the shorter
             box side, clipped to 0.5..``max_sigma`` px.
