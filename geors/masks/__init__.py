@@ -24,9 +24,10 @@ Engines (one interface, :class:`MaskEngine`), chosen with :func:`make_mask_engin
 - ``watershed``: weight-free and the default without SAM
   (:class:`WatershedEngine`): a marker watershed of the smoothed Lab image,
   seeded with the box centre (object) and the pixels around the box
-  (background), cut to the box; each mask is judged (fill ratio, extent,
-  compactness, agreement of its border with image edges, :func:`judge_mask`)
-  and the box is kept where it is implausible. ``mask_score`` is the edge
+  (background), cut to the box; each mask is judged (:mod:`geors.masks.judge`:
+  fill, extent, not box-shaped, compactness, border on image edges, left-out
+  part like the ground, no strong edge on the box sides it does not reach)
+  and the box is kept unless the outline is plausibly better. ``mask_score`` is the edge
   agreement in (0, 1). Chosen by measurement (``benchmarks/bench_masks.py``,
   ``docs/masks.md``): it beats the box on real vehicle outlines where GrabCut
   does not, at ~2-4 ms per box on one CPU core.

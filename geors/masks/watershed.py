@@ -30,8 +30,9 @@ For each box, on a crop around it (``margin``):
    box itself with ``method = "box:fallback"``.
 
 The judge's thresholds were chosen by leave-one-kind-out cross-validation over
-vehicles (DOTA P1888 and synthetic), trees (synthetic crowns) and a building
-proxy (synthetic roofs on real ground): ``benchmarks/bench_masks.py --cv``,
+vehicles (DOTA P1888 and synthetic), trees (synthetic crowns, real NEON crown
+texture in synthetic outlines) and a building proxy (synthetic roofs on real
+ground): ``benchmarks/bench_masks.py --cv``,
 ``docs/masks.md``.
 
 ``mask_score`` is the edge agreement ``g_border / (g_border + g_box)`` in
