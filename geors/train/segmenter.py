@@ -288,6 +288,7 @@ def _run_phase(name: str, net: torch.nn.Module, steps: int, budget: float | None
     stop = None
     val_s = 0.0
     done_evals = 0
+    quota = 0  # validations due so far (step * val_evals // planned): a re-plan does not cause a burst of them
 
     def run_validation(step: int) -> None:
         nonlocal best, since_best, val_s, done_evals
@@ -320,8 +321,9 @@ def _run_phase(name: str, net: torch.nn.Module, steps: int, budget: float | None
         losses.append(step_fn(step))
         step += 1
         sched.step_done(step)
-        if validate is not None and (step * cfg.val_evals // max(sched.total, 1) > done_evals
-                                     or sched.finished(step)):
+        due = step * cfg.val_evals // max(sched.total, 1)
+        if validate is not None and (due > quota or sched.finished(step)):
+            quota = due
             run_validation(step)
             if cfg.patience and since_best >= cfg.patience and step >= sched.total // 2:
                 stop = f"validation mIoU did not improve for {cfg.patience} evaluations"
