@@ -31,6 +31,7 @@ detector's boxes are not tight).
 
 from __future__ import annotations
 
+import functools
 import os
 import sys
 from dataclasses import dataclass, replace
@@ -159,6 +160,7 @@ def vehicles(size: int = 640, rows: int = 20, seed: int = 0) -> MaskData:
     masks = [m for m in masks if m.sum() >= 30]
     return MaskData("vehicles", img, _boxes_from_masks(masks), _polys_from_masks(masks))
 
+@functools.lru_cache(maxsize=1)
 def _real_backgrounds() -> list[np.ndarray]:
     """Real aerial images available here (DOTA P1888, the NEON samples), RGB uint8; empty when none is."""
     from PIL import Image
@@ -292,7 +294,7 @@ def neon_crowns(size: int = 640, n: int = 110, seed: int = 0) -> MaskData | None
     """
     import cv2
 
-    sources = [d for d in neon() if len(d.boxes)]
+    sources = [d for d in _neon_cached() if len(d.boxes)]
     if not sources:
         return None
     rng = np.random.default_rng(seed)
@@ -381,6 +383,11 @@ def neon(directory: Path | None = None) -> list[MaskData]:
                           for o in root.iter("object")])
         out.append(MaskData(f"neon-{x.stem}", np.ascontiguousarray(img), boxes, None))
     return out
+
+
+@functools.lru_cache(maxsize=1)
+def _neon_cached() -> list[MaskData]:
+    return neon()
 
 
 def jitter(data: MaskData, fraction: float, seed: int = 0) -> MaskData:
