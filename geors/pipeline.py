@@ -39,7 +39,14 @@ from geors.errors import (
     ProcessingError,
     SceneReadError,
 )
-from geors.execution import Executor, check_memory, configure_threads, estimate_peak_memory, with_batch_size
+from geors.execution import (
+    Executor,
+    check_memory,
+    check_tile_count,
+    configure_threads,
+    estimate_peak_memory,
+    with_batch_size,
+)
 from geors.held_log import release_held
 from geors.inputs import RASTER_SUFFIXES, expand_inputs, open_scenes, scene_fingerprint
 from geors.merge import apply_seams
@@ -238,6 +245,7 @@ def process_scenes(
     overlap = tiling.overlap if tiling.overlap is not None else min(default_overlap, size // 2)
     grids = {s.name: TileGrid(s, size, overlap) for s in opened}  # validates overlap < tile
     check_memory(size, config.execution)
+    check_tile_count({s.name: len(g) for s, g in zip(opened, grids.values(), strict=True)}, size)
     models = stage.describe()  # once per run: it hashes the model and checkpoint files
     key = result_key(stage, (size, overlap), tiling.bands, models)
     fingerprints = {s.name: scene_fingerprint(s) for s in opened}

@@ -276,6 +276,10 @@ _GPKG_APPLICATION_ID = 0x47504B47
 GPKG_VERSION = "1.2"
 _GPKG_USER_VERSION = 10200  # GPKG_VERSION as PRAGMA user_version (set when completing a headerless file)
 _LOCK_WAIT_S = 120.0
+#: SQLite's busy timeout on the writer's connection (one wait for a lock), and how long a commit keeps
+#: waiting for readers in all (a reader's open read transaction blocks a commit in rollback-journal mode).
+_BUSY_TIMEOUT_S = 60.0
+_READERS_WAIT_S = 600.0
 
 
 def _temp_prefix(path: Path) -> str:
@@ -388,6 +392,41 @@ def _process_alive(pid: int, started_iso: str | None) -> bool:
         if start > run_started + 2:  # the pid was reused by a younger process
             return False
     return True
+
+
+def _holders(path: Path) -> str:
+    """' (pid 123 qgis, ...)': other processes of this machine that have ``path`` open (Linux /proc; best
+    effort, '' when unknown)."""
+    try:
+        target = os.path.realpath(path)
+        found = []
+        for pid in os.listdir("/proc"):
+            if not pid.isdigit() or int(pid) == os.getpid():
+                continue
+            try:
+                fds = os.listdir(f"/proc/{pid}/fd")
+                if any(os.path.realpath(f"/proc/{pid}/fd/{fd}") == target for fd in fds):
+                    found.append(f"pid {pid} {_read_small(Path(f'/proc/{pid}/comm'))}".strip())
+            except OSError:
+                continue
+            if len(found) >= 3:
+                break
+    except OSError:
+        return ""
+    return f" ({', '.join(found)})" if found else ""
+
+
+def _space_hint(path: Path) -> str:
+    """'; the disk is full (12 KiB free on /data)' when the output's file system is (nearly) full."""
+    import shutil
+
+    try:
+        free = shutil.disk_usage(path.parent if str(path.parent) else ".").free
+    except OSError:
+        return ""
+    if free > 64 * 2**20:
+        return ""
+    return f"; the disk is full ({free / 2**10:,.0f} KiB free on {path.parent})"
 
 
 def recover_hot_journal(path: str | os.PathLike) -> bool:
@@ -613,6 +652,7 @@ class GeoPackageWriter:
         tmp = self.path.with_name(f"{_temp_prefix(self.path)}{os.getpid()}.gpkg")
         try:
             self._create_missing_layers(tmp)
+            self._check_created(tmp)  # GDAL can leave a half-made file without raising (measured: disk full)
             _fsync_path(tmp)
             os.replace(tmp, self.path)  # we hold the lock; replaces only an empty leftover
         except BaseException:
@@ -621,6 +661,26 @@ class GeoPackageWriter:
                     p.unlink()
             raise
         _fsync_path(self.path.parent, directory=True)
+
+    def _check_created(self, target: Path) -> None:
+        """The new file holds the GeoPackage metadata tables and every layer, or creation failed."""
+        try:
+            con = sqlite3.connect(f"file:{target}?mode=ro", uri=True)
+            try:
+                tables = {r[0].lower() for r in con.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+                layers = ({r[0].lower() for r in con.execute("SELECT table_name FROM gpkg_contents")}
+                          if "gpkg_contents" in tables else set())
+            finally:
+                con.close()
+        except sqlite3.Error as exc:
+            tables, layers = set(), set()
+            log.debug("%s: %s", target, exc)
+        missing = sorted(({"gpkg_contents", "gpkg_spatial_ref_sys", "gpkg_geometry_columns"} - tables)
+                         | ({n.lower() for n in self.layers} - layers))
+        if missing:
+            raise OutputError(f"{self.path}: creating the GeoPackage failed without an error from GDAL "
+                              f"({', '.join(missing[:4])} missing){_space_hint(self.path)}. Nothing was left "
+                              "under this name.")
 
     def _create_missing_layers(self, target: Path) -> None:
         import geopandas as gpd
@@ -651,13 +711,14 @@ class GeoPackageWriter:
                     if not os.access(target.parent, os.W_OK) or "readonly" in str(exc).lower().replace("-", ""):
                         raise OutputError(f"{self.path}: cannot create layer '{name}': the file or its directory "
                                           "is read-only. Make it writable or choose another output.") from exc
-                    raise OutputError(f"{self.path}: cannot create layer '{name}': {exc}") from exc
+                    raise OutputError(f"{self.path}: cannot create layer '{name}': {exc}"
+                                      f"{_space_hint(self.path)}") from None
             created += 1
             if created == 1:
                 checkpoint("create")
 
     def _open(self) -> None:
-        self._con = sqlite3.connect(self.path, timeout=60, isolation_level=None)
+        self._con = sqlite3.connect(self.path, timeout=_BUSY_TIMEOUT_S, isolation_level=None)
         _register_st_functions(self._con)
 
     def _add_missing_columns(self) -> None:
@@ -702,7 +763,11 @@ class GeoPackageWriter:
                                "Make both writable or choose another output.")
         if "locked" in msg:
             return OutputError(f"{self.path}: another process has held a write lock on this file for more than "
-                               "60 s. Wait for it to finish, or write to another output.")
+                               f"{_BUSY_TIMEOUT_S:.0f} s. Wait for it to finish, or write to another output.")
+        if "full" in msg or "disk i/o" in msg:
+            hint = _space_hint(self.path) or " (a full disk, a file size limit or a failing device?)"
+            return OutputError(f"{self.path}: cannot write ({exc}){hint}. What was committed before is valid: "
+                               "free space, then continue with --resume.")
         return exc
 
     # -- reprojection -------------------------------------------------------------
@@ -793,7 +858,7 @@ class GeoPackageWriter:
             yield self
             self._flush_extents()
             checkpoint("commit")
-            self._con.execute("COMMIT")
+            self._commit()
             self._release_lock()
         except BaseException as exc:
             if self._con is not None and self._con.in_transaction:
@@ -804,6 +869,31 @@ class GeoPackageWriter:
                 if err is not exc:
                     raise err from None
             raise
+
+    def _commit(self) -> None:
+        """COMMIT, waiting for readers: in rollback-journal mode a commit needs every reader's read
+        transaction to end (QGIS with the layer open, a script in a long query). SQLite waits
+        ``_BUSY_TIMEOUT_S`` per try; the commit is retried (the transaction stays open) for up to
+        ``_READERS_WAIT_S`` in all, then the run stops with a message naming the programs that hold the file."""
+        start = time.monotonic()
+        while True:
+            try:
+                self._con.execute("COMMIT")
+                return
+            except sqlite3.OperationalError as exc:
+                if "locked" not in str(exc).lower() or not self._con.in_transaction:
+                    raise
+                waited = time.monotonic() - start
+                who = _holders(self.path)
+                if waited >= _READERS_WAIT_S:
+                    raise OutputError(
+                        f"{self.path}: another program{who} has kept this file open in a read transaction for "
+                        f"{waited:.0f} s, so geors cannot commit its results. Close this file's layers there (an "
+                        "open attribute table or an unfinished query keeps a read open); what was committed "
+                        "before is valid: then continue with --resume.") from None
+                log.warning("%s: waiting for another program%s reading this file to finish its read before "
+                            "geors can commit (%.0f s so far, at most %.0f s)", self.path, who, waited,
+                            _READERS_WAIT_S)
 
     def write_results(self, results: Sequence[TileResult], model: str = "", crs=None) -> None:
         """Write a batch of tiles: their features and ledger rows in one transaction.

@@ -411,3 +411,36 @@ def test_ctrl_c_to_the_process_group_ends_a_local_cluster_run(tmp_path):
     con = sqlite3.connect(out)
     assert [r[0] for r in con.execute("SELECT status FROM geors_runs")] == ["cancelled"]
     con.close()
+
+
+@pytest.mark.parametrize("limit", [30_000, 200_000])  # at creation, during the batches
+def test_a_full_disk_is_one_message_and_never_leaves_a_non_geopackage(tmp_path, limit):
+    """Regression (issue 26, finding 8): with the disk full while the output was created, GDAL left a
+    half-made file without an error, it was renamed to the user's name and the run died with a traceback
+    ('no such table: gpkg_geometry_columns'); full later, a traceback ('disk I/O error'). A file size limit
+    (RLIMIT_FSIZE) stands in for a full disk at several moments of the run."""
+    import resource
+
+    scene = scenes.rgb_uint8(tmp_path / "s.tif", 600, 400)
+    out_dir = tmp_path / "out"
+    out_dir.mkdir()
+    out = out_dir / "o.gpkg"
+
+    def limited():
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+
+    r = subprocess.run([*CLI, "detect", str(scene), "-o", str(out), "--model", str(MODEL), "--device", "cpu",
+                        "--score-threshold", "0", "--batch-size", "1", "--progress", "none"], preexec_fn=limited,
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode in (0, 1, 2), r.stderr[-2000:]
+    assert "Traceback" not in r.stderr, r.stderr[-2000:]
+    if r.returncode:
+        assert sum(1 for ln in r.stderr.splitlines() if ln.startswith("Error:")) == 1, r.stderr[-2000:]
+    left = [p.name for p in out_dir.iterdir()]
+    assert left in ([], ["o.gpkg"]), left
+    if left:  # whatever has the user's name is a GeoPackage with its layers
+        con = sqlite3.connect(f"file:{out}?mode=ro", uri=True)
+        tables = {t[0] for t in con.execute("SELECT table_name FROM gpkg_contents")}
+        con.close()
+        assert {"detections", "geors_tiles", "geors_runs"} <= tables

@@ -109,3 +109,16 @@ def test_a_file_posing_as_an_official_checkpoint_must_be_it(tmp_path):
         fh.truncate(sam_weights.SAM_CHECKPOINTS["vit_b"].size)
     with pytest.raises(ModelError, match="official SAM vit_b"):
         sam_weights.load_sam(sized)
+
+
+def test_a_scene_whose_tile_plan_cannot_fit_in_memory_is_refused_first(tmp_path):
+    # regression: a VRT of 2e9 x 2e9 px died with a MemoryError (traceback) after the output was created
+    src = scenes.rgb_uint8(tmp_path / "s.tif", 300, 300)
+    bands = "".join(
+        f'<VRTRasterBand dataType="Byte" band="{b}"><SimpleSource><SourceFilename relativeToVRT="1">{src.name}'
+        f"</SourceFilename><SourceBand>{b}</SourceBand></SimpleSource></VRTRasterBand>" for b in (1, 2, 3))
+    vrt = tmp_path / "huge.vrt"
+    vrt.write_text(f'<VRTDataset rasterXSize="2000000000" rasterYSize="2000000000"><SRS>EPSG:32617</SRS>'
+                   f"<GeoTransform>400000, 0.1, 0, 3000000, 0, -0.1</GeoTransform>{bands}</VRTDataset>")
+    out = tmp_path / "o.gpkg"
+    refused(geors("tiles", vrt, "-o", out), out, "huge.vrt", "tiles of 640 px", "Split the scene")

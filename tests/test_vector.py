@@ -664,3 +664,41 @@ def test_creation_lock_is_held_until_the_first_commit(tmp_path, monkeypatch):
     with GeoPackageWriter(out, CRS.from_epsg(32617)) as second:  # now it sees the first one's run
         assert [r["command"] for r in second.runs()] == ["first"]
     first.close()
+
+
+def _reader(path, seconds):
+    """Another program holding a read transaction on ``path`` (QGIS with a layer open, a long query)."""
+    import subprocess
+    import sys
+
+    code = ("import sqlite3, sys, time; c = sqlite3.connect(sys.argv[1]); c.execute('BEGIN'); "
+            "c.execute('SELECT COUNT(*) FROM geors_runs').fetchone(); print('ready', flush=True); "
+            "time.sleep(float(sys.argv[2]))")
+    p = subprocess.Popen([sys.executable, "-c", code, str(path), str(seconds)], stdout=subprocess.PIPE, text=True)
+    assert p.stdout.readline().strip() == "ready"
+    return p
+
+
+def test_a_commit_waits_for_a_reader_then_names_it(tmp_path, monkeypatch):
+    # regression (issue 26, finding 8): a reader holding a read transaction for 60 s made the run exit 2 with
+    # "another process has held a write lock"; the commit now waits for readers (retried), and when one
+    # outlasts the wait the message says a reader holds the file, and which process
+    import geors.vector as vector
+
+    monkeypatch.setattr(vector, "_BUSY_TIMEOUT_S", 0.5)
+    monkeypatch.setattr(vector, "_READERS_WAIT_S", 4.0)
+    out = tmp_path / "o.gpkg"
+    with GeoPackageWriter(out, CRS.from_epsg(32617), ["detections"]) as w:
+        w.start_run("test", {})
+        reader = _reader(out, 2.0)  # shorter than the wait: the commit goes through after it
+        w.finish_run("finished")
+        reader.wait()
+        assert [r["status"] for r in w.runs()] == ["finished"]
+        reader = _reader(out, 60)  # longer than the wait
+        try:
+            with pytest.raises(OutputError, match=rf"pid {reader.pid} .*read transaction"):
+                w.finish_run("cancelled")
+        finally:
+            reader.kill()
+            reader.wait()
+    assert [r["status"] for r in GeoPackageWriter(out, CRS.from_epsg(32617), ["detections"]).runs()] == ["finished"]
