@@ -281,3 +281,15 @@ def test_fine_stage_that_validates_worse_is_not_kept(monkeypatch):
     monkeypatch.setattr(seg, "validate_segmenter", real)
     _, meta = seg.train_segmenter(_tiles(lab), ["ground", "boat"], ["boat"], cfg, val_tiles=_tiles(lab, 1))
     assert meta["arch_args"]["top_n"] == 32 and "kept" not in meta["training"]["fine"]
+
+
+def test_nodata_pixels_stay_ignored_when_outside_is_background(harbour):
+    from geors.train.seg_data import load_training_tiles
+
+    with rasterio.open(harbour["scene"]) as src:
+        img = src.read()
+    img[:, 100:, :] = 0  # a nodata strip at the bottom (no ship in it but the last row's ship at y 110)
+    scene = _write(harbour["dir"] / "nodata.tif", img, nodata=0)
+    _, _, info = load_training_tiles([(scene, harbour["ships"])], class_field="class")
+    ships = int(harbour["truth"][:100].sum())
+    assert info["label_pixels"] == {"background": 128 * 100 - ships, "ship": ships}
