@@ -44,6 +44,10 @@ def expand_inputs(items: Iterable[str | os.PathLike | Scene]) -> tuple[list[str 
                 problems.append({"path": s, "reason": f"cannot read the list file: {exc.strerror}"})
                 continue
             listed = [ln.strip() for ln in lines if ln.strip() and not ln.strip().startswith("#")]
+            if not listed:
+                problems.append({"path": s, "reason": "the list file names no scene (only comments or blank "
+                                                      "lines); put one raster path per line"})
+                continue
             sub, sub_problems = expand_inputs(str(p.parent / x) if not Path(x).is_absolute() else x
                                               for x in listed)
             out.extend(sub)
@@ -128,6 +132,9 @@ def open_scenes(items, bands, strict: bool) -> tuple[list[Scene], list[dict]]:
         except GeorsError as exc:
             if strict:
                 raise
-            problems.append({"path": str(getattr(item, "path", item)), "reason": str(exc)})
+            path = str(getattr(item, "path", item))
+            reason = str(exc)
+            reason = reason[len(path) + 2:] if reason.startswith(f"{path}: ") else reason  # said once
+            problems.append({"path": path, "reason": reason})
             log.error("skipping %s", exc)
     return opened, problems

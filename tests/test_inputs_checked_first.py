@@ -122,3 +122,20 @@ def test_a_scene_whose_tile_plan_cannot_fit_in_memory_is_refused_first(tmp_path)
                    f"<GeoTransform>400000, 0.1, 0, 3000000, 0, -0.1</GeoTransform>{bands}</VRTDataset>")
     out = tmp_path / "o.gpkg"
     refused(geors("tiles", vrt, "-o", out), out, "huge.vrt", "tiles of 640 px", "Split the scene")
+
+
+def test_a_list_file_of_comments_only_is_named(tmp_path):
+    # regression: "no scene could be opened (no scene given)" without naming the list file
+    lst = tmp_path / "scenes.txt"
+    lst.write_text("# the archive\n\n# nothing yet\n")
+    out = tmp_path / "o.gpkg"
+    refused(geors("tiles", f"@{lst}", "-o", out), out, f"@{lst}: the list file names no scene")
+
+
+def test_a_missing_scene_is_named_once(tmp_path):
+    # regression: "missing.tif: missing.tif: file not found"
+    missing = tmp_path / "missing.tif"
+    out = tmp_path / "o.gpkg"
+    r = geors("tiles", missing, "-o", out)
+    refused(r, out, f"{missing}: file not found")
+    assert r.output.count(str(missing)) == 1, r.output
