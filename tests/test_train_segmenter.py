@@ -149,6 +149,7 @@ def test_fine_phase_without_small_pixels_is_skipped_and_the_budget_goes_to_coars
     fine = meta["training"]["fine"]
     assert fine["steps"] == 0 and "no labelled pixel of the small classes ['car']" in fine["skipped"]
     assert meta["training"]["coarse"]["steps"] == 3
+    assert meta["arch_args"]["top_n"] == 0  # an untrained fine network refines nothing
     # with a time budget the coarse phase plans its steps over the whole budget, not over its 3/6 share
     _, meta = train_segmenter(_tiles(lab), ["ground", "roof", "car"], ["car"],
                               SegTrainConfig(**{**cfg.to_dict(), "max_seconds": 2.0}))

@@ -34,9 +34,10 @@ phase with C2FNet as it runs at inference), keeps the weights of its best
 validation mIoU (the later ones on a tie) and stops early only when validation
 has not improved for ``patience`` evaluations, in the second half of its
 planned steps. When C2FNet validates worse than its coarse network alone
-(a fine network too young for the windows it flips), the model is saved with
-``top_n = 0``: it refines no window. The final per-class validation IoU is in
-the model metadata (``training.validation``).
+(a fine network too young for the windows it flips), or when the fine phase
+did not run, the model is saved with ``top_n = 0``: it refines no window.
+The final per-class validation IoU is in the model metadata
+(``training.validation``).
 """
 
 from __future__ import annotations
@@ -442,7 +443,7 @@ def train_segmenter(
     budget_c = later = None
     if cfg.max_seconds is not None:  # the share of what is left (building the model and optimiser took time)
         left = max(0.0, cfg.max_seconds - (time.perf_counter() - t_start))
-        budget_c, later = left * coarse_share, left * (1 - coarse_share)
+        budget_c, later = max(left * coarse_share, 1e-3), left * (1 - coarse_share)
     coarse_info: dict[str, Any] = {"steps": 0}
     if cfg.coarse_steps:
         coarse_info = _run_phase("coarse", model.coarse, cfg.coarse_steps, budget_c, coarse_step, opt, cfg, progress,
@@ -455,7 +456,10 @@ def train_segmenter(
     fine_info: dict[str, Any] = {"steps": 0, "skipped": fine_skip}
     budget_f = None
     if cfg.max_seconds is not None:
-        budget_f = max(0.0, cfg.max_seconds - (time.perf_counter() - t_start))
+        budget_f = cfg.max_seconds - (time.perf_counter() - t_start)
+        if fine_learns and fine_steps > 0 and budget_f < 1.0:
+            fine_learns, fine_info["skipped"] = False, "no time left of the budget"
+            log.warning("fine phase skipped: the coarse phase used the whole budget")
     if fine_learns and fine_steps > 0:
         model.fine.train()
         opt_f = torch.optim.AdamW(model.fine.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
@@ -500,6 +504,8 @@ def train_segmenter(
                                validator(True))
     for p in model.coarse.parameters():
         p.requires_grad_(True)
+    if small_ids and not fine_info["steps"]:
+        arch.top_n = 0  # a fine network that never trained must not change the coarse prediction
     validation: dict[str, Any] = {"split": split_info, "tiles": len(val_tiles)}
     if val_tiles:
         validation.update(validate_segmenter(model, val_tiles, classes, True, device))
