@@ -8,6 +8,7 @@ from pathlib import Path
 import click
 
 from geors.cli.options import bands_option, handle_errors, parse_bands, tile_options
+from geors.paths import check_outputs_not_inputs  # no command writes over its inputs (issue 26)
 
 
 @click.group("train")
@@ -223,6 +224,7 @@ def _train(**params) -> None:
     tile_size, overlap = p["tile_size"], p["overlap"]
     if len(scenes) != len(labels):
         raise ConfigError(f"give one --labels per --scene ({len(scenes)} scenes, {len(labels)} label files).")
+    check_outputs_not_inputs({"-o": output}, {"--scene": scenes, "--labels": labels, "--empty-scene": p["empty_scenes"], "--init-from": p["init_from"], "--config": p["config_file"]})  # noqa: E501
     cfg = train_config(p, p["config_file"])
     if cfg.crop_size < 32:
         raise ConfigError("--crop must be >= 32 pixels.")
