@@ -20,6 +20,7 @@ from geors.cli.options import (
     pipeline_options,
     run_pipeline_command,
 )
+from geors.paths import check_outputs_not_inputs  # no command writes over its inputs (issue 26)
 
 
 def _names(value: str | None) -> list[str]:
@@ -124,6 +125,7 @@ def train_command(scenes, labels, class_field, classes, small_classes, backgroun
 
     if len(scenes) != len(labels):
         raise ConfigError(f"give one --labels per --scene ({len(scenes)} scenes, {len(labels)} label files).")
+    check_outputs_not_inputs({"-o": output}, {"--scene": scenes, "--labels": labels, "--labelled-area": labelled_area})  # noqa: E501
     small = _names(small_classes)
     if not small:
         raise ConfigError("--small-classes needs at least one class name.")
