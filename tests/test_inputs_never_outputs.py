@@ -98,3 +98,15 @@ def test_save_config_into_a_missing_folder_is_one_message(inputs, tmp_path):
     assert "--save-config" in r.output and "does not exist" in r.output
     assert r.exception is None or isinstance(r.exception, SystemExit)
     assert not (tmp_path / "t.gpkg").exists()
+
+
+@pytest.mark.parametrize("command", [["train", "detector"], ["train", "gate"],
+                                     ["train", "segmenter", "--small-classes", "tank"]])
+def test_training_never_writes_the_model_over_its_scene_or_labels(inputs, command):
+    # regression: `geors train detector --scene S.tif ... -o S.tif` exited 0 and replaced the GeoTIFF by the model
+    scene, boxes = inputs
+    for target, option in ((scene, "--scene"), (boxes, "--labels")):
+        before = digest(target)
+        r = geors(*command, "--scene", scene, "--labels", boxes, "-o", target)
+        assert r.exit_code == 2 and f"{option} input" in r.output, r.output
+        assert digest(target) == before
