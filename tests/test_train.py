@@ -128,10 +128,11 @@ def test_training_reduces_loss_and_finds_squares():
     sc = calibrate_score_threshold(model, tiles)
     assert sc["status"] == "calibrated" and sc["n_truth"] == 6
     f1s = [row[3] for row in sc["curve"]]
-    assert sc["score_threshold"] == sc["curve"][f1s.index(max(f1s))][0] and sc["f1"] == pytest.approx(max(f1s), abs=1e-4)
+    assert sc["best_f1_threshold"] == sc["curve"][f1s.index(max(f1s))][0]
+    assert sc["f1"] >= max(f1s) - sc["f1_tolerance"] - 1e-4  # within one standard error of the best (6 objects)
     o = evaluate_detections(*_validation_tables(model, tiles), iou_thresholds=(0.5,),
                             score_threshold=sc["score_threshold"])["overall"]
-    assert (o["recall"], o["precision"]) == (sc["recall"], sc["precision"])
+    assert (o["recall"], o["precision"]) == pytest.approx((sc["recall"], sc["precision"]), abs=1e-4)
     none = calibrate_score_threshold(model, [tiles[2]])  # no objects to calibrate on
     assert none["status"] == "default" and none["score_threshold"] is None
     assert Detector(model, {**meta, "score_threshold": None}, torch.device("cpu")).score_threshold == 0.3
