@@ -67,6 +67,9 @@ def detections_command(pred, truth, scene, class_field, class_agnostic, layer, s
     XML / CSV in pixel coordinates of --scene.
     """
     from geors.evaluate import evaluate_detection_files
+    from geors.paths import check_outputs_not_inputs
+
+    check_outputs_not_inputs({"-o": output}, {"PRED": pred, "TRUTH": truth, "--scene": scene})
 
     result = evaluate_detection_files(
         pred, truth, scene=scene, layer=layer, truth_class_field=class_field,
