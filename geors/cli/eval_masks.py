@@ -33,6 +33,9 @@ def command(pred, truth, layer, truth_layer, scenes, all_truth, min_inside, min_
     left out (``n_truth_outside``).
     """
     from geors.cli.eval import emit_json
+    from geors.paths import check_outputs_not_inputs
+
+    check_outputs_not_inputs({"-o": output}, {"PRED": pred, "TRUTH": truth, "--scene": scenes})
     from geors.evaluate.masks import evaluate_mask_files
 
     emit_json(evaluate_mask_files(pred, truth, pred_layer=layer, truth_layer=truth_layer, min_iou=min_iou,
