@@ -47,7 +47,10 @@ def command(scene, gpkg, output, layers, bbox, max_size, bands, title):
     bounded by --max-size, not by the scene.
     """
     from geors.cli.options import print_json
+    from geors.paths import check_outputs_not_inputs
     from geors.preview import render_preview
+
+    check_outputs_not_inputs({"-o": output}, {"SCENE": scene, "GPKG": gpkg})
 
     res = render_preview(scene, gpkg, output, layers=list(layers) or None, bbox=bbox, max_size=max_size,
                          bands=bands, title=title)
