@@ -209,6 +209,8 @@ def eval_command(pred, truth, scene, class_field, classes, background, ignore_un
     from geors.cli.eval import emit_json
     from geors.evaluate.segmentation import evaluate_segmentation_files
 
+    check_outputs_not_inputs({"-o": output}, {"PRED": pred, "TRUTH": truth, "--scene": scene})
+
     emit_json(evaluate_segmentation_files(pred, truth, scene=scene, truth_class_field=class_field,
                                           truth_classes=_names(classes) or None, background=background, layer=layer,
                                           ignore_unlabelled=ignore_unlabelled),
