@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+from pathlib import Path
 
 import geopandas as gpd
 import pytest
@@ -110,3 +111,53 @@ def test_training_never_writes_the_model_over_its_scene_or_labels(inputs, comman
         r = geors(*command, "--scene", scene, "--labels", boxes, "-o", target)
         assert r.exit_code == 2 and f"{option} input" in r.output, r.output
         assert digest(target) == before
+
+
+
+
+@pytest.fixture(scope="module")
+def run_output(tmp_path_factory):
+    """A scene, its boxes, the detections + instances GeoPackage of a random-weight model, a label raster."""
+    import numpy as np
+    import rasterio
+
+    from geors.models.r2cnn import R2CNN, R2CNNConfig
+    from geors.models.registry import save_model
+
+    d = tmp_path_factory.mktemp("evals")
+    scene, _ = write_disc_scene(d / "discs.tif", 300, 200)
+    t = transform()
+    boxes = d / "boxes.gpkg"
+    gpd.GeoDataFrame({"kind": ["tank"]}, geometry=[shapely.box(*(t @ (70, 130)), *(t @ (130, 70)))],
+                     crs="EPSG:32633").to_file(boxes)
+    model = save_model(R2CNN(R2CNNConfig(num_classes=1, anchor_scales=[16.0, 32.0])),
+                       {"classes": ["tank"], "bands": 3, "tile_size": 256, "overlap": 64, "gate_threshold": 0.0},
+                       d / "m.safetensors")
+    out = d / "m.gpkg"
+    r = geors("run", scene, "--model", model, "--sam", "box", "--device", "cpu", "--score-threshold", "0.5",
+              "-o", out)
+    assert r.exit_code == 0, r.output
+    label = d / "label.tif"
+    with rasterio.open(label, "w", driver="GTiff", width=300, height=200, count=1, dtype="uint8",
+                       crs="EPSG:32633", transform=t) as dst:
+        dst.write(np.ones((1, 200, 300), np.uint8))
+        dst.update_tags(geors_classes='{"bg": 0, "tank": 1}')
+    return scene, boxes, out, label
+
+
+@pytest.mark.parametrize("case", ["eval detections", "eval masks", "eval segmentation", "preview"])
+def test_eval_and_preview_never_write_over_their_inputs(run_output, tmp_path, case):
+    # regression: `geors eval detections PRED TRUTH -o TRUTH` replaced the truth GeoPackage by the JSON (and
+    # the other evaluations alike), `geors preview S.tif GPKG -o S.tif` replaced the scene by the picture
+    import shutil
+
+    scene, boxes, out, label = (Path(shutil.copy(p, tmp_path / p.name)) for p in run_output)
+    args, target, option = {
+        "eval detections": (["eval", "detections", out, boxes, "-o", boxes], boxes, "TRUTH"),
+        "eval masks": (["eval", "masks", out, boxes, "-o", out], out, "PRED"),
+        "eval segmentation": (["eval", "segmentation", label, label, "-o", label], label, "PRED"),
+        "preview": (["preview", scene, out, "-o", scene], scene, "SCENE")}[case]
+    before = digest(target)
+    r = geors(*args)
+    assert r.exit_code == 2 and f"{option} input" in r.output, r.output
+    assert digest(target) == before
