@@ -92,7 +92,7 @@ def scene_files(scene: Scene) -> list[Path]:
 
 
 def scene_fingerprint(scene: Scene) -> str:
-    """Identity of a scene's content for ``--resume``: grid, CRS, bands, dtype, nodata and the SHA-256 of
+    """Identity of a scene's content for ``--resume``: grid, CRS, band count, dtype, nodata and the SHA-256 of
     every byte of every file its pixels come from (:func:`scene_files`).
 
     A raster changed anywhere gets another fingerprint, however much of it stays the same; a copy of the
@@ -101,8 +101,9 @@ def scene_fingerprint(scene: Scene) -> str:
     about 1 s from the page cache (docs/architecture.md, "Resume and refusal rules").
     """
     h = hashlib.sha256()
+    # the bands geors reads are an option (--bands, a resume key named as such), not the raster's identity
     h.update(json.dumps([scene.width, scene.height, list(scene.transform)[:6], scene.crs.to_wkt() if scene.crs
-                         else "", list(scene.band_indexes), str(scene.dtype), scene.nodata], default=str).encode())
+                         else "", scene.count, str(scene.dtype), scene.nodata], default=str).encode())
     for i, f in enumerate(scene_files(scene)):
         try:
             with open(f, "rb") as fh:
