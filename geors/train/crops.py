@@ -296,8 +296,8 @@ def _edges(length: int, k: int) -> list[int]:
 
 
 def _blocks(grid: Sequence[TrainTile], whole_tiles: bool) -> list[_Block]:
-    """Candidate validation blocks: each grid tile whole, or cut into up to 4 x 4 blocks of at least
-    ``max(64, 4 x the 90th percentile object size)`` px."""
+    """Candidate validation blocks: each grid tile whole, or cut into 2 x 2 (where 64 px blocks fit) to 4 x 4
+    blocks of at least ``max(64, 4 x the 90th percentile object size)`` px."""
     out = []
     sizes = np.concatenate([box_sizes(t.boxes) for t in grid]) if grid else np.zeros(0)
     min_side = max(64.0, 4.0 * float(np.quantile(sizes, 0.9))) if len(sizes) else 64.0
@@ -315,8 +315,9 @@ def _blocks(grid: Sequence[TrainTile], whole_tiles: bool) -> list[_Block]:
         if not len(valid[0]):
             continue
         vx0, vx1, vy0, vy1 = int(valid[0][0]), int(valid[0][-1]) + 1, int(valid[1][0]), int(valid[1][-1]) + 1
-        kx = max(1, min(per_side, int((vx1 - vx0) // min_side)))
-        ky = max(1, min(per_side, int((vy1 - vy0) // min_side)))
+        # at least 2 x 2 where 64 px blocks fit: a tile kept whole could only be all training or all validation
+        kx = max(min(2, (vx1 - vx0) // 64), min(per_side, int((vx1 - vx0) // min_side)), 1)
+        ky = max(min(2, (vy1 - vy0) // 64), min(per_side, int((vy1 - vy0) // min_side)), 1)
         xs = [vx0 + e for e in _edges(vx1 - vx0, kx)]
         ys = [vy0 + e for e in _edges(vy1 - vy0, ky)]
         for y0, y1 in zip(ys[:-1], ys[1:], strict=True):
