@@ -245,7 +245,7 @@ def process_scenes(
     overlap = tiling.overlap if tiling.overlap is not None else min(default_overlap, size // 2)
     grids = {s.name: TileGrid(s, size, overlap) for s in opened}  # validates overlap < tile
     check_memory(size, config.execution)
-    check_tile_count({s.name: len(g) for s, g in zip(opened, grids.values(), strict=True)}, size)
+    check_tile_count({str(s.path): len(g) for s, g in zip(opened, grids.values(), strict=True)}, size)
     models = stage.describe()  # once per run: it hashes the model and checkpoint files
     key = result_key(stage, (size, overlap), tiling.bands, models)
     fingerprints = {s.name: scene_fingerprint(s) for s in opened}
