@@ -199,7 +199,7 @@ def case_defaults() -> dict:
 def _legend_items(renderer):
     """Categories of a categorized renderer; (label, active) of a rule-based renderer's rules."""
     if renderer.type() == "RuleRenderer":
-        return [(r.label(), r.isActive()) for r in renderer.rootRule().children()]
+        return [(r.label(), r.active()) for r in renderer.rootRule().children()]
     return [cat.value() for cat in getattr(renderer, "categories", lambda: [])()]
 
 
@@ -207,13 +207,25 @@ def case_load(scene: str, out: str) -> dict:
     """runAndLoadResults: the layers land in the project, styled, in one group per run."""
     import processing
 
-    processing.runAndLoadResults("geors:run", detect_params(scene, out, SAM="box"), feedback=LogFeedback())
+    from qgis.core import QgsFeatureRequest
+
+    processing.runAndLoadResults("geors:run", detect_params(scene, out, SAM="box", SCORE_THRESHOLD=0.3,
+                                                            MIN_SCORE=0.01), feedback=LogFeedback())
     root = QgsProject.instance().layerTreeRoot()
-    groups = {}
+    groups, rule_counts = {}, {}
     for g in root.findGroups():
         groups[g.name()] = [(c.layer().name(), c.layer().renderer().type(), c.layer().crs().authid(),
                              _legend_items(c.layer().renderer())) for c in g.findLayers()]
-    return {"groups": groups, "root_layers": [c.name() for c in root.children() if c not in root.findGroups()]}
+        for c in g.findLayers():
+            lyr = c.layer()
+            if lyr.name() == "detections" and lyr.renderer().type() == "RuleRenderer":
+                # features each rule draws (its filter on the layer), and what the layer holds
+                rule_counts = {r.label(): sum(1 for _ in lyr.getFeatures(QgsFeatureRequest().setFilterExpression(
+                    r.filterExpression()))) for r in lyr.renderer().rootRule().children()}
+                rule_counts["layer"] = lyr.featureCount()
+                rule_counts["below"] = sum(1 for f in lyr.getFeatures() if f["passes_threshold"] == 0)
+    return {"groups": groups, "rule_counts": rule_counts,
+            "root_layers": [c.name() for c in root.children() if c not in root.findGroups()]}
 
 
 def case_wms(out: str) -> dict:

@@ -214,7 +214,12 @@ def test_results_loaded_styled_and_grouped(qgis, tmp_path):
     # detections: one rule per class for boxes that pass the score threshold, one unticked grey rule for
     # those written below it (--min-score), so AP can use them without their showing by default
     assert det_renderer == "RuleRenderer" and det_crs == "EPSG:32617"
-    assert ("tree", True) in rules and rules[-1] == ("below the score threshold (kept for AP; tick to show)", False)
+    assert ["tree", True] in rules and rules[-1] == ["below the score threshold (kept for AP; tick to show)", False]
+    # run with --min-score 0.01 below --score-threshold 0.3: every box falls under exactly one rule, and the
+    # unticked rule draws exactly the boxes written below the threshold
+    counts = res["rule_counts"]
+    assert counts["below the score threshold (kept for AP; tick to show)"] == counts["below"] > 0
+    assert counts["tree"] + counts["below"] == counts["layer"]
 
 
 @pytest.mark.qgis
