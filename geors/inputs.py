@@ -15,7 +15,11 @@ from geors.raster import Scene, open_scene
 
 log = logging.getLogger(__name__)
 
-__all__ = ["RASTER_SUFFIXES", "expand_inputs", "scene_fingerprint", "open_scenes"]
+__all__ = ["RASTER_SUFFIXES", "FINGERPRINT_VERSION", "expand_inputs", "scene_files", "scene_fingerprint",
+           "open_scenes"]
+
+#: Recorded with each fingerprint: 2 = every byte of every file of the scene (1, unrecorded: 64 KiB).
+FINGERPRINT_VERSION = 2
 
 #: File suffixes taken as rasters when a folder is searched.
 RASTER_SUFFIXES = (".tif", ".tiff", ".vrt", ".jp2", ".img", ".png")

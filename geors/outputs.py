@@ -137,6 +137,13 @@ def check_continuation(path: Path, state: dict, scenes: list[Scene], fingerprint
 def _check_recorded(path: Path, scene: Scene, last: dict, fingerprints: dict, key: dict) -> None:
     """The scene is the raster the last run recorded, and the result-affecting options are the same."""
     rec_scene = next(s for s in last["config"]["scenes"] if isinstance(s, dict) and s.get("name") == scene.name)
+    from geors.inputs import FINGERPRINT_VERSION
+
+    if rec_scene.get("fingerprint") and rec_scene.get("fingerprint_version") != FINGERPRINT_VERSION:
+        raise OutputError(
+            f"{path}: --resume: scene {scene.name} was recorded by an older geors whose scene fingerprint "
+            "(the first 64 KiB) cannot tell whether the raster is the same. Finish that run with the geors "
+            "that started it, or write to another output.")
     if rec_scene.get("fingerprint") and rec_scene["fingerprint"] != fingerprints[scene.name]:
         raise OutputError(
             f"{path}: --resume: scene {scene.name} ({scene.path}) is not the raster this output was made "

@@ -48,7 +48,7 @@ from geors.execution import (
     with_batch_size,
 )
 from geors.held_log import release_held
-from geors.inputs import RASTER_SUFFIXES, expand_inputs, open_scenes, scene_fingerprint
+from geors.inputs import FINGERPRINT_VERSION, RASTER_SUFFIXES, expand_inputs, open_scenes, scene_fingerprint
 from geors.merge import apply_seams
 from geors.outputs import (
     check_continuation,
@@ -290,6 +290,7 @@ def process_scenes(
         "config": config.to_dict(), "stage": stage.name, "tile_size": size, "overlap": overlap,
         "result_key": key, "skipped": skipped,
         "scenes": [{"name": s.name, "path": str(s.path), "fingerprint": fingerprints[s.name],
+                    "fingerprint_version": FINGERPRINT_VERSION,
                     "crs": s.crs_name, "stretch": s.stats.to_dict()} for s in opened],
     }
     status = "failed"

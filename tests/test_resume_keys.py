@@ -218,3 +218,21 @@ def test_overwrite_with_an_unreachable_scheduler_keeps_the_old_rows(tmp_path):
     assert n_rows(out, "tiles") == before
     runs = json.loads(json.dumps([r[0] for r in sqlite3.connect(out).execute("SELECT status FROM geors_runs")]))
     assert runs == ["finished"]  # no run row for the refused one
+
+
+def test_an_output_fingerprinted_by_an_older_geors_is_not_resumed_blindly(tmp_path):
+    # the 64 KiB fingerprint of older outputs cannot vouch for the raster: say so (not "another raster")
+    scene = scenes.rgb_uint8(tmp_path / "rgb.tif", 600, 400)
+    out = tmp_path / "o.gpkg"
+    process_scenes([scene], out, KeyedStage(model="m"), cfg())
+    drop_ledger_rows(out, 2)
+    con = sqlite3.connect(out)
+    for fid, conf in con.execute("SELECT fid, config FROM geors_runs").fetchall():
+        c = json.loads(conf)
+        for sc in c["scenes"]:
+            sc.pop("fingerprint_version")
+        con.execute("UPDATE geors_runs SET config = ? WHERE fid = ?", (json.dumps(c), fid))
+    con.commit()
+    con.close()
+    with pytest.raises(OutputError, match="recorded by an older geors"):
+        process_scenes([scene], out, KeyedStage(model="m"), cfg(resume=True))
