@@ -103,7 +103,12 @@ def case_list(provider) -> dict:
             "algorithms": {a.id(): a.displayName() for a in provider.algorithms()},
             "parameters": {a.id(): [p.name() for p in a.parameterDefinitions()] for a in provider.algorithms()},
             "defaults": {p.name(): p.defaultValue() for p in provider.algorithm("detect").parameterDefinitions()
-                         if p.name() in ("TILE", "OVERLAP", "GATE_THRESHOLD", "SCORE_THRESHOLD")}}
+                         if p.name() in ("TILE", "OVERLAP", "GATE_THRESHOLD", "SCORE_THRESHOLD")},
+            # every parameter's type, default, optional flag and (enums) options, per algorithm
+            "fields": {a.id(): {p.name(): {"type": p.type(), "default": p.defaultValue(),
+                                           "optional": bool(p.flags() & p.FlagOptional),
+                                           "options": list(p.options()) if p.type() == "enum" else None}
+                                for p in a.parameterDefinitions()} for a in provider.algorithms()}}
 
 
 def case_detect(scene: str, out: str) -> dict:
@@ -206,7 +211,6 @@ def _legend_items(renderer):
 def case_load(scene: str, out: str) -> dict:
     """runAndLoadResults: the layers land in the project, styled, in one group per run."""
     import processing
-
     from qgis.core import QgsFeatureRequest
 
     processing.runAndLoadResults("geors:run", detect_params(scene, out, SAM="box", SCORE_THRESHOLD=0.3,

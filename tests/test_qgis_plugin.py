@@ -116,7 +116,7 @@ def test_provider_lists_algorithms(qgis):
     res = harness("list")
     algs = res["algorithms"]
     for alg_id in ("geors:run", "geors:detect", "geors:masks", "geors:label", "geors:train_detector",
-                   "geors:info", "geors:tiles", "geors:check_installation"):
+                   "geors:train_segmenter", "geors:info", "geors:tiles", "geors:check_installation"):
         assert alg_id in algs
     # 'Segment scene' only when this geors has the command
     help_text = subprocess.run([sys.executable, "-c", GEORS_MAIN, "--help"],
@@ -134,10 +134,11 @@ def test_provider_lists_algorithms(qgis):
     from geors_qgis.environment import describe, find_environment
 
     cli = describe(find_environment(sys.executable))
-    own = {"--output", "--progress", "--help", "--boxes", "--layer", "--instances", "--json", "--scene", "--labels"}
+    own = {"--output", "--progress", "--help", "--boxes", "--layer", "--instances", "--json", "--scene", "--labels",
+           "--labelled-area"}
     for alg_id, cmd in (("geors:run", "run"), ("geors:detect", "detect"), ("geors:masks", "masks"),
                         ("geors:label", "label"), ("geors:info", "info"), ("geors:tiles", "tiles"),
-                        ("geors:train_detector", "train detector")):
+                        ("geors:train_detector", "train detector"), ("geors:train_segmenter", "train segmenter")):
         flags = {p["flag"] for p in cli[cmd]["params"] if p.get("flag") and p["flag"] not in own}
         names = {f.lstrip("-").replace("-", "_").upper() for f in flags}
         assert names <= set(res["parameters"][alg_id]), (alg_id, names - set(res["parameters"][alg_id]))
@@ -145,6 +146,21 @@ def test_provider_lists_algorithms(qgis):
     assert {"SCORE_THRESHOLD", "NO_GATE", "GATE_THRESHOLD", "RESUME", "SAM"} <= set(res["parameters"]["geors:run"])
     assert res["defaults"]["TILE"] == 640 and res["defaults"]["OVERLAP"] == 128
     assert 0 < res["defaults"]["GATE_THRESHOLD"] < 1
+    # the fields as QGIS builds them (regression: --max-minutes etc. were text fields, --sam free text without
+    # watershed, --small-classes optional, no Train segmenter at all)
+    fields = res["fields"]
+    for alg_id in ("geors:train_detector", "geors:train_segmenter"):
+        budget = fields[alg_id]["MAX_MINUTES"]
+        assert budget["type"] == "number" and budget["default"] == 10.0, (alg_id, budget)
+    seg = fields["geors:train_segmenter"]
+    assert seg["SMALL_CLASSES"]["optional"] is False and seg["LABELLED_AREA"]["optional"] is True
+    assert seg["UNLABELLED"]["options"] == ["auto", "background", "ignore"] and "BACKGROUND" in seg
+    for alg_id in ("geors:run", "geors:masks", "geors:label"):
+        sam = fields[alg_id]["SAM"]
+        assert sam["type"] == "enum" and sam["default"] == "auto" and "watershed" in sam["options"], sam
+        assert fields[alg_id]["SAM_CHECKPOINT"]["optional"] is True
+    for alg_id in ("geors:run", "geors:detect"):
+        assert fields[alg_id]["MIN_SCORE"]["type"] == "number"
 
 
 @pytest.mark.qgis
@@ -396,3 +412,60 @@ def test_environment_lookup_order(tmp_path):
     with pytest.raises(EnvironmentNotFound, match="No geors environment found"):
         find_environment(None, {"PATH": str(tmp_path)})
     assert parse_commands("Usage: x\n\nCommands:\n  detect  Gate...\n  segment  Seg...\n") == ["detect", "segment"]
+
+
+# A stand-in for `geors train detector --progress jsonl`: the plan grows from 40 to 60 steps after the first
+# validation, each step reports loss and ETA, then the JSON summary.
+_FAKE_TRAIN = r"""
+import json, sys
+def emit(**o): print(json.dumps(o), flush=True)
+emit(event="start", desc="training", total=40)
+for step in range(1, 61):
+    plan = 40 if step < 10 else 60
+    emit(event="progress", desc="training", done=step, total=40, steps=plan, loss=1.0 / step,
+         eta_s=(plan - step) * 7.0, elapsed_s=step)
+    if step == 10:
+        emit(event="progress", desc="training", done=step, total=40, steps=plan, val_AP50=0.42, best=0.42)
+emit(event="end", desc="training", done=60, total=40, elapsed_s=60.0)
+emit(model="m.safetensors", val_AP50=0.42)
+"""
+
+# A stand-in for `geors train segmenter` (no --progress): step log lines with the ETA on stderr.
+_FAKE_SEG_TRAIN = r"""
+import sys, time
+for step, eta in ((20, 300), (40, 150), (60, 0)):
+    time.sleep(0.2)
+    print(f"INFO geors.train.segmenter: coarse step {step}/60 loss 0.5000 eta {eta}s", file=sys.stderr, flush=True)
+print('{"model": "s.safetensors"}', flush=True)
+"""
+
+
+def test_runner_shows_training_steps_and_time_left():
+    """Regression: training progress was read as tiles ('training: 8 tiles', done/total over the first plan,
+    so the bar passed 100% when the plan grew) and one console line per step; the ETA was dropped."""
+    from geors_qgis.environment import GeorsEnvironment
+    from geors_qgis.runner import run_geors
+
+    fb = _Feedback()
+    res = run_geors(GeorsEnvironment((sys.executable, "-c", _FAKE_TRAIN), "test"), [], fb)
+    assert res.returncode == 0 and res.summary == {"model": "m.safetensors", "val_AP50": 0.42}
+    assert max(fb.progress) == pytest.approx(100.0) and all(0 <= p <= 100 for p in fb.progress)
+    texts = [t for kind, t in fb.log if kind == "text"]
+    assert "training: step 3/40, loss 0.333, 4 min 19 s left" in texts
+    assert "training: step 15/60, loss 0.067, 5 min 15 s left" in texts
+    assert ("info", "step 10/60: validation AP50 0.420 (best 0.420)") in fb.log
+    assert len([t for kind, t in fb.log if kind == "console" and "step" in t]) <= 25  # not one line per step
+
+
+def test_runner_reads_step_lines_of_a_trainer_without_jsonl():
+    from geors_qgis.environment import GeorsEnvironment
+    from geors_qgis.runner import eta_text, run_geors
+
+    fb = _Feedback()
+    res = run_geors(GeorsEnvironment((sys.executable, "-c", _FAKE_SEG_TRAIN), "test"), [], fb)
+    assert res.returncode == 0
+    texts = [t for kind, t in fb.log if kind == "text"]
+    assert texts == ["coarse step 20/60, 5 min 00 s left", "coarse step 40/60, 2 min 30 s left",
+                     "coarse step 60/60, 0 s left"]
+    assert fb.progress == sorted(fb.progress) and fb.progress[0] < 1 and fb.progress[-1] == pytest.approx(100.0)
+    assert eta_text(3725) == "1 h 02 min"

@@ -15,7 +15,9 @@ from qgis.core import (
     QgsProcessingOutputFile,
     QgsProcessingOutputString,
     QgsProcessingOutputVectorLayer,
+    QgsProcessingParameterDefinition,
     QgsProcessingParameterFeatureSource,
+    QgsProcessingParameterFile,
     QgsProcessingParameterFileDestination,
     QgsProcessingParameterMultipleLayers,
     QgsProcessingParameterRasterDestination,
@@ -132,6 +134,25 @@ class GeorsAlgorithm(QgsProcessingAlgorithm):
     def add_options(self):
         for o in self.options():
             self.addParameter(o.parameter())
+            if o.flag == O.SAM.flag:  # --sam also takes a checkpoint file, which a list of engines cannot hold
+                p = QgsProcessingParameterFile(O.SAM_CHECKPOINT, "SAM checkpoint file (replaces the mask engine)",
+                                               QgsProcessingParameterFile.File, "", None, True,
+                                               "SAM checkpoint (*.pth *.pt)")
+                p.setFlags(p.flags() | QgsProcessingParameterDefinition.FlagAdvanced)
+                p.setHelp("--sam PATH: a SAM checkpoint file (vit_b/l/h or MobileSAM vit_t).")
+                self.addParameter(p)
+
+    def option_args(self, parameters, context) -> list[str]:
+        """Command-line arguments of the dialog's options (a SAM checkpoint file replaces the engine choice)."""
+        args = O.option_args(self.options(), self.option_values(parameters, context))
+        if O.SAM_CHECKPOINT in parameters and parameters.get(O.SAM_CHECKPOINT):
+            path = self.parameterAsFile(parameters, O.SAM_CHECKPOINT, context)
+            if path:
+                if O.SAM.flag in args:
+                    i = args.index(O.SAM.flag)
+                    del args[i:i + 2]
+                args += [O.SAM.flag, path]
+        return args
 
     def option_values(self, parameters, context) -> dict:
         values = {}
@@ -218,8 +239,10 @@ class DetectAlgorithm(_SceneListMixin, _GpkgOutputAlgorithm):
     command = ("detect",)
     display = "Detect objects"
     description = ("Gate every tile, detect objects on tiles that pass; writes the 'detections' layer (boxes in the "
-                   "scene's CRS) of the output GeoPackage. Interrupted runs continue with 'Resume'.")
-    opts = O.DETECT
+                   "scene's CRS) of the output GeoPackage. With a minimum score below the score threshold, boxes "
+                   "scoring down to it are written too (passes_threshold 0, grey and unticked in the legend) so "
+                   "AP can be computed over every score. Interrupted runs continue with 'Resume'.")
+    opts = O.TABLES["detect"]
     result_outputs = ("detections",)
 
     def options(self):
@@ -236,7 +259,7 @@ class DetectAlgorithm(_SceneListMixin, _GpkgOutputAlgorithm):
         out = self.parameterAsFileOutput(parameters, "OUTPUT", context)
         values = self.option_values(parameters, context)
         existed = os.path.exists(out)
-        args = [*self.command, *scenes, "-o", out, *O.option_args(self.options(), values)]
+        args = [*self.command, *scenes, "-o", out, *self.option_args(parameters, context)]
         result = self.run_cli(args, feedback, n_scenes=len(scenes), output=out)
         label = Path(scenes[0]).stem + (f" +{len(scenes) - 1}" if len(scenes) > 1 else "")
         return self.finish(result, out, existed, bool(values.get("RESUME")), context, label)
@@ -245,9 +268,11 @@ class DetectAlgorithm(_SceneListMixin, _GpkgOutputAlgorithm):
 class RunAlgorithm(DetectAlgorithm):
     command = ("run",)
     display = "Run pipeline (detect + masks)"
-    description = ("The full pipeline: gate -> detect -> masks (SAM, GrabCut or the box). Writes 'detections' and "
-                   "'instances' layers. Interrupted runs continue with 'Resume'.")
-    opts = O.RUN
+    description = ("The full pipeline: gate -> detect -> masks (SAM when its checkpoint is found, else the "
+                   "weight-free watershed outline, which keeps the box where an outline is implausible; or "
+                   "GrabCut / the box). Writes 'detections' and 'instances' layers. Interrupted runs continue "
+                   "with 'Resume'.")
+    opts = O.TABLES["run"]
     result_outputs = ("detections", "instances", "segmentation")
 
 
@@ -256,9 +281,10 @@ class MasksAlgorithm(_GpkgOutputAlgorithm):
     display = "Masks from boxes"
     group_id, group_name = "boxes", "From boxes"
     description = ("Outline the objects in a box layer (any CRS; rotated boxes become their circumscribed box) on "
-                   "the scene; writes the 'instances' layer. Each tile is read once; its boxes share one SAM "
-                   "image embedding.")
-    opts = O.MASKS
+                   "the scene with the chosen mask engine (auto: SAM when its checkpoint is found, else the "
+                   "weight-free watershed outline); writes the 'instances' layer. Each tile is read once; with "
+                   "SAM its boxes share one image embedding.")
+    opts = O.TABLES["masks"]
     skip = ("--boxes", "--layer")
     jsonl_fallback = False
     result_outputs = ("instances",)
@@ -281,7 +307,7 @@ class MasksAlgorithm(_GpkgOutputAlgorithm):
         out = self.parameterAsFileOutput(parameters, "OUTPUT", context)
         existed = os.path.exists(out)
         args = [*self.command, scene, *self.boxes_args(parameters, context, feedback), "-o", out,
-                *O.option_args(self.options(), self.option_values(parameters, context))]
+                *self.option_args(parameters, context)]
         result = self.run_cli(args, feedback, output=out)
         return self.finish(result, out, existed, False, context, Path(scene).stem)
 
@@ -291,7 +317,7 @@ class LabelAlgorithm(MasksAlgorithm):
     display = "Label raster from boxes (SAMRS)"
     description = ("Write a label raster for the scene from boxes: same grid and CRS, uint8 class ids, "
                    "255 = unlabelled. Boxes become masks with the chosen engine (the SAMRS idea).")
-    opts = O.LABEL
+    opts = O.TABLES["label"]
     skip = ("--boxes", "--layer", "--instances")
 
     def initAlgorithm(self, config=None):  # noqa: N802
@@ -310,7 +336,7 @@ class LabelAlgorithm(MasksAlgorithm):
         inst = self.parameterAsOutputLayer(parameters, "INSTANCES", context)
         args = [*self.command, scene, *self.boxes_args(parameters, context, feedback), "-o", out,
                 *(["--instances", inst] if inst else []),
-                *O.option_args(self.options(), self.option_values(parameters, context))]
+                *self.option_args(parameters, context)]
         result = self.run_cli(args, feedback)
         if context.willLoadLayerOnCompletion(out):
             context.layerToLoadOnCompletionDetails(out).setPostProcessor(
@@ -323,7 +349,7 @@ class InfoAlgorithm(GeorsAlgorithm):
     display = "Scene info"
     group_id, group_name = "scene", "Scene"
     description = "Size, bands, dtype, CRS, pixel size, nodata, tile count and a memory estimate of a raster file."
-    opts = O.INFO
+    opts = O.TABLES["info"]
     skip = ("--json",)
     jsonl_fallback = False
 
@@ -334,7 +360,7 @@ class InfoAlgorithm(GeorsAlgorithm):
 
     def processAlgorithm(self, parameters, context, feedback):  # noqa: N802
         scene = raster_path(self.parameterAsRasterLayer(parameters, "SCENE", context), "SCENE")
-        args = [*self.command, scene, "--json", *O.option_args(self.options(), self.option_values(parameters, context))]
+        args = [*self.command, scene, "--json", *self.option_args(parameters, context)]
         result = self.run_cli(args, feedback)
         return {"INFO": json.dumps(result.parsed_stdout() or {})}
 
@@ -345,7 +371,7 @@ class TilesAlgorithm(_GpkgOutputAlgorithm):
     group_id, group_name = "scene", "Scene"
     description = ("Write the tile footprints ('tiles', with nodata fraction and brightness) and their cores "
                    "('tile_cores': each object belongs to the tile whose core holds its box centre).")
-    opts = O.TILES
+    opts = O.TABLES["tiles"]
     result_outputs = ("tiles", "tile_cores")
 
     def initAlgorithm(self, config=None):  # noqa: N802
@@ -357,35 +383,49 @@ class TilesAlgorithm(_GpkgOutputAlgorithm):
         scene = raster_path(self.parameterAsRasterLayer(parameters, "SCENE", context), "SCENE")
         out = self.parameterAsFileOutput(parameters, "OUTPUT", context)
         existed = os.path.exists(out)
-        args = [*self.command, scene, "-o", out, *O.option_args(self.options(), self.option_values(parameters, context))]
+        args = [*self.command, scene, "-o", out, *self.option_args(parameters, context)]
         result = self.run_cli(args, feedback, output=out)
         return self.finish(result, out, existed, False, context, Path(scene).stem)
 
 
-class TrainDetectorAlgorithm(GeorsAlgorithm):
-    command = ("train", "detector")
-    display = "Train detector"
+def _file_of_layer(layer, param: str) -> str:
+    """The file behind a vector or raster layer (training labels must be files the CLI can read)."""
+    path = layer.source().split("|")[0]
+    if layer.providerType() not in ("ogr", "gdal") or not os.path.isfile(path):
+        raise QgsProcessingException(f"{param}: the layer '{layer.name()}' is not a file on disk; save it (e.g. as "
+                                     "GeoPackage or GeoTIFF) first.")
+    return path
+
+
+class _TrainAlgorithm(GeorsAlgorithm):
+    """``geors train ...``: scenes and one label layer per scene, a time budget, a model file."""
+
     group_id, group_name = "training", "Training"
-    description = ("Train the R2-CNN gate + detector on scenes and matching box labels (the n-th label layer goes "
-                   "with the n-th scene). Writes a .safetensors model usable as MODEL in Detect / Run.")
-    opts = O.TRAIN
     skip = ("--scene", "--labels")
-    jsonl_fallback = False
+    labels_title = "Labels, one layer per scene (same order)"
+    labels_type = QgsProcessing.TypeVectorPolygon
 
-    def name(self):
-        return "train_detector"
+    def shortHelpString(self):  # noqa: N802
+        return (super().shortHelpString() + "\n\nThe time budget (MAX_MINUTES, default 10) is the schedule: the step "
+                "time is measured and the steps and learning rate are planned to use it; 0 = the fixed schedule of "
+                "the step options. The task's progress bar follows the planned steps and shows the time left.")
 
-    def initAlgorithm(self, config=None):  # noqa: N802
+    def add_training_inputs(self):
         self.addParameter(QgsProcessingParameterMultipleLayers("SCENES", "Training scenes (raster files)",
                                                                QgsProcessing.TypeRaster))
-        self.addParameter(QgsProcessingParameterMultipleLayers("LABELS", "Box labels, one layer per scene (same order)",
-                                                               QgsProcessing.TypeVectorPolygon))
-        self.add_options()
+        self.addParameter(QgsProcessingParameterMultipleLayers("LABELS", self.labels_title, self.labels_type))
+
+    def add_model_output(self):
         self.addParameter(QgsProcessingParameterFileDestination("OUTPUT", "Model file",
                                                                 "geors model (*.safetensors)"))
         self.addOutput(QgsProcessingOutputString("SUMMARY", "Summary (JSON)"))
 
-    def processAlgorithm(self, parameters, context, feedback):  # noqa: N802
+    def initAlgorithm(self, config=None):  # noqa: N802
+        self.add_training_inputs()
+        self.add_options()
+        self.add_model_output()
+
+    def scene_label_args(self, parameters, context) -> list[str]:
         scenes = [raster_path(lyr, "SCENES") for lyr in self.parameterAsLayerList(parameters, "SCENES", context)]
         labels = self.parameterAsLayerList(parameters, "LABELS", context)
         if not scenes or len(scenes) != len(labels):
@@ -393,16 +433,69 @@ class TrainDetectorAlgorithm(GeorsAlgorithm):
                                          f"{len(labels)} label layers).")
         pairs = []
         for scene, lab in zip(scenes, labels):  # noqa: B905 (lengths checked; QGIS 3.22 may run Python 3.9)
-            path = lab.source().split("|")[0]
-            if lab.providerType() != "ogr" or not os.path.isfile(path):
-                raise QgsProcessingException(f"The label layer '{lab.name()}' is not a file on disk; save it "
-                                             "(e.g. as GeoPackage) first.")
-            pairs += ["--scene", scene, "--labels", path]
+            pairs += ["--scene", scene, "--labels", _file_of_layer(lab, "LABELS")]
+        return pairs
+
+    def extra_args(self, parameters, context) -> list[str]:
+        return []
+
+    def processAlgorithm(self, parameters, context, feedback):  # noqa: N802
         out = self.parameterAsFileOutput(parameters, "OUTPUT", context)
-        args = [*self.command, *pairs, "-o", out,
-                *O.option_args(self.options(), self.option_values(parameters, context))]
+        args = [*self.command, *self.scene_label_args(parameters, context), "-o", out,
+                *self.extra_args(parameters, context), *self.option_args(parameters, context)]
         result = self.run_cli(args, feedback)
         return {"OUTPUT": out, "SUMMARY": json.dumps(result.parsed_stdout() or {})}
+
+
+class TrainDetectorAlgorithm(_TrainAlgorithm):
+    command = ("train", "detector")
+    display = "Train detector"
+    description = ("Train the R2-CNN gate + detector on scenes and matching box labels (the n-th label layer goes "
+                   "with the n-th scene). 20% of the objects are held back in spatial blocks to validate and to "
+                   "calibrate the gate and score thresholds. Writes a .safetensors model usable as MODEL in "
+                   "Detect / Run.")
+    opts = O.TABLES["train detector"]
+    labels_title = "Box labels, one layer per scene (same order)"
+    jsonl_fallback = True  # geors train detector has --progress jsonl since the time budget became the schedule
+
+    def name(self):
+        return "train_detector"
+
+
+class TrainSegmenterAlgorithm(_TrainAlgorithm):
+    command = ("train", "segmenter")
+    display = "Train segmenter"
+    description = ("Train a C2FNet segmenter (coarse network, then the fine network on windows of the small "
+                   "classes) on scenes and matching labels: polygon layers (the objects; every other pixel of "
+                   "the scene, or of the labelled area when given, is the background class) or label rasters "
+                   "(class ids, 255 = unlabelled, e.g. from 'Label raster from boxes'). A one-class polygon "
+                   "layer needs the background it implies: leave 'Pixels no label covers' at auto. Writes a "
+                   ".safetensors model usable as SEGMENTER in Segment scene / Run.")
+    opts = O.TABLES["train segmenter"]
+    skip = ("--scene", "--labels", "--labelled-area")
+    labels_title = "Labels, one per scene (same order): polygon layers or label rasters"
+    labels_type = QgsProcessing.TypeMapLayer
+    jsonl_fallback = False  # no --progress today: the step log lines on stderr carry the ETA
+
+    def name(self):
+        return "train_segmenter"
+
+    def initAlgorithm(self, config=None):  # noqa: N802
+        self.add_training_inputs()
+        self.add_options()
+        if O.has_option(self.info.description, self.cli_key, "--labelled-area", True):
+            self.addParameter(QgsProcessingParameterFeatureSource(
+                "LABELLED_AREA", "Labelled area (polygons where the labels are complete; empty = whole scene)",
+                [QgsProcessing.TypeVectorPolygon], None, True))
+        self.add_model_output()
+
+    def extra_args(self, parameters, context) -> list[str]:
+        if not parameters.get("LABELLED_AREA"):
+            return []
+        layer = self.parameterAsVectorLayer(parameters, "LABELLED_AREA", context)
+        if layer is None:
+            raise QgsProcessingException("LABELLED_AREA: not a vector layer.")
+        return ["--labelled-area", _file_of_layer(layer, "LABELLED_AREA")]
 
 
 class SegmentAlgorithm(_SceneListMixin, _GpkgOutputAlgorithm):
@@ -444,7 +537,7 @@ class SegmentAlgorithm(_SceneListMixin, _GpkgOutputAlgorithm):
         out = self.parameterAsFileOutput(parameters, "OUTPUT", context)
         values = self.option_values(parameters, context)
         existed = os.path.exists(out)
-        args = [*self.command, *scenes, "-o", out, *O.option_args(self.options(), values)]
+        args = [*self.command, *scenes, "-o", out, *self.option_args(parameters, context)]
         result = self.run_cli(args, feedback, n_scenes=len(scenes), output=out)
         return self.finish(result, out, existed, bool(values.get("RESUME")), context, Path(scenes[0]).stem,
                            self.segmenter_metadata(values.get("SEGMENTER")))
@@ -509,6 +602,6 @@ class CheckInstallationAlgorithm(QgsProcessingAlgorithm):
         return {"REPORT": text, "OK": report["ok"], "REPORT_FILE": path or None}
 
 
-ALGORITHMS = (RunAlgorithm, DetectAlgorithm, MasksAlgorithm, LabelAlgorithm, TrainDetectorAlgorithm, InfoAlgorithm,
-              TilesAlgorithm, CheckInstallationAlgorithm)
+ALGORITHMS = (RunAlgorithm, DetectAlgorithm, MasksAlgorithm, LabelAlgorithm, TrainDetectorAlgorithm,
+              TrainSegmenterAlgorithm, InfoAlgorithm, TilesAlgorithm, CheckInstallationAlgorithm)
 """Always listed; :class:`SegmentAlgorithm` is added when the environment's CLI has ``segment``."""

@@ -255,6 +255,21 @@ for path, cmd in walk(main, []):
     out[" ".join(path)] = {"help": cmd.help or "", "params": params}
 import geors
 out["__geors__"] = {"version": getattr(geors, "__version__", "")}
+try:  # the mask engines --sam takes: the weight-free engine classes (their method name) and the SAM kinds
+    import geors.masks
+    from geors.masks.base import MaskEngine
+    from geors.masks.sam import SAM_KINDS
+
+    def subclasses(c):
+        for s in c.__subclasses__():
+            yield s
+            yield from subclasses(s)
+
+    free = sorted({s.method for s in subclasses(MaskEngine) if s.__module__.startswith("geors.")
+                   and s.method not in ("base", "") and not s.method.startswith("sam")})
+    out["__engines__"] = ["auto", *free, *SAM_KINDS]
+except Exception:
+    pass
 print(json.dumps(out, default=str))
 """
 

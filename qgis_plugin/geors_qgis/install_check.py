@@ -54,6 +54,26 @@ def _item(status: str, what: str, detail: str = "", fix: str = "") -> dict:
     return {"status": status, "what": what, "detail": detail, "fix": fix}
 
 
+def cuda_item(facts: dict, pip: str) -> dict:
+    """The CUDA line of the report from the environment's torch facts (``_PY_CHECK``).
+
+    A CPU-only torch build (``torch.version.cuda`` is None) gets the command that installs a CUDA build; a
+    CUDA build that sees no GPU is a driver or hardware matter, which reinstalling torch does not fix.
+    """
+    build = facts.get("cuda_build")
+    if facts.get("cuda"):
+        return _item("ok", "CUDA", f"available: {facts.get('cuda_device')} (torch built for CUDA {build})")
+    if build:
+        return _item("info", "CUDA", f"torch is a CUDA {build} build, but it sees no usable GPU: geors runs on "
+                     "the CPU (slower, works)",
+                     "no torch reinstall needed: check that this machine has an NVIDIA GPU and a driver that "
+                     f"supports CUDA {build} (nvidia-smi shows the driver's highest CUDA version)")
+    return _item("info", "CUDA", "this torch is a CPU-only build: geors runs on the CPU (slower, works)",
+                 f"for an NVIDIA GPU: {pip} --force-reinstall torch torchvision --index-url "
+                 "https://download.pytorch.org/whl/cuXYZ  (cuXYZ = the CUDA version your driver supports, "
+                 "e.g. cu121; see https://pytorch.org/get-started/locally/)")
+
+
 def check_installation(configured: str | None = None, feedback=None, environ: dict | None = None) -> dict:
     """Report on the geors environment: ``{"ok": bool, "environment": str, "items": [...]}``.
 
@@ -100,18 +120,14 @@ def check_installation(configured: str | None = None, feedback=None, environ: di
         items.append(_item("info", "Python", f"{facts.get('python')} ({facts.get('executable')})"))
         if "torch" in facts:
             items.append(_item("ok", "torch", f"version {facts['torch']}"))
-            if facts.get("cuda"):
-                items.append(_item("ok", "CUDA", f"available: {facts.get('cuda_device')} (CUDA {facts.get('cuda_build')})"))
-            else:
-                items.append(_item("info", "CUDA", "not available: geors runs on the CPU (slower, works)",
-                                   f"for an NVIDIA GPU: {pip} torch torchvision --index-url "
-                                   "https://download.pytorch.org/whl/cu121  (pick the CUDA version of your driver)"))
+            items.append(cuda_item(facts, pip))
         else:
             ok = False
             items.append(_item("missing", "torch", facts.get("torch_error", "not importable"),
                                f"{pip} torch torchvision"))
         if not facts.get("segment_anything"):
-            items.append(_item("optional", "segment-anything package", "SAM masks unavailable (GrabCut is used)",
+            items.append(_item("optional", "segment-anything package",
+                               "SAM masks unavailable (the weight-free watershed outline is used)",
                                f"{pip} segment-anything"))
     else:
         items.append(_item("info", "torch / CUDA", "could not ask the environment's Python (interpreter not found)"))

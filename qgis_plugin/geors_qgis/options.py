@@ -12,14 +12,8 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, replace
 
-from qgis.core import (
-    QgsProcessingParameterBoolean,
-    QgsProcessingParameterDefinition,
-    QgsProcessingParameterEnum,
-    QgsProcessingParameterFile,
-    QgsProcessingParameterNumber,
-    QgsProcessingParameterString,
-)
+# qgis.core is imported where a parameter is made (Opt.parameter), so the option tables and their
+# translation from the CLI's description can be tested against the CLI without QGIS (tests/test_qgis_dialogs.py).
 
 
 @dataclass(frozen=True)
@@ -35,6 +29,7 @@ class Opt:
         advanced: shown under "Advanced parameters".
         help: tooltip / help text (the CLI's help).
         off_flag: for a ``--x/--no-x`` switch, the ``--no-x`` form.
+        required: the CLI requires it (the dialog cannot be run without a value).
 
     ``kind`` may also be ``multi``: a repeatable option, values separated by ``;``.
     """
@@ -47,6 +42,7 @@ class Opt:
     advanced: bool = False
     help: str = ""
     off_flag: str = ""  # a switch's negative form (--gate/--no-gate), passed when a default-on switch is unset
+    required: bool = False
 
     @property
     def name(self) -> str:
@@ -55,8 +51,18 @@ class Opt:
     def with_default(self, value) -> Opt:
         return replace(self, default=value)
 
-    def parameter(self) -> QgsProcessingParameterDefinition:
-        optional = self.default is None or self.kind in ("bool", "str", "file")
+    def parameter(self):
+        """The Processing parameter (a ``QgsProcessingParameterDefinition``) of this option."""
+        from qgis.core import (
+            QgsProcessingParameterBoolean,
+            QgsProcessingParameterDefinition,
+            QgsProcessingParameterEnum,
+            QgsProcessingParameterFile,
+            QgsProcessingParameterNumber,
+            QgsProcessingParameterString,
+        )
+
+        optional = not self.required and (self.default is None or self.kind in ("bool", "str", "file", "multi"))
         if self.kind == "bool":
             p = QgsProcessingParameterBoolean(self.name, self.label, bool(self.default))
         elif self.kind in ("int", "float"):
@@ -66,9 +72,9 @@ class Opt:
             p = QgsProcessingParameterEnum(self.name, self.label, list(self.choices), False, self.default,
                                            optional, True)
         elif self.kind == "file":
-            p = QgsProcessingParameterFile(self.name, self.label, QgsProcessingParameterFile.File, "", None, True)
+            p = QgsProcessingParameterFile(self.name, self.label, QgsProcessingParameterFile.File, "", None, optional)
         else:
-            p = QgsProcessingParameterString(self.name, self.label, self.default, False, True)
+            p = QgsProcessingParameterString(self.name, self.label, self.default, False, optional)
         if self.advanced:
             p.setFlags(p.flags() | QgsProcessingParameterDefinition.FlagAdvanced)
         if self.help:
@@ -115,27 +121,48 @@ def option_args(opts, values: dict) -> list[str]:
 
 DEVICE = Opt("--device", "enum", "Device", "auto", ("auto", "cpu", "cuda"), True,
              "auto = CUDA when torch sees a GPU, else CPU.")
+TRAIN_DEVICE = Opt("--device", "str", "Device (auto, cpu or cuda)", "auto", (), True, "auto, cpu or cuda.")
 BANDS = Opt("--bands", "str", "Bands (comma-separated, 1-based, e.g. 4,3,2)", None, (), False,
             "Default: red/green/blue colour interpretation, else the first three.")
-TILE = Opt("--tile", "int", "Tile size D (pixels)", 640, (), True, "Tile size D, pixels.")
-OVERLAP = Opt("--overlap", "int", "Overlap d (pixels, >= largest object)", 128, (), True,
+TILE = Opt("--tile", "int", "Tile size D (pixels; empty = the model's)", None, (), True, "Tile size D, pixels.")
+OVERLAP = Opt("--overlap", "int", "Overlap d (pixels, >= largest object; empty = the model's)", None, (), True,
               "Overlap d between neighbouring tiles, pixels (>= largest object).")
-SAM = Opt("--sam", "str", "Mask engine (vit_b|vit_l|vit_h|vit_t|CHECKPOINT.pth|grabcut|box|auto)", "auto", (), False,
-          "auto = SAM vit_b when its checkpoint is found, else grabcut.")
+
+MASK_ENGINES = ("auto", "box", "grabcut", "watershed", "vit_b", "vit_l", "vit_h", "vit_t")
+"""The mask engines ``--sam`` takes (a SAM checkpoint path aside), when the environment cannot list its own
+(``environment.describe`` reads them from the geors mask engine classes and ``SAM_KINDS``)."""
+
+SAM = Opt("--sam", "enum", "Mask engine (auto = SAM vit_b when its checkpoint is found, else watershed)", "auto",
+          MASK_ENGINES, False,
+          "auto = SAM vit_b when its checkpoint is found, else the weight-free watershed outline (the box where "
+          "an outline is implausible); watershed, grabcut and box need no weights; vit_b/l/h/t = SAM (a "
+          "checkpoint from 'geors models download sam-vit_b' or $GEORS_SAM_CHECKPOINT). A checkpoint file "
+          "given as 'SAM checkpoint file' replaces this choice.")
+SAM_CHECKPOINT = "SAM_CHECKPOINT"
+"""Parameter of the algorithms with ``--sam``: a SAM checkpoint file, passed as ``--sam PATH``."""
+
+MIN_SCORE = Opt("--min-score", "float", "Also write detections down to this score (greyed, hidden; for AP)", None,
+                (), False, "Also write detections scoring down to S with passes_threshold = 0: unticked grey "
+                "boxes in QGIS, so geors eval can compute AP over every score.")
+MAX_MINUTES = Opt("--max-minutes", "float", "Time budget, minutes (the schedule is planned to use it; 0 = fixed "
+                  "schedule)", 10.0, (), False,
+                  "Time budget for the whole training, validation included; 0 = no budget (a fixed schedule).")
 
 DETECT = (
     Opt("--model", "str", "Model (name or .safetensors file; empty = built-in tree model)", None, (), False,
         "Model name or file (default: the built-in tree model)."),
-    TILE.with_default(None),
-    OVERLAP.with_default(None),
+    TILE,
+    OVERLAP,
     BANDS,
     Opt("--gate-threshold", "float", "Gate threshold P (tiles below skip the detector)", None, (), True,
         "Tiles with gate probability below P skip the detector (default: the model's)."),
     Opt("--no-gate", "bool", "No gate: run the detector on every tile", False, (), False,
         "Run the detector on every tile."),
     Opt("--score-threshold", "float", "Minimum detection score", 0.3, (), False, "Minimum detection score written."),
+    MIN_SCORE,
     DEVICE,
-    Opt("--batch-size", "int", "Tiles per model call", 8, (), True, "Tiles per model call."),
+    Opt("--batch-size", "int", "Tiles per model call (empty = 2 on CPU, 8 on a GPU)", None, (), True,
+        "Tiles per model call."),
     Opt("--workers", "int", "Workers (batches run concurrently)", 1, (), True,
         "Batches run concurrently (threads), or cluster workers with --scheduler local."),
     Opt("--scheduler", "str", "Dask scheduler (synchronous, local or tcp://HOST:PORT)", None, (), True,
@@ -149,7 +176,7 @@ MASKS = (
     Opt("--class-field", "str", "Class field of the boxes (default: 'class' or 'label')", None),
     SAM,
     DEVICE,
-    Opt("--simplify", "float", "Simplification tolerance (pixels)", 0.5, (), True),
+    Opt("--simplify", "float", "Simplification tolerance (pixels; empty = 0.5)", None, (), True),
     Opt("--all-parts", "bool", "Keep every part of a mask (MultiPolygon)", False, (), True),
     BANDS, TILE, OVERLAP,
 )
@@ -164,7 +191,8 @@ LABEL = (
 
 INFO = (
     TILE, OVERLAP, BANDS,
-    Opt("--tiles-in-flight", "int", "Tiles held at once (for the memory estimate)", 16, (), True),
+    Opt("--batch-size", "int", "Tiles per model call (for the memory estimate)", 2, (), True),
+    Opt("--workers", "int", "Workers (for the memory estimate)", 1, (), True),
     Opt("--stats", "bool", "Also estimate the scene-wide stretch (reads a sample)", False),
 )
 
@@ -175,22 +203,55 @@ TILES = (
 
 TRAIN = (
     Opt("--class-field", "str", "Class field of the labels", None),
-    Opt("--epochs", "int", "Epochs", 10),
-    Opt("--steps-per-epoch", "int", "Batches per epoch (empty = from the number of boxes)", None, (), True),
+    MAX_MINUTES,
+    Opt("--steps", "int", "Fixed number of steps (empty = planned from the time budget)", None, (), True),
+    Opt("--epochs", "int", "Fixed schedule: epochs (empty = planned from the time budget)", None, (), True),
+    Opt("--steps-per-epoch", "int", "Batches per epoch with Epochs", None, (), True),
+    Opt("--val-fraction", "float", "Share of the labelled objects held back for validation", 0.2, (), True),
+    Opt("--patience", "int", "Stop after this many validations without improvement (0 = never)", 5, (), True),
     Opt("--batch-size", "int", "Batch size", 4, (), True),
-    Opt("--crop", "int", "Training crop size (pixels)", 384, (), True),
+    Opt("--crop", "int", "Training crop size (pixels)", 256, (), True),
     Opt("--lr", "float", "Learning rate", 0.002, (), True),
     Opt("--assigner", "enum", "RPN label assignment", "nwd_rka", ("nwd_rka", "iou"), True),
     Opt("--gate-scale", "int", "Gate input pooling factor (1 = paper's gate)", 4, (), True),
-    DEVICE,
+    TRAIN_DEVICE,
     Opt("--seed", "int", "Random seed", 0, (), True),
     Opt("--allow-ungeoreferenced", "bool", "Accept images without CRS (pixel labels)", False, (), True),
-    BANDS, TILE.with_default(640), OVERLAP,
+    BANDS, TILE, OVERLAP,
 )
+
+TRAIN_SEGMENTER = (
+    Opt("--class-field", "str", "Class field of polygon labels", None),
+    Opt("--small-classes", "str", "Small-object classes refined by the fine network (comma-separated)", None, (),
+        False, "Comma-separated small-object classes refined by the fine net.", required=True),
+    Opt("--background", "str", "Background class name (pixels outside the polygons; empty = 'background')", None,
+        (), False, "Name of the background class: pixels outside polygon labels."),
+    Opt("--unlabelled", "enum", "Pixels no label covers", "auto", ("auto", "background", "ignore"), False,
+        "auto = background for polygons, ignored for label rasters (255); ignore = never trained on (labels "
+        "drawn only here and there)."),
+    Opt("--classes", "str", "Class names of a label raster's ids, in order (comma-separated)", None, (), True),
+    MAX_MINUTES,
+    Opt("--val-fraction", "float", "Share of the labels held back for validation", 0.15, (), True),
+    Opt("--patience", "int", "Validations without improvement before a phase stops (0 = never)", 4, (), True),
+    Opt("--variant", "enum", "Network size (compact trains on a CPU; wide is for a GPU)", "compact",
+        ("compact", "wide"), True),
+    Opt("--coarse-steps", "int", "Coarse steps (without a budget; with one, the coarse:fine split)", 600, (), True),
+    Opt("--fine-steps", "int", "Fine steps (without a budget)", 400, (), True),
+    Opt("--batch-size", "int", "Batch size", 4, (), True),
+    Opt("--crop", "int", "Training crop size (pixels)", 256, (), True),
+    TRAIN_DEVICE,
+    Opt("--seed", "int", "Random seed", 0, (), True),
+    Opt("--allow-ungeoreferenced", "bool", "Accept images without CRS (labels on the same pixels)", False, (), True),
+    BANDS,
+)
+
+TABLES: dict[str, tuple[Opt, ...]] = {"detect": DETECT, "run": RUN, "masks": MASKS, "label": LABEL, "info": INFO,
+                                      "tiles": TILES, "train detector": TRAIN, "train segmenter": TRAIN_SEGMENTER}
+"""This plugin's option table of each command it has an algorithm for (its fallback dialog)."""
 
 KNOWN: dict[str, Opt] = {}
 """This plugin's labels and layout for the options it knows, by flag."""
-for _table in (DETECT, RUN, MASKS, LABEL, INFO, TILES, TRAIN):
+for _table in TABLES.values():
     for _o in _table:
         KNOWN.setdefault(_o.flag, _o)
 
@@ -253,6 +314,7 @@ def opts_from_description(description: dict | None, command: str, fallback: tupl
     cmd = (description or {}).get(command)
     if not cmd:
         return fallback
+    own = {o.flag: o for o in fallback}  # this command's own labels first (--batch-size differs per command)
     out = []
     for p in cmd["params"]:
         flag = p.get("flag")
@@ -267,19 +329,33 @@ def opts_from_description(description: dict | None, command: str, fallback: tupl
         elif p.get("type") == "choice":
             kind = "enum"
             default = default if default in p.get("choices", []) else None
-        elif p.get("type") == "integer":
+        elif flag == SAM.flag:  # free text in the CLI (it also takes a checkpoint path): the engines as a list
+            kind, default = "enum", "auto"
+        elif p.get("type") in ("integer", "integer range"):  # click.IntRange is named "integer range"
             kind, default = "int", _num(default, int)
-        elif p.get("type") == "float":
+        elif p.get("type") in ("float", "float range"):
             kind, default = "float", _num(default, float)
         else:
             kind = "str"
             default = None if default in (None, "", "None") else str(default)
-        known = KNOWN.get(flag)
+        known = own.get(flag) or KNOWN.get(flag)
         label = known.label if known else (help_text.split(". ")[0][:80] or flag.lstrip("-")) + f" ({flag})"
-        out.append(Opt(flag, kind, label, default, tuple(p.get("choices") or ()),
+        choices = mask_engines(description) if flag == SAM.flag else tuple(p.get("choices") or ())
+        if flag == SAM.flag:
+            help_text = SAM.help
+        out.append(Opt(flag, kind, label, default, choices,
                        known.advanced if known else True, help_text or (known.help if known else ""),
-                       p.get("off_flag") or ""))
+                       p.get("off_flag") or "", bool(p.get("required"))))
     return tuple(out)
+
+
+def mask_engines(description: dict | None) -> tuple[str, ...]:
+    """The ``--sam`` engine names of the environment (``environment.describe``'s ``__engines__``), ``auto``
+    first; :data:`MASK_ENGINES` when the environment did not say."""
+    names = list((description or {}).get("__engines__") or ())
+    if not names:
+        return MASK_ENGINES
+    return tuple(["auto", *[n for n in names if n != "auto"]])
 
 
 def has_option(description: dict | None, command: str, flag: str, fallback: bool) -> bool:

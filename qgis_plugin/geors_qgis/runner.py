@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import queue
+import re
 import signal
 import subprocess
 import sys
@@ -49,6 +50,8 @@ class RunResult:
     errors: list[str] = field(default_factory=list)
     stderr_tail: list[str] = field(default_factory=list)
     stdout_lines: list[str] = field(default_factory=list)
+    jsonl_progress: bool = False  # the command reports progress as JSON lines (else step log lines are read)
+    started_at: float = field(default_factory=time.monotonic)
 
     def parsed_stdout(self) -> dict | None:
         """The summary, or the whole non-event stdout parsed as one JSON document (``indent=2`` output)."""
@@ -89,6 +92,43 @@ class _ProgressMap:
         return 100.0 * (max(self.index, 0) + frac) / self.n
 
 
+TRAINING = "training"
+"""``desc`` of the training commands' progress events (steps, not tiles; ``steps`` is the current plan)."""
+
+# A training step log line on stderr: the detector's "step 40/300 loss=... | 12 s, ETA 95 s" and the
+# segmenter's "coarse step 40/300 loss 0.1234 eta 95s" (the segmenter has no --progress jsonl).
+_STEP_LINE = re.compile(r"\b(?:(\w+) )?step (\d+)/(\d+)\b.*?\beta:? ?(\d+(?:\.\d+)?) ?s\b", re.IGNORECASE)
+
+
+def eta_text(seconds: float) -> str:
+    """``1 h 05 min``, ``3 min 20 s`` or ``45 s``."""
+    s = max(0, int(round(float(seconds))))
+    if s >= 3600:
+        return f"{s // 3600} h {s % 3600 // 60:02d} min"
+    if s >= 60:
+        return f"{s // 60} min {s % 60:02d} s"
+    return f"{s} s"
+
+
+def _training_event(obj: dict, feedback, bar: _ProgressMap, result: RunResult) -> None:
+    """A training progress event: the bar over the planned steps, the time left in the progress text."""
+    done, total = int(obj.get("done", 0)), int(obj.get("steps") or obj.get("total") or 0)
+    feedback.setProgress(bar.percent(min(done, total), total))
+    if "val_AP50" in obj:
+        best = obj.get("best")
+        feedback.pushInfo(f"step {done}/{total}: validation AP50 {float(obj['val_AP50']):.3f}"
+                          + (f" (best {float(best):.3f})" if best is not None else ""))
+        return
+    loss = obj.get("loss")
+    text = f"training: step {done}/{total}" + (f", loss {float(loss):.3f}" if loss is not None else "")
+    if obj.get("eta_s") is not None:
+        text += f", {eta_text(obj['eta_s'])} left"
+    feedback.setProgressText(text)
+    every = max(1, total // 20)
+    if done == 1 or done % every == 0:  # a log line every 5% of the plan, not one per step
+        feedback.pushConsoleInfo(text)
+
+
 def handle_stdout_line(line: str, feedback, bar: _ProgressMap, result: RunResult) -> None:
     """One stdout line: a progress event, the summary, or plain text."""
     text = line.strip()
@@ -105,9 +145,15 @@ def handle_stdout_line(line: str, feedback, bar: _ProgressMap, result: RunResult
         feedback.pushConsoleInfo(text)
         return
     event = obj.get("event")
-    if event == "start":
+    if event in ("start", "progress", "end"):
+        result.jsonl_progress = True
+    training = obj.get("desc") == TRAINING
+    if event == "progress" and training:
+        _training_event(obj, feedback, bar, result)
+    elif event == "start":
         bar.start()
-        feedback.setProgressText(f"{obj.get('desc', '')}: {obj.get('total', 0)} tiles")
+        unit = "steps planned" if training else "tiles"
+        feedback.setProgressText(f"{obj.get('desc', '')}: {obj.get('total', 0)} {unit}")
         feedback.setProgress(bar.percent(0, obj.get("total", 0)))
     elif event == "progress":
         feedback.setProgress(bar.percent(int(obj.get("done", 0)), int(obj.get("total", 0))))
@@ -117,8 +163,11 @@ def handle_stdout_line(line: str, feedback, bar: _ProgressMap, result: RunResult
                                  f"{', ' + counts if counts else ''} ({obj.get('elapsed_s', 0)} s)")
     elif event == "end":
         feedback.setProgress(bar.percent(int(obj.get("total", 0)), int(obj.get("total", 0))))
-        feedback.pushInfo(f"{obj.get('desc', '')}: {obj.get('done')}/{obj.get('total')} tiles in "
-                          f"{obj.get('elapsed_s', 0)} s")
+        if training:
+            feedback.pushInfo(f"training: {obj.get('done')} steps in {eta_text(obj.get('elapsed_s', 0))}")
+        else:
+            feedback.pushInfo(f"{obj.get('desc', '')}: {obj.get('done')}/{obj.get('total')} tiles in "
+                              f"{obj.get('elapsed_s', 0)} s")
     elif event is None or event == "summary":  # the run's JSON summary (with or without the event key)
         obj = {k: v for k, v in obj.items() if k != "event"}
         result.summary = obj
@@ -133,6 +182,13 @@ def handle_stderr_line(line: str, feedback, result: RunResult) -> None:
     if not text.strip():
         return
     result.stderr_tail = (result.stderr_tail + [text])[-40:]
+    step = None if result.jsonl_progress else _STEP_LINE.search(text)
+    if step is not None:  # a trainer without --progress jsonl: the bar from the time spent and the time left
+        phase, done, total, eta = step.group(1), int(step.group(2)), int(step.group(3)), float(step.group(4))
+        elapsed = max(time.monotonic() - result.started_at, 0.0)
+        feedback.setProgress(100.0 * elapsed / (elapsed + eta) if elapsed + eta > 0 else 100.0)
+        feedback.setProgressText(f"{phase + ' ' if phase and phase.lower() != 'info' else ''}step {done}/{total}, "
+                                 f"{eta_text(eta)} left")
     if text.startswith("Error:"):
         msg = text[len("Error:"):].strip()
         result.errors.append(msg)
