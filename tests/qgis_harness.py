@@ -40,6 +40,11 @@ class LogFeedback(QgsProcessingFeedback):
         self.cancel_after = cancel_after
         self.progress: list[float] = []
         self.log: list[str] = []
+        self.texts: list[str] = []
+
+    def setProgressText(self, t):  # noqa: N802
+        super().setProgressText(t)
+        self.texts.append(t)
 
     def setProgress(self, p):  # noqa: N802
         super().setProgress(p)
@@ -230,6 +235,25 @@ def case_load(scene: str, out: str) -> dict:
                 rule_counts["below"] = sum(1 for f in lyr.getFeatures() if f["passes_threshold"] == 0)
     return {"groups": groups, "rule_counts": rule_counts,
             "root_layers": [c.name() for c in root.children() if c not in root.findGroups()]}
+
+
+def case_train(scene: str, boxes: str, polygons: str, area: str, out_dir: str) -> dict:
+    """Train detector and Train segmenter with a 15 s budget: summaries, progress texts, the command lines."""
+    import processing
+
+    result = {}
+    for alg, params in (("geors:train_detector", {"SCENES": [scene], "LABELS": [boxes], "MAX_MINUTES": 0.25,
+                                                  "DEVICE": "cpu", "OUTPUT": f"{out_dir}/det.safetensors"}),
+                        ("geors:train_segmenter", {"SCENES": [scene], "LABELS": [polygons], "CLASS_FIELD": "class",
+                                                   "SMALL_CLASSES": "tree", "MAX_MINUTES": 0.25, "DEVICE": "cpu",
+                                                   "LABELLED_AREA": area, "OUTPUT": f"{out_dir}/seg.safetensors"})):
+        fb = LogFeedback()
+        res = processing.run(alg, params, feedback=fb)
+        result[alg] = {"summary": json.loads(res["SUMMARY"]), "output": res["OUTPUT"], "texts": fb.texts,
+                       "progress_max": max(fb.progress or [0]),
+                       "commands": [ln for ln in fb.log if ln.startswith("command: ")],
+                       "info": [ln for ln in fb.log if ln.startswith("info: ")]}
+    return result
 
 
 def case_wms(out: str) -> dict:

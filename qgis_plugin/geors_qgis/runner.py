@@ -95,9 +95,11 @@ class _ProgressMap:
 TRAINING = "training"
 """``desc`` of the training commands' progress events (steps, not tiles; ``steps`` is the current plan)."""
 
-# A training step log line on stderr: the detector's "step 40/300 loss=... | 12 s, ETA 95 s" and the
-# segmenter's "coarse step 40/300 loss 0.1234 eta 95s" (the segmenter has no --progress jsonl).
-_STEP_LINE = re.compile(r"\b(?:(\w+) )?step (\d+)/(\d+)\b.*?\beta:? ?(\d+(?:\.\d+)?) ?s\b", re.IGNORECASE)
+# A training step line on stderr: the detector's log "step 40/300 loss=... | 12 s, ETA 95 s", geors train
+# segmenter's "coarse step 40/300  loss 0.1234  eta 1m35s" (it has no --progress jsonl) and its log
+# "coarse step 40/300 loss 0.1234 eta 95s".
+_STEP_LINE = re.compile(r"\b(?:(\w+) +)?step (\d+)/(\d+)\b.*?\beta:? ?(?:(\d+)h)?(?:(\d+)m)?(\d+(?:\.\d+)?) ?s\b",
+                        re.IGNORECASE)
 
 
 def eta_text(seconds: float) -> str:
@@ -184,7 +186,8 @@ def handle_stderr_line(line: str, feedback, result: RunResult) -> None:
     result.stderr_tail = (result.stderr_tail + [text])[-40:]
     step = None if result.jsonl_progress else _STEP_LINE.search(text)
     if step is not None:  # a trainer without --progress jsonl: the bar from the time spent and the time left
-        phase, done, total, eta = step.group(1), int(step.group(2)), int(step.group(3)), float(step.group(4))
+        phase, done, total = step.group(1), int(step.group(2)), int(step.group(3))
+        eta = 3600 * int(step.group(4) or 0) + 60 * int(step.group(5) or 0) + float(step.group(6))
         elapsed = max(time.monotonic() - result.started_at, 0.0)
         feedback.setProgress(100.0 * elapsed / (elapsed + eta) if elapsed + eta > 0 else 100.0)
         feedback.setProgressText(f"{phase + ' ' if phase and phase.lower() != 'info' else ''}step {done}/{total}, "
