@@ -14,7 +14,7 @@ skipped without it):
 
 - ``trees-one-scene``: NEON OSBS_029 (61 crowns), top 60 % trains, bottom 40 % tests: the small-scene case.
 - ``trees-two-images``: NEON YELL crop2 (574 crowns) trains, YELL crop (279 crowns) tests.
-- ``vehicles``: DOTA P1888 (64 vehicles, 2 classes), left 60 % trains, right 40 % tests.
+- ``vehicles``: DOTA P1888 (64 vehicles, 2 classes), top 55 % trains, bottom 45 % tests.
 - ``vehicles-seg``: the same split, polygons -> ``geors train segmenter``, IoU of the vehicle classes.
 - ``vehicles-masks``: the test part's vehicle envelopes -> ``geors masks`` (default engine, no SAM) vs ``--sam box``.
 
@@ -144,11 +144,12 @@ def prepare(work: Path) -> dict[str, dict]:
         img = _image(DOTA / "P1888.png")
         objs, gsd = _read_dota(DOTA / "P1888.txt")
         h, w = img.shape[1:]
-        cut = int(round(w * 0.6))
+        # top 55 % / bottom 45 %: both parts hold both classes (the small vehicles all lie right of x = 600)
+        cut = int(round(h * 0.55))
         d = work / "vehicles"
         d.mkdir(exist_ok=True)
-        n_train = _write_part(d / "train", img, objs, (0, 0, cut, h), "EPSG:32633", (500000.0, 5000000.0), gsd)
-        n_test = _write_part(d / "test", img, objs, (cut, 0, w - cut, h), "EPSG:32633", (500000.0, 5000000.0), gsd)
+        n_train = _write_part(d / "train", img, objs, (0, 0, w, cut), "EPSG:32633", (500000.0, 5000000.0), gsd)
+        n_test = _write_part(d / "test", img, objs, (0, cut, w, h - cut), "EPSG:32633", (500000.0, 5000000.0), gsd)
         for s in ("vehicles", "vehicles-seg", "vehicles-masks"):
             data[s] = {"dir": d, "n_train": n_train, "n_test": n_test}
     return data
@@ -161,19 +162,34 @@ def _run(geors: list[str], args: list[str], log: Path) -> float:
     with log.open("a") as f:
         f.write("$ geors " + shlex.join(args) + "\n")
         f.flush()
-        rc = subprocess.run([*geors, *args], stdout=f, stderr=subprocess.STDOUT, env=env).returncode
+        # cwd: the story's folder, so `python -m geors` imports the checkout --geors names, not the current folder's
+        rc = subprocess.run([*geors, *args], stdout=f, stderr=subprocess.STDOUT, env=env, cwd=log.parent).returncode
     if rc != 0:
         raise RuntimeError(f"geors {shlex.join(args)} exited {rc}: see {log}")
     return time.perf_counter() - t0
 
 
-def _eval(geors: list[str], args: list[str], log: Path, name: str) -> dict:
+EVAL = [sys.executable, "-m", "geors"]  # metrics always from this checkout, whatever --geors trains and predicts with
+REUSE = False  # --reuse: keep a story's model and outputs from an earlier run with the same --tag
+
+
+def _make(geors: list[str], args: list[str], log: Path, product: Path) -> float:
+    """Run a command that writes ``product`` (unless --reuse and it exists); seconds taken (0 when reused)."""
+    if REUSE and product.exists():
+        return 0.0
+    product.unlink(missing_ok=True)
+    return _run(geors, args, log)
+
+
+def _eval(args: list[str], log: Path, name: str) -> dict:
     out = log.with_name(f"{log.stem}.{name}.json")
-    _run(geors, [*args, "-o", str(out)], log)
+    _run(EVAL, [*args, "-o", str(out)], log)
     return json.loads(out.read_text())
 
 
 def _f1(r, p) -> float | None:
+    if r == 0:
+        return 0.0  # nothing found (also when nothing was written: precision undefined)
     if r is None or p is None:
         return None
     return 0.0 if r + p == 0 else 2 * r * p / (r + p)
@@ -181,50 +197,38 @@ def _f1(r, p) -> float | None:
 
 def detector_story(name: str, d: Path, geors: list[str], budget: list[str], tag: str) -> dict:
     log = d / f"{tag}.{name}.log"
-    log.unlink(missing_ok=True)
     model, out = d / f"{tag}.det.safetensors", d / f"{tag}.det.gpkg"
-    out.unlink(missing_ok=True)
-    secs = _run(geors, ["train", "detector", "--scene", str(d / "train.tif"), "--labels", str(d / "train.gpkg"),
-                        "--class-field", "class", *budget, "-o", str(model)], log)
-    _run(geors, ["detect", str(d / "test.tif"), "--model", str(model), "-o", str(out)], log)
+    secs = _make(geors, ["train", "detector", "--scene", str(d / "train.tif"), "--labels", str(d / "train.gpkg"),
+                         "--class-field", "class", *budget, "-o", str(model)], log, model)
+    _make(geors, ["detect", str(d / "test.tif"), "--model", str(model), "-o", str(out)], log, out)
     # written = exactly what the user got; all = every score in the file (AP is not capped by a threshold)
-    written = _eval(geors, ["eval", "detections", str(out), str(d / "test.gpkg"), "--class-field", "class",
+    written = _eval(["eval", "detections", str(out), str(d / "test.gpkg"), "--class-field", "class",
                             "--class-agnostic", "--score-threshold", "0"], log, "eval")["overall"]
     return {"story": name, "kind": "detector", "AP50": written["AP50"], "AP": written["AP"],
             "recall": written["recall"], "precision": written["precision"],
             "F1": _f1(written["recall"], written["precision"]), "n_written": written["n_pred"],
-            "n_truth": written["n_truth"], "train_min": secs / 60}
+            "n_truth": written["n_truth"], "train_min": secs / 60 or None}
 
 
 def segmenter_story(name: str, d: Path, geors: list[str], budget: list[str], tag: str, extra: list[str]) -> dict:
     log = d / f"{tag}.{name}.log"
-    log.unlink(missing_ok=True)
     model, out = d / f"{tag}.seg.safetensors", d / f"{tag}.seg.gpkg"
-    out.unlink(missing_ok=True)
-    secs = _run(geors, ["train", "segmenter", "--scene", str(d / "train.tif"), "--labels", str(d / "train.gpkg"),
+    secs = _make(geors, ["train", "segmenter", "--scene", str(d / "train.tif"), "--labels", str(d / "train.gpkg"),
                         "--class-field", "class", "--small-classes", "large-vehicle,small-vehicle", *extra, *budget,
-                        "-o", str(model)], log)
-    _run(geors, ["segment", str(d / "test.tif"), "--segmenter", str(model), "-o", str(out)], log)
-    res = _eval(geors, ["eval", "segmentation", str(out), str(d / "test.gpkg"), "--class-field", "class",
+                         "-o", str(model)], log, model)
+    _make(geors, ["segment", str(d / "test.tif"), "--segmenter", str(model), "-o", str(out)], log, out)
+    res = _eval(["eval", "segmentation", str(out), str(d / "test.gpkg"), "--class-field", "class",
                         "--scene", str(d / "test.tif")], log, "eval")
-    per = res.get("per_class") or res.get("classes") or {}
-
-    def iou(c):
-        v = per.get(c)
-        return v.get("IoU", v.get("iou")) if isinstance(v, dict) else v
-
-    # the vehicle pixels as one class: the union of the two vehicle classes' confusion is not in the JSON, so
-    # report both classes and their mean
-    ious = [iou(c) for c in ("large-vehicle", "small-vehicle")]
+    per = res["classes"]
+    ious = [(per.get(c) or {}).get("iou") for c in ("large-vehicle", "small-vehicle")]
     return {"story": name, "kind": "segmenter", "IoU large-vehicle": ious[0], "IoU small-vehicle": ious[1],
-            "mIoU": res.get("mIoU"), "train_min": secs / 60}
+            "mIoU": res.get("miou"), "train_min": secs / 60 or None}
 
 
 def masks_story(name: str, d: Path, geors: list[str], tag: str) -> dict:
     import geopandas as gpd
 
     log = d / f"{tag}.{name}.log"
-    log.unlink(missing_ok=True)
     truth = gpd.read_file(d / "test.gpkg")
     boxes = truth.copy()
     boxes["geometry"] = truth.envelope
@@ -233,9 +237,8 @@ def masks_story(name: str, d: Path, geors: list[str], tag: str) -> dict:
     row = {"story": name, "kind": "masks", "n": len(truth)}
     for label, extra in (("engine", []), ("box", ["--sam", "box"])):
         out = d / f"{tag}.masks-{label}.gpkg"
-        out.unlink(missing_ok=True)
-        _run(geors, ["masks", str(d / "test.tif"), "--boxes", str(boxes_path), *extra, "-o", str(out)], log)
-        res = _eval(geors, ["eval", "masks", str(out), str(d / "test.gpkg")], log, f"eval-{label}")
+        _make(geors, ["masks", str(d / "test.tif"), "--boxes", str(boxes_path), *extra, "-o", str(out)], log, out)
+        res = _eval(["eval", "masks", str(out), str(d / "test.gpkg")], log, f"eval-{label}")
         row[f"mIoU_I {label}"] = res["miou_i"]
         row[f"mIoU_P {label}"] = res["miou_p"]
     return row
@@ -274,9 +277,13 @@ def main(argv=None) -> int:
     ap.add_argument("--geors", default=f"{sys.executable} -m geors", help="Command that runs geors.")
     ap.add_argument("--tag", default="now", help="Prefix of the files this run writes (compare checkouts).")
     ap.add_argument("--segmenter-args", default="", help="Extra options of `train segmenter` (e.g. --background X).")
+    ap.add_argument("--reuse", action="store_true",
+                    help="Keep models and outputs an earlier run with this --tag wrote; evaluate again.")
     ap.add_argument("--jobs", type=int, default=1, help="Stories run at once (each one thread).")
     ap.add_argument("--json", type=Path, default=None, help="Also write the rows here.")
     a = ap.parse_args(argv)
+    global REUSE
+    REUSE = a.reuse
     geors = shlex.split(a.geors)
     budget = [] if a.max_minutes is None else ["--max-minutes", str(a.max_minutes)]
     data = prepare(a.work)
