@@ -36,6 +36,10 @@ def build(out_dir: Path) -> Path:
             info.compress_type = zipfile.ZIP_DEFLATED
             info.external_attr = 0o644 << 16
             zf.writestr(info, p.read_bytes())  # fixed dates: the same sources give the same archive
+        # where geors is installed from: this checkout (the PyPI name 'geors' belongs to another project)
+        info = zipfile.ZipInfo("geors_qgis/geors_source.txt", date_time=(2024, 1, 1, 0, 0, 0))
+        info.external_attr = 0o644 << 16
+        zf.writestr(info, str(HERE.parent) + "\n")
     return target
 
 

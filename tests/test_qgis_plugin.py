@@ -341,6 +341,24 @@ def test_build_zip_layout(tmp_path):
     assert {"geors_qgis/__init__.py", "geors_qgis/metadata.txt", "geors_qgis/icon.png"} <= set(names)
     assert all(n.startswith("geors_qgis/") and not n.endswith((".pyc", ".so", ".pyd")) for n in names)
     assert meta["general"]["qgisMinimumVersion"] == "3.22" and path.name == f"geors_qgis-{meta['general']['version']}.zip"
+    with zipfile.ZipFile(path) as zf:  # the checkout the archive came from: what Check installation installs
+        assert zf.read("geors_qgis/geors_source.txt").decode().strip() == str(REPO)
+
+
+def test_no_documented_command_installs_the_pypi_project_named_geors():
+    """Regression (issue 28): the plugin's install text, its metadata and docs/qgis.md said
+    pip install "geors[dev]" / pip install geors; on PyPI 'geors' is an unrelated project (no geors command)."""
+    import re
+
+    from geors_qgis.environment import INSTALL_COMMAND, geors_source
+
+    assert geors_source() == str(REPO) and f'"{REPO}[dev]"' in INSTALL_COMMAND
+    texts = {p: p.read_text(encoding="utf-8") for p in [*(REPO / "qgis_plugin" / "geors_qgis").glob("*.py"),
+                                                       REPO / "qgis_plugin" / "geors_qgis" / "metadata.txt",
+                                                       REPO / "docs" / "qgis.md"]}
+    bad = re.compile(r"""pip install (-U |--upgrade )?["']*geors(\[[\w,]+\])?["']*(\s|$|\))|["']geors\[[\w,]+\]["']""")
+    offenders = {str(p.relative_to(REPO)): m.group(0) for p, t in texts.items() if (m := bad.search(t))}
+    assert not offenders, offenders
 
 
 def test_models_info_json_has_model_defaults():

@@ -21,8 +21,29 @@ from dataclasses import dataclass, field
 ENV_VAR = "GEORS_PYTHON"
 """Environment variable naming the geors environment: a Python interpreter, a venv folder or a geors executable."""
 
-INSTALL_COMMAND = 'python3 -m venv ~/geors-env && ~/geors-env/bin/python -m pip install "geors[dev]"'
-"""How to make a geors environment from scratch (shown to the user when none is found)."""
+def geors_source() -> str:
+    """Where geors is installed from: the checkout the plugin comes from (``geors_source.txt``, written by
+    build_zip.py, or the checkout around ``qgis_plugin/``), else a placeholder to replace.
+
+    Never the bare name ``geors``: on PyPI that is an unrelated project (issue 28).
+    """
+    here = os.path.dirname(os.path.abspath(__file__))
+    try:
+        with open(os.path.join(here, "geors_source.txt"), encoding="utf-8") as f:
+            recorded = f.read().strip()
+        if recorded:
+            return recorded
+    except OSError:
+        pass
+    root = os.path.dirname(os.path.dirname(here))
+    if os.path.isfile(os.path.join(root, "pyproject.toml")):
+        return root
+    return "PATH/TO/geors-checkout"
+
+
+INSTALL_COMMAND = f'python3 -m venv ~/geors-env && ~/geors-env/bin/python -m pip install "{geors_source()}[dev]"'
+"""How to make a geors environment from scratch (shown to the user when none is found): from the geors
+checkout, never ``pip install geors`` (another project on PyPI)."""
 
 # Runs the click group exactly as the ``geors`` console script does.
 _BOOT = "import sys; from geors.cli.main import main; sys.exit(main(prog_name='geors'))"

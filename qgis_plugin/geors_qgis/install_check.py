@@ -17,6 +17,7 @@ from .environment import (
     _no_window,
     environment_python,
     find_environment,
+    geors_source,
     models_list,
     probe,
     subprocess_env,
@@ -102,7 +103,8 @@ def check_installation(configured: str | None = None, feedback=None, environ: di
     pip = f"{shlex.quote(py)} -m pip install" if py else "python3 -m pip install"
     if not pr.ok:
         items.append(_item("missing", "geors package", pr.error.splitlines()[-1] if pr.error else "does not run",
-                           f'{pip} "geors[dev]"   (in the environment above), or fix the setting: {SETTING_PATH}'))
+                           f'{pip} "{geors_source()}[dev]"   (in the environment above; from the geors checkout: the PyPI '
+                           f'package named geors is another project), or fix the setting: {SETTING_PATH}'))
         return {"ok": False, "environment": env.argv[0], "items": items}
     items.append(_item("ok", "geors", f"version {pr.version}; commands: {', '.join(pr.commands)}"))
     ok = True
