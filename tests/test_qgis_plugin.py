@@ -534,3 +534,20 @@ def test_runner_reads_step_lines_of_a_trainer_without_jsonl():
                      "fine step 60/60, 0 s left"]
     assert fb.progress == sorted(fb.progress) and fb.progress[0] < 1 and fb.progress[-1] == pytest.approx(100.0)
     assert eta_text(3725) == "1 h 02 min"
+
+
+def test_runner_closes_its_pipes():
+    """Regression (issue 28): the runner left the subprocess's stdout/stderr pipes open (ResourceWarning: unclosed
+    file, printed by qgis_process)."""
+    import gc
+    import warnings
+
+    from geors_qgis.environment import GeorsEnvironment
+    from geors_qgis.runner import run_geors
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", ResourceWarning)
+        res = run_geors(GeorsEnvironment((sys.executable, "-c", _FAKE), "test"), ["0"], _Feedback(), n_scenes=2)
+        gc.collect()
+    assert res.returncode == 0
+    assert not [w for w in caught if issubclass(w.category, ResourceWarning)], [str(w.message) for w in caught]

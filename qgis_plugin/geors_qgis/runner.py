@@ -252,6 +252,9 @@ def run_geors(env: GeorsEnvironment, args: list[str], feedback, n_scenes: int = 
     result.returncode = proc.wait()
     for t in threads:
         t.join(timeout=1)
+    for stream in (proc.stdout, proc.stderr):  # unclosed pipes were a ResourceWarning in qgis_process
+        if stream is not None:
+            stream.close()
     return result
 
 
