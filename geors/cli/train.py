@@ -56,7 +56,8 @@ def _detector_options(f):
                      help="Batches per epoch with --epochs (default: 1000 steps split into the epochs)."),
         click.option("--batch-size", type=click.IntRange(1), default=4, show_default=True),
         click.option("--crop", type=int, default=256, show_default=True, help="Training crop size, pixels."),
-        click.option("--lr", type=float, default=2e-3, show_default=True),
+        click.option("--lr", type=float, default=4e-3, show_default=True,
+                     help="Peak learning rate (AdamW; warm-up, then cosine decay over the planned steps)."),
         click.option("--warmup", type=int, default=50, show_default=True, help="Linear warm-up steps."),
         click.option("--scales", default="1", show_default=True, callback=_parse_scales,
                      help="Multi-scale training: comma-separated resize factors, one drawn per crop, e.g. "
