@@ -46,8 +46,9 @@ def _param(cli: dict, command: str, flag: str) -> dict:
     return found[0]
 
 
-def _check(opt: O.Opt, p: dict, cli: dict, where: str) -> None:
-    """``opt`` (a dialog field) mirrors the CLI option ``p``: kind, choices, default, required."""
+def _check(opt: O.Opt, p: dict, cli: dict, where: str, empty_ok: bool = False) -> None:
+    """``opt`` (a dialog field) mirrors the CLI option ``p``: kind, choices, default, required. ``empty_ok``: a
+    field of a fallback table may leave the default empty (nothing is passed, so the CLI's default applies)."""
     if opt.flag == O.SAM.flag:  # free text in the CLI (it also takes a checkpoint path); a list in the dialog
         assert opt.kind == "enum" and opt.choices == O.mask_engines(cli) and opt.default == "auto", where
         return
@@ -65,6 +66,8 @@ def _check(opt: O.Opt, p: dict, cli: dict, where: str) -> None:
         assert cli_default is None, where
     elif p["is_flag"]:
         assert bool(opt.default) == bool(cli_default), (where, opt.default, cli_default)
+    elif empty_ok and opt.default is None:
+        pass
     elif opt.kind in ("int", "float") and cli_default is not None:
         assert opt.default is not None and float(opt.default) == pytest.approx(float(cli_default)), \
             (where, opt.default, cli_default)
@@ -99,11 +102,12 @@ def test_fallback_tables_match_the_cli(cli):
     """The plugin's own tables (used when the environment cannot describe itself) claim to mirror these
     commands: each of their options must exist with the CLI's default, choices and kind. Regression: the
     training table had --epochs 10 and --crop 384 (the CLI: no --epochs, --crop 256) and no --max-minutes;
-    detect's --batch-size 8 (the CLI: 2 on CPU, 8 on a GPU, i.e. no fixed default)."""
+    detect's --batch-size 8 (the CLI: 2 on CPU, 8 on a GPU, i.e. no fixed default); its --lr 0.002 fell behind
+    the CLI's 0.004 while this was written. A field left empty passes nothing: the CLI's default applies."""
     for command, table in O.TABLES.items():
         assert command in cli, f"the plugin has a table for 'geors {command}', which the CLI does not have"
         for opt in table:
-            _check(opt, _param(cli, command, opt.flag), cli, f"table of geors {command}: {opt.flag}")
+            _check(opt, _param(cli, command, opt.flag), cli, f"table of geors {command}: {opt.flag}", empty_ok=True)
 
 
 def test_training_dialogs_have_the_options_a_user_needs(cli):
