@@ -369,7 +369,7 @@ def _read_checkpoint(path: Path):
                          "Use an official SAM checkpoint: 'geors models download sam-vit_b'.") from None
     except Exception as exc:  # noqa: BLE001 - torch, zipfile, safetensors... each has its own errors for bad files
         what = "truncated" if isinstance(exc, EOFError) else "not a PyTorch checkpoint"
-        raise ModelError(f"{path}: the SAM checkpoint (--sam) is {what} ({type(exc).__name__}). Use an official one: "
+        raise ModelError(f"'{path}' is {what} ({type(exc).__name__}). Give --sam an official SAM checkpoint: "
                          "'geors models download sam-vit_b' (or check the file was fully downloaded).") from None
 
 
