@@ -13,6 +13,7 @@ import os
 from pathlib import Path
 
 from geors.errors import OutputError
+from geors.inputs import FINGERPRINT_VERSION
 from geors.paths import check_outputs_not_inputs
 from geors.raster import Scene
 from geors.stage import Stage
@@ -137,8 +138,6 @@ def check_continuation(path: Path, state: dict, scenes: list[Scene], fingerprint
 def _check_recorded(path: Path, scene: Scene, last: dict, fingerprints: dict, key: dict) -> None:
     """The scene is the raster the last run recorded, and the result-affecting options are the same."""
     rec_scene = next(s for s in last["config"]["scenes"] if isinstance(s, dict) and s.get("name") == scene.name)
-    from geors.inputs import FINGERPRINT_VERSION
-
     if rec_scene.get("fingerprint") and rec_scene.get("fingerprint_version") != FINGERPRINT_VERSION:
         raise OutputError(
             f"{path}: --resume: scene {scene.name} was recorded by an older geors whose scene fingerprint "
