@@ -42,6 +42,10 @@ _LAZY = {
     "evaluate_detection_files": "geors.evaluate",
     "miou_instances": "geors.evaluate",
     "GeoPackageWriter": "geors.vector",
+    "train": "geors.train",  # the package is callable: geors.train(...) is geors.train.api.train
+    "TrainData": "geors.train.api",
+    "TrainingRun": "geors.train.api",
+    "TrainResult": "geors.train.api",
 }
 
 __all__ = ["__version__", "GeorsError", "Scene", "open_scene", "Tile", "TileGrid", *_LAZY]
@@ -51,6 +55,8 @@ def __getattr__(name: str):
     module = _LAZY.get(name)
     if module is None:
         raise AttributeError(f"module 'geors' has no attribute {name!r}")
-    value = getattr(importlib.import_module(module), name)
+    value = importlib.import_module(module)
+    if name != "train":
+        value = getattr(value, name)
     globals()[name] = value
     return value

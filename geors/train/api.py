@@ -1,0 +1,665 @@
+"""``geors.train``: scenes and GIS labels in, a model file out (detector, gate or segmenter).
+
+The Python face of ``geors train detector|gate|segmenter``, as :func:`geors.run`
+is the face of ``geors run``: the same defaults, checks and outputs; the CLI
+commands parse their options into these objects and make one call.
+
+A training run is three frozen parts, written to and read from one TOML file
+(:meth:`TrainingRun.to_toml` / :meth:`TrainingRun.from_toml`)::
+
+    kind = "detector"            # or "gate" (the same network), "segmenter"
+    name = "ships"               # optional: the model name (default: the output file's stem)
+
+    [data]                       # TrainData: what to learn from
+    scenes = ["train.tif"]
+    labels = ["ships.gpkg"]
+    class_field = "class"
+
+    [train]                      # TrainConfig (detector) or SegTrainConfig (segmenter): how
+    max_seconds = 600.0
+    seed = 0
+
+Every value is type-checked on reading; a wrong one raises one
+:class:`geors.errors.ConfigError` naming the file, the section and the key.
+Paths are used as written (relative ones from the current folder, as on the
+command line).
+
+Example::
+
+    import geors
+    from geors.train.api import TrainData
+    from geors.train.detector import TrainConfig
+
+    result = geors.train("detector", "ships.safetensors",
+                         TrainData(scenes=["train.tif"], labels=["ships.gpkg"], class_field="class"),
+                         TrainConfig(max_seconds=300))
+    print(result.model, result.validation_ap50, result.score_threshold)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+import threading
+import time
+import tomllib
+from collections.abc import Callable
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+from geors.errors import Cancelled, ConfigError, GeoreferenceError, OutputError
+from geors.paths import check_outputs_not_inputs
+
+__all__ = ["KINDS", "TrainData", "TrainingRun", "TrainResult", "train", "train_run"]
+
+log = logging.getLogger(__name__)
+
+KINDS = ("detector", "gate", "segmenter")
+"""What :func:`train` makes: ``detector`` and ``gate`` train the same R2-CNN gate + detector (``gate`` is the name
+of the step that retrains only the gate, with ``TrainConfig(train_only="gate", init_from=...)``); ``segmenter``
+trains C2FNet."""
+
+_DETECTOR_ONLY = ("empty_scenes", "rename_class", "gsd")
+_SEGMENTER_ONLY = ("classes", "small_classes", "background", "unlabelled", "labelled_area")
+
+
+def _strs(value: Any) -> tuple[str, ...]:
+    if value is None:
+        return ()
+    if isinstance(value, str | os.PathLike):
+        return (os.fspath(value),)
+    return tuple(os.fspath(v) if isinstance(v, os.PathLike) else v for v in value)
+
+
+# ----------------------------------------------------------------------------- data
+@dataclass(frozen=True)
+class TrainData:
+    """What a model learns from: scenes, their labels and how to read them (the CLI's data options).
+
+    Attributes:
+        scenes: training rasters (``--scene``; paths, one per label file).
+        labels: the matching label files (``--labels``): boxes or polygons in any OGR format and CRS, VOC XML or
+            CSV for the detector; polygons or a class raster for the segmenter.
+        empty_scenes: detector: images without objects, used whole as empty tiles (``--empty-scene``).
+        class_field: attribute with the class name in vector labels (``--class-field``).
+        rename_class: detector: ``{OLD: NEW}`` class renames before training; several OLD to one NEW merge
+            classes (``--rename-class``).
+        bands: 1-based bands of the scenes (``--bands``); None = as :func:`geors.open_scene`.
+        allow_ungeoreferenced: accept images without CRS (labels in pixel coordinates).
+        gsd: detector: ground sample distance in metres to record for scenes without georeferencing (``--gsd``).
+        tile_size, overlap: inference grid recorded in the model (``--tile``, ``--overlap``); the detector also
+            cuts its training tiles on it. None: 640 / 128, or a fine-tuned model's own.
+        classes: segmenter: class names of a label raster's ids in order (``--classes``).
+        small_classes: segmenter: small-object classes refined by the fine network (``--small-classes``).
+        background: segmenter: name of the background class (``--background``).
+        unlabelled: segmenter: pixels no label covers: ``auto``, ``background`` or ``ignore`` (``--unlabelled``).
+        labelled_area: segmenter: polygons of the area where the labels are complete (``--labelled-area``).
+    """
+
+    scenes: tuple[str, ...] = ()
+    labels: tuple[str, ...] = ()
+    empty_scenes: tuple[str, ...] = ()
+    class_field: str | None = None
+    rename_class: dict[str, str] = field(default_factory=dict)
+    bands: tuple[int, ...] | None = None
+    allow_ungeoreferenced: bool = False
+    gsd: float | None = None
+    tile_size: int | None = None
+    overlap: int | None = None
+    classes: tuple[str, ...] | None = None
+    small_classes: tuple[str, ...] = ()
+    background: str | None = None
+    unlabelled: str = "auto"
+    labelled_area: str | None = None
+
+    def __post_init__(self) -> None:  # Python callers may pass a path, lists or Path objects
+        for name in ("scenes", "labels", "empty_scenes", "small_classes"):
+            object.__setattr__(self, name, _strs(getattr(self, name)))
+        if self.classes is not None:
+            object.__setattr__(self, "classes", _strs(self.classes))
+        if self.bands is not None and not isinstance(self.bands, tuple):
+            object.__setattr__(self, "bands", tuple(self.bands))
+        if isinstance(self.labelled_area, os.PathLike):
+            object.__setattr__(self, "labelled_area", os.fspath(self.labelled_area))
+        object.__setattr__(self, "rename_class", dict(self.rename_class or {}))
+
+    def validate(self, kind: str, source: str = "training data") -> TrainData:
+        """Types and the options of ``kind``; raise :class:`ConfigError` naming the option."""
+        for f in fields(self):
+            _check_value(getattr(self, f.name), _DATA_TYPES[f.name], f"{source} {f.name}")
+        if not self.scenes:
+            raise ConfigError(f"{source}: give at least one scene (--scene) with its labels (--labels).")
+        if len(self.scenes) != len(self.labels):
+            raise ConfigError(f"give one --labels per --scene ({len(self.scenes)} scenes, "
+                              f"{len(self.labels)} label files).")
+        defaults = TrainData()
+        other = _SEGMENTER_ONLY if kind != "segmenter" else _DETECTOR_ONLY
+        given = [n for n in other if getattr(self, n) != getattr(defaults, n)]
+        if given:
+            raise ConfigError(f"{source}: {given} are options of the "
+                              f"{'segmenter' if kind != 'segmenter' else 'detector'}, not of the {kind}.")
+        if self.tile_size is not None and self.tile_size < 16:
+            raise ConfigError(f"{source}: --tile must be >= 16 pixels, got {self.tile_size}.")
+        if self.overlap is not None and (self.overlap < 0 or (self.tile_size and self.overlap >= self.tile_size)):
+            raise ConfigError(f"{source}: --overlap must be >= 0 and smaller than the tile, got {self.overlap}.")
+        if self.gsd is not None and self.gsd <= 0:
+            raise ConfigError(f"{source}: --gsd must be > 0 metres, got {self.gsd}.")
+        if self.unlabelled not in ("auto", "background", "ignore"):
+            raise ConfigError(f"{source}: --unlabelled must be auto, background or ignore, got {self.unlabelled!r}.")
+        if kind == "segmenter" and not self.small_classes:
+            raise ConfigError("--small-classes needs at least one class name.")
+        return self
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain values (tuples as lists), for TOML and the model's metadata."""
+        return {k: (list(v) if isinstance(v, tuple) else v) for k, v in dataclasses.asdict(self).items()}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], source: str = "training data") -> TrainData:
+        """Checked values: an unknown option or a wrong type raises one ConfigError naming ``source`` and the key."""
+        names = {f.name for f in fields(cls)}
+        unknown = sorted(set(data) - names)
+        if unknown:
+            raise ConfigError(f"{source}: unknown data option(s) {unknown}; known: {sorted(names)}")
+        for k, v in data.items():
+            _check_value(v, _DATA_TYPES[k], f"{source} {k}")
+        return cls(**data)
+
+
+# field -> (what it must be, the words for it)
+_DATA_TYPES: dict[str, tuple[str, bool]] = {
+    "scenes": ("paths", False), "labels": ("paths", False), "empty_scenes": ("paths", False),
+    "class_field": ("str", True), "rename_class": ("renames", False), "bands": ("ints", True),
+    "allow_ungeoreferenced": ("bool", False), "gsd": ("float", True), "tile_size": ("int", True),
+    "overlap": ("int", True), "classes": ("strs", True), "small_classes": ("strs", False),
+    "background": ("str", True), "unlabelled": ("str", False), "labelled_area": ("path", True),
+}
+_WORDS = {"paths": "a list of paths in quotes", "path": "a path in quotes", "str": "a text in quotes",
+          "strs": "a list of texts in quotes", "ints": "a list of integers, e.g. [4, 3, 2]", "bool": "true or false",
+          "float": "a number", "int": "an integer", "renames": 'a table of texts, e.g. {Tree = "tree"}'}
+
+
+def _is(value: Any, kind: str) -> bool:
+    if kind == "bool":
+        return isinstance(value, bool)
+    if kind == "int":
+        return isinstance(value, int) and not isinstance(value, bool)
+    if kind == "float":
+        return isinstance(value, int | float) and not isinstance(value, bool)
+    if kind in ("str",):
+        return isinstance(value, str)
+    if kind == "path":
+        return isinstance(value, str | os.PathLike)
+    if kind in ("paths", "strs"):
+        return isinstance(value, list | tuple) and all(isinstance(v, str | os.PathLike) for v in value)
+    if kind == "ints":
+        return isinstance(value, list | tuple) and all(_is(v, "int") for v in value)
+    if kind == "renames":
+        return isinstance(value, dict) and all(isinstance(k, str) and isinstance(v, str) for k, v in value.items())
+    return True
+
+
+def _check_value(value: Any, spec: tuple[str, bool], where: str) -> None:
+    kind, optional = spec
+    if value is None and optional:
+        return
+    if not _is(value, kind):
+        raise ConfigError(f"{where} = {value!r}: expected {_WORDS[kind]}{' (or leave it out)' if optional else ''}")
+
+
+# ----------------------------------------------------------------------------- one training run
+def _train_config_class(kind: str):
+    if kind == "segmenter":
+        from geors.train.segmenter import SegTrainConfig
+
+        return SegTrainConfig
+    from geors.train.detector import TrainConfig
+
+    return TrainConfig
+
+
+@dataclass(frozen=True)
+class TrainingRun:
+    """One training run: what to train (``kind``), from what (``data``) and how (``train``); TOML in/out.
+
+    Attributes:
+        kind: ``detector``, ``gate`` or ``segmenter`` (:data:`KINDS`).
+        data: :class:`TrainData`.
+        train: :class:`geors.train.detector.TrainConfig` (detector, gate) or
+            :class:`geors.train.segmenter.SegTrainConfig` (segmenter); None = its defaults.
+        name: model name stored in the file; None = the output file's stem.
+    """
+
+    kind: str = "detector"
+    data: TrainData = field(default_factory=TrainData)
+    train: Any = None
+    name: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.kind not in KINDS:
+            raise ConfigError(f"training kind must be one of {list(KINDS)}, got {self.kind!r}")
+        cls = _train_config_class(self.kind)
+        if self.train is None:
+            object.__setattr__(self, "train", cls())
+        elif not isinstance(self.train, cls):
+            raise ConfigError(f"a {self.kind} trains with a {cls.__name__}, got {type(self.train).__name__}")
+
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"kind": self.kind}
+        if self.name is not None:
+            out["name"] = self.name
+        out["data"] = self.data.to_dict()
+        out["train"] = self.train.to_dict()
+        return out
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], source: str = "training run") -> TrainingRun:
+        """Checked values (``"none"`` reads as None, as TOML has no null)."""
+        unknown = sorted(set(data) - {"kind", "name", "data", "train"})
+        if unknown:
+            raise ConfigError(f"{source}: unknown key(s) {unknown}; a training run has kind, name, [data], [train]")
+        kind = data.get("kind", "detector")
+        if kind not in KINDS:
+            raise ConfigError(f"{source}: kind = {kind!r}: expected one of {list(KINDS)}")
+        name = data.get("name")
+        if name is not None and not isinstance(name, str):
+            raise ConfigError(f"{source}: name = {name!r}: expected a text in quotes")
+        for sec in ("data", "train"):
+            if not isinstance(data.get(sec, {}), dict):
+                raise ConfigError(f"{source}: [{sec}] must be a table")
+        values = {k: (None if v == "none" else v) for k, v in data.get("data", {}).items()}
+        train_data = TrainData.from_dict(values, source=f"{source}: [data]")
+        return cls(kind=kind, data=train_data, train=_train_config_from_dict(kind, data.get("train", {}),
+                                                                               f"{source}: [train]"), name=name)
+
+    def to_toml(self) -> str:
+        """TOML text; None is written as ``"none"`` (TOML has no null), or left out where it is the default."""
+        lines = [f"kind = {_toml(self.kind)}"]
+        if self.name is not None:
+            lines.append(f"name = {_toml(self.name)}")
+        lines += ["", "[data]"]
+        defaults = TrainData().to_dict()
+        for k, v in self.data.to_dict().items():
+            if v is None and defaults[k] is None:
+                continue
+            lines.append(f"{k} = {_toml(v)}")
+        lines += ["", "[train]"]
+        cls_defaults = type(self.train)().to_dict()
+        for k, v in self.train.to_dict().items():
+            if v is None and cls_defaults.get(k) is None:
+                continue
+            lines.append(f"{k} = {_toml(v)}")
+        return "\n".join(lines) + "\n"
+
+    def save_toml(self, path: str | os.PathLike) -> Path:
+        """Write :meth:`to_toml` to ``path`` (the folder must exist); return the path."""
+        p = Path(path)
+        if p.is_dir():
+            raise OutputError(f"{p}: --save-config is a folder; give a .toml file path.")
+        parent = p.parent
+        if str(parent) and not parent.is_dir():
+            raise OutputError(f"{p}: --save-config: the folder {parent} does not exist; create it first.")
+        try:
+            p.write_text(self.to_toml())
+        except OSError as exc:
+            raise OutputError(f"{p}: --save-config cannot be written: {exc.strerror or exc}") from None
+        return p
+
+    @classmethod
+    def from_toml(cls, path: str | os.PathLike, kind: str | None = None) -> TrainingRun:
+        """Read a file written by :meth:`to_toml` (or by hand).
+
+        A file with only training options (a flat list or a ``[train]`` table, e.g.
+        ``TrainConfig.to_toml()``) is read too, with empty ``[data]``; ``kind`` is then the kind to read it
+        as (default: the file's ``kind``, else ``detector``).
+        """
+        p = Path(path)
+        try:
+            with open(p, "rb") as fh:
+                data = tomllib.load(fh)
+        except FileNotFoundError:
+            raise ConfigError(f"{p}: training config file not found") from None
+        except IsADirectoryError:
+            raise ConfigError(f"{p}: the training config is a folder; give a TOML file (see --save-config)") from None
+        except OSError as exc:
+            raise ConfigError(f"{p}: the training config cannot be read: {exc.strerror or exc}") from None
+        except UnicodeDecodeError:
+            raise ConfigError(f"{p}: the training config is not a text file; give a TOML file") from None
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"{p}: not valid TOML: {exc}") from None
+        if not ({"kind", "data", "train", "name"} & set(data)) or set(data) - {"kind", "data", "train", "name"}:
+            data = {"train": data}  # only training options (TrainConfig.to_toml())
+        if kind is not None:
+            if "kind" in data and data["kind"] != kind and {data["kind"], kind} != {"detector", "gate"}:
+                raise ConfigError(f"{p}: kind = {data['kind']!r}, but it is read to train a {kind}")
+            data = {**data, "kind": kind}
+        return cls.from_dict(data, source=str(p))
+
+
+def _train_config_from_dict(kind: str, values: dict[str, Any], source: str):
+    """The kind's training config from plain values, each type-checked with a message naming ``source`` and key."""
+    cls = _train_config_class(kind)
+    from geors.config import _check_type
+
+    types = {f.name: f.type for f in fields(cls)}
+    unknown = sorted(set(values) - set(types))
+    if unknown:
+        raise ConfigError(f"{source}: unknown {'segmenter ' if kind == 'segmenter' else ''}training option(s) "
+                          f"{unknown}; known: {sorted(types)}")
+    values = {k: (None if v == "none" and "None" in str(types[k]) else v) for k, v in values.items()}
+    if isinstance(values.get("arch"), dict):  # an architecture value None is written "none" (TOML has no null)
+        values["arch"] = {k: (None if v == "none" else v) for k, v in values["arch"].items()}
+    for k, v in values.items():  # numbers, switches and texts; the config's own checks do the rest
+        _check_type(v, types[k], f"{source} {k}")
+    return cls.from_dict(values, source=source)
+
+
+def _toml(v: Any) -> str:
+    if v is None:
+        return '"none"'
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, int | float):
+        return repr(v)
+    if isinstance(v, list | tuple):
+        return "[" + ", ".join(_toml(x) for x in v) + "]"
+    if isinstance(v, dict):
+        return "{" + ", ".join(f"{_toml(str(k))} = {_toml(x)}" for k, x in v.items()) + "}"
+    s = str(v).replace("\\", "\\\\").replace('"', '\\"')
+    return f'"{s}"'
+
+
+# ----------------------------------------------------------------------------- result
+@dataclass(frozen=True)
+class TrainResult:
+    """What :func:`train` made.
+
+    Attributes:
+        kind: ``detector``, ``gate`` or ``segmenter``.
+        model: the model file written.
+        classes: class names in id order.
+        steps: optimiser steps run (both phases for the segmenter).
+        seconds: training time.
+        stop_reason: why training stopped (detector; segmenter: None).
+        validation_ap50, validation_f1: detector: validation AP50 of the kept weights and their F1 at the
+            calibrated score threshold (None without validation).
+        validation_iou, validation_miou: segmenter: per-class validation IoU and their mean (None without).
+        gate_threshold, score_threshold: detector: the calibrated thresholds recorded in the model.
+        calibration: detector: ``{"gate": ..., "score": ...}`` as recorded in ``training``.
+        summary: the JSON line ``geors train`` prints.
+        messages: the lines ``geors train`` prints on stderr at the end.
+        metadata: the model's whole metadata.
+    """
+
+    kind: str
+    model: Path
+    classes: tuple[str, ...]
+    steps: int
+    seconds: float
+    stop_reason: str | None
+    validation_ap50: float | None
+    validation_f1: float | None
+    validation_iou: dict[str, float | None] | None
+    validation_miou: float | None
+    gate_threshold: float | None
+    score_threshold: float | None
+    calibration: dict[str, Any]
+    summary: dict[str, Any]
+    messages: tuple[str, ...]
+    metadata: dict[str, Any] = field(repr=False)
+
+
+# ----------------------------------------------------------------------------- train
+class _Cancellable:
+    """A :class:`geors.progress.Progress` whose ``cancelled`` also follows a threading.Event."""
+
+    def __init__(self, inner: Any, cancel: threading.Event | None):
+        self._inner, self._cancel = inner, cancel
+
+    @property
+    def cancelled(self) -> bool:
+        return bool(getattr(self._inner, "cancelled", False)) or (self._cancel is not None and self._cancel.is_set())
+
+    def start(self, total: int, desc: str = "") -> None:
+        if self._inner is not None:
+            self._inner.start(total, desc)
+
+    def advance(self, n: int = 1, **info: Any) -> None:
+        if self._inner is not None:
+            self._inner.advance(n, **info)
+
+    def close(self) -> None:
+        if self._inner is not None:
+            self._inner.close()
+
+
+class _SegCancelled(Exception):
+    pass
+
+
+def train(kind: str | TrainingRun, out: str | os.PathLike, data: TrainData | None = None, config: Any = None, *,
+          name: str | None = None, progress: Any = None, cancel: threading.Event | None = None,
+          notify: Callable[[str], None] | None = None, record: dict[str, Any] | None = None,
+          **data_options: Any) -> TrainResult:
+    """Train a model from scenes and labels and write it to ``out`` (``.safetensors``).
+
+    The Python face of ``geors train detector|gate|segmenter``: the same defaults, checks and outputs.
+
+    Args:
+        kind: ``"detector"``, ``"gate"``, ``"segmenter"``, or a whole :class:`TrainingRun` (then ``data``,
+            ``config`` and ``name`` come from it).
+        out: model file to write; never one of the inputs.
+        data: :class:`TrainData`; or give its fields as keyword arguments (``scenes=[...], labels=[...],
+            class_field="class"``).
+        config: :class:`geors.train.detector.TrainConfig` (detector, gate) or
+            :class:`geors.train.segmenter.SegTrainConfig` (segmenter); None = the defaults (a 10-minute
+            budget for the detector, as the CLI).
+        name: model name stored in the file (default: the stem of ``out``).
+        progress: detector: a :class:`geors.progress.Progress` reporter of the steps (e.g.
+            :class:`geors.train.schedule.TrainingBar`); segmenter: a callable of the phase records of
+            :func:`geors.train.segmenter.train_segmenter`, or a Progress (started per phase).
+        cancel: set this event to stop: training stops at its next step and :class:`geors.errors.Cancelled` is
+            raised; no model file is written.
+        notify: called with notes for the user before training (e.g. which class the unlabelled pixels
+            became); default: logged at INFO.
+        record: extra entries for the model's ``training`` metadata (the CLI records its command line).
+
+    Returns:
+        :class:`TrainResult`.
+
+    Raises:
+        GeorsError: bad input (exit code 2 on the command line), before training starts.
+        Cancelled: ``cancel`` was set (or the progress reporter's ``cancelled``).
+    """
+    if isinstance(kind, TrainingRun):
+        if data is not None or config is not None or data_options:
+            raise ConfigError("give a TrainingRun alone, or a kind with data and config")
+        run = kind if name is None else dataclasses.replace(kind, name=name)
+    else:
+        if data is not None and data_options:
+            raise ConfigError("give data= or its fields as keyword arguments, not both")
+        run = TrainingRun(kind=kind, data=data if data is not None else TrainData(**data_options), train=config,
+                          name=name)
+    return train_run(run, out, progress=progress, cancel=cancel, notify=notify, record=record)
+
+
+def train_run(run: TrainingRun, out: str | os.PathLike, *, progress: Any = None,
+              cancel: threading.Event | None = None, notify: Callable[[str], None] | None = None,
+              record: dict[str, Any] | None = None) -> TrainResult:
+    """:func:`train` for a :class:`TrainingRun`."""
+    out = os.fspath(out)
+    data = run.data.validate(run.kind)
+    notify = notify or (lambda msg: log.info("%s", msg))
+    check_outputs_not_inputs({"-o": out}, {"--scene": data.scenes, "--labels": data.labels,
+                                           "--empty-scene": data.empty_scenes,
+                                           "--labelled-area": data.labelled_area,
+                                           "--init-from": getattr(run.train, "init_from", None)})
+    parent = Path(out).parent
+    if str(parent) and not parent.is_dir():
+        raise OutputError(f"{out}: the output directory {parent} does not exist; create it first.")
+    if run.kind == "segmenter":
+        return _train_segmenter(run, data, out, progress, cancel, notify, record)
+    return _train_detector(run, data, out, progress, cancel, record)
+
+
+def _train_detector(run: TrainingRun, data: TrainData, out: str, progress: Any, cancel: threading.Event | None,
+                    record: dict[str, Any] | None) -> TrainResult:
+    from geors.models.registry import load_model, save_model
+    from geors.train.detector import tiles_from_scenes, train_detector
+
+    cfg = run.train
+    if cfg.crop_size < 32:
+        raise ConfigError("--crop must be >= 32 pixels.")
+    if cfg.gate_input_scale < 1 or cfg.crop_size // cfg.gate_input_scale < 8:
+        raise ConfigError(f"--gate-scale must be >= 1 and leave at least 8 px of the --crop "
+                          f"({cfg.crop_size} // {cfg.gate_input_scale}).")
+    tile_size, overlap = data.tile_size, data.overlap
+    if cfg.init_from and (tile_size is None or overlap is None):
+        _, init_meta = load_model(cfg.init_from, "cpu")
+        tile_size = tile_size or int(init_meta.get("tile_size", 640))
+        overlap = overlap if overlap is not None else int(init_meta.get("overlap", 128))
+    tile_size = tile_size or 640  # the inference grid the model records (defaults of a new model)
+    overlap = 128 if overlap is None else overlap
+    try:
+        pairs = list(zip(data.scenes, data.labels, strict=True)) + [(s, None) for s in data.empty_scenes]
+        tiles, classes, info = tiles_from_scenes(pairs, data.class_field, tile_size, overlap,
+                                                 list(data.bands) if data.bands else None, seed=cfg.split_seed,
+                                                 allow_ungeoreferenced=data.allow_ungeoreferenced,
+                                                 rename=data.rename_class)
+    except GeoreferenceError as exc:
+        if data.allow_ungeoreferenced or "no geotransform" not in str(exc):
+            raise
+        raise GeoreferenceError(f"{exc} To train on it anyway with labels in pixel coordinates (VOC XML, CSV), "
+                                "add --allow-ungeoreferenced.") from None
+    gsd = data.gsd
+    if gsd is not None and info["gsd_m"] is not None and abs(gsd - info["gsd_m"]) > 0.01 * info["gsd_m"]:
+        raise ConfigError(f"--gsd {gsd} m contradicts the scenes' own ground sample distance "
+                          f"({info['gsd_m']:.4g} m); leave --gsd out for georeferenced scenes.")
+    reporter = _Cancellable(progress, cancel) if (progress is not None or cancel is not None) else None
+    model, meta = train_detector(tiles, classes, cfg, meta={
+        "name": run.name or Path(out).stem, "tile_size": tile_size, "overlap": overlap,
+        "gsd_m": info["gsd_m"] if info["gsd_m"] is not None else gsd,
+        "training": {"sources": info["sources"], "band_indexes": info["band_indexes"], "kind": run.kind,
+                     "data": data.to_dict(), **(record or {})},
+    }, progress=reporter)
+    if reporter is not None and reporter.cancelled:
+        raise Cancelled(f"training cancelled after {meta['training']['steps']} steps; no model was written")
+    path = save_model(model, meta, out)
+    tr = meta["training"]
+    calib = tr["gate_calibration"]
+    sc = tr["score_calibration"]
+    summary = {"model": str(path), "classes": classes, "anchor_scales": meta["anchor_scales"],
+               "steps": tr["steps"], "planned_steps": tr["planned_steps"], "seconds": tr["seconds"],
+               "stop_reason": tr["stop_reason"], "gate_threshold": meta["gate_threshold"],
+               "gate_calibration": calib, "score_threshold": meta["score_threshold"],
+               "validation": tr["validation"], "best_val_AP50": tr["best_val_AP50"],
+               "validation_AP50": tr["validation_AP50"], "validation_F1": tr["validation_F1"]}
+    gate = (f"gate threshold {calib['gate_threshold']:.4g} (passes {calib['achieved_recall']:.2f} of "
+            f"{calib['n_pos_tiles']} validation images with objects)" if calib["status"] == "calibrated"
+            else f"GATE DISABLED: {calib['reason']}")
+    score = (f"score threshold {sc['score_threshold']:.2f}" if sc["status"] == "calibrated"
+             else "score threshold: the default 0.3 (not calibrated)")
+    command = f"geors detect SCENE.tif -o OUT.gpkg --model {path}"
+    if calib["status"] != "calibrated":
+        command += "   (no gate: every tile goes to the detector)"
+    line = tr["validation_summary"]
+    messages = (f"Model written to {path} ({gate}; {score}); {tr['steps']} steps in {tr['seconds'] / 60:.1f} min "
+                f"({tr['stop_reason']}).", f"{line[:1].upper()}{line[1:]}. Run it with: {command}")
+    return TrainResult(kind=run.kind, model=Path(path), classes=tuple(classes), steps=int(tr["steps"]),
+                       seconds=float(tr["seconds"]), stop_reason=tr["stop_reason"],
+                       validation_ap50=tr["validation_AP50"], validation_f1=tr["validation_F1"],
+                       validation_iou=None, validation_miou=None, gate_threshold=meta["gate_threshold"],
+                       score_threshold=meta["score_threshold"], calibration={"gate": calib, "score": sc},
+                       summary=summary, messages=messages, metadata=meta)
+
+
+def _segmenter_progress(progress: Any, cancel: threading.Event | None) -> Callable[[dict], None] | None:
+    """The record callable :func:`train_segmenter` takes, from a callable or a Progress, checking ``cancel``."""
+    state: dict[str, Any] = {"phase": None, "step": 0}
+
+    def report(rec: dict) -> None:
+        if (cancel is not None and cancel.is_set()) or bool(getattr(progress, "cancelled", False)):
+            raise _SegCancelled(f"{rec.get('phase')} step {rec.get('step')}")
+        if progress is None:
+            return
+        if hasattr(progress, "advance"):
+            if rec.get("phase") != state["phase"]:
+                if state["phase"] is not None:
+                    progress.close()
+                progress.start(int(rec.get("steps") or 0), str(rec.get("phase")))
+                state.update(phase=rec.get("phase"), step=0)
+            step = int(rec.get("step") or 0)
+            progress.advance(max(step - state["step"], 0), steps=rec.get("steps"),
+                             **({"loss": rec["loss"]} if "loss" in rec else {}))
+            state["step"] = max(step, state["step"])
+        else:
+            progress(rec)
+
+    return report if (progress is not None or cancel is not None) else None
+
+
+def _train_segmenter(run: TrainingRun, data: TrainData, out: str, progress: Any, cancel: threading.Event | None,
+                     notify: Callable[[str], None], record: dict[str, Any] | None) -> TrainResult:
+    from geors.models.registry import save_model
+    from geors.train.seg_data import load_training_tiles
+    from geors.train.segmenter import train_segmenter
+
+    cfg = run.train
+    if cfg.crop_size < 32 or cfg.batch_size < 1 or cfg.coarse_steps < 0 or cfg.fine_steps < 0:
+        raise ConfigError("--crop must be >= 32 px, --batch-size >= 1 and the step counts >= 0.")
+    cfg = cfg.validate()
+    tile_size = data.tile_size or 640
+    overlap = 128 if data.overlap is None else data.overlap
+    small = list(data.small_classes)
+    tiles, names, info = load_training_tiles(list(zip(data.scenes, data.labels, strict=True)),
+                                             class_field=data.class_field,
+                                             classes=list(data.classes) if data.classes else None,
+                                             background=data.background,
+                                             bands=list(data.bands) if data.bands else None,
+                                             allow_ungeoreferenced=data.allow_ungeoreferenced,
+                                             unlabelled=data.unlabelled, labelled_area=data.labelled_area)
+    missing = [c for c in small if c not in names]
+    if missing:
+        raise ConfigError(f"--small-classes {missing} are not among the label classes {names}; "
+                          f"check the spelling (class names of {data.labels[0]}).")
+    if info["background"]:
+        notify(f"pixels outside the labels: class {info['background']!r} (id {names.index(info['background'])})"
+               + ("; --unlabelled ignore to leave them out" if data.unlabelled == "auto" else ""))
+    t0 = time.perf_counter()
+    meta_in = {
+        "background": info["background"], "tile_size": tile_size, "overlap": overlap, "gsd_m": info["gsd_m"],
+        "band_indexes": info["band_indexes"],
+        "normalisation": {"method": "percentile_stretch", "percentiles": [2, 98], "scope": "scene", "range": [0, 1],
+                          "training_stretch": info["stretch"]},
+        "training": {"sources": info["sources"], "label_pixels": info["label_pixels"], "kind": run.kind,
+                     "data": data.to_dict(), **(record or {})},
+    }
+    if run.name:
+        meta_in["name"] = run.name
+    try:
+        model, meta = train_segmenter(tiles, names, small, cfg, progress=_segmenter_progress(progress, cancel),
+                                      meta=meta_in)
+    except _SegCancelled as exc:
+        raise Cancelled(f"training cancelled at {exc}; no model was written") from None
+    finally:
+        if progress is not None and hasattr(progress, "close"):
+            progress.close()
+    path = save_model(model, meta, out)
+    tr = meta["training"]
+    val = tr["validation"]
+    seconds = round(time.perf_counter() - t0, 1)
+    steps = int(tr["coarse"]["steps"]) + int(tr["fine"]["steps"])
+    summary = {"model": str(path), "classes": names, "small_classes": small, "background": info["background"],
+               "label_pixels": info["label_pixels"], "coarse_steps": tr["coarse"]["steps"],
+               "fine_steps": tr["fine"]["steps"], "fine_skipped": tr["fine"].get("skipped"),
+               "validation_iou": val.get("iou"), "validation_miou": val.get("miou"), "seconds": seconds}
+    messages = ()
+    if val.get("iou"):
+        messages = ("validation IoU per class: " + ", ".join(
+            f"{c} {v:.3f}" for c, v in val["iou"].items() if v is not None),)
+    return TrainResult(kind=run.kind, model=Path(path), classes=tuple(names), steps=steps, seconds=seconds,
+                       stop_reason=None, validation_ap50=None, validation_f1=None, validation_iou=val.get("iou"),
+                       validation_miou=val.get("miou"), gate_threshold=None, score_threshold=None, calibration={},
+                       summary=summary, messages=messages, metadata=meta)
