@@ -291,3 +291,63 @@ def test_cli_and_api_train_the_same_segmenter(harbour):
     cli_meta, api_meta = read_metadata(cli_out), read_metadata(api_out)
     assert cli_meta["training"]["config"] == api_meta["training"]["config"]
     assert cli_meta["weights_sha256"] == api_meta["weights_sha256"]
+
+
+def test_cli_save_config_is_a_training_run_the_api_trains_to_the_same_detector(squares):
+    """``geors train detector --save-config run.toml`` writes [data] and [train]; ``geors.train`` of that file
+    makes the model the command made; ``--config run.toml`` takes its data options too (the class field)."""
+    conf, cli_out = squares["dir"] / "run.toml", squares["dir"] / "cli.safetensors"
+    r = _cli("train", "detector", "--scene", str(squares["scene"]), "--labels", str(squares["labels"]),
+             "--class-field", "kind", "--rename-class", "Square=square", "--max-minutes", "0", "--steps", "2",
+             "--crop", "64", "--batch-size", "2", "--device", "cpu", "--val-fraction", "0", "--progress", "none",
+             "--name", "cli squares", "--save-config", str(conf), "-o", str(cli_out))
+    assert r.exit_code == 0, r.output
+    run = TrainingRun.from_toml(conf)
+    assert run.kind == "detector" and run.name == "cli squares" and run.data.class_field == "kind"
+    assert run.data.rename_class == {"Square": "square"} and run.train.steps == 2 and run.train.max_seconds is None
+    result = geors.train(run, squares["dir"] / "api.safetensors")
+    assert result.classes == ("square",)
+    assert read_metadata(result.model)["weights_sha256"] == read_metadata(cli_out)["weights_sha256"]
+    again = squares["dir"] / "again.safetensors"
+    r = _cli("train", "detector", "--scene", str(squares["scene"]), "--labels", str(squares["labels"]),
+             "--config", str(conf), "--steps", "1", "--progress", "none", "-o", str(again))
+    assert r.exit_code == 0, r.output
+    meta = read_metadata(again)
+    assert meta["classes"] == ["square"] and meta["name"] == "cli squares" and meta["training"]["steps"] == 1
+
+
+def test_cli_save_config_of_the_segmenter_and_config_options_that_win(harbour):
+    conf, cli_out = harbour["dir"] / "seg.toml", harbour["dir"] / "cli.safetensors"
+    r = _cli("train", "segmenter", "--scene", str(harbour["scene"]), "--labels", str(harbour["labels"]),
+             "--class-field", "class", "--small-classes", "ship", "--max-minutes", "0", "--coarse-steps", "2",
+             "--fine-steps", "1", "--crop", "64", "--batch-size", "2", "--window", "32", "--window-stride", "16",
+             "--device", "cpu", "--val-fraction", "0", "--save-config", str(conf), "-o", str(cli_out))
+    assert r.exit_code == 0, r.output
+    run = TrainingRun.from_toml(conf)
+    assert run.kind == "segmenter" and run.data.small_classes == ("ship",) and run.train.arch["window"] == 32
+    result = geors.train(run, harbour["dir"] / "api.safetensors")
+    assert read_metadata(result.model)["weights_sha256"] == read_metadata(cli_out)["weights_sha256"]
+    again = harbour["dir"] / "again.safetensors"
+    r = _cli("train", "segmenter", "--scene", str(harbour["scene"]), "--labels", str(harbour["labels"]),
+             "--small-classes", "ship", "--config", str(conf), "--coarse-steps", "1", "-o", str(again))
+    assert r.exit_code == 0, r.output
+    cfg = read_metadata(again)["training"]["config"]
+    assert cfg["coarse_steps"] == 1 and cfg["fine_steps"] == 1 and cfg["arch"]["window"] == 32
+
+
+def test_cli_save_config_never_writes_over_an_input(squares):
+    r = _cli("train", "detector", "--scene", str(squares["scene"]), "--labels", str(squares["labels"]),
+             "--save-config", str(squares["labels"]), "-o", str(squares["dir"] / "m.safetensors"))
+    assert r.exit_code == 2 and "--save-config is the same file as the --labels input" in r.output
+
+
+def test_cli_segmenter_with_one_step_phases_prints_its_progress(harbour):
+    """Before: a phase of one step reported eta NaN and the command died with 'cannot convert float NaN to
+    integer' (exit 1) after training."""
+    out = harbour["dir"] / "one.safetensors"
+    r = _cli("train", "segmenter", "--scene", str(harbour["scene"]), "--labels", str(harbour["labels"]),
+             "--class-field", "class", "--small-classes", "ship", "--max-minutes", "0", "--coarse-steps", "1",
+             "--fine-steps", "1", "--crop", "64", "--batch-size", "2", "--window", "32", "--window-stride", "16",
+             "--device", "cpu", "--val-fraction", "0", "-o", str(out))
+    assert r.exit_code == 0, r.output
+    assert out.exists() and json.loads(r.stdout.strip().splitlines()[-1])["coarse_steps"] == 1

@@ -7,8 +7,8 @@ in the ``train`` group and :data:`eval_command` in the ``eval`` group.
 from __future__ import annotations
 
 import json
+import math
 import sys
-import time
 
 import click
 
@@ -104,54 +104,29 @@ def command(scenes, output, segmenter, raster_out, progress, **params):
 @click.option("--device", default="auto", show_default=True)
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--allow-ungeoreferenced", is_flag=True, help="Accept images without CRS (labels on the same pixels).")
+@click.option("--config", "config_file", type=click.Path(dir_okay=False), default=None,
+              help="Options from a TOML file (a training run written by --save-config, or its [train] table "
+                   "alone); options given on the command line win.")
+@click.option("--save-config", type=click.Path(dir_okay=False), default=None,
+              help="Write the effective training run ([data] and [train]) as TOML to this file, for --config or "
+                   "geors.train(TrainingRun.from_toml(...)); training then runs.")
 @bands_option
 @handle_errors
-def train_command(scenes, labels, class_field, classes, small_classes, background, unlabelled, labelled_area, output,
-                  variant, coarse_steps, fine_steps, batch_size, crop, lr, window, window_stride, inference_stride,
-                  top_n, zoom, aggregation, tile_size, overlap, max_minutes, val_fraction, patience, device, seed,
-                  allow_ungeoreferenced, bands):
+def train_command(output, config_file, save_config, **params):
     """Train a C2FNet segmenter: coarse network first, then (frozen) the fine network on small-object windows.
 
     Polygon labels mark objects: every other valid pixel of the scene is the background class (class 0).
     A validation share of the labels is held back in spatial blocks; the last line (JSON) gives the
     validation IoU per class.
     """
-    from pathlib import Path
+    from geors.train.api import train_run
 
-    from geors.errors import ConfigError, OutputError
-    from geors.models.registry import save_model
-    from geors.train.seg_data import load_training_tiles
-    from geors.train.segmenter import SegTrainConfig, train_segmenter
-
-    if len(scenes) != len(labels):
-        raise ConfigError(f"give one --labels per --scene ({len(scenes)} scenes, {len(labels)} label files).")
-    check_outputs_not_inputs({"-o": output}, {"--scene": scenes, "--labels": labels, "--labelled-area": labelled_area})  # noqa: E501
-    small = _names(small_classes)
-    if not small:
-        raise ConfigError("--small-classes needs at least one class name.")
-    if crop < 32 or batch_size < 1 or coarse_steps < 0 or fine_steps < 0:
-        raise ConfigError("--crop must be >= 32 px, --batch-size >= 1 and the step counts >= 0.")
-    parent = Path(output).parent
-    if str(parent) and not parent.is_dir():
-        raise OutputError(f"{output}: the output directory {parent} does not exist; create it first.")
-    cfg = SegTrainConfig(coarse_steps=coarse_steps, fine_steps=fine_steps, batch_size=batch_size, crop_size=crop,
-                         lr=lr, device=device, seed=seed, max_seconds=max_minutes * 60 if max_minutes else None,
-                         val_fraction=val_fraction, patience=patience,
-                         arch={"variant": variant, "window": window, "window_stride": window_stride,
-                               "inference_stride": inference_stride, "top_n": top_n,
-                               "zoom": int(zoom), "aggregation": aggregation}).validate()
-    tiles, names, info = load_training_tiles(list(zip(scenes, labels, strict=True)), class_field=class_field,
-                                             classes=_names(classes) or None, background=background,
-                                             bands=parse_bands(bands), allow_ungeoreferenced=allow_ungeoreferenced,
-                                             unlabelled=unlabelled, labelled_area=labelled_area)
-    missing = [c for c in small if c not in names]
-    if missing:
-        raise ConfigError(f"--small-classes {missing} are not among the label classes {names}; "
-                          f"check the spelling (class names of {labels[0]}).")
-    if info["background"]:
-        click.echo(f"pixels outside the labels: class {info['background']!r} (id {names.index(info['background'])})"
-                   + ("; --unlabelled ignore to leave them out" if unlabelled == "auto" else ""), err=True)
-    t0 = time.perf_counter()
+    check_outputs_not_inputs({"-o": output, "--save-config": save_config},
+                             {"--scene": params["scenes"], "--labels": params["labels"],
+                              "--labelled-area": params["labelled_area"], "--config": config_file})
+    run = segmenter_run(params, config_file)
+    if save_config:
+        run.save_toml(save_config)
 
     def report(rec: dict) -> None:
         if "validation_miou" in rec:
@@ -161,28 +136,64 @@ def train_command(scenes, labels, class_field, classes, small_classes, backgroun
                        f"{rec['best_step']})", err=True)
             return
         eta = rec["eta_s"]
-        click.echo(f"{rec['phase']:6s} step {rec['step']}/{rec['steps']}  loss {rec['loss']:.4f}  "
-                   f"eta {int(eta // 60)}m{int(eta % 60):02d}s", err=True)
+        eta_text = f"{int(eta // 60)}m{int(eta % 60):02d}s" if math.isfinite(eta) else "-"  # NaN: not measured yet
+        click.echo(f"{rec['phase']:6s} step {rec['step']}/{rec['steps']}  loss {rec['loss']:.4f}  eta {eta_text}",
+                   err=True)
 
-    model, meta = train_segmenter(tiles, names, small, cfg, progress=report, meta={
-        "background": info["background"], "tile_size": tile_size, "overlap": overlap, "gsd_m": info["gsd_m"],
-        "band_indexes": info["band_indexes"],
-        "normalisation": {"method": "percentile_stretch", "percentiles": [2, 98], "scope": "scene", "range": [0, 1],
-                          "training_stretch": info["stretch"]},
-        "training": {"sources": info["sources"], "label_pixels": info["label_pixels"], "command": sys.argv[1:]},
-    })
-    path = save_model(model, meta, output)
-    tr = meta["training"]
-    val = tr["validation"]
-    if val.get("iou"):
-        click.echo("validation IoU per class: " + ", ".join(
-            f"{c} {v:.3f}" for c, v in val["iou"].items() if v is not None), err=True)
-    click.echo(json.dumps({"model": str(path), "classes": names, "small_classes": small,
-                           "background": info["background"], "label_pixels": info["label_pixels"],
-                           "coarse_steps": tr["coarse"]["steps"], "fine_steps": tr["fine"]["steps"],
-                           "fine_skipped": tr["fine"].get("skipped"),
-                           "validation_iou": val.get("iou"), "validation_miou": val.get("miou"),
-                           "seconds": round(time.perf_counter() - t0, 1)}))
+    result = train_run(run, output, progress=report, notify=lambda msg: click.echo(msg, err=True),
+                       record={"command": sys.argv[1:]})
+    for line in result.messages:
+        click.echo(line, err=True)
+    click.echo(json.dumps(result.summary))
+
+
+# CLI parameter -> SegTrainConfig field / C2FNet architecture field / TrainData field
+_SEG_TRAIN = {"coarse_steps": "coarse_steps", "fine_steps": "fine_steps", "batch_size": "batch_size",
+              "crop": "crop_size", "lr": "lr", "max_minutes": "max_seconds", "val_fraction": "val_fraction",
+              "patience": "patience", "device": "device", "seed": "seed"}
+_SEG_ARCH = {"variant": "variant", "window": "window", "window_stride": "window_stride",
+             "inference_stride": "inference_stride", "top_n": "top_n", "zoom": "zoom", "aggregation": "aggregation"}
+_SEG_DATA = {"scenes": "scenes", "labels": "labels", "class_field": "class_field", "classes": "classes",
+             "small_classes": "small_classes", "background": "background", "unlabelled": "unlabelled",
+             "labelled_area": "labelled_area", "bands": "bands", "allow_ungeoreferenced": "allow_ungeoreferenced",
+             "tile_size": "tile_size", "overlap": "overlap"}
+
+
+def _seg_value(name: str, value):
+    if name == "max_minutes":
+        return value * 60 if value else None  # 0 = no budget
+    if name == "zoom":
+        return int(value)
+    if name == "classes":
+        return tuple(_names(value)) or None
+    if name == "small_classes":
+        return tuple(_names(value))
+    if name == "bands":
+        return parse_bands(value)
+    return value
+
+
+def segmenter_run(params: dict, config_file: str | None = None):
+    """The :class:`geors.train.api.TrainingRun` of ``geors train segmenter``: the ``--config`` file's options,
+    then the options given (they win); options left at their default take the file's value when it has one."""
+    from geors.train.api import TrainData, TrainingRun
+    from geors.train.segmenter import SegTrainConfig
+
+    ctx = click.get_current_context(silent=True)
+    given = {n for n in params if ctx is not None and ctx.get_parameter_source(n) not in
+             (click.core.ParameterSource.DEFAULT, click.core.ParameterSource.DEFAULT_MAP, None)}
+    base = TrainingRun.from_toml(config_file, kind="segmenter") if config_file else None
+    train = base.train.to_dict() if base is not None else {}
+    arch = dict(train.get("arch", {}))
+    data = base.data.to_dict() if base is not None else {}
+    for table, names in ((train, _SEG_TRAIN), (arch, _SEG_ARCH), (data, _SEG_DATA)):
+        for name, fld in names.items():
+            if name in given or base is None or (table is arch and fld not in arch):
+                table[fld] = _seg_value(name, params[name])
+    train["arch"] = arch
+    return TrainingRun(kind="segmenter", data=TrainData(**data),
+                       train=SegTrainConfig.from_dict(train, source=config_file or "command line"),
+                       name=base.name if base is not None else None)
 
 
 @click.command("segmentation")

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import click
 
@@ -38,8 +37,12 @@ def _detector_options(f):
                      help="Ground sample distance in metres to record in the model, for training images "
                           "without georeferencing (georeferenced scenes give their own)."),
         click.option("--config", "config_file", type=click.Path(dir_okay=False), default=None,
-                     help="Training options from a TOML file (TrainConfig.to_toml(); a model file's "
+                     help="Options from a TOML file: a training run written by --save-config ([data] and "
+                          "[train]), or training options alone (TrainConfig.to_toml(); a model file's "
                           "training.config); options given on the command line win."),
+        click.option("--save-config", type=click.Path(dir_okay=False), default=None,
+                     help="Write the effective training run ([data] and [train]) as TOML to this file, for "
+                          "--config or geors.train(TrainingRun.from_toml(...)); training then runs."),
         click.option("--max-minutes", type=click.FloatRange(0), default=10.0, show_default=True,
                      help="Time budget for the whole training, validation included: the step time is measured "
                           "on the first steps and the number of steps and the learning-rate schedule are "
@@ -183,22 +186,50 @@ def _config_value(name: str, value):
     return value
 
 
-def train_config(params: dict, config_file: str | None = None):
+# CLI parameter -> TrainData field, for the options that say what to learn from
+_DATA_FIELDS = {"scenes": "scenes", "labels": "labels", "empty_scenes": "empty_scenes", "class_field": "class_field",
+                "rename_class": "rename_class", "gsd": "gsd", "allow_ungeoreferenced": "allow_ungeoreferenced",
+                "bands": "bands", "tile_size": "tile_size", "overlap": "overlap"}
+
+
+def _given(params: dict) -> set[str]:
+    ctx = click.get_current_context(silent=True)
+    return {n for n in params if ctx is not None and ctx.get_parameter_source(n) not in
+            (click.core.ParameterSource.DEFAULT, click.core.ParameterSource.DEFAULT_MAP, None)}
+
+
+def train_config(params: dict, config_file: str | None = None, base=None):
     """The :class:`TrainConfig` of a command line: the file's options, then the options given (they win).
 
     Options left at their default take the file's value when it has one, else the command's default.
+    ``base``: the file's :class:`geors.train.api.TrainingRun` when it is already read.
     """
+    from geors.train.api import TrainingRun
     from geors.train.detector import TrainConfig
 
-    ctx = click.get_current_context(silent=True)
-    given = {n for n in params if ctx is not None and ctx.get_parameter_source(n) not in
-             (click.core.ParameterSource.DEFAULT, click.core.ParameterSource.DEFAULT_MAP, None)}
-    base = TrainConfig.from_toml(config_file).to_dict() if config_file else {}
-    values = dict(base)
+    given = _given(params)
+    if base is None and config_file:
+        base = TrainingRun.from_toml(config_file, kind="detector")
+    values = base.train.to_dict() if base is not None else {}
     for name, fld in _CONFIG_FIELDS.items():
-        if name in given or fld not in base:
+        if name in given or fld not in values:
             values[fld] = _config_value(name, params[name])
     return TrainConfig.from_dict(values, source=config_file or "command line")
+
+
+def training_run(kind: str, params: dict):
+    """The :class:`geors.train.api.TrainingRun` of a command line (``--config`` file, then the options given)."""
+    from geors.train.api import TrainData, TrainingRun
+
+    config_file = params["config_file"]
+    base = TrainingRun.from_toml(config_file, kind=kind) if config_file else None
+    given = _given(params)
+    data = base.data.to_dict() if base is not None else {}
+    for name, fld in _DATA_FIELDS.items():
+        if name in given or fld not in data:
+            data[fld] = parse_bands(params[name]) if name == "bands" else params[name]
+    name = params["name"] if params["name"] is not None or base is None else base.name
+    return TrainingRun(kind=kind, data=TrainData(**data), train=train_config(params, config_file, base), name=name)
 
 
 @handle_errors
@@ -214,32 +245,18 @@ def _train(**params) -> None:
     """
     import logging
 
-    from geors.errors import ConfigError, GeoreferenceError
-    from geors.models.registry import save_model
     from geors.progress import JsonlProgress, NullProgress
-    from geors.train.detector import tiles_from_scenes, train_detector
+    from geors.train.api import train_run
     from geors.train.schedule import TrainingBar
 
     p = params
-    scenes, labels, output = p["scenes"], p["labels"], p["output"]
-    tile_size, overlap = p["tile_size"], p["overlap"]
-    if len(scenes) != len(labels):
-        raise ConfigError(f"give one --labels per --scene ({len(scenes)} scenes, {len(labels)} label files).")
-    check_outputs_not_inputs({"-o": output}, {"--scene": scenes, "--labels": labels, "--empty-scene": p["empty_scenes"], "--init-from": p["init_from"], "--config": p["config_file"]})  # noqa: E501
-    cfg = train_config(p, p["config_file"])
-    if cfg.crop_size < 32:
-        raise ConfigError("--crop must be >= 32 pixels.")
-    if cfg.gate_input_scale < 1 or cfg.crop_size // cfg.gate_input_scale < 8:
-        raise ConfigError(f"--gate-scale must be >= 1 and leave at least 8 px of the --crop "
-                          f"({cfg.crop_size} // {cfg.gate_input_scale}).")
-    if cfg.init_from and (tile_size is None or overlap is None):
-        from geors.models.registry import load_model
-
-        _, init_meta = load_model(cfg.init_from, "cpu")
-        tile_size = tile_size or int(init_meta.get("tile_size", 640))
-        overlap = overlap if overlap is not None else int(init_meta.get("overlap", 128))
-    tile_size = tile_size or 640  # the inference grid the model records (defaults of a new model)
-    overlap = 128 if overlap is None else overlap
+    output = p["output"]
+    check_outputs_not_inputs({"-o": output, "--save-config": p["save_config"]},
+                             {"--scene": p["scenes"], "--labels": p["labels"], "--empty-scene": p["empty_scenes"],
+                              "--init-from": p["init_from"], "--config": p["config_file"]})
+    run = training_run(click.get_current_context().info_name or "detector", p)
+    if p["save_config"]:
+        run.save_toml(p["save_config"])
     kind = p["progress"]
     if kind == "auto":
         kind = "bar" if click.get_text_stream("stderr").isatty() else "none"
@@ -247,48 +264,10 @@ def _train(**params) -> None:
     train_log = logging.getLogger("geors.train")
     if logging.getLogger("geors").getEffectiveLevel() > logging.INFO and train_log.getEffectiveLevel() < logging.ERROR:
         train_log.setLevel(logging.INFO)  # training progress is shown unless -q
-    try:
-        pairs = list(zip(scenes, labels, strict=True)) + [(s, None) for s in p["empty_scenes"]]
-        tiles, classes, info = tiles_from_scenes(pairs, p["class_field"], tile_size, overlap, parse_bands(p["bands"]),
-                                                 seed=cfg.split_seed,
-                                                 allow_ungeoreferenced=p["allow_ungeoreferenced"],
-                                                 rename=p["rename_class"])
-    except GeoreferenceError as exc:
-        if p["allow_ungeoreferenced"] or "no geotransform" not in str(exc):
-            raise
-        raise GeoreferenceError(f"{exc} To train on it anyway with labels in pixel coordinates (VOC XML, CSV), "
-                                "add --allow-ungeoreferenced.") from None
-    gsd = p["gsd"]
-    if gsd is not None and info["gsd_m"] is not None and abs(gsd - info["gsd_m"]) > 0.01 * info["gsd_m"]:
-        raise ConfigError(f"--gsd {gsd} m contradicts the scenes' own ground sample distance "
-                          f"({info['gsd_m']:.4g} m); leave --gsd out for georeferenced scenes.")
-    model, meta = train_detector(tiles, classes, cfg, meta={
-        "name": p["name"] or Path(output).stem, "tile_size": tile_size, "overlap": overlap,
-        "gsd_m": info["gsd_m"] if info["gsd_m"] is not None else gsd,
-        "training": {"sources": info["sources"], "band_indexes": info["band_indexes"]},
-    }, progress=None if isinstance(progress, NullProgress) else progress)
-    path = save_model(model, meta, output)
-    tr = meta["training"]
-    calib = tr["gate_calibration"]
-    gate = (f"gate threshold {calib['gate_threshold']:.4g} (passes {calib['achieved_recall']:.2f} of "
-            f"{calib['n_pos_tiles']} validation images with objects)" if calib["status"] == "calibrated"
-            else f"GATE DISABLED: {calib['reason']}")
-    sc = tr["score_calibration"]
-    score = (f"score threshold {sc['score_threshold']:.2f}" if sc["status"] == "calibrated"
-             else "score threshold: the default 0.3 (not calibrated)")
-    click.echo(json.dumps({"model": str(path), "classes": classes, "anchor_scales": meta["anchor_scales"],
-                           "steps": tr["steps"], "planned_steps": tr["planned_steps"], "seconds": tr["seconds"],
-                           "stop_reason": tr["stop_reason"], "gate_threshold": meta["gate_threshold"],
-                           "gate_calibration": calib, "score_threshold": meta["score_threshold"],
-                           "validation": tr["validation"], "best_val_AP50": tr["best_val_AP50"],
-                           "validation_AP50": tr["validation_AP50"], "validation_F1": tr["validation_F1"]}))
-    run = f"geors detect SCENE.tif -o OUT.gpkg --model {path}"
-    if calib["status"] != "calibrated":
-        run += "   (no gate: every tile goes to the detector)"
-    click.echo(f"Model written to {path} ({gate}; {score}); {tr['steps']} steps in {tr['seconds'] / 60:.1f} min "
-               f"({tr['stop_reason']}).", err=True)
-    line = tr["validation_summary"]
-    click.echo(f"{line[:1].upper()}{line[1:]}. Run it with: {run}", err=True)
+    result = train_run(run, output, progress=None if isinstance(progress, NullProgress) else progress)
+    click.echo(json.dumps(result.summary))
+    for line in result.messages:
+        click.echo(line, err=True)
 
 
 # each command gets its own options: click.command() takes the parameters off the function it wraps, so one

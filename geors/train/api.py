@@ -301,9 +301,12 @@ class TrainingRun:
         parent = p.parent
         if str(parent) and not parent.is_dir():
             raise OutputError(f"{p}: --save-config: the folder {parent} does not exist; create it first.")
+        tmp = p.with_name(f".{p.name}.{os.getpid()}.tmp")
         try:
-            p.write_text(self.to_toml())
+            tmp.write_text(self.to_toml(), encoding="utf-8")
+            os.replace(tmp, p)
         except OSError as exc:
+            tmp.unlink(missing_ok=True)
             raise OutputError(f"{p}: --save-config cannot be written: {exc.strerror or exc}") from None
         return p
 
