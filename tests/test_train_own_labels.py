@@ -5,6 +5,7 @@ threshold, (c) a gate threshold needs evidence, (d) too few labels are refused w
 training options read and write TOML. Small synthetic data and a fake clock: fast.
 """
 
+import dataclasses
 import json
 
 import numpy as np
@@ -206,7 +207,7 @@ def test_train_config_toml_round_trip_and_type_checks(tmp_path):
         TrainConfig.from_dict({"crop_size": "big"})
     with pytest.raises(ConfigError, match="unknown"):
         TrainConfig.from_dict({"crop": 256})
-    with pytest.raises(Exception):  # frozen
+    with pytest.raises(dataclasses.FrozenInstanceError):
         cfg.lr = 1.0  # type: ignore[misc]
 
 
