@@ -4,7 +4,8 @@ Boxes are cheap to draw; a segmenter needs per-pixel labels. ``geors label``
 turns each box into a mask (SAM with a checkpoint, else a weight-free engine),
 keeps the masks in a GeoPackage and paints a label raster on the scene's grid
 (class ids, 255 = unlabelled). A C2FNet segmenter trains on that raster. This
-script runs the commands you would type, in this process:
+script runs the commands you would type, in this process, the training step
+through ``geors.train`` (the Python face of ``geors train segmenter``):
 
     geors label SCENE.tif --boxes BOXES.gpkg -o labels.tif --masks-out masks.gpkg --sam watershed
     geors train segmenter --scene SCENE.tif --labels labels.tif --small-classes square --background ground \\
@@ -46,17 +47,30 @@ def geors_cli(*args: str) -> None:
 
 
 def boxes_to_segmenter(scene: Path, boxes: Path, work: Path, *, small_classes: str, background: str = "ground",
-                       class_field: str = "class", mask_engine: str = "watershed",
-                       train_options: list[str] | None = None, run_options: list[str] | None = None) -> dict:
-    """Label, train, segment and evaluate; return the metrics of ``geors eval segmentation``."""
+                       class_field: str = "class", mask_engine: str = "watershed", train_config=None,
+                       tile_size: int | None = None, overlap: int | None = None,
+                       run_options: list[str] | None = None) -> dict:
+    """Label, train, segment and evaluate; return the metrics of ``geors eval segmentation``.
+
+    ``train_config``: a :class:`geors.train.segmenter.SegTrainConfig` (None: the CLI's defaults, a 10-minute
+    budget); ``tile_size``/``overlap``: the inference grid the model records (None: 640 / 128).
+    """
+    import geors
+    from geors.train.api import TrainData
+
     work.mkdir(parents=True, exist_ok=True)
     labels, masks = work / "labels.tif", work / "masks.gpkg"
     geors_cli("label", str(scene), "--boxes", str(boxes), "--class-field", class_field, "-o", str(labels),
               "--masks-out", str(masks), "--sam", mask_engine, "--overwrite", "--progress", "none",
               *(run_options or []))
     model = work / "segmenter.safetensors"
-    geors_cli("train", "segmenter", "--scene", str(scene), "--labels", str(labels), "--small-classes", small_classes,
-              "--background", background, "-o", str(model), *(train_options or []))
+    print(f"geors.train: {model}", file=sys.stderr)
+    result = geors.train("segmenter", model, TrainData(scenes=[scene], labels=[labels],
+                                                       small_classes=[c.strip() for c in small_classes.split(",")],
+                                                       background=background, tile_size=tile_size, overlap=overlap),
+                         train_config)
+    for line in result.messages:
+        print(line, file=sys.stderr)
     segmentation, classes = work / "segmentation.gpkg", work / "classes.tif"
     geors_cli("segment", str(scene), "-o", str(segmentation), "--segmenter", str(model), "--raster-out",
               str(classes), "--overwrite", "--progress", "none", *(run_options or []))
@@ -69,10 +83,9 @@ def _fmt(value) -> str:
     return "n/a" if value is None else f"{value:.3f}"  # None: nothing to measure (e.g. no pixel predicted)
 
 
-# Small enough for a CPU in about a minute; shows the workflow, not a good model.
-DEMO_TRAIN = ["--max-minutes", "0", "--coarse-steps", "20", "--fine-steps", "10", "--batch-size", "2", "--crop", "64",
-              "--window", "32", "--window-stride", "16", "--top-n", "4", "--tile", "128", "--overlap", "32",
-              "--device", "cpu"]
+# Small enough for a CPU in about a minute; shows the workflow, not a good model (SegTrainConfig fields).
+DEMO_TRAIN = {"max_seconds": None, "coarse_steps": 20, "fine_steps": 10, "batch_size": 2, "crop_size": 64,
+              "device": "cpu", "arch": {"window": 32, "window_stride": 16, "top_n": 4}}
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -88,7 +101,10 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--size", type=int, default=256, help="--demo: scene side, pixels")
     p.add_argument("--device", default=None, help="auto, cpu or cuda")
     a = p.parse_args(argv)
-    train_options: list[str] = []
+    from geors.train.segmenter import SegTrainConfig
+
+    train: dict = {"max_seconds": 600.0}  # the CLI's default budget (geors.train.api.default_train_config)
+    grid: dict = {}
     run_options: list[str] = []
     if a.demo:
         sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -98,16 +114,17 @@ def main(argv: list[str] | None = None) -> dict:
         a.scene, boxes = write_scene(a.work / "scene.tif", a.size, a.size, n=10, seed=5)
         a.boxes = write_boxes(a.scene, boxes, a.work / "boxes.gpkg", crs="EPSG:4326")
         a.small_classes = a.small_classes or "square"
-        train_options = list(DEMO_TRAIN)
+        train = dict(DEMO_TRAIN)
+        grid = {"tile_size": 128, "overlap": 32}
         run_options = ["--tile", "128", "--overlap", "32"]
     if not (a.scene and a.boxes and a.small_classes):
         p.error("give --scene, --boxes and --small-classes, or --demo")
     if a.device:
-        train_options += ["--device", a.device]
+        train["device"] = a.device
         run_options += ["--device", a.device]
     metrics = boxes_to_segmenter(a.scene, a.boxes, a.work, small_classes=a.small_classes, background=a.background,
-                                 class_field=a.class_field, mask_engine=a.sam, train_options=train_options,
-                                 run_options=run_options)
+                                 class_field=a.class_field, mask_engine=a.sam, train_config=SegTrainConfig(**train),
+                                 run_options=run_options, **grid)
     print(f"mIoU {_fmt(metrics.get('miou'))}, pixel accuracy {_fmt(metrics.get('pixel_accuracy'))} "
           f"(model, layers and rasters in {a.work})", file=sys.stderr)
     return metrics

@@ -183,26 +183,22 @@ def main() -> None:
     data = prepare(Path(args.work))
     model_path = args.eval_only
     if model_path is None:
-        from geors.models.registry import save_model
-        from geors.train.seg_data import load_training_tiles
-        from geors.train.segmenter import SegTrainConfig, train_segmenter
+        import geors
+        from geors.train.api import TrainData
+        from geors.train.segmenter import SegTrainConfig
 
-        tiles, classes, info = load_training_tiles(data["train"], class_field="class", background=BACKGROUND,
-                                                   tile=512, allow_ungeoreferenced=True)
-        print(json.dumps({"tiles": len(tiles), "classes": classes, "label_pixels": info["label_pixels"]}), flush=True)
+        train = TrainData(scenes=[s for s, _ in data["train"]], labels=[lab for _, lab in data["train"]],
+                          class_field="class", small_classes=SMALL, background=BACKGROUND,
+                          allow_ungeoreferenced=True, tile_size=640, overlap=128)
         cfg = SegTrainConfig(coarse_steps=args.coarse_steps, fine_steps=args.fine_steps, batch_size=args.batch_size,
                              crop_size=args.crop, seed=args.seed, device="cpu", val_fraction=args.val_fraction,
                              max_seconds=args.max_minutes * 60 if args.max_minutes else None)
-        model, meta = train_segmenter(tiles, classes, SMALL, cfg, meta={
-            "name": "c2fnet-neon-dota", "background": BACKGROUND, "tile_size": 640, "overlap": 128, "gsd_m": info["gsd_m"],
-            "band_indexes": info["band_indexes"],
-            "training": {"sources": info["sources"], "label_pixels": info["label_pixels"],
-                         "script": "examples/train_default_segmenter.py", "script_args": vars(args)},
-        })
-        save_model(model, meta, args.out)
+        result = geors.train("segmenter", args.out, train, cfg, name="c2fnet-neon-dota", notify=print,
+                             record={"script": "examples/train_default_segmenter.py", "script_args": vars(args)})
         model_path = args.out
-        print(json.dumps({"model": model_path, "training": meta["training"]["coarse"] | {"fine": meta["training"]["fine"]}}),
-              flush=True)
+        tr = result.metadata["training"]
+        print(json.dumps({"model": model_path, "label_pixels": tr["label_pixels"],
+                          "training": tr["coarse"] | {"fine": tr["fine"]}}), flush=True)
     report = {"model": model_path,
               "coarse_only": evaluate(model_path, data["held_out"], refine=False),
               "c2fnet": evaluate(model_path, data["held_out"], refine=True, inference_stride=args.inference_stride)}

@@ -1,12 +1,17 @@
 """Train a detector on your own labels, run it, and measure it.
 
 You drew boxes (or polygons) around the objects in QGIS and saved them as a
-GeoPackage (any CRS, a ``class`` field). This script runs the three commands
-you would type, in this process:
+GeoPackage (any CRS, a ``class`` field). This script trains with
+``geors.train`` (the Python face of the first command) and runs the other two
+commands you would type, in this process:
 
     geors train detector --scene SCENE.tif --labels LABELS.gpkg --class-field class -o MODEL.safetensors
     geors detect SCENE.tif -o DETECTIONS.gpkg --model MODEL.safetensors
     geors eval detections DETECTIONS.gpkg LABELS.gpkg
+
+``--save-config run.toml`` writes the training run (``[data]`` + ``[train]``)
+that ``geors train detector --config run.toml`` and
+``geors.train(TrainingRun.from_toml("run.toml"), ...)`` read back.
 
 Usage:
 
@@ -42,13 +47,25 @@ def geors_cli(*args: str) -> None:
 
 
 def train_and_evaluate(scene: Path, labels: Path, work: Path, *, class_field: str = "class",
-                       eval_scene: Path | None = None, eval_labels: Path | None = None,
-                       train_options: list[str] | None = None, detect_options: list[str] | None = None) -> dict:
-    """Train on (scene, labels), detect on the evaluation scene, return the metrics of ``geors eval``."""
+                       eval_scene: Path | None = None, eval_labels: Path | None = None, train_config=None,
+                       detect_options: list[str] | None = None, save_config: Path | None = None,
+                       tile_size: int | None = None, overlap: int | None = None) -> dict:
+    """Train on (scene, labels) with ``geors.train``, detect on the evaluation scene, return ``geors eval``'s
+    metrics. ``train_config``: a :class:`geors.train.detector.TrainConfig` (None: the CLI's defaults);
+    ``tile_size``/``overlap``: the inference grid the model records (None: 640 / 128)."""
+    import geors
+    from geors.train.api import TrainData, TrainingRun
+
     work.mkdir(parents=True, exist_ok=True)
     model = work / "model.safetensors"
-    geors_cli("train", "detector", "--scene", str(scene), "--labels", str(labels), "--class-field", class_field,
-              "-o", str(model), *(train_options or []))
+    run = TrainingRun("detector", TrainData(scenes=[scene], labels=[labels], class_field=class_field,
+                                            tile_size=tile_size, overlap=overlap), train_config)
+    if save_config:
+        run.save_toml(save_config)
+    print(f"geors.train: {model}", file=sys.stderr)
+    result = geors.train(run, model)
+    for line in result.messages:
+        print(line, file=sys.stderr)
     eval_scene, eval_labels = eval_scene or scene, eval_labels or labels
     detections = work / "detections.gpkg"
     geors_cli("detect", str(eval_scene), "-o", str(detections), "--model", str(model), "--overwrite",
@@ -63,9 +80,9 @@ def _fmt(value) -> str:
     return "n/a" if value is None else f"{value:.3f}"  # None: nothing to measure (e.g. no detection)
 
 
-# Small enough to train in seconds on a CPU; shows the workflow, not a good model.
-DEMO_TRAIN = ["--steps", "30", "--batch-size", "2", "--crop", "64", "--tile", "128", "--overlap", "32",
-              "--val-fraction", "0", "--device", "cpu"]
+# Small enough to train in seconds on a CPU; shows the workflow, not a good model (TrainConfig fields).
+DEMO_TRAIN = {"max_seconds": None, "steps": 30, "batch_size": 2, "crop_size": 64, "val_fraction": 0.0,
+              "device": "cpu"}
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -80,8 +97,12 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--size", type=int, default=256, help="--demo: scene side, pixels")
     p.add_argument("--max-minutes", type=float, help="time budget, passed to geors train detector (default 10)")
     p.add_argument("--device", default=None, help="auto, cpu or cuda")
+    p.add_argument("--save-config", type=Path, help="also write the training run as TOML here")
     a = p.parse_args(argv)
-    train_options: list[str] = []
+    from geors.train.detector import TrainConfig
+
+    train: dict = {}
+    grid: dict = {}
     if a.demo:
         sys.path.insert(0, str(Path(__file__).resolve().parent))
         from demo_data import write_boxes, write_scene
@@ -89,16 +110,18 @@ def main(argv: list[str] | None = None) -> dict:
         a.work.mkdir(parents=True, exist_ok=True)
         a.scene, boxes = write_scene(a.work / "scene.tif", a.size, a.size, n=12, seed=3)
         a.labels = write_boxes(a.scene, boxes, a.work / "labels.gpkg", crs="EPSG:4326")  # drawn in another CRS
-        train_options = list(DEMO_TRAIN)
+        train = dict(DEMO_TRAIN)
+        grid = {"tile_size": 128, "overlap": 32}
     if not (a.scene and a.labels):
         p.error("give --scene and --labels, or --demo")
     if a.max_minutes is not None:
-        train_options += ["--max-minutes", str(a.max_minutes)]
+        train["max_seconds"] = a.max_minutes * 60 if a.max_minutes else None
     if a.device:
-        train_options += ["--device", a.device]
+        train["device"] = a.device
     metrics = train_and_evaluate(a.scene, a.labels, a.work, class_field=a.class_field, eval_scene=a.eval_scene,
-                                 eval_labels=a.eval_labels, train_options=train_options,
-                                 detect_options=["--device", a.device] if a.device else [])
+                                 eval_labels=a.eval_labels, train_config=TrainConfig(**train),
+                                 detect_options=["--device", a.device] if a.device else [],
+                                 save_config=a.save_config, **grid)
     o = metrics["overall"]
     print(f"AP50 {_fmt(o.get('AP50'))}, recall {_fmt(o.get('recall'))}, precision {_fmt(o.get('precision'))} at score "
           f"{metrics['score_threshold']} ({o['n_truth']} labelled objects; model and layers in {a.work})",

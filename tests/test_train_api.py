@@ -216,7 +216,7 @@ def test_a_training_options_file_alone_is_read_as_a_run_without_data(tmp_path):
     run = TrainingRun.from_toml(path)
     assert run.kind == "detector" and run.train == TrainConfig(lr=0.01, crop_size=96) and run.data == TrainData()
     path.write_text("[train]\nlr = 0.002\n")
-    assert TrainingRun.from_toml(path, kind="segmenter").train == SegTrainConfig(lr=0.002)
+    assert TrainingRun.from_toml(path, kind="segmenter").train == SegTrainConfig(lr=0.002, max_seconds=600.0)
 
 
 @pytest.mark.parametrize("text, where", [
@@ -351,3 +351,16 @@ def test_cli_segmenter_with_one_step_phases_prints_its_progress(harbour):
              "--device", "cpu", "--val-fraction", "0", "-o", str(out))
     assert r.exit_code == 0, r.output
     assert out.exists() and json.loads(r.stdout.strip().splitlines()[-1])["coarse_steps"] == 1
+
+
+def test_python_and_cli_defaults_agree_for_the_segmenter_budget(tmp_path):
+    """``SegTrainConfig()`` has no budget; a run without [train] options gets the CLI's 10 minutes, in Python
+    and from a TOML file alike, and a run without a budget keeps none through TOML."""
+    data = TrainData(scenes=["s.tif"], labels=["s.gpkg"], small_classes=["ship"])
+    assert TrainingRun("segmenter", data).train.max_seconds == 600.0
+    path = tmp_path / "run.toml"
+    path.write_text('kind = "segmenter"\n[data]\nscenes = ["s.tif"]\nlabels = ["s.gpkg"]\nsmall_classes = ["ship"]\n')
+    assert TrainingRun.from_toml(path).train.max_seconds == 600.0
+    none = TrainingRun("segmenter", data, SegTrainConfig(max_seconds=None))
+    path.write_text(none.to_toml())
+    assert TrainingRun.from_toml(path).train.max_seconds is None

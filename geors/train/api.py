@@ -52,7 +52,7 @@ from typing import Any
 from geors.errors import Cancelled, ConfigError, GeoreferenceError, OutputError
 from geors.paths import check_outputs_not_inputs
 
-__all__ = ["KINDS", "TrainData", "TrainingRun", "TrainResult", "train", "train_run"]
+__all__ = ["KINDS", "TrainData", "TrainingRun", "TrainResult", "default_train_config", "train", "train_run"]
 
 log = logging.getLogger(__name__)
 
@@ -220,6 +220,17 @@ def _train_config_class(kind: str):
     return TrainConfig
 
 
+SEGMENTER_BUDGET_S = 600.0
+"""The segmenter's default time budget in :func:`train` and TOML files, as ``geors train segmenter``'s
+``--max-minutes 10`` (``SegTrainConfig`` itself defaults to no budget)."""
+
+
+def default_train_config(kind: str):
+    """The training options of ``kind`` when none are given: the CLI's defaults."""
+    cls = _train_config_class(kind)
+    return cls(max_seconds=SEGMENTER_BUDGET_S) if kind == "segmenter" else cls()
+
+
 @dataclass(frozen=True)
 class TrainingRun:
     """One training run: what to train (``kind``), from what (``data``) and how (``train``); TOML in/out.
@@ -228,7 +239,8 @@ class TrainingRun:
         kind: ``detector``, ``gate`` or ``segmenter`` (:data:`KINDS`).
         data: :class:`TrainData`.
         train: :class:`geors.train.detector.TrainConfig` (detector, gate) or
-            :class:`geors.train.segmenter.SegTrainConfig` (segmenter); None = its defaults.
+            :class:`geors.train.segmenter.SegTrainConfig` (segmenter); None = the CLI's defaults
+            (:func:`default_train_config`: for the segmenter a 10-minute budget).
         name: model name stored in the file; None = the output file's stem.
     """
 
@@ -242,7 +254,7 @@ class TrainingRun:
             raise ConfigError(f"training kind must be one of {list(KINDS)}, got {self.kind!r}")
         cls = _train_config_class(self.kind)
         if self.train is None:
-            object.__setattr__(self, "train", cls())
+            object.__setattr__(self, "train", default_train_config(self.kind))
         elif not isinstance(self.train, cls):
             raise ConfigError(f"a {self.kind} trains with a {cls.__name__}, got {type(self.train).__name__}")
 
@@ -286,7 +298,7 @@ class TrainingRun:
                 continue
             lines.append(f"{k} = {_toml(v)}")
         lines += ["", "[train]"]
-        cls_defaults = type(self.train)().to_dict()
+        cls_defaults = default_train_config(self.kind).to_dict()
         for k, v in self.train.to_dict().items():
             if v is None and cls_defaults.get(k) is None:
                 continue
@@ -356,6 +368,8 @@ def _train_config_from_dict(kind: str, values: dict[str, Any], source: str):
         values["arch"] = {k: (None if v == "none" else v) for k, v in values["arch"].items()}
     for k, v in values.items():  # numbers, switches and texts; the config's own checks do the rest
         _check_type(v, types[k], f"{source} {k}")
+    if kind == "segmenter":  # options the file leaves out: the CLI's defaults (a budget)
+        values = {"max_seconds": SEGMENTER_BUDGET_S, **values}
     return cls.from_dict(values, source=source)
 
 
@@ -438,10 +452,6 @@ class _Cancellable:
             self._inner.close()
 
 
-class _SegCancelled(Exception):
-    pass
-
-
 def train(kind: str | TrainingRun, out: str | os.PathLike, data: TrainData | None = None, config: Any = None, *,
           name: str | None = None, progress: Any = None, cancel: threading.Event | None = None,
           notify: Callable[[str], None] | None = None, record: dict[str, Any] | None = None,
@@ -457,8 +467,8 @@ def train(kind: str | TrainingRun, out: str | os.PathLike, data: TrainData | Non
         data: :class:`TrainData`; or give its fields as keyword arguments (``scenes=[...], labels=[...],
             class_field="class"``).
         config: :class:`geors.train.detector.TrainConfig` (detector, gate) or
-            :class:`geors.train.segmenter.SegTrainConfig` (segmenter); None = the defaults (a 10-minute
-            budget for the detector, as the CLI).
+            :class:`geors.train.segmenter.SegTrainConfig` (segmenter); None = the CLI's defaults
+            (:func:`default_train_config`: a 10-minute budget for both).
         name: model name stored in the file (default: the stem of ``out``).
         progress: detector: a :class:`geors.progress.Progress` reporter of the steps (e.g.
             :class:`geors.train.schedule.TrainingBar`); segmenter: a callable of the phase records of
@@ -584,7 +594,7 @@ def _segmenter_progress(progress: Any, cancel: threading.Event | None) -> Callab
 
     def report(rec: dict) -> None:
         if (cancel is not None and cancel.is_set()) or bool(getattr(progress, "cancelled", False)):
-            raise _SegCancelled(f"{rec.get('phase')} step {rec.get('step')}")
+            raise Cancelled(f"training cancelled at {rec.get('phase')} step {rec.get('step')}; no model was written")
         if progress is None:
             return
         if hasattr(progress, "advance"):
@@ -641,11 +651,9 @@ def _train_segmenter(run: TrainingRun, data: TrainData, out: str, progress: Any,
     }
     if run.name:
         meta_in["name"] = run.name
-    try:
+    try:  # the progress callable raises Cancelled when cancel is set
         model, meta = train_segmenter(tiles, names, small, cfg, progress=_segmenter_progress(progress, cancel),
                                       meta=meta_in)
-    except _SegCancelled as exc:
-        raise Cancelled(f"training cancelled at {exc}; no model was written") from None
     finally:
         if progress is not None and hasattr(progress, "close"):
             progress.close()
