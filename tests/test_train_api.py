@@ -242,7 +242,10 @@ def test_unknown_keys_and_kinds_are_refused(tmp_path):
     path = tmp_path / "bad.toml"
     for text, words in [('kind = "classifier"\n', "kind"), ("[data]\nscene = ['a.tif']\n", "unknown data option"),
                         ('kind = "segmenter"\n[train]\ncrop = 64\n', "unknown segmenter training option"),
-                        ("[data\n", "not valid TOML")]:
+                        ("[data\n", "not valid TOML"),
+                        ('kind = "detector"\nlr = 0.1\n', "unknown key.*'lr'.*a training run has kind"),
+                        ('kind = "detector"\n[train]\nlr = 0.1\n[data]\nscenes = ["a.tif"]\n[more]\n',
+                         "unknown key.*'more'")]:
         path.write_text(text)
         with pytest.raises(ConfigError, match=words):
             TrainingRun.from_toml(path)

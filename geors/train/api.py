@@ -344,7 +344,7 @@ class TrainingRun:
             raise ConfigError(f"{p}: the training config is not a text file; give a TOML file") from None
         except tomllib.TOMLDecodeError as exc:
             raise ConfigError(f"{p}: not valid TOML: {exc}") from None
-        if not ({"kind", "data", "train", "name"} & set(data)) or set(data) - {"kind", "data", "train", "name"}:
+        if not {"kind", "data", "train"} & set(data):
             data = {"train": data}  # only training options (TrainConfig.to_toml())
         if kind is not None:
             if "kind" in data and data["kind"] != kind and {data["kind"], kind} != {"detector", "gate"}:
