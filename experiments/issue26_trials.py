@@ -129,11 +129,19 @@ def group_members(pgid: int) -> list[int]:
     return pids
 
 
-def run_geors(args: list, cwd: Path, timeout: float = 120, env: dict | None = None) -> Result:
-    """One geors process in its own session (so a hang can be killed with everything it started)."""
+def run_geors(args: list, cwd: Path, timeout: float = 120, env: dict | None = None, fsize: int | None = None
+              ) -> Result:
+    """One geors process in its own session (so a hang can be killed with everything it started); ``fsize``:
+    the largest file it may write (RLIMIT_FSIZE, a full disk as the process sees it)."""
+    def limit():
+        import resource
+
+        resource.setrlimit(resource.RLIMIT_FSIZE, (fsize, fsize))
+
     t0 = time.monotonic()
     p = subprocess.Popen(geors_cmd() + [str(a) for a in args], cwd=cwd, env=_env(env), stdout=subprocess.PIPE,
-                         stderr=subprocess.PIPE, text=True, start_new_session=True)
+                         stderr=subprocess.PIPE, text=True, start_new_session=True,
+                         preexec_fn=limit if fsize else None)
     try:
         out, err = p.communicate(timeout=timeout)
         timed_out = False
@@ -348,7 +356,10 @@ def gpkg_valid(path: Path) -> str:
 
 
 def err_lines(r: Result) -> list[str]:
-    return [ln for ln in r.err.splitlines() if ln.strip()]
+    """stderr's lines, without click's usage boilerplate ('Usage: ...', 'Try ... --help ...') around its
+    'Error: ...' line."""
+    return [ln for ln in r.err.splitlines() if ln.strip() and not ln.startswith("Usage: ")
+            and not (ln.startswith("Try '") and "--help" in ln)]
 
 
 def tail(text: str, n: int = 6) -> str:
@@ -425,6 +436,7 @@ class Assets:
         (work / "fake.tif").write_text("not a raster\n")
         (work / "notgpkg.gpkg").write_text("my notes, not a GeoPackage\n")
         (work / "comments.txt").write_text("# the archive\n\n# nothing yet\n")
+        (work / "missing_list.txt").write_text("other.tif\ngone.tif\n")
         (work / "bin.toml").write_bytes(bytes(range(256)) * 4)
         self._tomls()
         self._vrt()
@@ -733,6 +745,7 @@ class Trials:
         for mode in MODES:
             for how in ("SIGINT group", "SIGTERM main"):
                 plans.append((mode, how))
+        plans += [("local", "SIGINT group, 2 s after start"), ("threads", "SIGTERM main, during --overwrite")]
         if self.quick:
             plans = [("threads", "SIGINT group"), ("workers2", "SIGTERM main"), ("local", "SIGINT group")]
         for mode, how in plans:
@@ -771,16 +784,21 @@ class Trials:
 
     def _signal_trial(self, run: list, mode: str, how: str) -> None:
         out = self.fresh(f"sig_{mode}")
-        args = [*run, *MODES[mode], "--progress", "jsonl", "-o", out.name]
+        overwrite = "--overwrite" in how
+        if overwrite:  # a finished output of the same scene: its rows are replaced
+            shutil.copy(self.refs["run_1200"], out)
+        args = [*run, *MODES[mode], "--progress", "jsonl", *(["--overwrite"] if overwrite else []), "-o", out.name]
         t0 = time.monotonic()
         p, events, in_flight = self._start(args)
         why, notes = [], []
-        if not in_flight.wait(120):
+        if "after start" in how:
+            time.sleep(2.0)
+        elif not in_flight.wait(120):
             why.append("no tile finished within 120 s")
         time.sleep(self.rng.uniform(0.0, 0.5))
         if p.poll() is not None:
             why.append(f"finished (exit {p.returncode}) before the signal: not a trial")
-        elif how == "SIGINT group":
+        elif how.startswith("SIGINT group"):
             os.killpg(p.pid, signal.SIGINT)
         else:
             p.send_signal(signal.SIGTERM)
@@ -922,6 +940,17 @@ class Trials:
              True),
             ("closed LineStrings as --boxes", [("lines.gpkg" if x == "boxes.gpkg" else x) for x in masks]
              + ["--sam", "box"], "new", ["lines.gpkg"], WARN, True),
+            ("--save-config over the scene", [*[("in_scene.tif" if x == "s800.tif" else x) for x in run],
+                                              "--save-config", "in_scene.tif"], "new", ["in_scene.tif"], 2, False),
+            ("segment --raster-out over the scene", ["segment", "in_scene.tif", "--raster-out", "in_scene.tif",
+                                                     *TILING, *ONE_THREAD, "--progress", "none"], "new",
+             ["in_scene.tif"], 2, False),
+            ("label --masks-out over its --boxes", ["label", "s800.tif", "--boxes", "in_boxes.gpkg", "--sam", "box",
+                                                    "--masks-out", "in_boxes.gpkg"], "new", ["in_boxes.gpkg"], 2,
+             False),
+            ("--config a folder", [*run, "--config", "copy"], "new", ["copy"], 2, False),
+            ("a list file naming a missing scene, --strict", ["tiles", "@missing_list.txt", "--strict", *ONE_THREAD,
+                                                               "--progress", "none"], "new", ["gone.tif"], 2, False),
             ("an all-nodata scene (exit 0 with a hint)", ["run", "nodata.tif", "--sam", "box", *TILING, *ONE_THREAD,
                                                           "--progress", "none"], "hint", ["nodata"], 0, True),
             ("-o an existing GeoPackage, a model with classes: []", [*run, "--model", "classes_empty.safetensors"],
@@ -941,6 +970,53 @@ class Trials:
         print(f"bad: {len(cases)} cases", flush=True)
         for name, args, okind, words, expect, _ in cases:
             self.safe(name, self._bad_case, name, args, okind, words, expect)
+        full = [("disk full while a new output is created (64 KiB)", 64 * 1024, None)]
+        if not self.quick:
+            full += [("disk full after creation (150 KiB)", 150 * 1024, None),
+                     ("disk full while adding to an existing GeoPackage", 12 * 1024, "other")]
+        for name, limit, base in full:
+            self.safe(name, self._disk_full_case, name, run, limit, base)
+
+    def _disk_full_case(self, name, run, limit, base) -> None:
+        """Correct: exit 1 or 2, one 'Error' line, no traceback; the name holds nothing or a valid GeoPackage
+        (an existing one with every old row); no other file left."""
+        w = self.work
+        out = self.fresh("full")
+        before = None
+        if base:
+            shutil.copy(self.refs[base], out)
+            before = rows(out)
+            limit += out.stat().st_size
+        listing = {p.relative_to(w) for p in w.rglob("*")}
+        full = [*run, "-o", out.name]
+        r = run_geors(full, w, 120, fsize=limit)
+        why = []
+        if r.timed_out or r.rc not in (1, 2):
+            why.append("timed out" if r.timed_out else f"exit {r.rc} (expected 1 or 2)")
+        if "Traceback" in r.err:
+            why.append("traceback")
+        errors = [ln for ln in err_lines(r) if ln.startswith("Error")]
+        if len(errors) != 1:
+            why.append(f"{len(errors)} 'Error' lines")
+        if out.exists():
+            v = gpkg_valid(out)
+            if v:
+                why.append(f"{out.name} is not a valid GeoPackage: {v}")
+            elif before is not None:
+                after = rows(out)
+                lost = {k: sum((before[k] - after.get(k, Counter())).values()) for k in before}
+                if any(lost.values()):
+                    why.append(f"old rows lost: {lost}")
+        new = sorted(str(p) for p in ({p.relative_to(w) for p in w.rglob("*")} - listing) if p != out.relative_to(w))
+        if new:
+            why.append(f"left behind: {new}")
+            for p in new:
+                if (w / p).is_file():
+                    (w / p).unlink()
+        if why:
+            why.append(f"stderr: {tail(r.err, 4)}")
+        self.add(Trial("bad", "disk full", name, f"(RLIMIT_FSIZE {limit} B) " + shown(full), not why, "; ".join(why),
+                       r.seconds))
 
     def _bad_case(self, name, args, okind, words, expect) -> None:
         w = self.work
@@ -973,8 +1049,13 @@ class Trials:
         before_rows = rows_or_error(out) if existed and out.suffix == ".gpkg" and okind != ("input", "notgpkg.gpkg") \
             else None
         listing = {p.relative_to(w) for p in w.rglob("*")}
+        inputs = {f: sha256(w / f) for f in ("in_scene.tif", "in_boxes.gpkg", "in_pred.gpkg", "s800.tif")
+                  if f in full and (out is None or f != out.name)}
         r = run_geors(full, w, 120)
         why, notes = [], []
+        changed_inputs = [f for f, h in inputs.items() if sha256(w / f) != h]
+        if changed_inputs:
+            why.append(f"input(s) changed: {changed_inputs}")
         lines = err_lines(r)
         if warn_ok and r.rc == 0 and "Traceback" not in r.err and any(x.lower() in r.err.lower() for x in words):
             self.add(Trial("bad", "refuse or warn", name, shown(full), True, "", r.seconds,
@@ -1030,11 +1111,16 @@ class Trials:
         n = 2 if self.quick else 8
         modes = ["threads", "workers2", "local"]
         for i in range(n):
-            self.safe(f"kill {i}", self._kill_trial, run, modes[i % len(modes)])
+            self.safe(f"kill {i}", self._kill_trial, run, modes[i % len(modes)], i % 3 == 2)
 
-    def _kill_trial(self, run: list, mode: str) -> None:
+    def _kill_trial(self, run: list, mode: str, overwrite: bool = False) -> None:
         out = self.fresh(f"kill_{mode}")
-        args = [*run, *MODES[mode], "-o", out.name]
+        if overwrite:  # kill -9 while --overwrite replaces a finished output's rows; --resume must finish them
+            shutil.copy(self.refs["run_1200"], out)
+            mode_name = f"{mode} --overwrite"
+        else:
+            mode_name = mode
+        args = [*run, *MODES[mode], *(["--overwrite"] if overwrite else []), "-o", out.name]
         span = self.ref_seconds["run_1200"] + (6.0 if mode == "local" else 0.0)
         delay = self.rng.uniform(1.0, span)
         t0 = time.monotonic()
@@ -1054,7 +1140,7 @@ class Trials:
                  f"output existed: {out.exists()}"]
         if left:
             notes.append(f"{len(left)} orphaned process(es) of the group killed")
-        res = [*args[:-2], "--resume", "-o", out.name]
+        res = [*[a for a in args[:-2] if a != "--overwrite"], "--resume", "-o", out.name]
         r = run_geors(res, self.work, 240)
         why = []
         if r.rc != 0:
@@ -1064,7 +1150,8 @@ class Trials:
             d, note = ("", "") if v else compare_to_reference(out, self.refs["run_1200"], self.ref_rows["run_1200"])
             why += [v or d] if v or d else []
             notes += [note] if note else []
-        self.add(Trial("kills", mode if killed else f"{mode} (not killed)", f"kill -9 at {delay:.1f} s, {mode}",
+        self.add(Trial("kills", mode_name if killed else f"{mode_name} (not killed)",
+                       f"kill -9 at {delay:.1f} s, {mode_name}",
                        shown(args) + f"  (kill -9 at {delay:.1f} s) ; " + shown(res), not why, "; ".join(why),
                        time.monotonic() - t0, notes))
 
