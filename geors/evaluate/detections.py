@@ -38,6 +38,7 @@ units) as long as predictions and truth share it, because IoU is unit-free.
 
 from __future__ import annotations
 
+import logging
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -46,6 +47,8 @@ from pathlib import Path
 import numpy as np
 
 from geors.config import DEFAULT_SCORE_THRESHOLD
+
+log = logging.getLogger(__name__)
 
 __all__ = [
     "COCO_IOU_THRESHOLDS",
@@ -57,6 +60,7 @@ __all__ = [
     "gate_metrics",
     "evaluate_detection_frames",
     "evaluate_detection_files",
+    "truth_outlines",
 ]
 
 #: IoU thresholds of COCO's AP: 0.50, 0.55, ..., 0.95.
@@ -498,6 +502,49 @@ def evaluate_detection_frames(
     return result
 
 
+def truth_outlines(truth, path, warnings: list[str] | None = None):
+    """``truth`` with closed lines as polygons; a LabelError when any feature has no area.
+
+    A point or an open line cannot be matched by any box or outline, so truth holding one
+    would score every prediction near it as a false positive and the object as missed (AP 0
+    for a file of points): refused, naming the file, the geometry kinds and the ids. A closed
+    line is read as the polygon it rings, with a note in ``warnings``.
+    """
+    import shapely
+
+    from geors.errors import LabelError
+    from geors.io.labels import closed_lines_as_polygons
+
+    if len(truth) == 0:
+        return truth
+    geoms = truth.geometry.to_numpy()
+    missing = shapely.is_missing(geoms) | shapely.is_empty(geoms)
+    geoms, closed, open_lines = closed_lines_as_polygons(geoms)
+    no_area = ~missing & (open_lines | ~(shapely.area(geoms) > 0))
+    ids = truth.index.to_numpy()
+    if no_area.any():
+        kinds: dict[str, int] = {}
+        for g, is_open in zip(geoms[no_area], open_lines[no_area], strict=True):
+            kind = "open line" if is_open else g.geom_type
+            kinds[kind] = kinds.get(kind, 0) + 1
+        shown = ", ".join(str(i) for i in ids[no_area][:10]) + (" ..." if no_area.sum() > 10 else "")
+        raise LabelError(
+            f"{path}: {int(no_area.sum())} of {len(truth)} truth features have no area "
+            f"({', '.join(f'{k}: {n}' for k, n in sorted(kinds.items()))}; ids {shown}): truth must be boxes or "
+            "polygons (a closed line is read as the polygon it rings). Buffer points to the objects' size "
+            "(e.g. QGIS 'Buffer' or `ogr2ogr -dialect sqlite -sql \"SELECT ST_Buffer(geom, R) ...\"`) or "
+            "pass the outlines.")
+    if closed.any():
+        truth = truth.copy()
+        truth.geometry = geoms
+        note = (f"{path}: {int(closed.sum())} closed lines (ids "
+                f"{', '.join(str(i) for i in ids[closed][:10])}) read as the polygons they ring")
+        log.warning("%s", note)
+        if warnings is not None:
+            warnings.append(note)
+    return truth
+
+
 def _read_layer(path, layer: str | None, what: str):
     import pyogrio
 
@@ -506,7 +553,7 @@ def _read_layer(path, layer: str | None, what: str):
     if not Path(path).exists():
         raise LabelError(f"{path}: {what} file not found. Check the path.")
     try:
-        return pyogrio.read_dataframe(path, layer=layer)
+        return pyogrio.read_dataframe(path, layer=layer, fid_as_index=True)
     except Exception as exc:  # pyogrio raises several GDAL-backed types
         hint = f" Does it have a layer {layer!r}?" if layer else ""
         raise LabelError(f"{path}: cannot read the {what} ({exc}).{hint}") from None
@@ -581,7 +628,7 @@ def evaluate_detection_files(
         if sc is None:
             raise LabelError(f"{truth_path}: pixel-coordinate truth (VOC XML / CSV) needs the scene it refers "
                              "to; pass --scene SCENE.")
-        labels = read_labels(truth_path, sc, class_field=truth_class_field)
+        labels = read_labels(truth_path, sc, class_field=truth_class_field, option="TRUTH")
         truth_boxes_px = labels.boxes
         truth = gpd.GeoDataFrame({"class": list(labels.class_names)},
                                  geometry=_pixel_boxes_to_polygons(labels.boxes, sc.transform), crs=sc.crs)
@@ -590,6 +637,7 @@ def evaluate_detection_files(
         truth = _read_layer(truth_path, None, "truth")
         if len(truth) == 0:
             raise LabelError(f"{truth_path}: contains no labels; nothing to evaluate against.")
+        truth = truth_outlines(truth, truth_path, warnings)
     result = evaluate_detection_frames(
         pred, truth, truth_class_field=truth_class_field, class_agnostic=class_agnostic,
         pred_name=str(pred_path), truth_name=str(truth_path), **kwargs)

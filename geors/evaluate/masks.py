@@ -38,6 +38,8 @@ from pathlib import Path
 
 import numpy as np
 
+from geors.evaluate.detections import truth_outlines
+
 log = logging.getLogger(__name__)
 
 __all__ = ["miou_instances", "evaluate_mask_files", "scene_footprint", "restrict_to_footprint", "recorded_scenes"]
@@ -148,7 +150,7 @@ def evaluate_mask_files(
         SceneReadError: a raster in ``scenes`` cannot be opened.
     """
     pred = _read_polys(pred_path, pred_layer)
-    truth = _read_polys(truth_path, truth_layer)
+    truth = truth_outlines(_read_polys(truth_path, truth_layer), truth_path)
     if pred.crs is not None and truth.crs is not None and not pred.crs.equals(truth.crs):
         truth = truth.to_crs(pred.crs)
     used: list[str] = []
@@ -256,7 +258,7 @@ def _read_polys(path, layer):
         layers = [n for n, _ in pyogrio.list_layers(path)]
         if layer is not None and layer not in layers:
             layer = None
-        gdf = pyogrio.read_dataframe(path, layer=layer)
+        gdf = pyogrio.read_dataframe(path, layer=layer, fid_as_index=True)
     except Exception as exc:  # GDAL errors come in several classes
         raise LabelError(f"{path}: cannot read it as a vector file of polygons ({exc}).") from None
     if "geometry" not in gdf.columns:

@@ -7,7 +7,9 @@ Supported inputs:
 - Any vector file OGR reads (GeoPackage, GeoJSON, Shapefile, ...), boxes or
   polygons in any CRS. Geometries are reprojected to the scene CRS, mapped to
   scene pixels with the scene's inverse geotransform, and replaced by their
-  bounding box. The class comes from ``class_field``; without it a field named
+  bounding box. A line that closes on itself is read as the polygon it rings
+  (with a warning naming the features); points and open lines have no area and
+  are left out (listed in ``LabelSet.dropped``; a file of only those is refused). The class comes from ``class_field``; without it a field named
   ``class`` or ``label`` is used when present (so a geors ``detections`` layer
   reads back as labels), otherwise every box is of class ``"object"``.
 - Pascal VOC XML (``<object><name>`` + ``<bndbox>``) and CSV with columns
@@ -48,7 +50,7 @@ from geors.crs import same_crs
 from geors.errors import LabelError
 
 __all__ = ["LabelSet", "MIN_VISIBLE", "read_labels", "as_labelset", "clip_boxes", "is_pixel_csv", "reproject_labels",
-           "DEFAULT_CLASS_FIELDS"]
+           "DEFAULT_CLASS_FIELDS", "closed_lines_as_polygons"]
 
 log = logging.getLogger(__name__)
 
@@ -119,6 +121,7 @@ def read_labels(
     class_map: Mapping[str, int] | Sequence[str] | None = None,
     layer: str | None = None,
     min_visible: float = MIN_VISIBLE,
+    option: str | None = None,
 ) -> LabelSet:
     """Read boxes for ``scene`` from a vector file, Pascal VOC XML or CSV.
 
@@ -136,6 +139,8 @@ def read_labels(
         layer: layer of a multi-layer vector file (default: the first).
         min_visible: least share of a box's area inside the scene for it to be kept (clipped);
             0 keeps every box that overlaps the scene (prompts for masks).
+        option: the command-line option or argument that named ``path`` (``--boxes``,
+            ``--labels``, ``TRUTH``), named in the message when the file does not exist.
 
     Returns:
         The boxes inside the scene, in scene pixels.
@@ -147,7 +152,8 @@ def read_labels(
     """
     path = Path(path)
     if not path.exists():
-        raise LabelError(f"{path}: label file not found. Check the path.")
+        given = f" (given as {option})" if option else ""
+        raise LabelError(f"{path}: label file not found{given}. Check the path.")
     if path.is_dir() and path.suffix.lower() != ".gdb":
         raise LabelError(f"{path}: is a directory; pass a label file (GeoPackage, GeoJSON, Shapefile, VOC XML or CSV).")
     suffix = path.suffix.lower()
@@ -408,6 +414,11 @@ def _read_vector(path: Path, scene, class_field: str | None, layer: str | None):
         raise LabelError(f"{path}: the scene has no CRS, so labels in {layer_crs} cannot be placed on it. "
                          "Use pixel-coordinate labels (VOC XML or CSV) for ungeoreferenced images.")
     geoms = gdf.geometry.to_numpy()
+    fids = gdf.index.to_numpy(np.int64)
+    geoms, closed, open_lines = closed_lines_as_polygons(geoms)
+    if closed.any():
+        log.warning("%s: %d closed lines (ids %s) are taken as the polygons they ring; save them as polygons "
+                    "to silence this", path, int(closed.sum()), _ids_text(fids[closed]))
     if layer_crs is not None and not same_crs(layer_crs, scene_crs):
         geoms = reproject_labels(path, geoms, layer_crs, scene_crs)
     inv = ~scene.transform
@@ -423,21 +434,53 @@ def _read_vector(path: Path, scene, class_field: str | None, layer: str | None):
         raise LabelError(f"{path}: some labels cannot be transformed from {layer_crs} to the scene CRS "
                          f"{scene_crs} (non-finite coordinates); check the layer's CRS.")
     area = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
-    degenerate = ~(area > 0)
+    # an open line is no outline, whatever its extent (its bounding box was once taken as a box)
+    degenerate = ~(area > 0) | open_lines
     if degenerate.all():
-        raise LabelError(f"{path}: no feature has an area (points or lines?); labels must be boxes or "
-                         "polygons.")
-    fids = gdf.index.to_numpy(np.int64)
+        raise LabelError(f"{path}: no feature has an area (points or open lines); labels must be boxes or "
+                         "polygons (a closed line is read as the polygon it rings).")
     attrs = _attributes_json(gdf)
     if degenerate.any():
-        dropped += [(int(f), "no area (a point or line)") for f in fids[degenerate]]
-        log.warning("%s: %d point/line features without area skipped (ids %s)", path, int(degenerate.sum()),
+        dropped += [(int(f), "no area (a point or open line)") for f in fids[degenerate]]
+        log.warning("%s: %d point/open line features without area skipped (ids %s)", path, int(degenerate.sum()),
                     _ids_text(fids[degenerate]))
         boxes = boxes[~degenerate]
         names = [n for n, d in zip(names, degenerate, strict=True) if not d]
         attrs = tuple(a for a, d in zip(attrs, degenerate, strict=True) if not d)
         fids = fids[~degenerate]
     return boxes, names, fids, attrs, dropped
+
+
+def closed_lines_as_polygons(geoms: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Lines that close on themselves become the polygons they ring; other lines are flagged.
+
+    A box or outline drawn in a line layer is a closed ring: it is read as that polygon (the
+    callers warn, naming the features). An open line outlines nothing (its bounding box is not
+    an object), so it is reported like a point.
+
+    Returns:
+        ``(geoms, closed, open_lines)``: the geometries with closed (Multi)LineStrings replaced
+        by (Multi)Polygons, and boolean masks of the features that were closed lines and of
+        those that are open lines.
+    """
+    import shapely
+
+    geoms = np.asarray(geoms, dtype=object).copy()
+    closed = np.zeros(len(geoms), dtype=bool)
+    open_lines = np.zeros(len(geoms), dtype=bool)
+    types = shapely.get_type_id(geoms)
+    line_types = (shapely.GeometryType.LINESTRING, shapely.GeometryType.LINEARRING,
+                  shapely.GeometryType.MULTILINESTRING)
+    for i in np.flatnonzero(np.isin(types, [int(t) for t in line_types])):
+        parts = shapely.get_parts(geoms[i])
+        if len(parts) and all(shapely.is_closed(q) and shapely.get_num_points(q) >= 4 for q in parts):
+            polys = [shapely.Polygon(shapely.get_coordinates(q)) for q in parts]
+            poly = polys[0] if len(polys) == 1 else shapely.MultiPolygon(polys)
+            if shapely.area(poly) > 0:
+                geoms[i], closed[i] = poly, True
+                continue
+        open_lines[i] = True
+    return geoms, closed, open_lines
 
 
 def reproject_labels(path: Path, geoms: np.ndarray, src, dst) -> np.ndarray:
@@ -487,15 +530,17 @@ def _class_ids(path: Path, names: list[str], class_map) -> tuple[tuple[str, ...]
 
 
 def as_labelset(boxes, scene, class_field: str | None = None, layer: str | None = None,
-                min_visible: float = MIN_VISIBLE) -> LabelSet:
+                min_visible: float = MIN_VISIBLE, option: str = "--boxes") -> LabelSet:
     """Boxes of ``scene`` from a label file path, a :class:`LabelSet`, or ``(boxes, names)`` arrays.
 
     Arrays are scene pixel boxes ``(N, 4)`` xyxy or rotated corners ``(N, 4, 2)``
     (which become their RH-box); ``names`` may be None (every box class ``"0"``); their ids are their
-    positions from 1. ``min_visible``: see :func:`read_labels`.
+    positions from 1. ``min_visible``, ``option`` (the option naming a path, for messages): see
+    :func:`read_labels`.
     """
     if isinstance(boxes, str | os.PathLike):
-        return read_labels(boxes, scene, class_field=class_field, layer=layer, min_visible=min_visible)
+        return read_labels(boxes, scene, class_field=class_field, layer=layer, min_visible=min_visible,
+                           option=option)
     if isinstance(boxes, LabelSet):
         return boxes
     if isinstance(boxes, tuple) and len(boxes) == 2:

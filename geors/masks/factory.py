@@ -87,7 +87,8 @@ def make_mask_engine(spec: str = "auto", device: str = "auto", checkpoint: str |
     p = Path(s).expanduser()
     if p.suffix.lower() in (".pth", ".pt") or p.exists():
         if not p.is_file():
-            raise ModelError(f"SAM checkpoint '{p}' does not exist; check the path.")
+            raise ModelError(f"--sam: SAM checkpoint '{p}' does not exist; check the path or pass another "
+                             "engine (vit_b, watershed, box, ...).")
         kind_hint = "vit_t" if p.name == sam_weights.SAM_CHECKPOINTS["vit_t"].filename else None
         model, kind = sam_weights.load_sam(p, kind=kind_hint)
         return SamEngine(model, kind, device=device, checkpoint=p, **options)

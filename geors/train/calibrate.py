@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from geors.detect import padding_groups
 from geors.errors import GeorsError
 from geors.models.r2cnn import R2CNN
 from geors.train.crops import TrainTile, count_objects, grid_tiles
@@ -56,33 +57,40 @@ class GateCalibrationError(GeorsError, ValueError):
 
 @torch.no_grad()
 def _validation_tables(model: R2CNN, val_tiles: Sequence[TrainTile], batch_size: int = 2) -> tuple[dict, dict]:
-    """``(pred, truth)`` tables of ``model``'s detections (score >= 0.05, no gate) on ``val_tiles``."""
-    from geors.detect import trim_padding
+    """``(pred, truth)`` tables of ``model``'s detections (score >= 0.05, no gate) on ``val_tiles``.
 
+    Each image is trimmed by its own zero padding (:func:`geors.detect.padding_groups`, the rule of
+    ``geors detect``), so its detections do not depend on the images batched with it.
+    """
     dev = next(model.parameters()).device
     pred: dict[str, list] = {"boxes": [], "scores": [], "classes": [], "images": []}
     truth: dict[str, list] = {"boxes": [], "classes": [], "images": []}
     for i in range(0, len(val_tiles), batch_size):
         chunk = val_tiles[i : i + batch_size]
         shapes = {t.image.shape for t in chunk}
-        groups = [chunk] if len(shapes) == 1 else [[t] for t in chunk]
+        groups = [list(range(len(chunk)))] if len(shapes) == 1 else [[j] for j in range(len(chunk))]
         for grp in groups:
-            x = trim_padding(torch.from_numpy(np.stack([t.image for t in grp])).to(dev))
-            dets = model.detect_from_features(model.features(x), tuple(x.shape[-2:]), 0.05)
-            for j, (t, d) in enumerate(zip(grp, dets, strict=True)):
-                name = f"{i}:{j}:{t.name}"
-                pred["boxes"].append(d.boxes.float().cpu().numpy())
-                pred["scores"].append(d.scores.float().cpu().numpy())
-                pred["classes"] += d.labels.cpu().tolist()
-                pred["images"] += [name] * len(d.boxes)
-                truth["boxes"].append(np.asarray(t.boxes, np.float32).reshape(-1, 4))
-                truth["classes"] += np.asarray(t.class_ids).reshape(-1).tolist()
-                truth["images"] += [name] * len(t.boxes)
+            x = torch.from_numpy(np.stack([chunk[j].image for j in grp])).to(dev)
+            for idx, xs in padding_groups(x):
+                dets = model.detect_from_features(model.features(xs), tuple(xs.shape[-2:]), 0.05)
+                for j, d in zip((grp[k] for k in idx), dets, strict=True):
+                    _add_tables(pred, truth, f"{i}:{j}:{chunk[j].name}", chunk[j], d)
     p = {"boxes": np.concatenate(pred["boxes"]).reshape(-1, 4), "scores": np.concatenate(pred["scores"]),
          "classes": np.asarray(pred["classes"], np.int64), "images": np.asarray(pred["images"], object)}
     g = {"boxes": np.concatenate(truth["boxes"]).reshape(-1, 4), "classes": np.asarray(truth["classes"], np.int64),
          "images": np.asarray(truth["images"], object)}
     return p, g
+
+
+def _add_tables(pred: dict, truth: dict, name: str, t: TrainTile, d) -> None:
+    """Append image ``name``'s detections ``d`` and its truth ``t`` to the tables."""
+    pred["boxes"].append(d.boxes.float().cpu().numpy())
+    pred["scores"].append(d.scores.float().cpu().numpy())
+    pred["classes"] += d.labels.cpu().tolist()
+    pred["images"] += [name] * len(d.boxes)
+    truth["boxes"].append(np.asarray(t.boxes, np.float32).reshape(-1, 4))
+    truth["classes"] += np.asarray(t.class_ids).reshape(-1).tolist()
+    truth["images"] += [name] * len(t.boxes)
 
 
 @torch.no_grad()
@@ -171,10 +179,10 @@ def calibrate_score_threshold(
 def gate_scores(model: R2CNN, tiles: Sequence[TrainTile], batch_size: int = 4) -> np.ndarray:
     """Gate probability ``(N,)`` of each tile, as :meth:`geors.detect.Detector.gate` computes it.
 
-    Tiles of equal shape are batched together; the result follows ``tiles``' order.
+    Tiles of equal shape are batched together, each trimmed by its own zero padding
+    (:func:`geors.detect.padding_groups`, as ``geors detect`` does), so a tile's probability does not
+    depend on its batch mates; the result follows ``tiles``' order.
     """
-    from geors.detect import trim_padding
-
     dev = next(model.parameters()).device
     probs = np.zeros(len(tiles), np.float32)
     by_shape: dict[tuple[int, ...], list[int]] = {}
@@ -183,8 +191,9 @@ def gate_scores(model: R2CNN, tiles: Sequence[TrainTile], batch_size: int = 4) -
     for ids in by_shape.values():
         for start in range(0, len(ids), batch_size):
             sel = ids[start : start + batch_size]
-            x = trim_padding(torch.from_numpy(np.stack([tiles[i].image for i in sel])).to(dev))
-            probs[sel] = model.gate_forward(x).float().softmax(dim=1)[:, 1].cpu().numpy()
+            x = torch.from_numpy(np.stack([tiles[i].image for i in sel])).to(dev)
+            for idx, xs in padding_groups(x):
+                probs[[sel[k] for k in idx]] = model.gate_forward(xs).float().softmax(dim=1)[:, 1].cpu().numpy()
     return probs
 
 

@@ -140,7 +140,7 @@ def tiles_from_scenes(
             labels = LabelSet(boxes=np.zeros((0, 4)), class_names=(), class_ids=np.zeros(0, np.int64), classes=(),
                               source=Path(scene_path))
         else:
-            labels = read_labels(label_path, scene, class_field=class_field)
+            labels = read_labels(label_path, scene, class_field=class_field, option="--labels")
         opened.append((scene, labels))
     if rename:
         found = {n for _, lab in opened for n in lab.class_names}
