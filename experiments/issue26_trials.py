@@ -1058,8 +1058,9 @@ class Trials:
             why.append(f"input(s) changed: {changed_inputs}")
         lines = err_lines(r)
         if warn_ok and r.rc == 0 and "Traceback" not in r.err and any(x.lower() in r.err.lower() for x in words):
+            said = next(ln for ln in lines if any(x.lower() in ln.lower() for x in words))
             self.add(Trial("bad", "refuse or warn", name, shown(full), True, "", r.seconds,
-                           [f"warned, exit 0: {tail(r.err, 2)}"]))
+                           [f"warned, exit 0: {said.strip()[:300]}"]))
             return
         if r.timed_out:
             why.append("timed out after 120 s")
@@ -1227,6 +1228,7 @@ def main(argv=None) -> int:
     print(f"\n{len(trials.trials)} trials in {seconds:.0f} s (one thread per process; quick={args.quick})")
     if args.json:
         args.json.write_text(json.dumps({"seconds": seconds, "quick": args.quick, "seed": args.seed,
+                                         "harness_errors": trials.harness_errors,
                                          "trials": [asdict(t) for t in trials.trials]}, indent=1))
     return 0
 
