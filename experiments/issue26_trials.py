@@ -539,6 +539,7 @@ class Trials:
         self.rng = random.Random(seed)
         self.trials: list[Trial] = []
         self.harness_errors: list[str] = []
+        self.n_kills = 0
         self.refs: dict[str, Path] = {}
         self.ref_rows: dict[str, dict] = {}
         self.ref_seconds: dict[str, float] = {}
@@ -1109,7 +1110,7 @@ class Trials:
         run = ["run", "s1200.tif", "--sam", "box", *TILING, *ONE_THREAD, "--progress", "none"]
         print("kills: reference", flush=True)
         self.reference("run_1200", run)
-        n = 2 if self.quick else 8
+        n = self.n_kills or (2 if self.quick else 8)
         modes = ["threads", "workers2", "local"]
         for i in range(n):
             self.safe(f"kill {i}", self._kill_trial, run, modes[i % len(modes)], i % 3 == 2)
@@ -1197,6 +1198,7 @@ def main(argv=None) -> int:
     ap.add_argument("--seed", type=int, default=26, help="seed of the random moments (signals, kills)")
     ap.add_argument("--workdir", type=Path, help="folder for scenes and outputs (default: a new temporary one)")
     ap.add_argument("--keep", action="store_true", help="keep the work folder")
+    ap.add_argument("--kills", type=int, default=0, help="number of kill -9 trials (default 8; 2 with --quick)")
     args = ap.parse_args(argv)
     fams = [f.strip() for f in args.families.split(",") if f.strip()]
     unknown = set(fams) - set(FAMILIES)
@@ -1213,6 +1215,7 @@ def main(argv=None) -> int:
         torch.set_num_threads(1)
         assets = Assets(work, args.quick)
         trials = Trials(work, args.quick, args.seed, assets)
+        trials.n_kills = args.kills
         for fam in FAMILIES:
             if fam in fams:
                 print(f"--- {fam}", flush=True)
