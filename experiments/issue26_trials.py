@@ -898,7 +898,7 @@ class Trials:
              ["missing.tif"], 2, False),
             ("a text file as scene, --strict", [*[("fake.tif" if x == "s800.tif" else x) for x in run], "--strict"],
              "new", ["fake.tif"], 2, False),
-            ("--bands 4 on a 3-band scene", [*run, "--bands", "4"], "new", ["--bands"], 2, False),
+            ("--bands 4 on a 3-band scene", [*run, "--bands", "4"], "new", ["--bands", "band index 4"], 2, False),
             ("--overlap = --tile", [*[x for x in run], "--overlap", "256"], "new", ["--overlap"], 2, False),
             ("--model a missing file", [*run, "--model", "nosuch.safetensors"], "new", ["nosuch.safetensors"], 2,
              False),
