@@ -6,7 +6,11 @@ from dataclasses import asdict, dataclass, field
 
 from geors.results import TileResult
 
-__all__ = ["RunSummary", "tally", "empty_detections_hint"]
+__all__ = ["RunSummary", "tally", "empty_detections_hint", "nodata_hint", "add_hint", "NODATA_HINT"]
+
+#: The hint of a run whose every tile was nodata (any command: detect, run, segment, tiles, ...).
+NODATA_HINT = ("every tile was nodata: check the scene's nodata value and --bands (`geors info SCENE`); nothing "
+               "was detected or outlined there")
 
 
 @dataclass
@@ -91,6 +95,19 @@ class RunSummary:
         return out
 
 
+def nodata_hint(summary: RunSummary) -> str | None:
+    """:data:`NODATA_HINT` when this run's tiles were all nodata (None when one was processed or none was seen)."""
+    if summary.status != "finished" or summary.done or summary.gated or summary.failed or not summary.nodata:
+        return None
+    return NODATA_HINT
+
+
+def add_hint(summary: RunSummary, hint: str | None) -> None:
+    """Append ``hint`` to the summary's hints once."""
+    if hint and hint not in summary.hints:
+        summary.hints.append(hint)
+
+
 def empty_detections_hint(summary: RunSummary, score_threshold: float | None = None) -> str | None:
     """What to try when a detection run wrote no detection (None when it wrote some or saw no tile)."""
     if summary.detections or summary.status != "finished":
@@ -98,7 +115,7 @@ def empty_detections_hint(summary: RunSummary, score_threshold: float | None = N
     if not (summary.done or summary.gated or summary.nodata):
         return None  # nothing processed in this run (all tiles done before, or no tile)
     if not (summary.done or summary.gated):
-        return ("every tile was nodata: check the scene's nodata value and --bands (`geors info SCENE`)")
+        return nodata_hint(summary)
     if not summary.done:
         return ("the gate skipped every tile: rerun with --no-gate or a lower --gate-threshold into another "
                 "output; check the warnings above about the scene and the model")

@@ -228,6 +228,9 @@ def run_pipeline_command(fn, output: str, progress_kind: str) -> object:
         held.release()
         for sig, h in previous.items():
             signal.signal(sig, h)
+    from geors.summary import add_hint, nodata_hint
+
+    add_hint(summary, nodata_hint(summary))  # every command: an all-nodata run says so
     _print_summary(summary, progress_kind)
     problems = []
     if summary.failed:
