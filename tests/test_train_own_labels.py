@@ -126,7 +126,8 @@ def test_b_one_small_scene_gets_a_calibrated_score_threshold(monkeypatch):
 
     monkeypatch.setattr(calibrate_mod, "_validation_tables", perfect)
     rng = np.random.default_rng(1)
-    cfg = TrainConfig(epochs=1, steps_per_epoch=2, batch_size=2, crop_size=64, device="cpu", arch=SMALL_ARCH)
+    cfg = TrainConfig(max_seconds=None, epochs=1, steps_per_epoch=2, batch_size=2, crop_size=64, device="cpu",
+                      arch=SMALL_ARCH)
     _, meta = train_detector([squares(rng, 24, 256)], ["square"], cfg, meta={"tile_size": 640, "overlap": 128})
     tr = meta["training"]
     assert tr["n_validation_tiles"] >= 1 and tr["score_calibration"]["n_truth"] >= 2
