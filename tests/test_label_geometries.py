@@ -143,3 +143,29 @@ def test_missing_training_labels_name_labels(case, tmp_path):
                                   str(tmp_path / "nope.gpkg"), "-o", str(tmp_path / "m.pt")])
     assert r.exit_code == 2, r.output
     assert "nope.gpkg: label file not found (given as --labels)" in r.output
+
+
+def test_segmentation_labels_read_closed_lines_as_polygons_and_name_what_they_leave_out(case, caplog):
+    from rasterio.windows import Window
+
+    from geors.io.seg_labels import IGNORE, open_label_source
+    from geors.raster import open_scene
+
+    scene = open_scene(case["scene"])
+    with caplog.at_level(logging.WARNING, logger="geors.io.seg_labels"):
+        rings = open_label_source(case["rings"], scene)  # was refused: "no feature has an area"
+        painted = rings.read(Window(0, 0, 300, 200)) != IGNORE
+    assert painted[12:38, 12:38].all() and painted[52:78, 102:128].all() and painted.sum() == 2 * 30 * 30
+    assert "rings.gpkg: 2 closed lines (ids 1, 2) are taken as the polygons they ring" in caplog.text
+
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="geors.io.seg_labels"):
+        open_label_source(case["open_line"], scene)  # the open line was left out without a word
+    assert "open_line.gpkg: 1 features without area (points, open lines or empty) left out (ids 2)" in caplog.text
+
+
+def test_missing_segmenter_labels_name_labels(case, tmp_path):
+    r = CliRunner().invoke(main, ["train", "segmenter", "--scene", str(case["scene"]), "--labels",
+                                  str(tmp_path / "nope.gpkg"), "--small-classes", "tree", "-o", str(tmp_path / "s.pt")])
+    assert r.exit_code == 2, r.output
+    assert "nope.gpkg: labels file not found (given as --labels)" in r.output

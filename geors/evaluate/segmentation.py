@@ -146,8 +146,9 @@ def evaluate_segmentation_files(
     else:
         raise ConfigError(f"{pred}: a GeoPackage prediction needs --scene to define the pixel grid and footprint.")
 
-    pred_src = open_label_source(pred, sc, class_field="class", layer=layer if not pred_is_raster else None)
-    truth_src = open_label_source(truth, sc, class_field=truth_class_field, classes=truth_classes)
+    pred_src = open_label_source(pred, sc, class_field="class", layer=layer if not pred_is_raster else None,
+                                 option="PRED")
+    truth_src = open_label_source(truth, sc, class_field=truth_class_field, classes=truth_classes, option="TRUTH")
     bg_name = None if ignore_unlabelled else (background or "background")
     try:
         names: list[str] = []

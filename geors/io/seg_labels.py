@@ -159,11 +159,11 @@ class _PolygonLabels(LabelSource):
         import shapely
 
         from geors.crs import same_crs
-        from geors.io.labels import DEFAULT_CLASS_FIELDS, reproject_labels
+        from geors.io.labels import DEFAULT_CLASS_FIELDS, closed_lines_as_polygons, reproject_labels
 
         self.path = path
         try:
-            gdf = pyogrio.read_dataframe(path, layer=layer)
+            gdf = pyogrio.read_dataframe(path, layer=layer, fid_as_index=True)
         except Exception as exc:  # noqa: BLE001
             raise LabelError(f"{path}: cannot read it as a polygon layer ({exc}); pass a GeoPackage, GeoJSON, "
                              "Shapefile or a label raster (.tif).") from None
@@ -175,11 +175,20 @@ class _PolygonLabels(LabelSource):
         if class_field is not None and class_field not in fields:
             raise LabelError(f"{path}: no field {class_field!r}; available fields: {', '.join(fields) or '(none)'}.")
         fld = class_field or next((f for f in fields if f.lower() in DEFAULT_CLASS_FIELDS), None)
-        geoms = gdf.geometry.to_numpy()
+        # a closed line is the polygon it rings; points and open lines are left out, by id (issue 26.8)
+        geoms, closed, _ = closed_lines_as_polygons(gdf.geometry.to_numpy())
+        fids = gdf.index.to_numpy()
+        if closed.any():
+            log.warning("%s: %d closed lines (ids %s) are taken as the polygons they ring; save them as polygons "
+                        "to silence this", path, int(closed.sum()), ", ".join(map(str, fids[closed][:10])))
         keep = ~(shapely.is_missing(geoms) | shapely.is_empty(geoms))
         keep &= shapely.area(geoms) > 0 if keep.any() else keep
         if not keep.any():
-            raise LabelError(f"{path}: no feature has an area; segmentation labels must be polygons.")
+            raise LabelError(f"{path}: no feature has an area (points or open lines); segmentation labels must be "
+                             "polygons (a closed line is read as the polygon it rings).")
+        if not keep.all():
+            log.warning("%s: %d features without area (points, open lines or empty) left out (ids %s)", path,
+                        int((~keep).sum()), ", ".join(map(str, fids[~keep][:10])))
         names = ["object"] * len(gdf) if fld is None else [str(v) for v in gdf[fld]]
         if fld is not None and gdf[fld].isna().any():
             raise LabelError(f"{path}: features without a value in {fld!r}; fill it or choose another --class-field.")
@@ -221,15 +230,18 @@ class _PolygonLabels(LabelSource):
 
 
 def open_label_source(path: str | Path, scene, class_field: str | None = None, classes: Sequence[str] | None = None,
-                      layer: str | None = None) -> LabelSource:
+                      layer: str | None = None, option: str | None = None) -> LabelSource:
     """A :class:`LabelSource` for a label raster or a polygon layer (decided by the suffix).
+
+    ``option``: the option or argument that named ``path`` (``--labels``, ``TRUTH``), named when it is missing.
 
     Raises:
         LabelError: missing or unreadable file, CRS mismatch, no class names, no polygon with an area.
     """
     p = Path(path)
     if not p.exists():
-        raise LabelError(f"{p}: labels file not found.")
+        given = f" (given as {option})" if option else ""
+        raise LabelError(f"{p}: labels file not found{given}. Check the path.")
     if is_raster_path(p):
         return _RasterLabels(p, scene, classes)
     return _PolygonLabels(p, scene, class_field, layer)

@@ -153,7 +153,7 @@ def load_training_tiles(
         scene = scene_in if isinstance(scene_in, Scene) else open_scene(
             scene_in, bands=list(bands) if bands else None, allow_ungeoreferenced=allow_ungeoreferenced)
         mode = modes[str(labels)]
-        src = open_label_source(labels, scene, class_field=class_field, classes=classes)
+        src = open_label_source(labels, scene, class_field=class_field, classes=classes, option="--labels")
         area = AreaMask(labelled_area, scene) if labelled_area is not None and mode == "background" else None
         try:
             lut = np.full(256, IGNORE, np.uint8)
