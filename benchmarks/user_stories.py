@@ -195,11 +195,11 @@ def _f1(r, p) -> float | None:
     return 0.0 if r + p == 0 else 2 * r * p / (r + p)
 
 
-def detector_story(name: str, d: Path, geors: list[str], budget: list[str], tag: str) -> dict:
+def detector_story(name: str, d: Path, geors: list[str], budget: list[str], tag: str, extra: list[str]) -> dict:
     log = d / f"{tag}.{name}.log"
     model, out = d / f"{tag}.det.safetensors", d / f"{tag}.det.gpkg"
     secs = _make(geors, ["train", "detector", "--scene", str(d / "train.tif"), "--labels", str(d / "train.gpkg"),
-                         "--class-field", "class", *budget, "-o", str(model)], log, model)
+                         "--class-field", "class", *extra, *budget, "-o", str(model)], log, model)
     _make(geors, ["detect", str(d / "test.tif"), "--model", str(model), "-o", str(out)], log, out)
     # written = exactly what the user got; all = every score in the file (AP is not capped by a threshold)
     written = _eval(["eval", "detections", str(out), str(d / "test.gpkg"), "--class-field", "class",
@@ -276,6 +276,8 @@ def main(argv=None) -> int:
                     help="Passed to the trainers (default: not passed, their own default applies).")
     ap.add_argument("--geors", default=f"{sys.executable} -m geors", help="Command that runs geors.")
     ap.add_argument("--tag", default="now", help="Prefix of the files this run writes (compare checkouts).")
+    ap.add_argument("--detector-args", default="",
+                    help="Extra options of `train detector` (a hand-tuned command to compare with the defaults).")
     ap.add_argument("--segmenter-args", default="", help="Extra options of `train segmenter` (e.g. --background X).")
     ap.add_argument("--reuse", action="store_true",
                     help="Keep models and outputs an earlier run with this --tag wrote; evaluate again.")
@@ -302,7 +304,7 @@ def main(argv=None) -> int:
                 return segmenter_story(s, d, geors, budget, a.tag, shlex.split(a.segmenter_args))
             if s == "vehicles-masks":
                 return masks_story(s, d, geors, a.tag)
-            return detector_story(s, d, geors, budget, a.tag)
+            return detector_story(s, d, geors, budget, a.tag, shlex.split(a.detector_args))
         except RuntimeError as e:
             print(e, file=sys.stderr)
             return {"story": s, "kind": "segmenter" if s == "vehicles-seg" else "masks" if s == "vehicles-masks"
