@@ -38,7 +38,7 @@ from pathlib import Path
 
 import numpy as np
 
-from geors.evaluate.detections import truth_outlines
+from geors.evaluate.tables import truth_outlines
 
 log = logging.getLogger(__name__)
 
