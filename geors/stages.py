@@ -201,7 +201,9 @@ class BoxMasksStage:
     name = "masks"
     layers = ("instances",)
     classes: tuple[str, ...] = ()
-    skip_nodata = False  # boxes given on nodata are still outlined (as the box, by the engine's own rule)
+    # boxes given on nodata are still outlined (as the box, by the engine's own rule); such a tile is
+    # reported with status "nodata", so an all-nodata run prints summary.NODATA_BOXES_HINT
+    skip_nodata = False
 
     def __init__(self, boxes, masks: MaskConfig | None = None, device: str = "auto",
                  class_field: str | None = None, layer: str | None = None):
@@ -318,9 +320,15 @@ class BoxMasksStage:
                 inst.score = None
             unanswered = [{"box_fid": fids[i], "reason": "empty mask"} for i in range(len(dets))
                           if i not in outlined] + list(unplaced)
-            res = TileResult(batch.scene.name, tile.id, tile.window, "done", instances=instances,
-                             stage_seconds={"masks": time.perf_counter() - t0}, unanswered=unanswered,
-                             message=unanswered_message(unanswered))
+            # a tile without one valid pixel is "nodata" as in the pipeline's skip_nodata rule, although its
+            # boxes were outlined (the engine had only nodata to go by): the summary says so (issue 26)
+            on_nodata = not batch.images[k].valid.any()
+            message = unanswered_message(unanswered)
+            if on_nodata and instances:
+                message = "; ".join(m for m in (f"{len(instances)} box(es) on nodata outlined", message) if m)
+            res = TileResult(batch.scene.name, tile.id, tile.window, "nodata" if on_nodata else "done",
+                             instances=instances, stage_seconds={"masks": time.perf_counter() - t0},
+                             unanswered=unanswered, message=message)
             res.seconds = res.stage_seconds["masks"]
             results.append(res)
         return results

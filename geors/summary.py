@@ -6,11 +6,16 @@ from dataclasses import asdict, dataclass, field
 
 from geors.results import TileResult
 
-__all__ = ["RunSummary", "tally", "empty_detections_hint", "nodata_hint", "add_hint", "NODATA_HINT"]
+__all__ = ["RunSummary", "tally", "empty_detections_hint", "nodata_hint", "add_hint", "NODATA_HINT",
+           "NODATA_BOXES_HINT"]
 
 #: The hint of a run whose every tile was nodata (any command: detect, run, segment, tiles, ...).
 NODATA_HINT = ("every tile was nodata: check the scene's nodata value and --bands (`geors info SCENE`); nothing "
                "was detected or outlined there")
+#: The hint of a run of given boxes (geors masks, label) whose every tile was nodata: the boxes are answered,
+#: but with nothing but nodata to go by.
+NODATA_BOXES_HINT = ("every tile was nodata: check the scene's nodata value and --bands (`geors info SCENE`); the "
+                     "given boxes lie on nodata, so they were outlined as their boxes")
 
 
 @dataclass
@@ -96,10 +101,11 @@ class RunSummary:
 
 
 def nodata_hint(summary: RunSummary) -> str | None:
-    """:data:`NODATA_HINT` when this run's tiles were all nodata (None when one was processed or none was seen)."""
+    """:data:`NODATA_HINT` when this run's tiles were all nodata (None when one was processed or none was seen);
+    :data:`NODATA_BOXES_HINT` when given boxes were outlined there (geors masks, label: no detections)."""
     if summary.status != "finished" or summary.done or summary.gated or summary.failed or not summary.nodata:
         return None
-    return NODATA_HINT
+    return NODATA_BOXES_HINT if summary.instances and not summary.detections else NODATA_HINT
 
 
 def add_hint(summary: RunSummary, hint: str | None) -> None:

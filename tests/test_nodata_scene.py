@@ -15,7 +15,7 @@ from affine import Affine
 from click.testing import CliRunner
 
 from geors.cli.main import main
-from geors.summary import NODATA_HINT
+from geors.summary import NODATA_BOXES_HINT, NODATA_HINT
 
 
 @pytest.fixture
@@ -36,3 +36,30 @@ def test_all_nodata_scene_says_so(blank, tmp_path, command):
     assert summary["nodata"] == summary["tiles"] >= 1
     assert summary["hints"] == [NODATA_HINT]
     assert f"hint: {NODATA_HINT}" in r.output  # the people's summary too (stderr)
+
+
+@pytest.fixture
+def one_box(tmp_path):
+    """One box (CRS units) inside the blank scene, with a class."""
+    import geopandas as gpd
+    import shapely
+
+    path = tmp_path / "boxes.gpkg"
+    gpd.GeoDataFrame({"class": ["tree"]}, geometry=[shapely.box(500_010.0, 4_499_990.0, 500_015.0, 4_499_995.0)],
+                     crs="EPSG:32617").to_file(path, layer="boxes")
+    return path
+
+
+@pytest.mark.parametrize("command", ["masks", "label"])
+def test_boxes_on_an_all_nodata_scene_say_so(blank, one_box, tmp_path, command):
+    """`geors masks`/`geors label`: a box on an all-nodata scene is outlined as its box (the engine's rule), and
+    the run says that the boxes lie on nodata. Before: the tiles counted as "done", no hint, exit 0."""
+    out = tmp_path / ("out.gpkg" if command == "masks" else "label.tif")
+    r = CliRunner().invoke(main, [command, str(blank), "--boxes", str(one_box), "--sam", "box", "-o", str(out),
+                                  "--progress", "none"])
+    assert r.exit_code == 0, r.output
+    summary = json.loads(r.stdout.strip().splitlines()[-1])
+    assert summary["instances"] == 1  # the box is still answered
+    assert summary["nodata"] == summary["tiles"] >= 1 and summary["done"] == 0
+    assert summary["hints"] == [NODATA_BOXES_HINT]
+    assert f"hint: {NODATA_BOXES_HINT}" in r.output
