@@ -111,18 +111,33 @@ class Executor:
 def _sigint_ignored_by_children():
     """SIGINT ignored while worker processes start: an ignored signal stays ignored across exec, and Python
     (and asyncio in the Dask worker) leave SIGINT alone when the parent ignored it. A blocked signal mask
-    would not do: the processes are started with the mask reset. A Ctrl-C in these seconds is lost."""
+    alone would not do: the processes are started with the mask reset.
+
+    This process must still hear a Ctrl-C of these seconds (it was lost: the run finished with exit 0).
+    SIGINT is also blocked in this thread (and so in the threads the cluster starts, which inherit the
+    mask): Linux keeps a blocked signal pending even while it is ignored, and once the handler is back
+    and the mask lifted, the pending Ctrl-C reaches it.
+    """
     import signal
     import threading
 
     if threading.current_thread() is not threading.main_thread():
         yield
         return
+    blocking = hasattr(signal, "pthread_sigmask")
+    if blocking:
+        signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+    # setting SIG_IGN discards a pending SIGINT: one that came between the block and here is remembered
+    early = blocking and signal.SIGINT in signal.sigpending()
     old = signal.signal(signal.SIGINT, signal.SIG_IGN)
     try:
         yield
     finally:
         signal.signal(signal.SIGINT, old)
+        if blocking:
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
+        if early:
+            signal.raise_signal(signal.SIGINT)
 
 
 def _probe_scheduler(address: str, timeout_s: float = 5.0) -> None:
