@@ -116,7 +116,9 @@ def _sigint_ignored_by_children():
     This process must still hear a Ctrl-C of these seconds (it was lost: the run finished with exit 0).
     SIGINT is also blocked in this thread (and so in the threads the cluster starts, which inherit the
     mask): Linux keeps a blocked signal pending even while it is ignored, and once the handler is back
-    and the mask lifted, the pending Ctrl-C reaches it.
+    and the mask lifted, the pending Ctrl-C reaches it. Limit: a thread that existed before the window and
+    leaves SIGINT unblocked (an OpenMP pool started by an earlier step, say) can still be handed the signal by
+    the kernel and drop it; the cluster's own threads, started in the window, inherit the block.
     """
     import signal
     import threading

@@ -8,7 +8,6 @@ run `finished`). Now the signal is held pending and reaches the handler as soon 
 
 from __future__ import annotations
 
-import os
 import signal
 import threading
 
@@ -35,24 +34,25 @@ def test_a_ctrl_c_during_the_cluster_start_reaches_the_handler_after_it():
     def body():
         with _sigint_ignored_by_children():
             assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN  # what the worker processes inherit
-            os.kill(os.getpid(), signal.SIGINT)  # the terminal's Ctrl-C, to the whole process
+            # the terminal's Ctrl-C as the main thread receives it (a process-directed kill could be handed to
+            # another thread of the test process, see the limit in _sigint_ignored_by_children)
+            signal.pthread_kill(threading.main_thread().ident, signal.SIGINT)
         # the pending signal is delivered when the window closes; Python runs the handler at the next bytecode
 
     assert _with_handler(body) == [signal.SIGINT]
     assert signal.pthread_sigmask(signal.SIG_BLOCK, set()) == before  # the mask is as it was
 
 
-def test_threads_started_in_the_window_do_not_take_the_signal_away():
-    started = threading.Event()
-    stop = threading.Event()
+def test_threads_started_in_the_window_block_it_too():
+    """The cluster's own threads (its event loop) start in the window: they inherit the block, so the kernel
+    cannot hand them a Ctrl-C to drop while SIGINT is ignored."""
+    masks: list[set] = []
 
     def body():
         with _sigint_ignored_by_children():
-            t = threading.Thread(target=lambda: (started.set(), stop.wait(5)), daemon=True)
+            t = threading.Thread(target=lambda: masks.append(signal.pthread_sigmask(signal.SIG_BLOCK, set())))
             t.start()
-            started.wait(5)
-            os.kill(os.getpid(), signal.SIGINT)
-        stop.set()
-        t.join(5)
+            t.join(5)
 
-    assert _with_handler(body) == [signal.SIGINT]
+    assert _with_handler(body) == []
+    assert signal.SIGINT in masks[0]
