@@ -18,7 +18,7 @@ Crash and race safety (what a kill or a second process can and cannot do):
   its layers, and renamed to the user's name: a half-made file never has the
   user's name.
 - Creating a file or adding layers to it happens under an exclusive lock
-  (``fcntl.flock`` on ``<out>.lock``), held until the writer's first commit
+  (on ``<out>.lock``, see :mod:`geors.output_lock`), held until the writer's first commit
   (normally its run row), so two processes that start on the same new output
   at once take turns: the second finds the first one's layers and run row, and
   appends to the layers, reprojecting into their CRS.
@@ -53,6 +53,7 @@ from pyproj import Geod, Transformer
 
 from geors.errors import OutputError
 from geors.faults import checkpoint
+from geors.output_lock import creation_lock, holders, process_alive
 from geors.results import TileResult
 
 log = logging.getLogger(__name__)
@@ -286,73 +287,15 @@ def _temp_prefix(path: Path) -> str:
     return f".{path.name}.creating-"
 
 
-@contextlib.contextmanager
-def _creation_lock(path: Path, wait_s: float | None = None):
-    """Exclusive lock for creating ``path`` or adding layers to it (``<path>.lock``, flock).
-
-    The lock file is removed when released. A waiter that then holds a lock on
-    the removed file notices (its inode is no longer the path's) and retries,
-    so exactly one process at a time holds a lock on the live lock file.
-    """
-    import fcntl
-
-    lock_path = path.with_name(path.name + ".lock")
-    wait_s = _LOCK_WAIT_S if wait_s is None else wait_s
-    deadline = time.monotonic() + wait_s
-    while True:
-        try:
-            fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
-        except OSError as exc:
-            raise OutputError(f"{path}: cannot create the lock file {lock_path} ({exc.strerror}). "
-                              "Make the directory writable or choose another output.") from None
-        try:
-            while True:
-                try:
-                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                    break
-                except BlockingIOError:
-                    pass
-                except OSError as exc:  # a file system without locks (some network mounts)
-                    log.warning("%s: file locks are not supported here (%s); two geors processes must not create "
-                                "this output at the same time", path, exc.strerror)
-                    break
-                if time.monotonic() > deadline:
-                    holder = _read_small(lock_path)
-                    raise OutputError(
-                        f"{path}: another geors process ({holder or 'unknown'}) has been creating this "
-                        f"output for more than {wait_s:.0f} s (lock {lock_path}). Wait for it, or write to "
-                        "another output.") from None
-                time.sleep(0.05)
-            try:
-                same = os.fstat(fd).st_ino == os.stat(lock_path).st_ino
-            except FileNotFoundError:
-                same = False
-        except BaseException:
-            os.close(fd)
-            raise
-        if same:
-            break
-        os.close(fd)  # the holder before us removed that file: lock the new one
-    try:
-        os.ftruncate(fd, 0)
-        os.write(fd, f"pid {os.getpid()} on {socket.gethostname()}".encode())
-        yield
-    finally:
-        with contextlib.suppress(OSError):
-            os.unlink(lock_path)
-        os.close(fd)
-
-
-def _read_small(path: Path) -> str:
-    try:
-        return path.read_text()[:200]
-    except OSError:
-        return ""
-
-
 def _fsync_path(path: Path, directory: bool = False) -> None:
+    """Flush ``path`` (a file, or with ``directory`` a folder's entries) to disk; best effort."""
+    flags = os.O_RDONLY
+    if directory:
+        if not hasattr(os, "O_DIRECTORY"):
+            return  # Windows has no O_DIRECTORY: a folder cannot be opened there to fsync it
+        flags |= os.O_DIRECTORY
     try:
-        fd = os.open(path, os.O_RDONLY | (os.O_DIRECTORY if directory else 0))
+        fd = os.open(path, flags)
     except OSError:
         return
     try:
@@ -361,59 +304,6 @@ def _fsync_path(path: Path, directory: bool = False) -> None:
         pass
     finally:
         os.close(fd)
-
-
-def _process_start(pid: int) -> float | None:
-    """Start time (Unix seconds) of process ``pid`` from /proc, None where unknown."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-        ticks = int(stat[stat.rindex(")") + 2:].split()[19])
-        btime = next(int(line.split()[1]) for line in Path("/proc/stat").read_text().splitlines()
-                     if line.startswith("btime"))
-        return btime + ticks / os.sysconf("SC_CLK_TCK")
-    except (OSError, ValueError, StopIteration, IndexError):
-        return None
-
-
-def _process_alive(pid: int, started_iso: str | None) -> bool:
-    """Whether ``pid`` on this host still is the process that started a run at ``started_iso``."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        pass  # exists, owned by someone else
-    start = _process_start(pid)
-    if start is not None and started_iso:
-        try:
-            run_started = datetime.fromisoformat(started_iso).timestamp()
-        except ValueError:
-            return True
-        if start > run_started + 2:  # the pid was reused by a younger process
-            return False
-    return True
-
-
-def _holders(path: Path) -> str:
-    """' (pid 123 qgis, ...)': other processes of this machine that have ``path`` open (Linux /proc; best
-    effort, '' when unknown)."""
-    try:
-        target = os.path.realpath(path)
-        found = []
-        for pid in os.listdir("/proc"):
-            if not pid.isdigit() or int(pid) == os.getpid():
-                continue
-            try:
-                fds = os.listdir(f"/proc/{pid}/fd")
-                if any(os.path.realpath(f"/proc/{pid}/fd/{fd}") == target for fd in fds):
-                    found.append(f"pid {pid} {_read_small(Path(f'/proc/{pid}/comm'))}".strip())
-            except OSError:
-                continue
-            if len(found) >= 3:
-                break
-    except OSError:
-        return ""
-    return f" ({', '.join(found)})" if found else ""
 
 
 def _space_hint(path: Path) -> str:
@@ -502,7 +392,7 @@ class GeoPackageWriter:
         # Held across creation, layer set-up and this writer's first commit (usually start_run), so a second
         # process sees the first one's layers *and* its run row before it decides anything.
         self._lock = contextlib.ExitStack()
-        self._lock.enter_context(_creation_lock(self.path))
+        self._lock.enter_context(creation_lock(self.path, _LOCK_WAIT_S))
         try:
             self._remove_stale_temp_files()
             self._recover_hot_journal()
@@ -884,7 +774,7 @@ class GeoPackageWriter:
                 if "locked" not in str(exc).lower() or not self._con.in_transaction:
                     raise
                 waited = time.monotonic() - start
-                who = _holders(self.path)
+                who = holders(self.path)
                 if waited >= _READERS_WAIT_S:
                     raise OutputError(
                         f"{self.path}: another program{who} has kept this file open in a read transaction for "
@@ -1081,7 +971,7 @@ class GeoPackageWriter:
                 if run_host != host:
                     log.info("%s: run %s is 'running' on host %s; left as is", self.path, run_id, run_host)
                     continue
-                if int(pid) == os.getpid() or _process_alive(int(pid), started):
+                if int(pid) == os.getpid() or process_alive(int(pid), started):
                     continue
             marked.append(run_id)
         if marked:  # a write transaction only when there is something to mark
@@ -1109,7 +999,7 @@ class GeoPackageWriter:
         for run in self.runs():
             if run["status"] != "running" or run["run_id"] == exclude or run.get("pid") is None:
                 continue
-            if run.get("host") != host or int(run["pid"]) == os.getpid() or _process_alive(int(run["pid"]),
+            if run.get("host") != host or int(run["pid"]) == os.getpid() or process_alive(int(run["pid"]),
                                                                                           run["started"]):
                 live.append(run)
         return live

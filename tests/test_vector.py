@@ -615,10 +615,11 @@ def test_checkpoint_fires_on_the_nth_time_only(monkeypatch):
 
 def test_creator_that_waits_too_long_for_the_lock_gets_a_message(tmp_path, monkeypatch):
     from geors import vector
+    from geors.output_lock import creation_lock
 
     out = tmp_path / "o.gpkg"
     monkeypatch.setattr(vector, "_LOCK_WAIT_S", 0.3)
-    with vector._creation_lock(out):  # another creator holds it (flock conflicts across open files)
+    with creation_lock(out):  # another creator holds it (flock conflicts across open files)
         with pytest.raises(OutputError, match="another geors process .*pid .*creating this output"):
             GeoPackageWriter(out, CRS.from_epsg(32617))
     assert not out.exists()
