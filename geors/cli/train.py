@@ -270,7 +270,15 @@ def _train(**params) -> None:
         click.echo(line, err=True)
 
 
+_GATE_HELP = """The gate step: retrain only the gate head of a trained model, its detections unchanged.
+
+Give --init-from MODEL --train-only gate (the second step of the default model's recipe in the README): the
+backbone and detector of MODEL stay frozen and the gate head learns which tiles hold objects (--empty-scene
+adds images without any); its threshold is calibrated on the held-back tiles. The options are those of `geors
+train detector` (one network): without --train-only gate it trains the whole network as `train detector` does.
+"""
+
 # each command gets its own options: click.command() takes the parameters off the function it wraps, so one
 # decorated function shared by two commands left the second (`train gate`) without any option
-for _name in ("detector", "gate"):
-    train_group.add_command(click.command(_name)(_detector_options(_train)))
+for _name, _help in (("detector", None), ("gate", _GATE_HELP)):  # None: the docstring of _train
+    train_group.add_command(click.command(_name, help=_help)(_detector_options(_train)))
