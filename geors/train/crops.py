@@ -42,6 +42,9 @@ class TrainTile:
             its pixel grid, so the validation split can keep training pixels
             off validation pixels where they overlap; None = a stand-alone image.
         origin: ``(x, y)`` of the image's top-left pixel in its source's pixels.
+        negatives: ``(M, 4)`` xyxy boxes of known false positives in this image (detections an analyst
+            deleted, :mod:`geors.train.corrections`): background that :func:`sample_batch` centres a share of
+            its crops without objects on (``hard_fraction``); None = none.
     """
 
     image: np.ndarray
@@ -50,6 +53,7 @@ class TrainTile:
     name: str = ""
     source: str | None = None
     origin: tuple[int, int] = (0, 0)
+    negatives: np.ndarray | None = None
 
 
 def _crop(
@@ -112,6 +116,7 @@ def sample_batch(
     paste_fraction: float = 0.0,
     contrast_jitter: float = 0.0,
     saturation_jitter: float = 0.0,
+    hard_fraction: float = 0.0,
 ) -> tuple[np.ndarray, list[np.ndarray], list[np.ndarray]]:
     """Draw a balanced batch of augmented crops.
 
@@ -129,6 +134,12 @@ def sample_batch(
     water; dense-canopy crops alone teach the gate (global average pooling)
     that a tile is positive only when trees fill it.
 
+    With ``hard_fraction > 0`` and tiles that carry ``negatives`` (known false
+    positives), that share of the crops without objects is instead placed
+    like a positive crop around a randomly chosen negative box (its objects,
+    if any, keep their boxes): the detector sees the deleted detections more
+    often than random background. Without negatives the draws are unchanged.
+
     Returns:
         images ``(B, C, S, S)`` float32, per-crop boxes ``(N, 4)`` float32 xyxy
         crop pixels, per-crop class ids ``(N,)`` int64.
@@ -137,13 +148,17 @@ def sample_batch(
     empty_tiles = [t for t in tiles if not len(t.boxes)]
     if not pos_tiles:
         raise LabelError("no training image has labelled objects; check the labels and the scene.")
+    hard = [(t, b) for t in tiles if t.negatives is not None for b in np.asarray(t.negatives).reshape(-1, 4)]
     imgs, boxes, cids = [], [], []
     for _ in range(batch_size):
         s = float(scales[int(rng.integers(len(scales)))])
         side = max(int(round(crop_size / s)), 8)
         crop = None
         if rng.random() >= pos_fraction:
-            if empty_tiles and (rng.random() < 0.5 or len(pos_tiles) == 0):
+            if hard and rng.random() < hard_fraction:  # around a known false positive (its objects kept)
+                k = int(rng.integers(len(hard)))
+                crop = _crop_around(hard[k][0], hard[k][1], side, rng)
+            elif empty_tiles and (rng.random() < 0.5 or len(pos_tiles) == 0):
                 t = empty_tiles[int(rng.integers(len(empty_tiles)))]
                 _, h, w = t.image.shape
                 x0 = int(rng.integers(max(w - side, 0) + 1))
@@ -166,17 +181,7 @@ def sample_batch(
                     crop = _crop(t, x0, y0, side)
         if crop is None:
             t = pos_tiles[int(rng.integers(len(pos_tiles)))]
-            _, h, w = t.image.shape
-            b = np.asarray(t.boxes).reshape(-1, 4)[int(rng.integers(len(t.boxes)))]
-            cx, cy = (b[0] + b[2]) / 2, (b[1] + b[3]) / 2
-            lo_x, hi_x = int(math.floor(cx)) - side + 1, int(math.floor(cx))
-            lo_y, hi_y = int(math.floor(cy)) - side + 1, int(math.floor(cy))
-            # keep the crop inside the image when it can be
-            lo_x, hi_x = max(lo_x, min(0, w - side)), min(hi_x, max(w - side, 0))
-            lo_y, hi_y = max(lo_y, min(0, h - side)), min(hi_y, max(h - side, 0))
-            x0 = int(rng.integers(lo_x, max(hi_x, lo_x) + 1))
-            y0 = int(rng.integers(lo_y, max(hi_y, lo_y) + 1))
-            crop = _crop(t, x0, y0, side)
+            crop = _crop_around(t, np.asarray(t.boxes).reshape(-1, 4)[int(rng.integers(len(t.boxes)))], side, rng)
             if empty_tiles and paste_fraction > 0 and rng.random() < paste_fraction:
                 crop = _paste_on_empty(crop, empty_tiles, side, rng)
         img, bx, ci = crop
@@ -193,6 +198,20 @@ def sample_batch(
         boxes.append(bx.astype(np.float32))
         cids.append(ci)
     return np.stack(imgs), boxes, cids
+
+
+def _crop_around(tile: TrainTile, box, side: int, rng: np.random.Generator):
+    """A random crop of ``side`` px of ``tile`` that holds the centre of ``box`` (inside the image where it can)."""
+    _, h, w = tile.image.shape
+    cx, cy = (box[0] + box[2]) / 2, (box[1] + box[3]) / 2
+    lo_x, hi_x = int(math.floor(cx)) - side + 1, int(math.floor(cx))
+    lo_y, hi_y = int(math.floor(cy)) - side + 1, int(math.floor(cy))
+    # keep the crop inside the image when it can be
+    lo_x, hi_x = max(lo_x, min(0, w - side)), min(hi_x, max(w - side, 0))
+    lo_y, hi_y = max(lo_y, min(0, h - side)), min(hi_y, max(h - side, 0))
+    x0 = int(rng.integers(lo_x, max(hi_x, lo_x) + 1))
+    y0 = int(rng.integers(lo_y, max(hi_y, lo_y) + 1))
+    return _crop(tile, x0, y0, side)
 
 
 def _random_saturation(image: np.ndarray, rng: np.random.Generator, strength: float) -> np.ndarray:

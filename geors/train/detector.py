@@ -188,6 +188,10 @@ class TrainConfig:
             to retrain a model's gate with another pooling without changing
             its detections; None trains everything.
         arch: other :class:`R2CNNConfig` fields to override.
+        hard_negative_fraction: share of the crops without objects centred on a
+            known false positive instead (``TrainTile.negatives``: detections an
+            analyst deleted, :mod:`geors.train.corrections`); no effect on tiles
+            without any.
     """
 
     max_seconds: float | None = 600.0
@@ -225,6 +229,7 @@ class TrainConfig:
     empty_negatives: bool | None = None
     empty_negatives_from: float = 0.0
     arch: dict[str, Any] = field(default_factory=dict)
+    hard_negative_fraction: float = 0.5
 
     def to_dict(self) -> dict[str, Any]:
         """Plain values (tuples as lists), for JSON metadata and TOML."""
@@ -398,6 +403,8 @@ def train_detector(
                                 "empty_negatives": bool(cfg.empty_negatives), **cfg.arch},
         )
         model = R2CNN(arch).to(device)
+    if not 0.0 <= cfg.hard_negative_fraction <= 1.0:
+        raise ConfigError(f"hard_negative_fraction must be in [0, 1], got {cfg.hard_negative_fraction!r}")
     if not 0.0 <= cfg.empty_negatives_from < 1.0:
         raise ValueError(f"empty_negatives_from must be in [0, 1), got {cfg.empty_negatives_from!r}")
     empty_negatives = bool(arch.empty_negatives)
@@ -459,7 +466,8 @@ def train_detector(
         for g in opt.param_groups:
             g["lr"] = cfg.lr * sched.lr_factor(step)
         imgs, bxs, cids = sample_batch(tiles, cfg.batch_size, cfg.crop_size, rng, cfg.pos_fraction, cfg.scales,
-                                      cfg.color_jitter, cfg.paste_fraction, cfg.contrast_jitter, cfg.saturation_jitter)
+                                      cfg.color_jitter, cfg.paste_fraction, cfg.contrast_jitter, cfg.saturation_jitter,
+                                      cfg.hard_negative_fraction)
         x = torch.from_numpy(imgs).to(device)
         targets = [
             {"boxes": torch.from_numpy(b).to(device), "labels": torch.from_numpy(c).to(device)}
