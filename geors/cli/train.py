@@ -20,10 +20,19 @@ command = train_group
 
 def _detector_options(f):
     options = [
-        click.option("--scene", "scenes", multiple=True, required=True, type=click.Path(),
-                     help="Training raster; repeat together with --labels for several scenes."),
-        click.option("--labels", "labels", multiple=True, required=True, type=click.Path(),
+        click.option("--scene", "scenes", multiple=True, type=click.Path(),
+                     help="Training raster; repeat together with --labels for several scenes (with --corrections: "
+                          "where a scene of the run is now, if it moved)."),
+        click.option("--labels", "labels", multiple=True, type=click.Path(),
                      help="Boxes for the matching --scene: GeoPackage/GeoJSON/Shapefile (any CRS), VOC XML or CSV."),
+        click.option("--corrections", default=None, type=click.Path(dir_okay=False),
+                     help="Retrain from corrections: a geors detect/run output whose detections layer you edited "
+                          "(deleted false positives, drew missed objects) instead of --scene/--labels. Kept and "
+                          "drawn boxes are objects, deleted ones hard negatives, inside the reviewed area; the "
+                          "run's model is fine-tuned unless --init-from is given."),
+        click.option("--reviewed-area", default=None, type=click.Path(dir_okay=False),
+                     help="With --corrections: polygons of the area you reviewed (default: the layer "
+                          "reviewed_area of the corrections file, else the tiles holding an edit)."),
         click.option("--empty-scene", "empty_scenes", multiple=True, type=click.Path(),
                      help="Image without objects, used whole as empty tiles (gate negatives); repeatable."),
         click.option("--init-from", default=None, type=click.Path(dir_okay=False),
@@ -189,7 +198,8 @@ def _config_value(name: str, value):
 # CLI parameter -> TrainData field, for the options that say what to learn from
 _DATA_FIELDS = {"scenes": "scenes", "labels": "labels", "empty_scenes": "empty_scenes", "class_field": "class_field",
                 "rename_class": "rename_class", "gsd": "gsd", "allow_ungeoreferenced": "allow_ungeoreferenced",
-                "bands": "bands", "tile_size": "tile_size", "overlap": "overlap"}
+                "bands": "bands", "tile_size": "tile_size", "overlap": "overlap", "corrections": "corrections",
+                "reviewed_area": "reviewed_area"}
 
 
 def _given(params: dict) -> set[str]:
@@ -253,7 +263,8 @@ def _train(**params) -> None:
     output = p["output"]
     check_outputs_not_inputs({"-o": output, "--save-config": p["save_config"]},
                              {"--scene": p["scenes"], "--labels": p["labels"], "--empty-scene": p["empty_scenes"],
-                              "--init-from": p["init_from"], "--config": p["config_file"]})
+                              "--init-from": p["init_from"], "--config": p["config_file"],
+                              "--corrections": p["corrections"], "--reviewed-area": p["reviewed_area"]})
     run = training_run(click.get_current_context().info_name or "detector", p)
     if p["save_config"]:
         run.save_toml(p["save_config"])

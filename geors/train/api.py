@@ -61,7 +61,7 @@ KINDS = ("detector", "gate", "segmenter")
 of the step that retrains only the gate, with ``TrainConfig(train_only="gate", init_from=...)``); ``segmenter``
 trains C2FNet."""
 
-_DETECTOR_ONLY = ("empty_scenes", "rename_class", "gsd")
+_DETECTOR_ONLY = ("empty_scenes", "rename_class", "gsd", "corrections", "reviewed_area")
 _SEGMENTER_ONLY = ("classes", "small_classes", "background", "unlabelled", "labelled_area")
 
 
@@ -96,6 +96,13 @@ class TrainData:
         background: segmenter: name of the background class (``--background``).
         unlabelled: segmenter: pixels no label covers: ``auto``, ``background`` or ``ignore`` (``--unlabelled``).
         labelled_area: segmenter: polygons of the area where the labels are complete (``--labelled-area``).
+        corrections: detector: a geors output whose detections layer an analyst edited (``--corrections``):
+            the training data instead of ``labels`` (kept and drawn boxes are objects, deleted ones hard
+            negatives, inside the reviewed area; :mod:`geors.train.corrections`). ``scenes`` then only say
+            where the run's scenes are now, if they moved; the model to fine-tune defaults to the run's.
+        reviewed_area: detector, with ``corrections``: polygons of the area the analyst reviewed
+            (``--reviewed-area``); None = the layer ``reviewed_area`` of the corrections file, else the
+            tiles holding an edit.
     """
 
     scenes: tuple[str, ...] = ()
@@ -113,6 +120,8 @@ class TrainData:
     background: str | None = None
     unlabelled: str = "auto"
     labelled_area: str | None = None
+    corrections: str | None = None
+    reviewed_area: str | None = None
 
     def __post_init__(self) -> None:  # Python callers may pass a path, lists or Path objects
         for name in ("scenes", "labels", "empty_scenes", "small_classes"):
@@ -121,17 +130,28 @@ class TrainData:
             object.__setattr__(self, "classes", _strs(self.classes))
         if self.bands is not None and not isinstance(self.bands, tuple):
             object.__setattr__(self, "bands", tuple(self.bands))
-        if isinstance(self.labelled_area, os.PathLike):
-            object.__setattr__(self, "labelled_area", os.fspath(self.labelled_area))
+        for name in ("labelled_area", "corrections", "reviewed_area"):
+            if isinstance(getattr(self, name), os.PathLike):
+                object.__setattr__(self, name, os.fspath(getattr(self, name)))
         object.__setattr__(self, "rename_class", dict(self.rename_class or {}))
 
     def validate(self, kind: str, source: str = "training data") -> TrainData:
         """Types and the options of ``kind``; raise :class:`ConfigError` naming the option."""
         for f in fields(self):
             _check_value(getattr(self, f.name), _DATA_TYPES[f.name], f"{source} {f.name}")
-        if not self.scenes:
-            raise ConfigError(f"{source}: give at least one scene (--scene) with its labels (--labels).")
-        if len(self.scenes) != len(self.labels):
+        if self.corrections is not None:
+            if self.labels:
+                raise ConfigError(f"{source}: --corrections is the training data; leave out --labels (--scene "
+                                  "only says where the run's scenes are now, if they moved).")
+            if self.bands is not None:
+                raise ConfigError(f"{source}: with --corrections the run's bands are used; leave out --bands.")
+        elif self.reviewed_area is not None:
+            raise ConfigError(f"{source}: --reviewed-area goes with --corrections (the area of the edited "
+                              "detections that was reviewed).")
+        elif not self.scenes:
+            raise ConfigError(f"{source}: give at least one scene (--scene) with its labels (--labels), or "
+                              "--corrections (an edited geors output).")
+        if self.corrections is None and len(self.scenes) != len(self.labels):
             raise ConfigError(f"give one --labels per --scene ({len(self.scenes)} scenes, "
                               f"{len(self.labels)} label files).")
         defaults = TrainData()
@@ -175,6 +195,7 @@ _DATA_TYPES: dict[str, tuple[str, bool]] = {
     "allow_ungeoreferenced": ("bool", False), "gsd": ("float", True), "tile_size": ("int", True),
     "overlap": ("int", True), "classes": ("strs", True), "small_classes": ("strs", False),
     "background": ("str", True), "unlabelled": ("str", False), "labelled_area": ("path", True),
+    "corrections": ("path", True), "reviewed_area": ("path", True),
 }
 _WORDS = {"paths": "a list of paths in quotes", "path": "a path in quotes", "str": "a text in quotes",
           "strs": "a list of texts in quotes", "ints": "a list of integers, e.g. [4, 3, 2]", "bool": "true or false",
@@ -508,6 +529,7 @@ def train_run(run: TrainingRun, out: str | os.PathLike, *, progress: Any = None,
     check_outputs_not_inputs({"-o": out}, {"--scene": data.scenes, "--labels": data.labels,
                                            "--empty-scene": data.empty_scenes,
                                            "--labelled-area": data.labelled_area,
+                                           "--corrections": data.corrections, "--reviewed-area": data.reviewed_area,
                                            "--init-from": getattr(run.train, "init_from", None)})
     parent = Path(out).parent
     if str(parent) and not parent.is_dir():
@@ -529,6 +551,16 @@ def _train_detector(run: TrainingRun, data: TrainData, out: str, progress: Any, 
         raise ConfigError(f"--gate-scale must be >= 1 and leave at least 8 px of the --crop "
                           f"({cfg.crop_size} // {cfg.gate_input_scale}).")
     tile_size, overlap = data.tile_size, data.overlap
+    corrections = None
+    if data.corrections is not None:
+        from geors.train.corrections import read_corrections
+
+        corrections = read_corrections(data.corrections, data.reviewed_area, data.scenes)
+        # the run's model by default; empty crops (the reviewed background, the deleted boxes) train the
+        # detector too unless the user says otherwise
+        cfg = dataclasses.replace(cfg, init_from=cfg.init_from or corrections.model,
+                                  empty_negatives=True if cfg.empty_negatives is None else cfg.empty_negatives)
+        tile_size, overlap = tile_size or corrections.tile_size, corrections.overlap if overlap is None else overlap
     if cfg.init_from and (tile_size is None or overlap is None):
         _, init_meta = load_model(cfg.init_from, "cpu")
         tile_size = tile_size or int(init_meta.get("tile_size", 640))
@@ -536,11 +568,14 @@ def _train_detector(run: TrainingRun, data: TrainData, out: str, progress: Any, 
     tile_size = tile_size or 640  # the inference grid the model records (defaults of a new model)
     overlap = 128 if overlap is None else overlap
     try:
-        pairs = list(zip(data.scenes, data.labels, strict=True)) + [(s, None) for s in data.empty_scenes]
-        tiles, classes, info = tiles_from_scenes(pairs, data.class_field, tile_size, overlap,
-                                                 list(data.bands) if data.bands else None, seed=cfg.split_seed,
-                                                 allow_ungeoreferenced=data.allow_ungeoreferenced,
-                                                 rename=data.rename_class)
+        if corrections is not None:
+            tiles, classes, info = _correction_tiles(corrections, data, tile_size, overlap, cfg.split_seed)
+        else:
+            pairs = list(zip(data.scenes, data.labels, strict=True)) + [(s, None) for s in data.empty_scenes]
+            tiles, classes, info = tiles_from_scenes(pairs, data.class_field, tile_size, overlap,
+                                                     list(data.bands) if data.bands else None, seed=cfg.split_seed,
+                                                     allow_ungeoreferenced=data.allow_ungeoreferenced,
+                                                     rename=data.rename_class)
     except GeoreferenceError as exc:
         if data.allow_ungeoreferenced or "no geotransform" not in str(exc):
             raise
@@ -555,7 +590,8 @@ def _train_detector(run: TrainingRun, data: TrainData, out: str, progress: Any, 
         "name": run.name or Path(out).stem, "tile_size": tile_size, "overlap": overlap,
         "gsd_m": info["gsd_m"] if info["gsd_m"] is not None else gsd,
         "training": {"sources": info["sources"], "band_indexes": info["band_indexes"], "kind": run.kind,
-                     "data": data.to_dict(), **(record or {})},
+                     "data": data.to_dict(), **({"corrections": info["corrections"]} if "corrections" in info
+                                                else {}), **(record or {})},
     }, progress=reporter)
     if reporter is not None and reporter.cancelled:
         raise Cancelled(f"training cancelled after {meta['training']['steps']} steps; no model was written")
@@ -564,6 +600,7 @@ def _train_detector(run: TrainingRun, data: TrainData, out: str, progress: Any, 
     calib = tr["gate_calibration"]
     sc = tr["score_calibration"]
     summary = {"model": str(path), "classes": classes, "anchor_scales": meta["anchor_scales"],
+               **({"corrections": info["corrections"]["counts"]} if "corrections" in info else {}),
                "steps": tr["steps"], "planned_steps": tr["planned_steps"], "seconds": tr["seconds"],
                "stop_reason": tr["stop_reason"], "gate_threshold": meta["gate_threshold"],
                "gate_calibration": calib, "score_threshold": meta["score_threshold"],
@@ -586,6 +623,20 @@ def _train_detector(run: TrainingRun, data: TrainData, out: str, progress: Any, 
                        validation_iou=None, validation_miou=None, gate_threshold=meta["gate_threshold"],
                        score_threshold=meta["score_threshold"], calibration={"gate": calib, "score": sc},
                        summary=summary, messages=messages, metadata=meta)
+
+
+def _correction_tiles(corrections, data: TrainData, tile_size: int, overlap: int, seed: int):
+    """Training tiles of an analyst's corrections (:mod:`geors.train.corrections`), plus ``--empty-scene`` images."""
+    from geors.train.corrections import correction_tiles
+    from geors.train.detector import tiles_from_scenes
+
+    tiles, classes, info = correction_tiles(corrections, tile_size, overlap)
+    if data.empty_scenes:
+        empty, _, extra = tiles_from_scenes([(s, None) for s in data.empty_scenes], None, tile_size, overlap,
+                                            corrections.bands, seed=seed)
+        tiles += empty
+        info["sources"] += extra["sources"]
+    return tiles, classes, info
 
 
 def _segmenter_progress(progress: Any, cancel: threading.Event | None) -> Callable[[dict], None] | None:
