@@ -27,6 +27,10 @@ __all__ = ["Tile", "TileGrid", "axis_starts", "axis_core_bounds", "window_bounds
 def axis_starts(length: int, size: int, stride: int) -> list[int]:
     """Start offsets of tiles along one axis, the last one shifted back inside.
 
+    The one rule for every grid geors cuts: :class:`TileGrid`, the training
+    grid (:func:`geors.train.crops.grid_tiles`) and C2FNet's windows
+    (:func:`geors.models.c2fnet.window_counts`).
+
     Args:
         length: axis length in pixels.
         size: tile size in pixels.
@@ -122,10 +126,6 @@ class Tile:
         """Tile footprint ``(minx, miny, maxx, maxy)`` in scene CRS units."""
         return window_bounds(Window(0, 0, self.window.width, self.window.height), self.transform)
 
-    def core_bounds(self) -> tuple[float, float, float, float]:
-        """Core footprint ``(minx, miny, maxx, maxy)`` in scene CRS units."""
-        return window_bounds(self.core_in_tile, self.transform)
-
 
 def window_bounds(win: Window, transform: Affine) -> tuple[float, float, float, float]:
     """Footprint ``(minx, miny, maxx, maxy)`` of a pixel window under ``transform``."""
@@ -209,10 +209,6 @@ class TileGrid(Sequence[Tile]):
             size=self.size,
         )
 
-    def core_window(self, row: int, col: int) -> Window:
-        """Core window of tile (row, col) in scene pixel coordinates."""
-        return self.tile(row, col).core
-
     def owner(self, x: float, y: float) -> Tile:
         """The tile whose core contains scene pixel point (x=column, y=row)."""
         if not (0 <= x < self.width and 0 <= y < self.height):
@@ -220,10 +216,3 @@ class TileGrid(Sequence[Tile]):
         col = next(i for i, (lo, hi) in enumerate(self._col_cores) if lo <= x < hi)
         row = next(i for i, (lo, hi) in enumerate(self._row_cores) if lo <= y < hi)
         return self.tile(row, col)
-
-    def memory_estimate(self, bands: int = 3, tiles_in_flight: int = 8, bytes_per_value: int = 4) -> int:
-        """Rough bytes held for pixels: tiles in flight x tile pixels x bands x float32.
-
-        Independent of the scene size by design.
-        """
-        return tiles_in_flight * self.size * self.size * bands * bytes_per_value

@@ -86,3 +86,28 @@ def test_axis_helpers():
 def test_bad_grid_options(size, overlap):
     with pytest.raises(ConfigError):
         TileGrid(FakeScene(100, 100), size, overlap)
+
+
+@pytest.mark.parametrize("w,h", [(1000, 700), (641, 1280), (2049, 1537)])
+def test_training_grid_is_the_inference_grid(w, h):
+    """train/crops.grid_tiles cuts an image at the windows TileGrid reads: one rule, `axis_starts`."""
+    from geors.train.crops import TrainTile, grid_tiles
+
+    image = np.zeros((3, h, w), np.float32)
+    tile = TrainTile(image, np.zeros((0, 4), np.float32), np.zeros(0, np.int64), "img")
+    origins = sorted(t.origin for t in grid_tiles([tile], 640, 128))
+    assert origins == sorted((t.col_off, t.row_off) for t in TileGrid(FakeScene(w, h), 640, 128))
+
+
+def test_c2fnet_windows_follow_axis_starts():
+    """C2FNet's window statistic uses the tile rule: the last window flush with the end, none past it."""
+    import torch
+
+    from geors.models.c2fnet import window_counts
+
+    mask = torch.zeros((1, 300, 250), dtype=torch.bool)
+    mask[0, 299, 249] = True
+    counts, ys, xs = window_counts(mask, 128, 48)
+    assert ys == axis_starts(300, 128, 48) == [0, 48, 96, 144, 172]
+    assert xs == axis_starts(250, 128, 48)
+    assert int(counts[0, -1, -1]) == 1 and int(counts.sum()) == 1

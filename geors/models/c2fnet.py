@@ -67,13 +67,13 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from geors.models.tinynet import GlobalAttention, ResidualBlock, TinyNet, conv_bn_relu
+from geors.tiling import axis_starts
 
 __all__ = [
     "C2FNetConfig",
     "C2FNet",
     "CoarseSegNet",
     "FineSegNet",
-    "window_starts",
     "window_counts",
     "select_windows",
     "crop_windows",
@@ -232,16 +232,6 @@ class FineSegNet(nn.Module):
 
 
 # ----------------------------------------------------------------------------- windows
-def window_starts(length: int, window: int, stride: int) -> list[int]:
-    """Start offsets of ``window``-px windows every ``stride`` px; the last one flush with the end."""
-    if length <= window:
-        return [0]
-    starts = list(range(0, length - window + 1, stride))
-    if starts[-1] + window < length:
-        starts.append(length - window)
-    return starts
-
-
 def window_counts(small_mask: Tensor, window: int, stride: int) -> tuple[Tensor, list[int], list[int]]:
     """The window statistic: small-object pixels in every ``window x window`` window.
 
@@ -255,7 +245,7 @@ def window_counts(small_mask: Tensor, window: int, stride: int) -> tuple[Tensor,
     """
     b, h, w = small_mask.shape
     k = min(window, h, w)
-    ys, xs = window_starts(h, k, stride), window_starts(w, k, stride)
+    ys, xs = axis_starts(h, k, stride), axis_starts(w, k, stride)
     ii = F.pad(small_mask.to(torch.int64).cumsum(1).cumsum(2), (1, 0, 1, 0))  # integral image (B, H+1, W+1)
     y0 = torch.tensor(ys, device=small_mask.device)[:, None]
     x0 = torch.tensor(xs, device=small_mask.device)[None, :]

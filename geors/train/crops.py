@@ -19,6 +19,7 @@ import torch
 import torch.nn.functional as F
 
 from geors.errors import LabelError
+from geors.tiling import axis_starts
 from geors.train.anchors import box_sizes
 from geors.train.augment import random_contrast, random_dihedral, random_photometric
 
@@ -228,13 +229,6 @@ def _random_saturation(image: np.ndarray, rng: np.random.Generator, strength: fl
     return np.clip(grey + f * (image - grey), 0, 1).astype(np.float32)
 
 
-def _grid_origins(length: int, tile_size: int, stride: int) -> list[int]:
-    starts = list(range(0, max(length - tile_size, 0) + 1, stride))
-    if starts[-1] + tile_size < length:
-        starts.append(length - tile_size)
-    return starts
-
-
 def grid_tiles(tiles: Sequence[TrainTile], tile_size: int, overlap: int) -> list[TrainTile]:
     """Cut images into the inference grid (``tile_size``, stride ``tile_size - overlap``, zero-padded
     beyond the image); boxes kept by the crop rule of :func:`sample_batch`. An image no larger than a
@@ -248,8 +242,8 @@ def grid_tiles(tiles: Sequence[TrainTile], tile_size: int, overlap: int) -> list
         if h <= tile_size and w <= tile_size:
             out.append(t if t.source is not None else replace(t, source=src))
             continue
-        for y0 in _grid_origins(h, tile_size, stride):
-            for x0 in _grid_origins(w, tile_size, stride):
+        for y0 in axis_starts(h, tile_size, stride):
+            for x0 in axis_starts(w, tile_size, stride):
                 img, bx, ci = _crop(t, x0, y0, tile_size)
                 out.append(TrainTile(img, bx, ci, f"{t.name}@{x0},{y0}", src,
                                      (t.origin[0] + x0, t.origin[1] + y0)))
