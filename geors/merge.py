@@ -279,7 +279,7 @@ def dissolve_scene(writer, scene: str, tolerance: float | None = None) -> int:
     Returns:
         The number of features removed by merging.
     """
-    from geors.vector import areas_m2
+    from geors.crs import areas_m2
 
     rows = writer.read_rows("segmentation", "scene = ? AND edge = 1", (scene,),
                             fields=("class", "class_id", "tile_id", "scene"))

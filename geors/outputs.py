@@ -43,7 +43,7 @@ def read_output_state(path: Path) -> dict:
     """Read-only look at an existing output (after recovering a hot journal).
 
     Returns:
-        ``scenes``: committed (not failed) ledger rows per scene; ``done``: scene -> tile id -> window
+        ``scenes``: committed (not failed) tiles per scene; ``done``: scene -> tile id -> window
         ``(col_off, row_off, width, height)``; ``runs``: the recorded runs with their config and models.
     """
     import sqlite3
@@ -51,7 +51,8 @@ def read_output_state(path: Path) -> dict:
     state = {"scenes": {}, "runs": [], "done": {}}
     if not path.is_file() or path.stat().st_size == 0:
         return state
-    from geors.vector import recover_hot_journal
+    from geors.gpkg import recover_hot_journal
+    from geors.ledger import finished_tiles, read_runs
 
     recover_hot_journal(path)
     try:
@@ -61,20 +62,10 @@ def read_output_state(path: Path) -> dict:
     try:
         tables = {r[0].lower() for r in con.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
         if "geors_tiles" in tables:
-            for scene, tile_id, c, r, w, h in con.execute(
-                    "SELECT scene, tile_id, col_off, row_off, width, height FROM geors_tiles WHERE status != 'failed'"):
-                state["scenes"][scene] = state["scenes"].get(scene, 0) + 1
-                state["done"].setdefault(scene, {})[tile_id] = (c, r, w, h)
+            state["done"] = finished_tiles(con)
+            state["scenes"] = {scene: len(tiles) for scene, tiles in state["done"].items()}
         if "geors_runs" in tables:
-            for run_id, command, cfg, models, status in con.execute(
-                    "SELECT run_id, command, config, models, status FROM geors_runs ORDER BY started"):
-                try:
-                    cfg = json.loads(cfg or "{}")
-                    models = json.loads(models or "{}")
-                except json.JSONDecodeError:
-                    cfg, models = {}, {}
-                state["runs"].append({"run_id": run_id, "command": command, "config": cfg, "models": models,
-                                      "status": status})
+            state["runs"] = read_runs(con)
     except sqlite3.DatabaseError:
         pass  # the writer's own check names the problem
     finally:

@@ -17,12 +17,12 @@ from collections.abc import Sequence
 import numpy as np
 
 from geors.config import DetectConfig, MaskConfig
+from geors.crs import pixel_box_to_polygon
 from geors.errors import BandError
 from geors.raster import Scene
 from geors.results import Detection, TileResult
 from geors.stage import TileBatch, load_once
 from geors.tiling import Tile, window_bounds
-from geors.vector import pixel_box_to_polygon
 
 log = logging.getLogger(__name__)
 

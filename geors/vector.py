@@ -1,281 +1,64 @@
-"""GeoPackage output: layers of the output contract, the tile ledger, runs.
+"""The GeoPackage writer: appends to one output file, one SQLite transaction per batch of tiles.
 
-Layers are created through GDAL (pyogrio), so the file is a standard
-GeoPackage with the scene CRS registered exactly (also custom WKT without an
-EPSG code) and GDAL's R-tree spatial index. Rows are then inserted with
-SQLite directly, because a GeoPackage is an SQLite database and only that lets
-one transaction span several layers: a batch of tiles' detections, instances,
-segmentation polygons *and* their ledger rows are committed together or not
-at all. GDAL's R-tree triggers call ``ST_MinX``/``ST_IsEmpty``...; we register
-those few functions on our connection so the index stays correct.
+Layers are created through GDAL (:mod:`geors.gpkg`: exact CRS registration,
+R-tree index); rows are inserted with SQLite directly, because only that lets
+one transaction span several layers: a batch's detections, instances,
+segmentation polygons *and* their ledger rows (:mod:`geors.ledger`) are
+committed together or not at all. An existing file is checked before anything
+is written (a GeoPackage? layers with compatible fields and geometry?) and only
+ever appended to, reprojecting into its layers' CRS.
 
-An existing file is checked before anything is written (a GeoPackage? layers
-with compatible fields and geometry?) and only ever appended to.
-
-Crash and race safety (what a kill or a second process can and cannot do):
-
-- A new file is built under a temporary name in the same directory, with all
-  its layers, and renamed to the user's name: a half-made file never has the
-  user's name.
-- Creating a file or adding layers to it happens under an exclusive lock
-  (on ``<out>.lock``, see :mod:`geors.output_lock`), held until the writer's first commit
-  (normally its run row), so two processes that start on the same new output
-  at once take turns: the second finds the first one's layers and run row, and
-  appends to the layers, reprojecting into their CRS.
-- A kill inside a transaction leaves SQLite's hot rollback journal; it is
-  rolled back (the way SQLite does it: a read on a read-write connection)
-  before the file is inspected, so the file is again the last committed state.
-- Each run row records its process (host, pid), so a later run can tell an
-  abandoned ``running`` row from a live one (:meth:`GeoPackageWriter.mark_interrupted_runs`).
+Crash and race safety: a new file is built under a temporary name in the same
+directory and renamed to the user's name, so a half-made file never has it;
+creating a file or adding layers happens under the output's lock
+(:mod:`geors.output_lock`), held until the writer's first commit (normally its
+run row), so two processes that start on the same new output take turns; a hot
+journal left by a kill is rolled back before the file is inspected; a commit
+waits for readers.
 """
 
 from __future__ import annotations
 
 import contextlib
-import functools
-import json
 import logging
 import os
-import socket
 import sqlite3
-import struct
 import time
-import uuid
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
-from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
-import shapely
 from pyproj import CRS as ProjCRS
-from pyproj import Geod, Transformer
+from pyproj import Transformer
 
+from geors import ledger
+from geors.crs import areas_m2, as_pyproj, to_wkt, transform_geometries
 from geors.errors import OutputError
 from geors.faults import checkpoint
-from geors.output_lock import creation_lock, holders, process_alive
+from geors.gpkg import (
+    LAYERS,
+    METADATA_TABLES,
+    SQL_TYPES,
+    check_layers,
+    complete_header,
+    create_layer,
+    encode_geometries,
+    gpkg_geometry,
+    layer_srs,
+    needs_creation,
+    read_layers,
+    read_tables,
+    recover_hot_journal,
+    register_st_functions,
+    widen_extent,
+)
+from geors.output_lock import creation_lock, holders
 from geors.results import TileResult
 
 log = logging.getLogger(__name__)
 
-__all__ = [
-    "LAYERS",
-    "LayerSchema",
-    "GeoPackageWriter",
-    "gpkg_blob",
-    "gpkg_geometry",
-    "areas_m2",
-    "pixel_box_to_polygon",
-    "new_run_id",
-    "RUN_STATUSES",
-    "recover_hot_journal",
-]
+__all__ = ["GeoPackageWriter"]
 
-
-@dataclass(frozen=True)
-class LayerSchema:
-    """Geometry type (None for an attribute table) and fields ``(name, kind)``; kind in str/int/float.
-
-    ``added`` names fields introduced after files were already written: an
-    existing layer without them is accepted and gets the columns added.
-    """
-
-    geometry: str | None
-    fields: tuple[tuple[str, str], ...]
-    added: tuple[str, ...] = ()
-
-
-LAYERS: dict[str, LayerSchema] = {
-    "detections": LayerSchema("Polygon", (
-        ("class", "str"), ("class_id", "int"), ("score", "float"), ("gate_score", "float"),
-        ("tile_id", "str"), ("scene", "str"), ("model", "str"), ("run_id", "str"), ("passes_threshold", "int")),
-        added=("passes_threshold",)),
-    "instances": LayerSchema("MultiPolygon", (
-        ("detection_fid", "int"), ("class", "str"), ("class_id", "int"), ("score", "float"),
-        ("mask_score", "float"), ("area_m2", "float"), ("mask_method", "str"), ("tile_id", "str"),
-        ("scene", "str"), ("run_id", "str"), ("box_fid", "int"), ("box_attributes", "str")),
-        added=("box_fid", "box_attributes")),
-    "segmentation": LayerSchema("MultiPolygon", (
-        ("class", "str"), ("class_id", "int"), ("area_m2", "float"), ("tile_id", "str"),
-        ("scene", "str"), ("run_id", "str"), ("edge", "int")), added=("edge",)),
-    "tiles": LayerSchema("Polygon", (
-        ("scene", "str"), ("tile_id", "str"), ("row", "int"), ("col", "int"), ("col_off", "int"),
-        ("row_off", "int"), ("width", "int"), ("height", "int"), ("nodata_fraction", "float"),
-        ("mean_brightness", "float"), ("run_id", "str"))),
-    "tile_cores": LayerSchema("Polygon", (
-        ("scene", "str"), ("tile_id", "str"), ("row", "int"), ("col", "int"), ("col_off", "int"),
-        ("row_off", "int"), ("width", "int"), ("height", "int"), ("run_id", "str"))),
-    "geors_tiles": LayerSchema(None, (
-        ("scene", "str"), ("tile_id", "str"), ("col_off", "int"), ("row_off", "int"), ("width", "int"),
-        ("height", "int"), ("status", "str"), ("gate_score", "float"), ("n_detections", "int"),
-        ("n_instances", "int"), ("n_segments", "int"), ("seconds", "float"), ("run_id", "str"),
-        ("message", "str"))),
-    "geors_runs": LayerSchema(None, (
-        ("run_id", "str"), ("geors_version", "str"), ("command", "str"), ("config", "str"),
-        ("models", "str"), ("started", "str"), ("finished", "str"), ("status", "str"),
-        ("host", "str"), ("pid", "int")), added=("host", "pid")),
-}
-
-#: values of ``geors_runs.status``
-RUN_STATUSES = ("running", "finished", "cancelled", "failed", "interrupted")
-
-_SQL_TYPES = {"str": "TEXT", "int": "INTEGER", "float": "REAL"}
-_COMPATIBLE = {"str": {"TEXT"}, "int": {"INTEGER", "MEDIUMINT", "SMALLINT", "TINYINT", "INT", "BIGINT"},
-               "float": {"REAL", "DOUBLE", "FLOAT"}}
-_GEOM_COMPAT = {"Polygon": {"POLYGON", "MULTIPOLYGON", "GEOMETRY"},
-                "MultiPolygon": {"MULTIPOLYGON", "GEOMETRY"}}
-
-
-def new_run_id() -> str:
-    """A sortable unique run id: UTC timestamp + random suffix."""
-    return datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ") + "-" + uuid.uuid4().hex[:6]
-
-
-def _now() -> str:
-    return datetime.now(UTC).isoformat(timespec="seconds")
-
-
-# ---------------------------------------------------------------- geometry blobs
-def gpkg_blob(geom, srs_id: int) -> bytes | None:
-    """GeoPackage binary geometry: ``GP`` header (little-endian, XY envelope) + WKB."""
-    if geom is None:
-        return None
-    if shapely.is_empty(geom):
-        return b"GP\x00" + bytes([0x01 | 0x10]) + struct.pack("<i", srs_id) + shapely.to_wkb(geom, byte_order=1)
-    minx, miny, maxx, maxy = shapely.bounds(geom)
-    header = b"GP\x00" + bytes([0x01 | 0x02]) + struct.pack("<i4d", srs_id, minx, maxx, miny, maxy)
-    return header + shapely.to_wkb(geom, byte_order=1)
-
-
-def _blob_envelope(blob: bytes) -> tuple[float, float, float, float] | None:
-    """(minx, maxx, miny, maxy) from a GeoPackage blob, None if empty."""
-    if blob is None or len(blob) < 8:
-        return None
-    flags = blob[3]
-    if flags & 0x10:
-        return None
-    endian = "<" if flags & 0x01 else ">"
-    env = (flags >> 1) & 0x07
-    if env >= 1:
-        return struct.unpack(endian + "4d", blob[8:40])
-    sizes = {0: 0, 1: 32, 2: 48, 3: 48, 4: 64}
-    geom = shapely.from_wkb(blob[8 + sizes.get(env, 0):])
-    if geom.is_empty:
-        return None
-    minx, miny, maxx, maxy = geom.bounds
-    return (minx, maxx, miny, maxy)
-
-
-def gpkg_geometry(blob: bytes | None):
-    """The shapely geometry of a GeoPackage binary geometry (None for NULL)."""
-    if blob is None or len(blob) < 8:
-        return None
-    flags = blob[3]
-    sizes = {0: 0, 1: 32, 2: 48, 3: 48, 4: 64}
-    return shapely.from_wkb(bytes(blob[8 + sizes.get((flags >> 1) & 0x07, 0):]))
-
-
-def _register_st_functions(con: sqlite3.Connection) -> None:
-    def env(i):
-        def f(blob):
-            e = _blob_envelope(blob)
-            return None if e is None else e[i]
-        return f
-
-    con.create_function("ST_MinX", 1, env(0), deterministic=True)
-    con.create_function("ST_MaxX", 1, env(1), deterministic=True)
-    con.create_function("ST_MinY", 1, env(2), deterministic=True)
-    con.create_function("ST_MaxY", 1, env(3), deterministic=True)
-    con.create_function("ST_IsEmpty", 1, lambda b: 1 if _blob_envelope(b) is None else 0, deterministic=True)
-    con.create_function("GPKG_IsAssignable", 2, lambda a, b: 1, deterministic=True)
-
-
-# ---------------------------------------------------------------- geometry helpers
-def pixel_box_to_polygon(box_xyxy: Sequence[float], transform) -> shapely.Polygon:
-    """A pixel box (xmin, ymin, xmax, ymax; x = column) as a polygon in CRS units."""
-    x0, y0, x1, y1 = (float(v) for v in box_xyxy)
-    corners = [transform @ (x, y) for x, y in ((x0, y0), (x1, y0), (x1, y1), (x0, y1))]
-    return shapely.Polygon(corners)
-
-
-@functools.lru_cache(maxsize=64)
-def _crs(wkt: str) -> ProjCRS:
-    return ProjCRS.from_user_input(wkt)
-
-
-def _wkt(crs) -> str:
-    return crs.to_wkt() if hasattr(crs, "to_wkt") else str(crs)
-
-
-@functools.lru_cache(maxsize=64)
-def _geodesic(wkt: str) -> tuple[Geod, Transformer] | None:
-    """The ellipsoid of ``wkt``'s datum and a transformer to its (lon, lat); None without a datum."""
-    pcrs = _crs(wkt)
-    geo = pcrs.geodetic_crs
-    if geo is None or geo.ellipsoid is None:
-        return None
-    ell = geo.ellipsoid
-    return Geod(a=ell.semi_major_metre, b=ell.semi_minor_metre), Transformer.from_crs(pcrs, geo, always_xy=True)
-
-
-def _apply(tr: Transformer, geoms: np.ndarray) -> np.ndarray:
-    """Transform an object array of shapely geometries (None allowed) with one call to PROJ."""
-    return shapely.transform(geoms, lambda xy: np.column_stack(tr.transform(xy[:, 0], xy[:, 1])))
-
-
-def areas_m2(geoms: Sequence, crs) -> np.ndarray:
-    """True (geodesic) areas in square metres of geometries in ``crs``.
-
-    Vertices are taken to longitude/latitude on the ellipsoid of ``crs``'s own
-    datum and the area is computed on that ellipsoid (``pyproj.Geod``), so the
-    result does not depend on the projection's scale distortion (EPSG:3857 at
-    60 degrees N would otherwise report 4x the area). Edges are the straight
-    lines of ``crs`` sampled at the vertices, which for objects up to a few km is
-    far below pixel size. A CRS without a datum (engineering CRS) falls back to
-    planar area scaled by the axis unit. None/empty geometries get 0.
-    """
-    if len(geoms) == 0:
-        return np.zeros(0)
-    arr = np.empty(len(geoms), dtype=object)
-    arr[:] = list(geoms)
-    present = ~(shapely.is_missing(arr) | shapely.is_empty(arr))
-    out = np.zeros(len(arr))
-    if not present.any():
-        return out
-    wkt = _wkt(crs)
-    geodesic = _geodesic(wkt)
-    if geodesic is None:
-        pcrs = _crs(wkt)
-        unit = pcrs.axis_info[0].unit_conversion_factor if pcrs.axis_info else 1.0
-        out[present] = shapely.area(arr[present]) * unit * unit
-        return out
-    geod, tr = geodesic
-    # counter-clockwise shells, clockwise holes: Geod adds shells and subtracts holes by orientation
-    lonlat = shapely.orient_polygons(_apply(tr, arr[present]))
-    out[present] = [abs(geod.geometry_area_perimeter(g)[0]) for g in lonlat]
-    return out
-
-
-def _to_multi(geom):
-    if geom is None or isinstance(geom, shapely.MultiPolygon):
-        return geom
-    if isinstance(geom, shapely.Polygon):
-        return shapely.MultiPolygon([geom])
-    polys = [g for g in getattr(geom, "geoms", []) if isinstance(g, shapely.Polygon | shapely.MultiPolygon)]
-    parts = []
-    for p in polys:
-        parts.extend(p.geoms if isinstance(p, shapely.MultiPolygon) else [p])
-    return shapely.MultiPolygon(parts)
-
-
-# ---------------------------------------------------------------- files, locks
-_GPKG_APPLICATION_IDS = {0x47504B47, 0x47503130, 0x47503131}  # "GPKG", "GP10", "GP11"
-_GPKG_APPLICATION_ID = 0x47504B47
-# New files are GeoPackage 1.2 (GDAL's VERSION creation option), not GDAL >= 3.8's default 1.4: the GDAL 3.6 of
-# QGIS 3.22 LTR (Debian 12) warns "may only be partially supported" on every 1.4 file, and geors writes nothing
-# that needs 1.3/1.4. Existing files keep their version.
-GPKG_VERSION = "1.2"
-_GPKG_USER_VERSION = 10200  # GPKG_VERSION as PRAGMA user_version (set when completing a headerless file)
 _LOCK_WAIT_S = 120.0
 #: SQLite's busy timeout on the writer's connection (one wait for a lock), and how long a commit keeps
 #: waiting for readers in all (a reader's open read transaction blocks a commit in rollback-journal mode).
@@ -319,38 +102,6 @@ def _space_hint(path: Path) -> str:
     return f"; the disk is full ({free / 2**10:,.0f} KiB free on {path.parent})"
 
 
-def recover_hot_journal(path: str | os.PathLike) -> bool:
-    """Roll back a transaction that a killed process left half-done (SQLite's hot journal).
-
-    SQLite rolls a hot journal back on the first read through a read-write
-    connection; a read-only connection cannot, and reports the file as
-    unreadable. Call this before opening an existing output read-only. Does
-    nothing (and returns False) without a ``-journal``/``-wal`` file next to
-    ``path``, or when the file cannot be opened for writing (the writer's own
-    checks then say why).
-
-    Returns:
-        True when a leftover journal was found and a read-write read succeeded.
-    """
-    path = Path(path)
-    if not path.is_file():
-        return False
-    leftovers = [p for p in (Path(f"{path}-journal"), Path(f"{path}-wal")) if p.exists()]
-    if not leftovers or not os.access(path, os.W_OK) or not os.access(path.parent, os.W_OK):
-        return False
-    try:
-        con = sqlite3.connect(path, timeout=60)
-        try:
-            con.execute("SELECT count(*) FROM sqlite_master").fetchone()
-        finally:
-            con.close()
-    except sqlite3.DatabaseError as exc:
-        log.warning("%s: could not recover %s: %s", path, leftovers[0].name, exc)
-        return False
-    log.info("%s: recovered an interrupted transaction (%s)", path, leftovers[0].name)
-    return True
-
-
 # ---------------------------------------------------------------- writer
 class GeoPackageWriter:
     """Appends results to a GeoPackage, one transaction per batch of tiles.
@@ -377,13 +128,13 @@ class GeoPackageWriter:
         self.path = Path(path)
         self._con: sqlite3.Connection | None = None
         self._lock: contextlib.ExitStack | None = None
-        self.crs_wkt = _wkt(crs)
-        self.crs = _crs(self.crs_wkt)
+        self.crs_wkt = to_wkt(crs)
+        self.crs = as_pyproj(self.crs_wkt)
         self.layers = list(dict.fromkeys([*layers, "geors_tiles", "geors_runs"]))
         unknown = [n for n in self.layers if n not in LAYERS]
         if unknown:
             raise ValueError(f"unknown layer(s) {unknown}; known: {sorted(LAYERS)}")
-        self.run_id = run_id or new_run_id()
+        self.run_id = run_id or ledger.new_run_id()
         self._extents: dict[str, tuple] = {}
         self._layer_srs: dict[str, int] = {}
         self._layer_crs: dict[str, ProjCRS] = {}
@@ -395,13 +146,17 @@ class GeoPackageWriter:
         self._lock.enter_context(creation_lock(self.path, _LOCK_WAIT_S))
         try:
             self._remove_stale_temp_files()
-            self._recover_hot_journal()
-            if self._needs_creation():
+            recover_hot_journal(self.path)
+            if needs_creation(self.path):
                 self._existing: dict[str, dict] = {}
                 self._create_new_file()
             else:
-                self._complete_gpkg_header()
-                self._existing = self._inspect_existing()
+                try:
+                    if complete_header(self.path):
+                        log.warning("%s: completed the GeoPackage header (application_id, user_version)", self.path)
+                except sqlite3.OperationalError as exc:
+                    raise self._output_error(exc) from None
+                self._existing = check_layers(self.path, self.layers)
                 self._create_missing_layers(self.path)
                 self._open()
                 self._add_missing_columns()
@@ -440,102 +195,6 @@ class GeoPackageWriter:
             with contextlib.suppress(OSError):
                 p.unlink()
 
-    def _recover_hot_journal(self) -> None:
-        recover_hot_journal(self.path)
-
-    def _needs_creation(self) -> bool:
-        """True when there is no file, or one that holds nothing (0 bytes, or SQLite without tables).
-
-        Such a file is what an interrupted creation by an older geors leaves; it
-        is replaced by a complete GeoPackage. Anything else that is not a
-        GeoPackage is refused with a message.
-        """
-        if not self.path.exists():
-            return True
-        if self.path.stat().st_size == 0:
-            log.warning("%s: empty file (an interrupted creation?): creating the GeoPackage in its place", self.path)
-            return True
-        try:
-            con = sqlite3.connect(f"file:{self.path}?mode=ro", uri=True, timeout=60)
-            try:
-                tables = {r[0].lower() for r in con.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
-            finally:
-                con.close()
-        except sqlite3.DatabaseError:
-            raise OutputError(f"{self.path}: exists but is not a GeoPackage (or is corrupt). geors does not "
-                              "overwrite it: delete it if it is yours and unneeded, or choose another output "
-                              "name.") from None
-        if not tables:
-            log.warning("%s: SQLite file without tables (an interrupted creation?): creating the GeoPackage in "
-                        "its place", self.path)
-            return True
-        if not {"gpkg_contents", "gpkg_spatial_ref_sys", "gpkg_geometry_columns"} <= tables:
-            user = sorted(t for t in tables if not t.startswith(("gpkg_", "rtree_", "sqlite_")))
-            detail = (f"it has tables {user[:5]} but no GeoPackage metadata" if user else
-                      "it is a half-initialised GeoPackage (its metadata tables are incomplete), probably left "
-                      "by an interrupted run of an older geors")
-            raise OutputError(f"{self.path}: exists but is not a GeoPackage: {detail}. geors does not overwrite "
-                              "it: delete it if it holds nothing you need, or choose another output name.")
-        return False
-
-    def _complete_gpkg_header(self) -> None:
-        """Set application_id/user_version when a GeoPackage lacks them (an interrupted older creation)."""
-        con = sqlite3.connect(self.path, timeout=60)
-        try:
-            app = con.execute("PRAGMA application_id").fetchone()[0]
-            if app in _GPKG_APPLICATION_IDS:
-                return
-            if app != 0:
-                raise OutputError(f"{self.path}: is an SQLite file of another application (application_id "
-                                  f"{app:#x}), not a GeoPackage. Choose another output name.")
-            con.execute(f"PRAGMA application_id = {_GPKG_APPLICATION_ID}")
-            if con.execute("PRAGMA user_version").fetchone()[0] == 0:
-                con.execute(f"PRAGMA user_version = {_GPKG_USER_VERSION}")
-            con.commit()
-            log.warning("%s: completed the GeoPackage header (application_id, user_version)", self.path)
-        except sqlite3.OperationalError as exc:
-            raise self._output_error(exc) from None
-        finally:
-            con.close()
-
-    def _inspect_existing(self) -> dict[str, dict]:
-        try:
-            con = sqlite3.connect(f"file:{self.path}?mode=ro", uri=True, timeout=60)
-            try:
-                found = {}
-                for (name,) in con.execute("SELECT table_name FROM gpkg_contents").fetchall():
-                    if name.lower() not in {n.lower() for n in self.layers}:
-                        continue
-                    cols = {r[1].lower(): (r[2] or "").upper()
-                            for r in con.execute(f'PRAGMA table_info("{name}")')}
-                    gt = con.execute("SELECT geometry_type_name FROM gpkg_geometry_columns WHERE lower(table_name)"
-                                     " = lower(?)", (name,)).fetchone()
-                    found[name.lower()] = {"columns": cols, "geometry": gt[0].upper() if gt else None}
-            finally:
-                con.close()
-        except sqlite3.DatabaseError as exc:
-            raise OutputError(f"{self.path}: exists but cannot be read as a GeoPackage ({exc}). geors does not "
-                              "overwrite it: choose another output name.") from None
-        for name, info in found.items():
-            schema = LAYERS[name]
-            problems = []
-            if schema.geometry and (info["geometry"] not in _GEOM_COMPAT[schema.geometry]):
-                problems.append(f"geometry {info['geometry']} (need {schema.geometry})")
-            if not schema.geometry and info["geometry"]:
-                problems.append(f"has geometry {info['geometry']} (need a plain table)")
-            for fname, kind in schema.fields:
-                have = info["columns"].get(fname)
-                if have is None:
-                    if fname not in schema.added:
-                        problems.append(f"field '{fname}' missing")
-                elif have.split("(")[0] not in _COMPATIBLE[kind]:
-                    problems.append(f"field '{fname}' is {have} (need {_SQL_TYPES[kind]})")
-            if problems:
-                raise OutputError(
-                    f"{self.path}: existing layer '{name}' has an incompatible schema: {'; '.join(problems)}. "
-                    "geors leaves the file untouched; write to a new .gpkg or remove that layer.")
-        return found
-
     # -- creation ---------------------------------------------------------------
     def _create_new_file(self) -> None:
         """Build the file with all layers under a temporary name, then give it the user's name."""
@@ -555,17 +214,12 @@ class GeoPackageWriter:
     def _check_created(self, target: Path) -> None:
         """The new file holds the GeoPackage metadata tables and every layer, or creation failed."""
         try:
-            con = sqlite3.connect(f"file:{target}?mode=ro", uri=True)
-            try:
-                tables = {r[0].lower() for r in con.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
-                layers = ({r[0].lower() for r in con.execute("SELECT table_name FROM gpkg_contents")}
-                          if "gpkg_contents" in tables else set())
-            finally:
-                con.close()
+            tables = read_tables(target, timeout=5.0)
+            layers = set(read_layers(target)) if "gpkg_contents" in tables else set()
         except sqlite3.Error as exc:
             tables, layers = set(), set()
             log.debug("%s: %s", target, exc)
-        missing = sorted(({"gpkg_contents", "gpkg_spatial_ref_sys", "gpkg_geometry_columns"} - tables)
+        missing = sorted((METADATA_TABLES - tables)
                          | ({n.lower() for n in self.layers} - layers))
         if missing:
             raise OutputError(f"{self.path}: creating the GeoPackage failed without an error from GDAL "
@@ -573,43 +227,25 @@ class GeoPackageWriter:
                               "under this name.")
 
     def _create_missing_layers(self, target: Path) -> None:
-        import geopandas as gpd
-        import pandas as pd
-        import pyogrio
-
-        dtypes = {"str": str, "int": "int64", "float": "float64"}
         created = 0
         for name in self.layers:
             if name.lower() in self._existing:
                 continue
-            schema = LAYERS[name]
-            cols = {f: pd.Series([], dtype=dtypes[k]) for f, k in schema.fields}
-            if schema.geometry:
-                df = gpd.GeoDataFrame(cols, geometry=gpd.GeoSeries([], crs=self.crs_wkt))
-                kwargs = {"geometry_type": schema.geometry}
-            else:
-                df, kwargs = pd.DataFrame(cols), {}
-            for attempt in range(600):  # another process may be inside a transaction on an existing file
-                try:
-                    new = {} if target.exists() else {"dataset_options": {"VERSION": GPKG_VERSION}}
-                    pyogrio.write_dataframe(df, target, layer=name, driver="GPKG", **kwargs, **new)
-                    break
-                except Exception as exc:  # GDAL errors come in several classes
-                    if "locked" in str(exc).lower() and attempt < 599:
-                        time.sleep(0.1)
-                        continue
-                    if not os.access(target.parent, os.W_OK) or "readonly" in str(exc).lower().replace("-", ""):
-                        raise OutputError(f"{self.path}: cannot create layer '{name}': the file or its directory "
-                                          "is read-only. Make it writable or choose another output.") from exc
-                    raise OutputError(f"{self.path}: cannot create layer '{name}': {exc}"
-                                      f"{_space_hint(self.path)}") from None
+            try:  # another process may be inside a transaction on an existing file: create_layer waits for it
+                create_layer(target, name, self.crs_wkt)
+            except Exception as exc:  # GDAL errors come in several classes
+                if not os.access(target.parent, os.W_OK) or "readonly" in str(exc).lower().replace("-", ""):
+                    raise OutputError(f"{self.path}: cannot create layer '{name}': the file or its directory "
+                                      "is read-only. Make it writable or choose another output.") from exc
+                raise OutputError(f"{self.path}: cannot create layer '{name}': {exc}"
+                                  f"{_space_hint(self.path)}") from None
             created += 1
             if created == 1:
                 checkpoint("create")
 
     def _open(self) -> None:
         self._con = sqlite3.connect(self.path, timeout=_BUSY_TIMEOUT_S, isolation_level=None)
-        _register_st_functions(self._con)
+        register_st_functions(self._con)
 
     def _add_missing_columns(self) -> None:
         """Columns added to :data:`LAYERS` after files were written (e.g. ``geors_runs.pid``)."""
@@ -622,28 +258,26 @@ class GeoPackageWriter:
         try:  # not self.transaction(): its commit would release the creation lock
             self._con.execute("BEGIN IMMEDIATE")
             for name, f, k in todo:
-                self._con.execute(f'ALTER TABLE "{name}" ADD COLUMN "{f}" {_SQL_TYPES[k]}')
+                self._con.execute(f'ALTER TABLE "{name}" ADD COLUMN "{f}" {SQL_TYPES[k]}')
             self._con.execute("COMMIT")
         except sqlite3.Error as exc:
             if self._con.in_transaction:
                 self._con.execute("ROLLBACK")
             raise self._output_error(exc) from None
         for name, f, _ in todo:
-            self._existing[name]["columns"][f] = _SQL_TYPES[dict(LAYERS[name].fields)[f]]
+            self._existing[name]["columns"][f] = SQL_TYPES[dict(LAYERS[name].fields)[f]]
 
     def _read_layer_crs(self) -> None:
         for name in self.layers:
             if not LAYERS[name].geometry:
                 continue
-            row = self._con.execute(
-                "SELECT g.srs_id, s.definition FROM gpkg_geometry_columns g JOIN gpkg_spatial_ref_sys s "
-                "ON g.srs_id = s.srs_id WHERE lower(g.table_name) = lower(?)", (name,)).fetchone()
+            row = layer_srs(self._con, name)
             if row is None:
                 raise OutputError(f"{self.path}: layer '{name}' has no entry in gpkg_geometry_columns; the file "
                                   "is damaged. Choose another output name.")
             srs_id, wkt = row
             self._layer_srs[name] = srs_id
-            self._layer_crs[name] = _crs(wkt) if wkt and wkt != "undefined" else self.crs
+            self._layer_crs[name] = as_pyproj(wkt) if wkt and wkt != "undefined" else self.crs
 
     def _output_error(self, exc: sqlite3.Error) -> Exception:
         """A user-facing error for SQLite failures the user can fix (read-only, locked); others unchanged."""
@@ -668,12 +302,12 @@ class GeoPackageWriter:
     def _transformer(self, src_wkt: str, layer: str) -> Transformer | None:
         key = (src_wkt, layer)
         if key not in self._transformers:
-            src, dst = _crs(src_wkt), self._layer_crs[layer]
+            src, dst = as_pyproj(src_wkt), self._layer_crs[layer]
             if src.equals(dst, ignore_axis_order=True):
                 self._transformers[key] = None
             else:
                 same = [t for (w, _), t in self._transformers.items() if w == src_wkt and t is not None
-                        and _crs(t.target_crs.to_wkt()).equals(dst, ignore_axis_order=True)]
+                        and as_pyproj(t.target_crs.to_wkt()).equals(dst, ignore_axis_order=True)]
                 if not same:
                     log.warning("%s: layer %s is in %s; reprojecting features from %s", self.path, layer,
                                 dst.name, src.name)
@@ -696,14 +330,10 @@ class GeoPackageWriter:
             arr[:] = list(geoms)
             tr = self._transformer(crs_wkt or self.crs_wkt, layer)
             if tr is not None:
-                arr = _apply(tr, arr)
-            srs = self._layer_srs[layer]
-            for i, g in enumerate(arr):
-                if schema.geometry == "MultiPolygon":
-                    g = _to_multi(g)
-                blobs[i] = gpkg_blob(g, srs)
-                if g is not None and not shapely.is_empty(g):
-                    self._extent_update(layer, shapely.bounds(g))
+                arr = transform_geometries(tr, arr)
+            blobs, env = encode_geometries(layer, arr, self._layer_srs[layer])
+            if env is not None:
+                self._extent_update(layer, env)
         fids = []
         for row, blob in zip(rows, blobs, strict=True):
             values = [row.get(n) for n in names]
@@ -718,12 +348,8 @@ class GeoPackageWriter:
             min(e[0], b[0]), min(e[1], b[1]), max(e[2], b[2]), max(e[3], b[3]))
 
     def _flush_extents(self) -> None:
-        for layer, (x0, y0, x1, y1) in self._extents.items():
-            self._con.execute(
-                "UPDATE gpkg_contents SET min_x = min(coalesce(min_x, ?), ?), min_y = min(coalesce(min_y, ?), ?),"
-                " max_x = max(coalesce(max_x, ?), ?), max_y = max(coalesce(max_y, ?), ?),"
-                " last_change = strftime('%Y-%m-%dT%H:%M:%fZ','now') WHERE lower(table_name) = lower(?)",
-                (x0, x0, y0, y0, x1, x1, y1, y1, layer))
+        for layer, bounds in self._extents.items():
+            widen_extent(self._con, layer, bounds)
         self._extents = {}
 
     @contextlib.contextmanager
@@ -795,7 +421,7 @@ class GeoPackageWriter:
                 writer's ``crs``. Features are reprojected into each layer's
                 CRS; ``area_m2`` is computed before, in this CRS.
         """
-        src = _wkt(crs) if crs is not None else self.crs_wkt
+        src = to_wkt(crs) if crs is not None else self.crs_wkt
         with self.transaction():
             for res in results:
                 self._write_one(res, model, src)
@@ -855,7 +481,7 @@ class GeoPackageWriter:
         """
         if layer not in self.layers:
             raise ValueError(f"layer {layer!r} was not opened by this writer ({self.layers})")
-        src = _wkt(crs) if crs is not None else self.crs_wkt
+        src = to_wkt(crs) if crs is not None else self.crs_wkt
         with self.transaction():
             return self._insert(layer, [{"run_id": self.run_id, **r} for r in rows], geoms, src)
 
@@ -918,41 +544,30 @@ class GeoPackageWriter:
         """
         if layer not in self.layers:
             raise ValueError(f"layer {layer!r} was not opened by this writer ({self.layers})")
-        src = _wkt(crs) if crs is not None else self._layer_crs.get(layer, self.crs).to_wkt()
+        src = to_wkt(crs) if crs is not None else self._layer_crs.get(layer, self.crs).to_wkt()
         with self.transaction():
             self._con.executemany(f'DELETE FROM "{layer}" WHERE fid = ?', [(int(f),) for f in fids])
             return self._insert(layer, [{"run_id": self.run_id, **r} for r in rows], geoms, src)
 
-    # -- runs and resume ----------------------------------------------------------
+    # -- the ledger and the run record (geors.ledger) -------------------------------
     def start_run(self, command: str, config: dict, models: dict | None = None) -> None:
         """Record the run (version, full config as JSON, model names and sha256, host and pid)."""
-        from geors import __version__
-
         with self.transaction():
-            self._insert("geors_runs", [{"run_id": self.run_id, "geors_version": __version__, "command": command,
-                                         "config": json.dumps(config, default=str, sort_keys=True),
-                                         "models": json.dumps(models or {}, default=str, sort_keys=True),
-                                         "started": _now(), "finished": None, "status": "running",
-                                         "host": socket.gethostname(), "pid": os.getpid()}], None)
+            self._insert("geors_runs", [ledger.run_row(self.run_id, command, config, models)], None)
 
     def finish_run(self, status: str = "finished") -> None:
         """Close this run's row: ``finished``, ``cancelled``, ``failed`` or ``interrupted``."""
-        if status not in RUN_STATUSES or status == "running":
-            raise ValueError(f"run status must be one of {RUN_STATUSES[1:]}, got {status!r}")
         if status == "finished":
             checkpoint("finish")
         with self.transaction():
-            self._con.execute('UPDATE "geors_runs" SET finished = ?, status = ? WHERE run_id = ?',
-                              (_now(), status, self.run_id))
+            ledger.set_run_status(self._con, self.run_id, status)
 
     def mark_interrupted_runs(self, exclude_run_id: str | None = None) -> list[str]:
-        """Mark runs left ``running`` by a process that is gone as ``interrupted``.
+        """Mark runs left ``running`` by a process that is gone as ``interrupted`` (:func:`geors.ledger.abandoned_runs`).
 
-        A run is abandoned when its recorded process (host, pid) no longer
-        exists on this host, or the pid now belongs to a younger process. Rows
-        without a pid (written by geors before it recorded one) count as
-        abandoned. Runs recorded on another host are left alone: their liveness
-        cannot be checked from here.
+        Runs recorded on another host are left alone: their liveness cannot be
+        checked from here. Rows without a pid (written by geors before it
+        recorded one) count as abandoned.
 
         Args:
             exclude_run_id: a run never marked (default: this writer's run).
@@ -961,24 +576,10 @@ class GeoPackageWriter:
             the run ids marked.
         """
         exclude = exclude_run_id if exclude_run_id is not None else self.run_id
-        host = socket.gethostname()
-        rows = self._con.execute(
-            'SELECT run_id, host, pid, started FROM "geors_runs" WHERE status = \'running\' AND run_id != ?',
-            (exclude,)).fetchall()
-        marked = []
-        for run_id, run_host, pid, started in rows:
-            if pid is not None:
-                if run_host != host:
-                    log.info("%s: run %s is 'running' on host %s; left as is", self.path, run_id, run_host)
-                    continue
-                if int(pid) == os.getpid() or process_alive(int(pid), started):
-                    continue
-            marked.append(run_id)
+        marked = ledger.abandoned_runs(self.runs(), exclude)
         if marked:  # a write transaction only when there is something to mark
             with self.transaction():
-                self._con.executemany('UPDATE "geors_runs" SET status = \'interrupted\' WHERE run_id = ? '
-                                      "AND status = 'running'", [(r,) for r in marked])
-        if marked:
+                ledger.mark_interrupted(self._con, marked)
             log.info("%s: marked %d abandoned run(s) interrupted: %s", self.path, len(marked), ", ".join(marked))
         return marked
 
@@ -993,36 +594,15 @@ class GeoPackageWriter:
         Args:
             exclude_run_id: a run left out (default: this writer's).
         """
-        exclude = exclude_run_id if exclude_run_id is not None else self.run_id
-        host = socket.gethostname()
-        live = []
-        for run in self.runs():
-            if run["status"] != "running" or run["run_id"] == exclude or run.get("pid") is None:
-                continue
-            if run.get("host") != host or int(run["pid"]) == os.getpid() or process_alive(int(run["pid"]),
-                                                                                          run["started"]):
-                live.append(run)
-        return live
+        return ledger.live_runs(self.runs(), exclude_run_id if exclude_run_id is not None else self.run_id)
 
     def runs(self) -> list[dict]:
         """The ``geors_runs`` rows in order, as dicts; ``config`` and ``models`` decoded from JSON."""
-        cur = self._con.execute('SELECT * FROM "geors_runs" ORDER BY fid')
-        names = [d[0] for d in cur.description]
-        out = []
-        for values in cur.fetchall():
-            row = dict(zip(names, values, strict=True))
-            for key in ("config", "models"):
-                with contextlib.suppress(TypeError, ValueError):
-                    row[key] = json.loads(row[key])
-            out.append(row)
-        return out
+        return ledger.read_runs(self._con)
 
     def finished_tiles(self, scene: str) -> dict[str, tuple[int, int, int, int]]:
         """Tiles of ``scene`` already committed (any run): tile_id -> window, for ``--resume``."""
-        rows = self._con.execute(
-            'SELECT tile_id, col_off, row_off, width, height FROM "geors_tiles" WHERE scene = ? '
-            "AND status != 'failed'", (scene,)).fetchall()
-        return {r[0]: (r[1], r[2], r[3], r[4]) for r in rows}
+        return ledger.finished_tiles(self._con, scene).get(scene, {})
 
     def _release_lock(self) -> None:
         lock = getattr(self, "_lock", None)

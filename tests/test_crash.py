@@ -113,7 +113,7 @@ def _snapshot(path: Path) -> dict:
     con = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
     try:
         def geom(blob):
-            from geors.vector import gpkg_geometry
+            from geors.gpkg import gpkg_geometry
 
             return shapely.to_wkb(gpkg_geometry(blob), byte_order=1, hex=True)
 

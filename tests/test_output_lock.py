@@ -22,9 +22,10 @@ from rasterio.crs import CRS
 from rasterio.windows import Window
 
 from geors import output_lock, vector
+from geors.crs import pixel_box_to_polygon
 from geors.errors import OutputError
 from geors.results import Detection, TileResult
-from geors.vector import GeoPackageWriter, pixel_box_to_polygon
+from geors.vector import GeoPackageWriter
 
 T = Affine(0.5, 0, 404000.0, 0, -0.5, 3285000.0)
 UTM = CRS.from_epsg(32617)

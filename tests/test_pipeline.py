@@ -12,9 +12,9 @@ from rasterio.crs import CRS
 
 from geors.cli.main import main
 from geors.config import ExecutionConfig, OutputConfig, PipelineConfig, TilingConfig
+from geors.crs import pixel_box_to_polygon
 from geors.pipeline import process_scenes
 from geors.results import Detection, TileResult
-from geors.vector import pixel_box_to_polygon
 
 import scenes
 

@@ -18,9 +18,10 @@ from pyproj import CRS as ProjCRS
 from rasterio.crs import CRS
 from rasterio.windows import Window
 
+from geors.crs import areas_m2, pixel_box_to_polygon
 from geors.errors import OutputError
 from geors.results import Detection, Instance, TileResult
-from geors.vector import GeoPackageWriter, areas_m2, pixel_box_to_polygon
+from geors.vector import GeoPackageWriter
 
 import scenes
 
@@ -323,7 +324,8 @@ _CREATOR = """
     from rasterio.crs import CRS
     from rasterio.windows import Window
     from geors.results import Detection, Instance, TileResult
-    from geors.vector import GeoPackageWriter, pixel_box_to_polygon
+    from geors.crs import pixel_box_to_polygon
+    from geors.vector import GeoPackageWriter
     out, name, start_at = sys.argv[1], sys.argv[2], float(sys.argv[3])
     epsg, lon, lat = {"a": (32616, -84.5, 30.2), "b": (32617, -81.2, 29.7)}[name]
     x, y = Transformer.from_crs(4326, epsg, always_xy=True).transform(lon, lat)
@@ -628,8 +630,8 @@ def test_creator_that_waits_too_long_for_the_lock_gets_a_message(tmp_path, monke
 
 
 def test_read_rows_and_replace_rows_keep_the_layer_crs(tmp_path):
+    from geors.gpkg import recover_hot_journal
     from geors.results import SegmentPolygon
-    from geors.vector import recover_hot_journal
 
     out = tmp_path / "o.gpkg"
     with GeoPackageWriter(out, CRS.from_epsg(32617), ["segmentation"]) as w:
