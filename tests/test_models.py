@@ -36,10 +36,22 @@ def test_tinynet_zoom_in_adds_conv5_to_conv4():
         assert torch.allclose(st["out"], st["conv4"] + 1.0)
 
 
-def test_global_attention_keeps_shape_on_odd_sizes():
+def test_global_attention_pools_the_whole_map_on_odd_sizes():
+    torch.manual_seed(0)
     att = GlobalAttention(8).eval()
-    x = torch.rand(2, 8, 13, 7)
-    assert att(x).shape == x.shape
+    x = torch.randn(2, 8, 13, 7)
+    with torch.no_grad():
+        out = att(x)
+        assert out.shape == x.shape
+        # a map constant per channel pools to itself at every bin (1, 2, 4): fuse(x + 3 x)
+        flat = x.mean((2, 3), keepdim=True).expand_as(x).contiguous()
+        expected = att.fuse(4 * flat)
+        assert expected.abs().sum() > 0 and torch.allclose(att(flat), expected, atol=1e-5)
+        # global: one pixel in a corner changes the output in the opposite corner (a 1x1 conv alone would not)
+        y = x.clone()
+        y[:, :, 0, 0] += 5.0
+        assert (att(y) - out)[:, :, -1, -1].abs().max() > 1e-3
+        assert not torch.allclose(out, att.fuse(x), atol=1e-4)  # the pooled maps are added
 
 
 def test_gate_logits_and_detections_shapes(model):
@@ -49,11 +61,15 @@ def test_gate_logits_and_detections_shapes(model):
     assert gate.shape == (3, 2)
     assert len(dets) == 3
     for d in dets:
+        # score threshold 0: the random network keeps boxes on every image (an empty result is a failure)
+        assert len(d.boxes) > 0
         assert d.boxes.shape[1] == 4 and d.boxes.shape[0] == d.scores.shape[0] == d.labels.shape[0]
-        if len(d.boxes):
-            assert d.boxes[:, [0, 2]].min() >= 0 and d.boxes[:, [0, 2]].max() <= 96
-            assert d.boxes[:, [1, 3]].max() <= 128
-            assert set(d.labels.tolist()) <= {0, 1}
+        assert d.boxes[:, [0, 1]].min() >= 0
+        assert d.boxes[:, [0, 2]].max() <= 96 and d.boxes[:, [1, 3]].max() <= 128
+        assert (d.boxes[:, 2] > d.boxes[:, 0]).all() and (d.boxes[:, 3] > d.boxes[:, 1]).all()
+        assert set(d.labels.tolist()) <= {0, 1}
+        assert ((d.scores >= 0) & (d.scores <= 1)).all()
+        assert (d.scores[:-1] >= d.scores[1:]).all()  # sorted by score
 
 
 def test_anchors_square_on_stride8_centres(model):
