@@ -42,12 +42,6 @@ DEFAULT_SCORE_THRESHOLD = 0.3
 #: Largest tile side accepted: a 8192² x 4-band float32 tile is already 1 GiB.
 MAX_TILE_SIZE = 8192
 
-# Options that change what a run writes: a --resume must use the same values.
-RESULT_OPTIONS = ("tiling.tile_size", "tiling.overlap", "tiling.bands", "detect.model", "detect.gate_threshold",
-                  "detect.use_gate", "detect.score_threshold", "masks.engine", "masks.simplify_px",
-                  "masks.multipart", "segment.segmenter")
-
-
 def _opt(name: str) -> str:
     return "--" + name.replace("_", "-")
 
@@ -321,15 +315,6 @@ class PipelineConfig:
             elif isinstance(values, dict):
                 values.pop("enabled", None)
         return cls.from_dict(data, source=str(p))
-
-    def result_options(self) -> dict[str, Any]:
-        """The options that change what a run writes, flattened as ``section.field``."""
-        d = self.to_dict()
-        out = {}
-        for key in RESULT_OPTIONS:
-            sec, name = key.split(".")
-            out[key] = None if d.get(sec) is None else d[sec].get(name)
-        return out
 
 
 _SECTIONS = {"tiling": TilingConfig, "detect": DetectConfig, "masks": MaskConfig, "segment": SegmentConfig,

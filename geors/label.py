@@ -41,6 +41,7 @@ never.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import json
 import logging
@@ -144,7 +145,9 @@ def _check_map(mapping: Mapping, source: str) -> dict[str, int]:
     return out
 
 
-def _class_ids(names: list[str], class_map) -> tuple[np.ndarray, dict[str, int]]:
+def _raster_values(names: list[str], class_map) -> dict[str, int]:
+    """The label raster's value of each class name (0..254; 255 = unlabelled): the class map's, the
+    names themselves when every name is an integer, else the names in sorted order from 0."""
     if class_map is not None:
         mapping = read_class_map(class_map) if isinstance(class_map, str | os.PathLike) else _check_map(
             class_map, "class map")
@@ -157,7 +160,7 @@ def _class_ids(names: list[str], class_map) -> tuple[np.ndarray, dict[str, int]]
         mapping = {n: i for i, n in enumerate(sorted(set(names)))}
         if len(mapping) > 255:
             raise LabelError(f"{len(mapping)} classes do not fit a uint8 label raster (max 255).")
-    return np.array([mapping[n] for n in names], dtype=np.int64), mapping
+    return mapping
 
 
 def _normal_mode(path: Path) -> None:
@@ -251,7 +254,7 @@ def write_label_raster(
     from geors.io.labels import as_labelset
 
     ls = as_labelset(boxes, scene, class_field=class_field, layer=layer, min_visible=0.0)
-    _, mapping = _class_ids([str(n) for n in ls.class_names], class_map)
+    mapping = _raster_values([str(n) for n in ls.class_names], class_map)
     stage = BoxMasksStage(ls, config.masks, device=config.execution.device)
     summary = process_scenes([scene], masks_path, stage, config, progress=progress, cancel=cancel, command="label")
     report = rasterize_instances(scene, masks_path, out_path, mapping, inst_path, order, block)
@@ -374,15 +377,7 @@ def rasterize_instances(scene, masks_path: Path, out_path: Path, mapping: dict[s
     return LabelRasterReport(out_path, inst_path, mapping, n_instances, 0, method, labelled, order)
 
 
-class _NullCtx:
-    def __enter__(self):
-        return None
-
-    def __exit__(self, *exc):
-        return False
-
-
 def _maybe_open(path: Path | None, profile: dict):
     import rasterio
 
-    return rasterio.open(path, "w", **profile) if path is not None else _NullCtx()
+    return rasterio.open(path, "w", **profile) if path is not None else contextlib.nullcontext()

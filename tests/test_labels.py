@@ -272,3 +272,23 @@ def test_inverted_box_in_csv(tmp_path, scene):
     path.write_text("image_path,xmin,ymin,xmax,ymax,label\nscene.tif,30,20,10,40,Tree\n")
     with pytest.raises(LabelError, match="inv.csv: 1 boxes have xmax <= xmin"):
         read_labels(path, scene)
+
+
+def test_training_crops_and_label_clipping_share_one_rule():
+    """train/crops cuts boxes with io.labels.clip_boxes: the same boxes survive a window at any offset,
+    an inverted box (xmax < xmin and ymax < ymin: positive 'area') included, which clip_boxes used to keep."""
+    from geors.io.labels import MIN_VISIBLE, clip_boxes
+    from geors.train.crops import TrainTile, _crop
+
+    rng = np.random.default_rng(3)
+    xy = rng.uniform(-40, 140, (200, 2))
+    wh = rng.uniform(1, 60, (200, 2))
+    boxes = np.concatenate([np.hstack([xy, xy + wh]), [[60.0, 60.0, 50.0, 50.0]]])
+    tile = TrainTile(np.zeros((3, 100, 100), np.float32), boxes, np.arange(len(boxes)), "t")
+    for x0, y0 in [(0, 0), (20, -10), (-30, 45)]:
+        _, cut, ids = _crop(tile, x0, y0, 64)
+        shifted = boxes - [x0, y0, x0, y0]
+        clipped, keep = clip_boxes(shifted, (0, 0, 64, 64), MIN_VISIBLE)
+        assert np.array_equal(ids, np.flatnonzero(keep)) and np.allclose(cut, clipped)
+        assert len(boxes) - 1 not in ids and 0 < len(ids) < len(boxes)
+    assert not clip_boxes([[60.0, 60.0, 50.0, 50.0]], (0, 0, 100, 100))[1].any()

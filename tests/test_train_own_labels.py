@@ -18,7 +18,8 @@ from click.testing import CliRunner
 import geors.train.calibrate as calibrate_mod
 import geors.train.detector as detector_mod
 from geors.errors import ConfigError
-from geors.train.crops import MIN_VISIBLE, TrainTile, count_objects, split_validation
+from geors.io.labels import MIN_VISIBLE
+from geors.train.crops import TrainTile, count_objects, split_validation
 from geors.train.detector import TrainConfig, calibrate_gate_threshold, train_detector
 
 SMALL_ARCH = {"rpn_batch": 64, "roi_batch": 32, "pre_nms_train": 300, "post_nms_train": 64, "post_nms_test": 50}

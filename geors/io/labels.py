@@ -54,7 +54,8 @@ __all__ = ["LabelSet", "MIN_VISIBLE", "read_labels", "as_labelset", "clip_boxes"
 
 log = logging.getLogger(__name__)
 
-#: Minimum visible share of a box's area for it to be kept after clipping.
+#: Minimum visible share of a box's area for it to be kept after clipping: the one rule for label
+#: files, training crops (:mod:`geors.train.crops`), evaluation tiles and training tiles.
 MIN_VISIBLE = 0.5
 
 #: Field names used for the class when ``class_field`` is not given (case-insensitive).
@@ -183,7 +184,7 @@ def read_labels(
     if len(boxes) < n_read:
         log.warning("%s: %d of %d labels are outside the scene%s; left out (ids %s)", path, n_read - len(boxes),
                     n_read, half, _ids_text([f for f, _ in dropped]))
-    classes, ids = _class_ids(path, names, class_map)
+    classes, ids = _contiguous_class_ids(path, names, class_map)
     return LabelSet(
         boxes=boxes,
         class_names=tuple(names),
@@ -237,7 +238,7 @@ def clip_boxes(boxes: np.ndarray, bounds: tuple[float, float, float, float],
         np.clip(boxes[:, 2], x0, x1), np.clip(boxes[:, 3], y0, y1),
     ], axis=1)
     area = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
-    vis = (clipped[:, 2] - clipped[:, 0]) * (clipped[:, 3] - clipped[:, 1])
+    vis = np.clip(clipped[:, 2] - clipped[:, 0], 0, None) * np.clip(clipped[:, 3] - clipped[:, 1], 0, None)
     keep = (area > 0) & (vis > 0) & (vis >= min_visible * area)
     return clipped[keep], keep
 
@@ -511,7 +512,9 @@ def reproject_labels(path: Path, geoms: np.ndarray, src, dst) -> np.ndarray:
     return shapely.set_coordinates(geoms.copy(), np.column_stack([x, y]))
 
 
-def _class_ids(path: Path, names: list[str], class_map) -> tuple[tuple[str, ...], np.ndarray]:
+def _contiguous_class_ids(path: Path, names: list[str], class_map) -> tuple[tuple[str, ...], np.ndarray]:
+    """The class names in id order and each box's 0-based class id (0..K-1 without gaps, as a model
+    numbers its classes): ``class_map``'s order, else the names sorted."""
     if class_map is None:
         classes = tuple(sorted(set(names)))
     elif isinstance(class_map, Mapping):
@@ -551,7 +554,6 @@ def as_labelset(boxes, scene, class_field: str | None = None, layer: str | None 
         names = ["0"] * len(b) if names is None else [str(n) for n in names]
         if len(names) != len(b):
             raise LabelError(f"{len(b)} boxes but {len(names)} class names")
-        classes = tuple(sorted(set(names)))
-        ids = np.array([classes.index(n) for n in names], dtype=np.int64)
+        classes, ids = _contiguous_class_ids(Path("<arrays>"), names, None)
         return LabelSet(b, tuple(names), ids, classes, Path("<arrays>"), fids=np.arange(1, len(b) + 1))
     raise LabelError("boxes must be a label file path, a LabelSet or a (boxes, names) tuple")

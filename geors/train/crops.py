@@ -19,15 +19,14 @@ import torch
 import torch.nn.functional as F
 
 from geors.errors import LabelError
+from geors.io.labels import MIN_VISIBLE, clip_boxes
 from geors.tiling import axis_starts
 from geors.train.anchors import box_sizes
 from geors.train.augment import random_contrast, random_dihedral, random_photometric
 
-__all__ = ["MIN_VISIBLE", "TrainTile", "sample_batch", "grid_tiles", "split_validation", "count_objects",
+__all__ = ["TrainTile", "sample_batch", "grid_tiles", "split_validation", "count_objects",
            "require_enough_labels"]
 
-MIN_VISIBLE = 0.5
-"""A box cut by a crop is kept if at least this share of its area stays visible."""
 
 
 @dataclass
@@ -70,11 +69,8 @@ def _crop(
     if xe > xs and ye > ys:
         out[:, ys - y0 : ye - y0, xs - x0 : xe - x0] = tile.image[:, ys:ye, xs:xe]
     b = np.asarray(tile.boxes, np.float64).reshape(-1, 4) - [x0, y0, x0, y0]
-    cl = np.clip(b, 0, [side, sy, side, sy])
-    area = (b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1])
-    vis = np.clip(cl[:, 2] - cl[:, 0], 0, None) * np.clip(cl[:, 3] - cl[:, 1], 0, None)
-    keep = (area > 0) & (vis >= MIN_VISIBLE * area) & (vis > 0)
-    return out, cl[keep].astype(np.float32), np.asarray(tile.class_ids, np.int64).reshape(-1)[keep]
+    kept, keep = clip_boxes(b, (0, 0, side, sy), MIN_VISIBLE)
+    return out, kept.astype(np.float32), np.asarray(tile.class_ids, np.int64).reshape(-1)[keep]
 
 
 def _touches_box(tile: TrainTile, x0: int, y0: int, side: int) -> bool:
