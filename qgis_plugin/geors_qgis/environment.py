@@ -41,9 +41,32 @@ def geors_source() -> str:
     return "PATH/TO/geors-checkout"
 
 
-INSTALL_COMMAND = f'python3 -m venv ~/geors-env && ~/geors-env/bin/python -m pip install "{geors_source()}[dev]"'
-"""How to make a geors environment from scratch (shown to the user when none is found): from the geors
-checkout, never ``pip install geors`` (another project on PyPI)."""
+def carried_wheel(plugin_dir: str | None = None) -> str | None:
+    """The geors wheel the plugin archive carries (``wheels/*.whl``, written by build_zip.py), if any."""
+    folder = os.path.join(plugin_dir or os.path.dirname(os.path.abspath(__file__)), "wheels")
+    try:
+        wheels = sorted(f for f in os.listdir(folder) if f.endswith(".whl"))
+    except OSError:
+        return None
+    return os.path.join(folder, wheels[-1]) if wheels else None
+
+
+def install_source(plugin_dir: str | None = None) -> str:
+    """What geors is installed from: the wheel the plugin carries, else :func:`geors_source` (its checkout)."""
+    return carried_wheel(plugin_dir) or geors_source()
+
+
+def install_command(platform: str = sys.platform) -> str:
+    """How to make a geors environment by hand (the plugin's *Set up environment* does it in one run): a venv,
+    then geors with SAM from the geors checkout, never ``pip install geors`` (another project on PyPI)."""
+    if platform == "win32":
+        return (r'py -m venv %USERPROFILE%\geors-env && %USERPROFILE%\geors-env\Scripts\python -m pip install '
+                f'"{install_source()}[sam]"')
+    return f'python3 -m venv ~/geors-env && ~/geors-env/bin/python -m pip install "{install_source()}[sam]"'
+
+
+INSTALL_COMMAND = install_command()
+""":func:`install_command` for this platform."""
 
 # Runs the click group exactly as the ``geors`` console script does.
 _BOOT = "import sys; from geors.cli.main import main; sys.exit(main(prog_name='geors'))"
@@ -86,6 +109,8 @@ class GeorsEnvironment:
             script = os.path.join(os.path.dirname(self.python), "geors.exe" if sys.platform == "win32" else "geors")
             if os.path.isfile(script):
                 exe = [script]
+        if sys.platform == "win32":  # cmd.exe quoting: "C:\\Program Files\\..." (shlex would use ' quotes)
+            return subprocess.list2cmdline([*exe, *args])
         return shlex.join([*exe, *args])
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import shlex
 import subprocess
+import sys
 
 from .environment import (
     ENV_VAR,
@@ -17,16 +18,23 @@ from .environment import (
     _no_window,
     environment_python,
     find_environment,
-    geors_source,
+    install_source,
     models_list,
     probe,
     subprocess_env,
 )
+from .setup_env import GpuFacts, choose_torch, nvidia_gpus
 
 SETTING_PATH = "Settings > Options > Processing > Providers > geors > 'geors Python environment'"
 
+SETUP_ALGORITHM = "Processing Toolbox > geors > Setup > Set up environment"
+
 NOT_FOUND_HELP = (
-    "geors runs in its own Python environment (with torch), outside QGIS. Create one with:\n"
+    "geors runs in its own Python environment (with torch), outside QGIS. To make one, run\n"
+    f"    {SETUP_ALGORITHM}\n"
+    "(also in the Plugins > geors menu; headless: qgis_process run geors:setup_environment): it creates a virtual "
+    "environment in the QGIS profile folder, installs torch for this machine and geors, and sets the plugin to "
+    "use it. By hand instead:\n"
     f"    {INSTALL_COMMAND}\n"
     f"then point the plugin at it: {SETTING_PATH} = ~/geors-env (the venv folder, its python, or a geors "
     f"executable), or start QGIS with {ENV_VAR}=~/geors-env/bin/python.\n"
@@ -51,15 +59,23 @@ print(json.dumps(out))
 """
 
 
+def _torch_index_args() -> str:
+    """`` --index-url ...`` of the torch build for this machine (CPU-only where there is no NVIDIA GPU)."""
+    choice = choose_torch("auto", nvidia_gpus())
+    return f" --index-url {choice.index_url}" if choice.index_url else ""
+
+
 def _item(status: str, what: str, detail: str = "", fix: str = "") -> dict:
     return {"status": status, "what": what, "detail": detail, "fix": fix}
 
 
-def cuda_item(facts: dict, pip: str) -> dict:
-    """The CUDA line of the report from the environment's torch facts (``_PY_CHECK``).
+def cuda_item(facts: dict, pip: str, gpu: GpuFacts | None = None, platform: str = sys.platform) -> dict:
+    """The CUDA line of the report from the environment's torch facts (``_PY_CHECK``) and nvidia-smi.
 
-    A CPU-only torch build (``torch.version.cuda`` is None) gets the command that installs a CUDA build; a
-    CUDA build that sees no GPU is a driver or hardware matter, which reinstalling torch does not fix.
+    A CUDA build that sees no GPU is a driver or hardware matter, which reinstalling torch does not fix. A
+    CPU-only build (``torch.version.cuda`` is None) is right where nvidia-smi finds no NVIDIA GPU; where it
+    finds one, the report gives the command that installs the CUDA build (the index the driver supports on
+    Windows, PyPI's default on Linux). ``gpu`` None: nvidia-smi was not asked.
     """
     build = facts.get("cuda_build")
     if facts.get("cuda"):
@@ -69,10 +85,19 @@ def cuda_item(facts: dict, pip: str) -> dict:
                      "the CPU (slower, works)",
                      "no torch reinstall needed: check that this machine has an NVIDIA GPU and a driver that "
                      f"supports CUDA {build} (nvidia-smi shows the driver's highest CUDA version)")
-    return _item("info", "CUDA", "this torch is a CPU-only build: geors runs on the CPU (slower, works)",
+    detail = "this torch is a CPU-only build: geors runs on the CPU (slower, works)"
+    if gpu is not None and not gpu.nvidia:
+        return _item("info", "CUDA", f"{detail}; no NVIDIA GPU found ({gpu.detail}), so the CPU-only build is "
+                                     "the right one for this machine")
+    if gpu is not None and platform != "darwin":
+        choice = choose_torch("cuda", gpu, platform)
+        index = f" --index-url {choice.index_url}" if choice.index_url else ""
+        return _item("info", "CUDA", f"{detail}, although this machine has {gpu.detail}",
+                     f"{pip} --force-reinstall torch torchvision{index}")
+    return _item("info", "CUDA", detail,
                  f"for an NVIDIA GPU: {pip} --force-reinstall torch torchvision --index-url "
                  "https://download.pytorch.org/whl/cuXYZ  (cuXYZ = the CUDA version your driver supports, "
-                 "e.g. cu121; see https://pytorch.org/get-started/locally/)")
+                 "e.g. cu126; see https://pytorch.org/get-started/locally/)")
 
 
 def check_installation(configured: str | None = None, feedback=None, environ: dict | None = None) -> dict:
@@ -103,8 +128,9 @@ def check_installation(configured: str | None = None, feedback=None, environ: di
     pip = f"{shlex.quote(py)} -m pip install" if py else "python3 -m pip install"
     if not pr.ok:
         items.append(_item("missing", "geors package", pr.error.splitlines()[-1] if pr.error else "does not run",
-                           f'{pip} "{geors_source()}[dev]"   (in the environment above; from the geors checkout: the PyPI '
-                           f'package named geors is another project), or fix the setting: {SETTING_PATH}'))
+                           f'{SETUP_ALGORITHM} (a new environment), or {pip} "{install_source()}[sam]"   (in the '
+                           'environment above; from the geors wheel or checkout: the PyPI package named geors is '
+                           f'another project), or fix the setting: {SETTING_PATH}'))
         return {"ok": False, "environment": env.argv[0], "items": items}
     items.append(_item("ok", "geors", f"version {pr.version}; commands: {', '.join(pr.commands)}"))
     ok = True
@@ -122,11 +148,11 @@ def check_installation(configured: str | None = None, feedback=None, environ: di
         items.append(_item("info", "Python", f"{facts.get('python')} ({facts.get('executable')})"))
         if "torch" in facts:
             items.append(_item("ok", "torch", f"version {facts['torch']}"))
-            items.append(cuda_item(facts, pip))
+            items.append(cuda_item(facts, pip, nvidia_gpus()))
         else:
             ok = False
             items.append(_item("missing", "torch", facts.get("torch_error", "not importable"),
-                               f"{pip} torch torchvision"))
+                               f"{pip} torch torchvision" + _torch_index_args()))
         if not facts.get("segment_anything"):
             items.append(_item("optional", "segment-anything package",
                                "SAM masks unavailable (the weight-free watershed outline is used)",
@@ -156,7 +182,7 @@ def check_installation(configured: str | None = None, feedback=None, environ: di
                 elif r.get("default") and r.get("kind") == "detector":
                     ok = False
                     items.append(_item("missing", what, f"weights not found: {r.get('path', '')}",
-                                       f'{pip} --force-reinstall --no-deps "geors"'))
+                                       f'{pip} --force-reinstall --no-deps "{install_source()}"'))
                 else:
                     items.append(_item("optional", what, f"weights not found: {r.get('path', '')}",
                                        "pass your own model file instead (MODEL / --model)"))

@@ -19,6 +19,7 @@ from .environment import (
     run_quick,
 )
 from .settings import configured_environment, register_setting, unregister_setting
+from .setup_algorithm import SetupEnvironmentAlgorithm
 
 DEFAULT_MODEL = "r2cnn-neon-trees"
 _CACHE_KEY = "geors_qgis/model_info_cache"
@@ -109,5 +110,6 @@ class GeorsProvider(QgsProcessingProvider):
         self.info = discover()
         for cls in ALGORITHMS:
             self.addAlgorithm(cls(self.info))
+        self.addAlgorithm(SetupEnvironmentAlgorithm(self.info))
         if self.info.probe is not None and self.info.probe.has_segment:
             self.addAlgorithm(SegmentAlgorithm(self.info))

@@ -15,6 +15,27 @@ def configured_environment() -> str:
     return str(value or "")
 
 
+def store_environment(path: str) -> None:
+    """Make ``path`` (a venv folder, python or geors executable) the plugin's environment.
+
+    Written to QgsSettings at once (safe from a task's thread; qgis_process keeps it in its profile too).
+    Processing's own copy of the setting, when it is loaded, is updated by :func:`sync_processing_setting`
+    on the main thread, or the Options dialog would save its stale value over it.
+    """
+    QgsSettings().setValue(f"Processing/Configuration/{SETTING_NAME}", path)
+
+
+def sync_processing_setting() -> None:
+    """Processing's in-memory copy of the setting re-read from QgsSettings (main thread only)."""
+    try:
+        from processing.core.ProcessingConfig import ProcessingConfig
+    except ImportError:
+        return
+    setting = ProcessingConfig.settings.get(SETTING_NAME)
+    if setting is not None:
+        setting.read()
+
+
 def register_setting() -> None:
     """Show the setting in Processing's options dialog (does nothing when the Processing plugin is absent)."""
     try:
