@@ -6,7 +6,7 @@
     python examples/local_cluster.py --demo /tmp/cluster -o /tmp/cluster.gpkg --workers 2
 
 The same from the shell: ``geors run SCENES -o OUT.gpkg --scheduler local --workers 2`` or
-``--scheduler tcp://HOST:8786``. Needs ``pip install 'geors[distributed]'``.
+``--scheduler tcp://HOST:8786``. Needs ``pip install distributed``.
 
 How it runs: the main process opens and checks every scene, then submits
 batches of tiles as futures (at most 2 x workers in flight, across scene

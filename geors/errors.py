@@ -85,7 +85,13 @@ def require(module: str, extra: str, purpose: str):
     try:
         return importlib.import_module(module)
     except ImportError as exc:
+        # the package itself, never 'geors[extra]': pip would fetch PyPI's unrelated project named geors
+        package = _PIP_NAMES.get(module, module.replace("_", "-"))
         raise DependencyNotFoundError(
             f"{purpose} needs the Python package '{module}', which is not installed. "
-            f"Install it with: pip install 'geors[{extra}]'"
+            f"Install it with: pip install {package}   (the '{extra}' extra of geors-gis)"
         ) from exc
+
+
+_PIP_NAMES = {"segment_anything": "segment-anything", "distributed": "distributed"}
+"""pip names of the optional modules :func:`require` imports."""

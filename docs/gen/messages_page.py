@@ -37,7 +37,7 @@ ADVICE: dict[str, tuple[str, str]] = {
                    "the scene (bands, classes). `geors models list` shows what is installed; "
                    "`geors models download sam-vit_b` fetches a checkpoint."),
     "DependencyNotFoundError": ("exit 2", "An optional Python package is missing. The message names the "
-                                "`pip install 'geors[EXTRA]'` line that installs it."),
+                                "package and the `pip install` line that installs it (`pip install segment-anything`)."),
     "DownloadError": ("exit 2", "A download failed (offline, blocked or a checksum mismatch). Retry, or "
                       "download the file elsewhere and put it where the message says."),
     "GateCalibrationError": ("exit 2", "Training could not find a gate threshold that passes the share of "
