@@ -69,6 +69,18 @@ def test_lr_factor_and_plan():
     assert plan_total_steps(600, 2.0, max_steps=50) == 50 and plan_total_steps(10, 20.0, done=5) == 6
 
 
+def test_schedule_learning_rate_is_lr_factor():
+    """BudgetSchedule.lr_factor is lr_factor over its plan; a fixed plan under a budget follows its time."""
+    fixed = BudgetSchedule(None, 40, warmup_steps=5, floor=0.1)
+    assert [fixed.lr_factor(s) for s in range(40)] == [lr_factor(s, 40, 5, 0.1) for s in range(40)]
+    now = [0.0]
+    cut = BudgetSchedule(100.0, 40, warmup_steps=5, clock=lambda: now[0])
+    cut.start()
+    now[0] = 75.0  # three quarters of the budget spent at step 10 of 40
+    assert cut.lr_factor(10) == pytest.approx(lr_factor(10, 40, 5, 0.05, min_progress=0.75))
+    assert cut.lr_factor(10) < lr_factor(10, 40, 5)
+
+
 def test_training_bar_follows_the_plan(capsys):
     import io
 

@@ -3,10 +3,11 @@
 Nothing here knows about a model: the detector loop (``geors.train.detector``)
 uses it and the segmenter loop can. The API below is stable.
 
-``lr_factor(step, total, warmup, floor=0.05) -> float``
+``lr_factor(step, total, warmup, floor=0.05, min_progress=0.0) -> float``
     Multiplier of the base learning rate: linear warm-up over ``warmup`` steps
     (capped at a fifth of ``total``), then half a cosine from 1 down to
-    ``floor`` at step ``total - 1``.
+    ``floor`` at step ``total - 1``. The one rule: ``BudgetSchedule.lr_factor``
+    calls it with its current plan.
 
 ``plan_total_steps(budget_s, step_s, *, done=0, elapsed_s=0.0, reserve_s=0.0, min_steps=1, max_steps=None) -> int``
     Steps that fit a budget: the ``done`` steps already taken plus as many
@@ -66,24 +67,23 @@ from typing import IO, Any
 __all__ = ["lr_factor", "plan_total_steps", "BudgetSchedule", "TrainingBar"]
 
 
-def lr_factor(step: int, total: int, warmup: int, floor: float = 0.05) -> float:
+def lr_factor(step: int, total: int, warmup: int, floor: float = 0.05, min_progress: float = 0.0) -> float:
     """Learning-rate multiplier at ``step`` (0-based) of ``total``: linear warm-up, then cosine to ``floor``.
 
     The warm-up is capped at a fifth of the schedule so that a short plan still
-    spends most of its steps past it.
+    spends most of its steps past it. ``min_progress``: the cosine is at least
+    this far along (a fixed plan that a time budget may cut follows the further
+    of its steps and its time).
     """
     warm = _warm_steps(warmup, total)
     if step < warm:
         return (step + 1) / warm
-    return _cosine((step - warm) / max(max(int(total), 1) - 1 - warm, 1), floor)
+    progress = max((step - warm) / max(max(int(total), 1) - 1 - warm, 1), min_progress)
+    return floor + (1.0 - floor) * 0.5 * (1.0 + math.cos(math.pi * min(max(progress, 0.0), 1.0)))
 
 
 def _warm_steps(warmup: int, total: int) -> int:
     return min(max(int(warmup), 0), max(int(total) // 5, 1))
-
-
-def _cosine(progress: float, floor: float) -> float:
-    return floor + (1.0 - floor) * 0.5 * (1.0 + math.cos(math.pi * min(max(progress, 0.0), 1.0)))
 
 
 def plan_total_steps(budget_s: float, step_s: float, *, done: int = 0, elapsed_s: float = 0.0,
@@ -200,14 +200,10 @@ class BudgetSchedule:
                            "elapsed_s": round(self.elapsed_s(), 1), "reserve_s": round(self.reserve_s, 1)})
 
     def lr_factor(self, step: int) -> float:
-        """Multiplier of the base learning rate for 0-based ``step`` of the current plan."""
-        warm = _warm_steps(self.warmup_steps, self.total)
-        if step < warm:
-            return (step + 1) / warm
-        progress = (step - warm) / max(self.total - 1 - warm, 1)
-        if self.fixed and self.budget_s is not None:  # a fixed plan the budget may cut: the further of the two
-            progress = max(progress, self.time_fraction())
-        return _cosine(progress, self.floor)
+        """Multiplier of the base learning rate for 0-based ``step`` of the current plan (:func:`lr_factor`)."""
+        cut_by_time = self.fixed and self.budget_s is not None  # a fixed plan the budget may cut
+        return lr_factor(step, self.total, self.warmup_steps, self.floor,
+                         self.time_fraction() if cut_by_time else 0.0)
 
     def out_of_time(self) -> bool:
         return self.budget_s is not None and self.elapsed_s() >= self.budget_s
