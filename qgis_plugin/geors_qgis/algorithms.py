@@ -22,13 +22,13 @@ from qgis.core import (
     QgsProcessingParameterMultipleLayers,
     QgsProcessingParameterRasterDestination,
     QgsProcessingParameterRasterLayer,
-    QgsRasterLayer,
 )
 from qgis.PyQt.QtGui import QIcon
 
 from . import options as O
 from .environment import EnvironmentNotFound, GeorsEnvironment, Probe, model_info, models_list
 from .install_check import NOT_FOUND_HELP, check_installation, format_report
+from .layer_export import SceneExports, export_parameters
 from .layers import LabelRasterStyler, load_results_on_completion
 from .runner import RunResult, resume_args, run_geors
 from .settings import configured_environment
@@ -63,21 +63,6 @@ def _environment() -> GeorsEnvironment:
         return find_environment(configured_environment())
     except EnvironmentNotFound as exc:
         raise QgsProcessingException(f"{exc}\n\n{NOT_FOUND_HELP}") from None
-
-
-def raster_path(layer: QgsRasterLayer | None, param: str) -> str:
-    """The file behind a raster layer, or a clear message when it is not a file on disk (WMS, XYZ, ...)."""
-    if layer is None:
-        raise QgsProcessingException(f"{param}: no raster layer given.")
-    src = layer.source()
-    path = src.split("|")[0]
-    if layer.providerType() == "gdal" and (os.path.isfile(path) or path.startswith("/vsi")):
-        return path
-    raise QgsProcessingException(
-        f"The layer '{layer.name()}' is not a raster file on disk (provider '{layer.providerType()}', source "
-        f"'{src[:200]}'). geors reads raster files (GeoTIFF, COG, VRT, ...) itself, tile by tile; it cannot "
-        "read web services such as WMS/WMTS/XYZ. Save the area you need first (right-click the layer > "
-        "Export > Save As..., format GeoTIFF, with the resolution you want), then run geors on the saved file.")
 
 
 class GeorsAlgorithm(QgsProcessingAlgorithm):
@@ -118,7 +103,10 @@ class GeorsAlgorithm(QgsProcessingAlgorithm):
         return (f"{self.description}\n\nRuns <b>geors {' '.join(self.command)}</b> in the configured geors "
                 "environment (a separate Python with torch; QGIS itself never loads it). Every parameter is one "
                 "command-line option of the same name (SCORE_THRESHOLD = --score-threshold); values left at "
-                "their default are not passed, so the model's own tile size, overlap and gate threshold apply.")
+                "their default are not passed, so the model's own tile size, overlap and gate threshold apply.\n\n"
+                "A raster layer that is not a file (WMS/XYZ, virtual, in-memory, database) is first exported to a "
+                "temporary GeoTIFF for EXTENT at RESOLUTION (advanced parameters; a web map needs EXTENT), "
+                "which is removed afterwards unless KEEP_EXPORT is set.")
 
     @property
     def cli_key(self) -> str:
@@ -131,7 +119,29 @@ class GeorsAlgorithm(QgsProcessingAlgorithm):
     def options(self) -> tuple[O.Opt, ...]:
         return O.opts_from_description(self.info.description, self.cli_key, self.opts, self.skip)
 
+    def processAlgorithm(self, parameters, context, feedback):  # noqa: N802
+        """Runs :meth:`process`; the scenes exported from layers that are not files are removed afterwards."""
+        self.exports = SceneExports(self, parameters, context, feedback)
+        try:
+            return self.process(parameters, context, feedback)
+        finally:
+            self.exports.finish()
+
+    def process(self, parameters, context, feedback) -> dict:
+        raise NotImplementedError
+
+    def scene_file(self, layer, param: str) -> str:
+        """The raster file geors reads for ``layer``: its own file, or a temporary GeoTIFF exported for the
+        EXTENT at the RESOLUTION when it is not a file (layer_export.py)."""
+        return self.exports.path(layer, param)
+
     def add_options(self):
+        """The command's options, then how layers that are not files are exported (plugin-only, advanced)."""
+        self._add_cli_options()
+        for p in export_parameters():
+            self.addParameter(p)
+
+    def _add_cli_options(self):
         for o in self.options():
             self.addParameter(o.parameter())
             if o.flag == O.SAM.flag:  # --sam also takes a checkpoint file, which a list of engines cannot hold
@@ -225,14 +235,14 @@ class _GpkgOutputAlgorithm(GeorsAlgorithm):
 
 class _SceneListMixin:
     def add_scenes(self):
-        self.addParameter(QgsProcessingParameterMultipleLayers("SCENES", "Scenes (raster files)",
+        self.addParameter(QgsProcessingParameterMultipleLayers("SCENES", "Scenes (raster layers)",
                                                                QgsProcessing.TypeRaster))
 
     def scene_paths(self, parameters, context) -> list[str]:
         layers = self.parameterAsLayerList(parameters, "SCENES", context)
         if not layers:
             raise QgsProcessingException("SCENES: give at least one raster layer.")
-        return [raster_path(lyr, "SCENES") for lyr in layers]
+        return [self.scene_file(lyr, "SCENES") for lyr in layers]
 
 
 class DetectAlgorithm(_SceneListMixin, _GpkgOutputAlgorithm):
@@ -254,7 +264,7 @@ class DetectAlgorithm(_SceneListMixin, _GpkgOutputAlgorithm):
         self.add_gpkg_output()
         self.addOutput(QgsProcessingOutputString("SUMMARY", "Summary (JSON)"))
 
-    def processAlgorithm(self, parameters, context, feedback):  # noqa: N802
+    def process(self, parameters, context, feedback):
         scenes = self.scene_paths(parameters, context)
         out = self.parameterAsFileOutput(parameters, "OUTPUT", context)
         values = self.option_values(parameters, context)
@@ -290,7 +300,7 @@ class MasksAlgorithm(_GpkgOutputAlgorithm):
     result_outputs = ("instances",)
 
     def initAlgorithm(self, config=None):  # noqa: N802
-        self.addParameter(QgsProcessingParameterRasterLayer("SCENE", "Scene (raster file)"))
+        self.addParameter(QgsProcessingParameterRasterLayer("SCENE", "Scene (raster layer)"))
         self.addParameter(QgsProcessingParameterFeatureSource("BOXES", "Boxes",
                                                               [QgsProcessing.TypeVectorPolygon]))
         self.add_options()
@@ -302,8 +312,8 @@ class MasksAlgorithm(_GpkgOutputAlgorithm):
             parameters, "BOXES", context, VECTOR_FORMATS, "gpkg", feedback)
         return ["--boxes", path] + (["--layer", layer] if layer else [])
 
-    def processAlgorithm(self, parameters, context, feedback):  # noqa: N802
-        scene = raster_path(self.parameterAsRasterLayer(parameters, "SCENE", context), "SCENE")
+    def process(self, parameters, context, feedback):
+        scene = self.scene_file(self.parameterAsRasterLayer(parameters, "SCENE", context), "SCENE")
         out = self.parameterAsFileOutput(parameters, "OUTPUT", context)
         existed = os.path.exists(out)
         args = [*self.command, scene, *self.boxes_args(parameters, context, feedback), "-o", out,
@@ -321,7 +331,7 @@ class LabelAlgorithm(MasksAlgorithm):
     skip = ("--boxes", "--layer", "--instances")
 
     def initAlgorithm(self, config=None):  # noqa: N802
-        self.addParameter(QgsProcessingParameterRasterLayer("SCENE", "Scene (raster file)"))
+        self.addParameter(QgsProcessingParameterRasterLayer("SCENE", "Scene (raster layer)"))
         self.addParameter(QgsProcessingParameterFeatureSource("BOXES", "Boxes",
                                                               [QgsProcessing.TypeVectorPolygon]))
         self.add_options()
@@ -330,8 +340,8 @@ class LabelAlgorithm(MasksAlgorithm):
                                                                   None, True, False))
         self.addOutput(QgsProcessingOutputString("SUMMARY", "Summary (JSON)"))
 
-    def processAlgorithm(self, parameters, context, feedback):  # noqa: N802
-        scene = raster_path(self.parameterAsRasterLayer(parameters, "SCENE", context), "SCENE")
+    def process(self, parameters, context, feedback):
+        scene = self.scene_file(self.parameterAsRasterLayer(parameters, "SCENE", context), "SCENE")
         out = self.parameterAsOutputLayer(parameters, "OUTPUT", context)
         inst = self.parameterAsOutputLayer(parameters, "INSTANCES", context)
         args = [*self.command, scene, *self.boxes_args(parameters, context, feedback), "-o", out,
@@ -348,18 +358,18 @@ class InfoAlgorithm(GeorsAlgorithm):
     command = ("info",)
     display = "Scene info"
     group_id, group_name = "scene", "Scene"
-    description = "Size, bands, dtype, CRS, pixel size, nodata, tile count and a memory estimate of a raster file."
+    description = "Size, bands, dtype, CRS, pixel size, nodata, tile count and a memory estimate of a raster."
     opts = O.TABLES["info"]
     skip = ("--json",)
     jsonl_fallback = False
 
     def initAlgorithm(self, config=None):  # noqa: N802
-        self.addParameter(QgsProcessingParameterRasterLayer("SCENE", "Scene (raster file)"))
+        self.addParameter(QgsProcessingParameterRasterLayer("SCENE", "Scene (raster layer)"))
         self.add_options()
         self.addOutput(QgsProcessingOutputString("INFO", "Scene info (JSON)"))
 
-    def processAlgorithm(self, parameters, context, feedback):  # noqa: N802
-        scene = raster_path(self.parameterAsRasterLayer(parameters, "SCENE", context), "SCENE")
+    def process(self, parameters, context, feedback):
+        scene = self.scene_file(self.parameterAsRasterLayer(parameters, "SCENE", context), "SCENE")
         args = [*self.command, scene, "--json", *self.option_args(parameters, context)]
         result = self.run_cli(args, feedback)
         return {"INFO": json.dumps(result.parsed_stdout() or {})}
@@ -375,12 +385,12 @@ class TilesAlgorithm(_GpkgOutputAlgorithm):
     result_outputs = ("tiles", "tile_cores")
 
     def initAlgorithm(self, config=None):  # noqa: N802
-        self.addParameter(QgsProcessingParameterRasterLayer("SCENE", "Scene (raster file)"))
+        self.addParameter(QgsProcessingParameterRasterLayer("SCENE", "Scene (raster layer)"))
         self.add_options()
         self.add_gpkg_output()
 
-    def processAlgorithm(self, parameters, context, feedback):  # noqa: N802
-        scene = raster_path(self.parameterAsRasterLayer(parameters, "SCENE", context), "SCENE")
+    def process(self, parameters, context, feedback):
+        scene = self.scene_file(self.parameterAsRasterLayer(parameters, "SCENE", context), "SCENE")
         out = self.parameterAsFileOutput(parameters, "OUTPUT", context)
         existed = os.path.exists(out)
         args = [*self.command, scene, "-o", out, *self.option_args(parameters, context)]
@@ -411,7 +421,7 @@ class _TrainAlgorithm(GeorsAlgorithm):
                 "the step options. The task's progress bar follows the planned steps and shows the time left.")
 
     def add_training_inputs(self):
-        self.addParameter(QgsProcessingParameterMultipleLayers("SCENES", "Training scenes (raster files)",
+        self.addParameter(QgsProcessingParameterMultipleLayers("SCENES", "Training scenes (raster layers)",
                                                                QgsProcessing.TypeRaster))
         self.addParameter(QgsProcessingParameterMultipleLayers("LABELS", self.labels_title, self.labels_type))
 
@@ -426,7 +436,7 @@ class _TrainAlgorithm(GeorsAlgorithm):
         self.add_model_output()
 
     def scene_label_args(self, parameters, context) -> list[str]:
-        scenes = [raster_path(lyr, "SCENES") for lyr in self.parameterAsLayerList(parameters, "SCENES", context)]
+        scenes = [self.scene_file(lyr, "SCENES") for lyr in self.parameterAsLayerList(parameters, "SCENES", context)]
         labels = self.parameterAsLayerList(parameters, "LABELS", context)
         if not scenes or len(scenes) != len(labels):
             raise QgsProcessingException(f"Give one label layer per scene ({len(scenes)} scenes, "
@@ -439,7 +449,7 @@ class _TrainAlgorithm(GeorsAlgorithm):
     def extra_args(self, parameters, context) -> list[str]:
         return []
 
-    def processAlgorithm(self, parameters, context, feedback):  # noqa: N802
+    def process(self, parameters, context, feedback):
         out = self.parameterAsFileOutput(parameters, "OUTPUT", context)
         args = [*self.command, *self.scene_label_args(parameters, context), "-o", out,
                 *self.extra_args(parameters, context), *self.option_args(parameters, context)]
@@ -524,16 +534,16 @@ class SegmentAlgorithm(_SceneListMixin, _GpkgOutputAlgorithm):
         if self.takes_scene_list():
             self.add_scenes()
         else:
-            self.addParameter(QgsProcessingParameterRasterLayer("SCENE", "Scene (raster file)"))
+            self.addParameter(QgsProcessingParameterRasterLayer("SCENE", "Scene (raster layer)"))
         self.add_options()
         self.add_gpkg_output()
         self.addOutput(QgsProcessingOutputString("SUMMARY", "Summary (JSON)"))
 
-    def processAlgorithm(self, parameters, context, feedback):  # noqa: N802
+    def process(self, parameters, context, feedback):
         if "SCENES" in parameters:
             scenes = self.scene_paths(parameters, context)
         else:
-            scenes = [raster_path(self.parameterAsRasterLayer(parameters, "SCENE", context), "SCENE")]
+            scenes = [self.scene_file(self.parameterAsRasterLayer(parameters, "SCENE", context), "SCENE")]
         out = self.parameterAsFileOutput(parameters, "OUTPUT", context)
         values = self.option_values(parameters, context)
         existed = os.path.exists(out)
