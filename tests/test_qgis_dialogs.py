@@ -193,3 +193,18 @@ def test_click_objects_are_what_describe_reads():
         exec(compile(_DESCRIBE, "describe", "exec"), {})  # noqa: S102
     described = {k for k in json.loads(out.getvalue()) if not k.startswith("__")}
     assert described == set(walk(main, []))
+
+
+def test_plugin_only_parameters_are_named_like_no_cli_option(cli):
+    """EXTENT, RESOLUTION and KEEP_EXPORT (how a layer that is not a file is exported, layer_export.py) are the
+    plugin's own parameters, not CLI options, so the walks above do not cover them: no CLI option (nor a
+    fallback table's) may take one of their names, or its field would be shadowed."""
+    from geors_qgis.raster_source import EXPORT_PARAMETERS
+
+    for command, spec in cli.items():
+        if command.startswith("__"):
+            continue
+        names = {O.Opt(p["flag"], "str", "").name for p in spec["params"] if p.get("flag")}
+        assert not names & set(EXPORT_PARAMETERS), (command, names & set(EXPORT_PARAMETERS))
+    for table in O.TABLES.values():
+        assert not {o.name for o in table} & set(EXPORT_PARAMETERS)
