@@ -231,11 +231,12 @@ def _reviewed_polygons(path: Path, reviewed_area: str | os.PathLike | None):
     import pyogrio
 
     if reviewed_area is not None:
-        src = Path(reviewed_area)
+        file, _, layer = os.fspath(reviewed_area).partition("|layername=")  # QGIS's FILE|layername=NAME
+        src = Path(file)
         if not src.exists():
             raise LabelError(f"{src}: --reviewed-area file not found.")
         try:
-            gdf = pyogrio.read_dataframe(src)
+            gdf = pyogrio.read_dataframe(src, layer=layer or None)
         except Exception as exc:
             raise LabelError(f"{src}: --reviewed-area cannot be read as a vector file ({exc}).") from None
         what = str(src)
@@ -308,7 +309,8 @@ def read_corrections(path: str | os.PathLike, reviewed_area: str | os.PathLike |
 
     Args:
         path: the GeoPackage ``geors detect`` / ``geors run`` wrote, its ``detections`` layer edited in place.
-        reviewed_area: a polygon file of the area reviewed (any OGR format and CRS); None = the layer
+        reviewed_area: a polygon file of the area reviewed (any OGR format and CRS; ``FILE|layername=NAME`` for
+            one layer of several); None = the layer
             ``reviewed_area`` of ``path`` if it exists, else the cores of the tiles holding an edit.
         scenes: where the run's scenes are now, when they moved (matched by file name).
         layer: the edited layer.
@@ -479,7 +481,7 @@ def read_corrections(path: str | os.PathLike, reviewed_area: str | os.PathLike |
     if given is not None:
         rgeoms, rcrs, reviewed_from = given
         for name, (_, scene, _) in opened.items():
-            area = _polygons_in_pixels(rgeoms, rcrs, scene, Path(reviewed_area or path))
+            area = _polygons_in_pixels(rgeoms, rcrs, scene, Path(reviewed_from))
             if area is not None:
                 reviewed[name] = area
         if not reviewed:
@@ -597,9 +599,12 @@ def correction_tiles(corr: Corrections, tile_size: int | None = None, overlap: i
             area = (b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1])
             vis = np.clip(cl[:, 2] - cl[:, 0], 0, None) * np.clip(cl[:, 3] - cl[:, 1], 0, None)
             keep = (area > 0) & (vis > 0) & (vis >= MIN_VISIBLE * area)
+            # each negative once: in the tile whose core holds its centre (the tiles overlap)
             nb = sc.negatives - [x0, y0, x0, y0]
-            ncx, ncy = (nb[:, 0] + nb[:, 2]) / 2, (nb[:, 1] + nb[:, 3]) / 2
-            nkeep = (ncx >= 0) & (ncx < x1 - x0) & (ncy >= 0) & (ncy < y1 - y0)
+            ncx, ncy = (sc.negatives[:, 0] + sc.negatives[:, 2]) / 2, (sc.negatives[:, 1] + sc.negatives[:, 3]) / 2
+            core = t.core
+            nkeep = ((ncx >= max(core.col_off, x0)) & (ncx < min(core.col_off + core.width, x1))
+                     & (ncy >= max(core.row_off, y0)) & (ncy < min(core.row_off + core.height, y1)))
             tiles.append(TrainTile(img, cl[keep].astype(np.float32), ids[keep], f"{sc.name}:{t.id}:reviewed",
                                    source=f"{k}:{sc.path}", origin=(x0, y0),
                                    negatives=nb[nkeep].astype(np.float32) if nkeep.any() else None))
