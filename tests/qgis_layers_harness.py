@@ -125,6 +125,51 @@ def case_file(scene: str, out: str) -> dict:
     return _tiles(QgsRasterLayer(scene, "local", "gdal"), out, EXTENT="0,1,0,1 [EPSG:32617]", RESOLUTION=5.0)
 
 
+class CancelWhileGeorsRuns(H.LogFeedback):
+    """Cancels at geors's first tile progress (not during the export, whose progress comes first)."""
+
+    def setProgress(self, p):  # noqa: N802
+        super().setProgress(p)
+        if p > 0 and any(ln.startswith("command: ") for ln in self.log) and not self.isCanceled():
+            self.cancel()
+
+
+def case_cancel_resume(scene: str, out: str) -> dict:
+    """Detect on a /vsimem/ layer, cancelled while geors runs (the export is kept for the resume command), then
+    run again with RESUME: a fresh export of the same name and bytes, so geors resumes the run."""
+    import processing
+
+    layer = _vsimem(scene, "in memory")
+    QgsProject.instance().addMapLayer(layer)
+    fb = CancelWhileGeorsRuns()
+    message = None
+    try:
+        processing.run("geors:detect", H.detect_params(layer.id(), out), feedback=fb)
+    except QgsProcessingException as exc:
+        message = str(exc)
+    kept = _exports_left()
+    resumed = H.LogFeedback()
+    res = processing.run("geors:detect", H.detect_params(layer.id(), out, RESUME=True), feedback=resumed)
+    return {"message": message, "log": fb.log, "kept": kept, "resumed_log": resumed.log,
+            "summary": json.loads(res["SUMMARY"]), "exports_left": _exports_left()}
+
+
+def case_cancel_export(scene: str, out: str) -> dict:
+    """Tile grid on a /vsimem/ layer, cancelled at the export's first progress: nothing is left behind."""
+    import processing
+
+    layer = _vsimem(scene, "in memory")
+    QgsProject.instance().addMapLayer(layer)
+    fb = H.LogFeedback(cancel_after=0.0)
+    try:
+        processing.run("geors:tiles", {"SCENE": layer.id(), "OUTPUT": out}, feedback=fb)
+        message = None
+    except QgsProcessingException as exc:
+        message = str(exc)
+    return {"message": message, "log": fb.log, "progress": fb.progress, "exports_left": _exports_left(),
+            "output_exists": os.path.exists(out)}
+
+
 def case_export_twice(scene: str, folder: str) -> dict:
     """Export one layer twice on the same grid: same bytes (so a re-export keeps the scene's --resume
     fingerprint); the size and time of the export."""

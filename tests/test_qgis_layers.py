@@ -232,3 +232,31 @@ def test_a_re_export_gives_the_same_bytes(tmp_path, scene, run_case):
     exports again, to the same file name) keeps the scene's --resume fingerprint."""
     res = run_case("export_twice", str(scene), str(tmp_path), tmp=tmp_path)
     assert res["size"] == [768, 512] and res["digests"][0] == res["digests"][1]
+
+
+@pytest.mark.qgis
+def test_a_cancelled_run_keeps_its_export_and_resumes_from_a_new_one(odd_tmp, scene, run_case):
+    """Cancel while geors runs on an exported layer: the export stays (the resume command the message prints
+    reads it); running the algorithm again with RESUME exports anew (same name, same bytes) and geors resumes
+    the run instead of refusing another raster."""
+    out = odd_tmp / "cancelled ü.gpkg"
+    res = run_case("cancel_resume", str(scene), str(out), tmp=odd_tmp)
+    (kept,) = res["kept"]
+    assert "Cancelled" in res["message"] and "--resume" in res["message"] and kept in res["message"]
+    assert (Path(kept) / "in_memory.tif").is_file()
+    assert any("are kept (the run was cancelled" in ln for ln in res["log"])
+    summary = res["summary"]
+    assert summary["status"] == "finished" and summary["skipped_resume"] > 0
+    assert summary["skipped_resume"] + summary["done"] == summary["tiles"] == 12
+    assert res["exports_left"] == [kept]  # the resumed run's own export is removed
+
+
+@pytest.mark.qgis
+def test_a_cancelled_export_leaves_nothing(odd_tmp, scene, run_case):
+    """Cancel during the export (before geors ran): the half-written GeoTIFF and its folder are removed and no
+    output is made. Regression: the first version kept the exports of every cancelled run, half-written ones
+    too."""
+    res = run_case("cancel_export", str(scene), str(odd_tmp / "never.gpkg"), tmp=odd_tmp)
+    assert res["message"] == "Cancelled while exporting the layer 'in memory'."
+    assert res["exports_left"] == [] and not res["output_exists"]
+    assert not any(ln.startswith("command: ") for ln in res["log"])

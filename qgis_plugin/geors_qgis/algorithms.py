@@ -188,6 +188,7 @@ class GeorsAlgorithm(QgsProcessingAlgorithm):
         """Run ``geors ARGS`` with progress; turn cancel and failure into messages that say what to do."""
         env = _environment()
         full = [*args, "--progress", "jsonl"] if self.jsonl else list(args)
+        self.exports.cli_started = True
         result = run_geors(env, full, feedback, n_scenes=n_scenes)
         if result.cancelled:
             msg = "Cancelled."

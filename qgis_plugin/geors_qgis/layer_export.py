@@ -150,6 +150,7 @@ class SceneExports:
         self.folder: str | None = None
         self.exported: list[ExportResult] = []
         self.names: set[str] = set()
+        self.cli_started = False  # set by the algorithm when geors runs on the files (cancel keeps them then)
 
     def path(self, layer, param: str) -> str:
         """The file geors reads for ``layer`` (given as ``param``): its own file, or a fresh export."""
@@ -179,7 +180,12 @@ class SceneExports:
                     f"{grid.ymin:.10g} : {grid.xmax:.10g}, {grid.ymax:.10g} ({layer.crs().authid() or 'layer CRS'}) "
                     f"to {out}")
         fb.setProgressText(f"exporting '{layer.name()}' ({grid.width} x {grid.height} px)")
-        result = export_layer(layer, grid, out, fb)
+        try:
+            result = export_layer(layer, grid, out, fb)
+        except Exception:
+            if os.path.exists(out):  # a half-written file (cancelled, failed) is of no use to anyone
+                os.remove(out)
+            raise
         self.exported.append(result)
         fb.pushInfo(f"exported '{layer.name()}': {grid.width} x {grid.height} px ({grid.megapixels:.2f} MP), "
                     f"{result.bands} band(s), {result.file_bytes / 1e6:.1f} MB on disk, in {result.seconds:.1f} s")
@@ -200,10 +206,11 @@ class SceneExports:
             raise QgsProcessingException(str(exc)) from None
 
     def finish(self, keep: bool | None = None) -> None:
-        """Remove the exports, unless KEEP_EXPORT is set or the run was cancelled (say where they are)."""
+        """Remove the exports, unless KEEP_EXPORT is set or geors was cancelled while it ran on them (its
+        resume command names them); say where kept files are."""
         if self.folder is None:
             return
-        cancelled = self.feedback.isCanceled()
+        cancelled = self.feedback.isCanceled() and self.cli_started and bool(self.exported)
         if keep is None:
             keep = self.alg.parameterAsBool(self.parameters, KEEP_EXPORT, self.context) \
                 if self.parameters.get(KEEP_EXPORT) else False
