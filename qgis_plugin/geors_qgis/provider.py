@@ -18,6 +18,7 @@ from .environment import (
     probe_from_description,
     run_quick,
 )
+from .retrain import RetrainAlgorithm
 from .settings import configured_environment, register_setting, unregister_setting
 from .setup_algorithm import SetupEnvironmentAlgorithm
 
@@ -111,5 +112,6 @@ class GeorsProvider(QgsProcessingProvider):
         for cls in ALGORITHMS:
             self.addAlgorithm(cls(self.info))
         self.addAlgorithm(SetupEnvironmentAlgorithm(self.info))
+        self.addAlgorithm(RetrainAlgorithm(self.info))  # the analyst's loop (retrain.py)
         if self.info.probe is not None and self.info.probe.has_segment:
             self.addAlgorithm(SegmentAlgorithm(self.info))
