@@ -26,7 +26,7 @@ def detect_options(f):
                           "above the threshold. E.g. 0.05 [default: write only detections that pass]."),
     ]):
         f = opt(f)
-    return pipeline_options(f)
+    return pipeline_options()(f)
 
 
 def _run(command: str, base: PipelineConfig, scenes, output, progress, optional=(), **params):

@@ -20,7 +20,7 @@ from geors.cli.options import handle_errors, pipeline_options, run_pipeline_comm
               help="GeoPackage of the masks (default: OUTPUT with .masks.gpkg); --resume continues it.")
 @click.option("--order", type=click.Choice(["larger_first", "smaller_first", "input"]), default="larger_first",
               show_default=True, help="Paint order of overlapping instances; later ones overwrite.")
-@pipeline_options
+@pipeline_options(several_scenes=False)
 @handle_errors
 def command(scene, output, class_map, instances, masks_out, order, **params):
     """Write a label raster for SCENE from BOXES: same grid and CRS, 255 = unlabelled.

@@ -16,7 +16,8 @@ from geors import __version__
 def main(verbose: int, quiet: bool) -> None:
     """geors: detect and outline objects in very large georeferenced rasters.
 
-    Exit codes: 0 ok, 1 failure while processing, 2 bad input or usage.
+    Exit codes: 0 ok, 1 failure while processing, 2 bad input or usage, 130 cancelled (Ctrl-C or SIGTERM:
+    the batches in flight are saved; --resume continues).
     """
     level = logging.ERROR if quiet else (logging.WARNING, logging.INFO, logging.DEBUG)[min(verbose, 2)]
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
@@ -28,8 +29,8 @@ def configure_environment(level: int) -> None:
     """Process-wide settings that belong to the program, not the library (which sets none on import).
 
     - GDAL's block cache defaults to 5% of RAM and fills as a scene streams by, so
-      memory would grow with the scene; 128 MB keeps a row of 640 px tiles of a
-      20,000 px wide scene cached (overlap re-reads) while memory stays flat.
+      memory would grow with the scene; ``RECOMMENDED_GDAL_CACHEMAX_MB`` (64 MB, why:
+      ``geors.raster``) keeps memory flat.
     - OpenMP threads that wait for work sleep instead of spinning
       (``OMP_WAIT_POLICY=PASSIVE``, read when torch starts its thread pool, so
       set before torch is imported; inherited by LocalCluster workers). With

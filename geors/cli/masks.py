@@ -49,7 +49,7 @@ def run_masks(scenes, output, params: dict, command: str):
 @boxes_options
 @click.option("--simplify", type=float, default=None, help="Simplification tolerance, pixels [default: 0.5].")
 @click.option("--all-parts", is_flag=True, help="Keep every part of a mask (MultiPolygon), not only the largest.")
-@pipeline_options
+@pipeline_options()
 @handle_errors
 def command(scenes, output, **params):
     """Outline the objects in BOXES on SCENES; write the 'instances' layer of OUTPUT.

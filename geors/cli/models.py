@@ -60,11 +60,16 @@ def list_command(as_json: bool) -> None:
 @models_group.command("info")
 @click.argument("name")
 @click.option("--json", "as_json", is_flag=True,
-              help="One JSON document including the model file's metadata (classes, tile size, overlap, "
-                   "gate and score thresholds, class colours when present); NAME may also be a model file.")
+              help="For programs: one line of JSON that also holds an installed detector's file metadata "
+                   "(classes, tile size, overlap, gate and score thresholds, class colours when present); "
+                   "NAME may then also be a .safetensors model file.")
 @handle_errors
 def info_command(name: str, as_json: bool) -> None:
-    """Details of one model as JSON (e.g. sam-vit_b)."""
+    """Details of one model of 'geors models list' (e.g. sam-vit_b): kind, path, whether it is installed,
+    sha256 (and classes, bands, tile size of a model; URL and size of a SAM download), as indented JSON.
+
+    With --json: the same on one line, plus an installed detector's file metadata.
+    """
     from geors.errors import ModelError
 
     for r in _all_rows():

@@ -29,6 +29,7 @@ log = logging.getLogger("geors.cli")
 
 
 def tile_options(f):
+    """``--tile`` and ``--overlap``: the one declaration of both (pipeline commands, ``info``, ``train``)."""
     f = click.option("--overlap", type=int, default=None,
                      help="Overlap d between neighbouring tiles, pixels, >= the largest object "
                           "(default: the model's, else 128).")(f)
@@ -59,18 +60,21 @@ def parse_bands(value: str | None) -> tuple[int, ...] | None:
         raise ConfigError(f"--bands must be comma-separated integers, e.g. 4,3,2; got {value!r}") from None
 
 
-def pipeline_options(f):
-    """Options every pixel-reading command shares: tiling, execution, output handling, progress, config."""
+def config_options(f):
+    """``--config`` and ``--save-config`` of the pixel-reading commands."""
     for opt in reversed([
         click.option("--config", "config_file", type=click.Path(dir_okay=False), default=None,
                      help="Read options from a TOML file (see --save-config); options given here win."),
         click.option("--save-config", type=click.Path(dir_okay=False), default=None,
                      help="Write the effective configuration as TOML to this file and continue."),
-        click.option("--tile", "tile_size", type=int, default=None,
-                     help="Tile size D, pixels (default: the model's, else 640; 1024 for box masks)."),
-        click.option("--overlap", type=int, default=None,
-                     help="Overlap d between tiles, pixels, >= the largest object (default: the model's)."),
-        bands_option,
+    ]):
+        f = opt(f)
+    return f
+
+
+def model_execution_options(f):
+    """Where and how a model runs: device, batch, workers, scheduler, threads (commands that run a model)."""
+    for opt in reversed([
         click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True),
         click.option("--batch-size", type=int, default=None,
                      help="Tiles per model call [default: 2 on CPU, 8 on a GPU]."),
@@ -81,19 +85,49 @@ def pipeline_options(f):
         click.option("--threads", type=int, default=None,
                      help="torch/OpenCV threads per worker (default: CPU cores / workers, which avoids "
                           "oversubscription)."),
-        click.option("--resume", is_flag=True,
-                     help="Continue a run: skip tiles already in OUTPUT's ledger (same scenes and options)."),
-        click.option("--overwrite", is_flag=True, help="Replace the results these scenes already have in OUTPUT."),
-        click.option("--strict", is_flag=True,
-                     help="Stop (exit 2) when a scene cannot be opened instead of skipping it."),
-        click.option("--crs", default=None,
-                     help="CRS of a new output (e.g. EPSG:32617). Default: the first scene's; scenes in "
-                          "other CRSs are reprojected."),
-        click.option("--per-scene", is_flag=True, help="One GeoPackage per scene; OUTPUT is a folder."),
-        progress_option,
     ]):
         f = opt(f)
     return f
+
+
+def output_options(f, several_scenes: bool = True):
+    """What happens to OUTPUT: resume/overwrite, CRS; with several scenes also --strict and --per-scene."""
+    opts = [
+        click.option("--resume", is_flag=True,
+                     help="Continue a run: skip tiles already in OUTPUT's ledger (same scenes and options)."),
+        click.option("--overwrite", is_flag=True, help="Replace the results these scenes already have in OUTPUT."),
+    ]
+    if several_scenes:
+        opts.append(click.option("--strict", is_flag=True,
+                                 help="Stop (exit 2) when a scene cannot be opened instead of skipping it."))
+    opts.append(click.option("--crs", default=None,
+                             help="CRS of a new output (e.g. EPSG:32617). Default: the first scene's; scenes in "
+                                  "other CRSs are reprojected."))
+    if several_scenes:
+        opts.append(click.option("--per-scene", is_flag=True, help="One GeoPackage per scene; OUTPUT is a folder."))
+    for opt in reversed(opts):
+        f = opt(f)
+    return f
+
+
+def pipeline_options(models: bool = True, several_scenes: bool = True):
+    """The options of a pixel-reading command, each one only where it acts: tiling, bands, output handling,
+    progress, config; ``models``: also device/batch/workers/scheduler/threads (``geors tiles`` runs no model);
+    ``several_scenes``: also --strict and --per-scene (``geors label`` takes one SCENE, opened first).
+
+    Used as ``@pipeline_options()``, ``@pipeline_options(models=False)``, ...
+    """
+
+    def decorate(f):
+        f = progress_option(f)
+        f = output_options(f, several_scenes=several_scenes)
+        if models:
+            f = model_execution_options(f)
+        f = bands_option(f)
+        f = tile_options(f)
+        return config_options(f)
+
+    return decorate
 
 
 # option name -> (section, field, converter)

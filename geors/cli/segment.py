@@ -35,7 +35,7 @@ def _names(value: str | None) -> list[str]:
 @click.option("--raster-out", type=click.Path(dir_okay=False), default=None,
               help="Also write a class GeoTIFF (tiled, DEFLATE, colour table, class names); with several "
                    "scenes <stem>_<scene>.tif beside it.")
-@pipeline_options
+@pipeline_options()
 @handle_errors
 def command(scenes, output, segmenter, raster_out, progress, **params):
     """C2FNet semantic segmentation of SCENES into the `segmentation` layer of OUTPUT.

@@ -12,7 +12,7 @@ from geors.config import PipelineConfig
 @click.argument("scenes", nargs=-1, required=True)
 @click.option("-o", "--output", required=True, type=click.Path(), help="Output GeoPackage.")
 @click.option("--no-stats", is_flag=True, help="Skip the nodata fraction and brightness statistics.")
-@pipeline_options
+@pipeline_options(models=False)
 @handle_errors
 def command(scenes, output, no_stats, **params):
     """Write tile footprints (layer 'tiles') and their cores (layer 'tile_cores')."""
