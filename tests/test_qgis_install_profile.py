@@ -115,3 +115,29 @@ def test_fresh_profile_reaches_ready_through_the_plugin(qgis_process, tmp_path):
     got, expected = (pyogrio.read_dataframe(p, layer="tiles") for p in (out, plain))
     assert len(got) == len(expected) > 1
     assert got.geometry.bounds.values.tolist() == expected.geometry.bounds.values.tolist()
+
+
+def _gui(env: dict) -> dict:
+    r = subprocess.run(["/usr/bin/python3" if not os.environ.get("GEORS_QGIS_PYTHON") else
+                        os.environ["GEORS_QGIS_PYTHON"], str(REPO / "tests" / "qgis_install_harness.py"), "gui"],
+                       capture_output=True, text=True, timeout=300, env=env, cwd=REPO)
+    lines = [ln for ln in r.stdout.splitlines() if ln.startswith("RESULT ")]
+    assert lines, f"no result (exit {r.returncode}):\n{r.stdout[-3000:]}\n{r.stderr[-3000:]}"
+    data = json.loads(lines[-1][len("RESULT "):])
+    assert "exception" not in data, data.get("traceback")
+    return data
+
+
+@pytest.mark.qgis
+def test_window_offers_set_up_until_an_environment_works(qgis_process):
+    """In the QGIS window: Plugins > geors has Set up environment and Check installation; without a working
+    environment a message bar offers Set up environment, whose button opens its dialog; with one, it does not."""
+    env = {k: v for k, v in os.environ.items() if k not in ("GEORS_PYTHON", "PYTHONPATH")}
+    env.update(QT_QPA_PLATFORM="offscreen", PATH="/usr/bin:/bin")
+    bare = _gui(env)
+    assert bare["menu"] == [["&geors", "Set up environment…"], ["&geors", "Check installation…"]]
+    assert bare["offered"] and bare["buttons"] == ["Set up environment"] and bare["after_click"]
+    assert bare["opened"] == ["geors:check_installation", "geors:setup_environment"]
+    assert bare["menu_after_unload"] == [] and bare["works"] is False
+    ready = _gui({**env, "GEORS_PYTHON": sys.executable})
+    assert ready["works"] is True and not ready["offered"] and ready["opened"] == ["geors:check_installation"]
