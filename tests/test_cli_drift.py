@@ -500,13 +500,17 @@ def test_readme_setup_is_what_ci_runs():
 
 
 def test_readme_says_where_to_clone_from():
-    """Regression: "Clone the repository" without saying which; the URL is the one the project records."""
+    """Regression: "Clone the repository" without saying which (README set-up, docs/quickstart.md); the URL is
+    the one the project records."""
     urls = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))["project"]["urls"]
     meta = (ROOT / "qgis_plugin" / "geors_qgis" / "metadata.txt").read_text(encoding="utf-8")
     assert f"repository={urls['Repository']}" in meta.splitlines()
     text = README.read_text(encoding="utf-8")
     setup = text[text.index("## Set-up"):text.index("```bash", text.index("## Set-up"))]
     assert f"git clone {urls['Repository']}" in setup
+    quick = (DOCS / "quickstart.md").read_text(encoding="utf-8")
+    install = quick[quick.index("## Install"):quick.index("\n## ", quick.index("## Install") + 3)]
+    assert f"git clone {urls['Repository']}" in install
 
 
 @pytest.mark.skipif(shutil.which("git") is None or not (ROOT / ".git").exists(), reason="not a git checkout")
