@@ -591,7 +591,7 @@ class Trials:
         q = self.quick
         run_box = ["run", "s800.tif", "--sam", "box", *TILING, *ONE_THREAD, "--progress", "none"]
         detect = ["detect", "s800.tif", *TILING, *ONE_THREAD, "--progress", "none"]
-        tiles = ["tiles", "s800.tif", *TILING, *ONE_THREAD, "--progress", "none"]
+        tiles = ["tiles", "s800.tif", *TILING, "--progress", "none"]  # tiles runs no model: no --threads
         masks = ["masks", "s800.tif", "--boxes", "boxes.gpkg", "--sam", "box", *TILING, *ONE_THREAD,
                  "--progress", "none"]
         self.reference("run_box", run_box)
@@ -877,7 +877,7 @@ class Trials:
              ["classes_empty.safetensors"], 2, True),
             ("model metadata tile_size 0 (no --tile given)", [x for x in run if x not in TILING] + [
                 "--model", "tile0.safetensors"], "new", ["tile0.safetensors"], 2, False),
-            ("a VRT of 2e9 x 2e9 px", ["tiles", "huge.vrt", *ONE_THREAD, "--progress", "none"], "new", ["huge.vrt"],
+            ("a VRT of 2e9 x 2e9 px", ["tiles", "huge.vrt", "--progress", "none"], "new", ["huge.vrt"],
              2, True),
             ("--save-config into a missing folder", [*run, "--save-config", "nodir/c.toml"], "new",
              ["nodir", "--save-config"], 2, True),
@@ -894,7 +894,7 @@ class Trials:
             ("TOML simplify_px = \"lots\"", [*run, "--config", "t_simplify_str.toml"], "new", ["simplify_px"], 2,
              False),
             ("TOML unknown key tile_sise", [*run, "--config", "t_unknown_key.toml"], "new", ["tile_sise"], 2, False),
-            ("a list file of comments only", ["tiles", "@comments.txt", *ONE_THREAD, "--progress", "none"], "new",
+            ("a list file of comments only", ["tiles", "@comments.txt", "--progress", "none"], "new",
              ["comments.txt"], 2, True),
             ("a missing scene (named once)", ["run", "missing.tif", "--sam", "box", "--progress", "none"], "new",
              ["missing.tif"], 2, False),
@@ -952,7 +952,7 @@ class Trials:
                                                     "--masks-out", "in_boxes.gpkg"], "new", ["in_boxes.gpkg"], 2,
              False),
             ("--config a folder", [*run, "--config", "copy"], "new", ["copy"], 2, False),
-            ("a list file naming a missing scene, --strict", ["tiles", "@missing_list.txt", "--strict", *ONE_THREAD,
+            ("a list file naming a missing scene, --strict", ["tiles", "@missing_list.txt", "--strict",
                                                                "--progress", "none"], "new", ["gone.tif"], 2, False),
             ("an all-nodata scene (exit 0 with a hint)", ["run", "nodata.tif", "--sam", "box", *TILING, *ONE_THREAD,
                                                           "--progress", "none"], "hint", ["nodata"], 0, True),
