@@ -48,7 +48,9 @@ class Iface:
         self.menu.remove((menu, action.text()))
 
 
-def case_gui() -> dict:
+def case_gui(environment: str = "") -> dict:
+    """The menu, the offer and its button; then, when ``environment`` is given, the offer goes once the
+    setting names it and the provider reloads (what Set up environment does at its end)."""
     import geors_qgis
     from geors_qgis import plugin as plugin_module
     from qgis.PyQt.QtWidgets import QPushButton
@@ -66,10 +68,20 @@ def case_gui() -> dict:
     if offered:
         plugin.offer.findChildren(QPushButton)[0].click()
     after_click = plugin.offer is None
+    gone_after_setup = None
+    if environment:
+        from geors_qgis.settings import store_environment
+
+        if plugin.offer is None:
+            plugin.offer_setup()
+        store_environment(environment)
+        plugin.provider.refreshAlgorithms()
+        gone_after_setup = plugin.offer is None
     works = plugin.environment_works()
     plugin.unload()
     return {"menu": menu, "offered": offered, "buttons": buttons, "opened": opened, "after_click": after_click,
-            "menu_after_unload": iface.menu, "works": works}
+            "menu_after_unload": iface.menu, "works": works,
+            "gone_after_setup": gone_after_setup}
 
 
 if __name__ == "__main__":

@@ -180,12 +180,16 @@ def test_check_installation_advice_follows_the_machine():
 
 def test_base_python_candidates_per_platform():
     win = S.base_python_candidates("win32", which=lambda n: None, base_prefix=r"C:\OSGeo4W\apps\Python312",
-                                   executable=r"C:\OSGeo4W\bin\qgis-bin.exe")
+                                   executable=r"C:\OSGeo4W\bin\qgis-bin.exe", globber=lambda p: [])
     assert win == [r"C:\OSGeo4W\apps\Python312\python.exe"]  # QGIS's sys.executable is QGIS itself
-    mac = S.base_python_candidates("darwin", which=lambda n: "/usr/local/bin/python3" if n == "python3" else None,
+    framework = "/Library/Frameworks/Python.framework/Versions/3.{}/bin/python3"
+    mac = S.base_python_candidates("darwin", which=lambda n: "/usr/bin/python3" if n == "python3" else None,
                                    base_prefix="/Applications/QGIS.app/Contents/Frameworks",
-                                   executable="/Applications/QGIS.app/Contents/MacOS/QGIS")
-    assert mac[-1] == "/usr/local/bin/python3" and mac[-2] == "/Applications/QGIS.app/Contents/Frameworks/bin/python3"
+                                   executable="/Applications/QGIS.app/Contents/MacOS/QGIS",
+                                   globber=lambda p: [framework.format(12), framework.format(13)]
+                                   if "Framework" in p else [p] if p.startswith("/opt/homebrew") else [])
+    assert mac[1:] == ["/Applications/QGIS.app/Contents/Frameworks/bin/python3", "/usr/bin/python3",
+                       framework.format(13), framework.format(12), "/opt/homebrew/bin/python3"]
 
 
 def test_base_python_must_be_311_with_venv():

@@ -117,9 +117,9 @@ def test_fresh_profile_reaches_ready_through_the_plugin(qgis_process, tmp_path):
     assert got.geometry.bounds.values.tolist() == expected.geometry.bounds.values.tolist()
 
 
-def _gui(env: dict) -> dict:
-    r = subprocess.run(["/usr/bin/python3" if not os.environ.get("GEORS_QGIS_PYTHON") else
-                        os.environ["GEORS_QGIS_PYTHON"], str(REPO / "tests" / "qgis_install_harness.py"), "gui"],
+def _gui(env: dict, *args: str) -> dict:
+    r = subprocess.run([os.environ.get("GEORS_QGIS_PYTHON", "/usr/bin/python3"),
+                        str(REPO / "tests" / "qgis_install_harness.py"), "gui", *args],
                        capture_output=True, text=True, timeout=300, env=env, cwd=REPO)
     lines = [ln for ln in r.stdout.splitlines() if ln.startswith("RESULT ")]
     assert lines, f"no result (exit {r.returncode}):\n{r.stdout[-3000:]}\n{r.stderr[-3000:]}"
@@ -131,7 +131,8 @@ def _gui(env: dict) -> dict:
 @pytest.mark.qgis
 def test_window_offers_set_up_until_an_environment_works(qgis_process):
     """In the QGIS window: Plugins > geors has Set up environment and Check installation; without a working
-    environment a message bar offers Set up environment, whose button opens its dialog; with one, it does not."""
+    environment a message bar offers Set up environment, whose button opens its dialog; with one, it does not;
+    the offer goes when the set-up stores an environment and the provider reloads."""
     env = {k: v for k, v in os.environ.items() if k not in ("GEORS_PYTHON", "PYTHONPATH")}
     env.update(QT_QPA_PLATFORM="offscreen", PATH="/usr/bin:/bin")
     bare = _gui(env)
@@ -141,3 +142,5 @@ def test_window_offers_set_up_until_an_environment_works(qgis_process):
     assert bare["menu_after_unload"] == [] and bare["works"] is False
     ready = _gui({**env, "GEORS_PYTHON": sys.executable})
     assert ready["works"] is True and not ready["offered"] and ready["opened"] == ["geors:check_installation"]
+    set_up = _gui(env, sys.executable)
+    assert set_up["offered"] and set_up["gone_after_setup"] is True and set_up["works"] is True

@@ -48,6 +48,13 @@ class GeorsPlugin:
             self.actions.append(action)
         if not self.environment_works():
             self.offer_setup()
+        self.provider.algorithmsLoaded.connect(self.environment_changed)
+
+    def environment_changed(self) -> None:
+        """The provider re-read the environment (Set up environment, or the setting changed)."""
+        if self.offer is not None and self.environment_works():
+            self.iface.messageBar().popWidget(self.offer)
+            self.offer = None
 
     def environment_works(self) -> bool:
         info = self.provider.info if self.provider is not None else None
@@ -73,6 +80,8 @@ class GeorsPlugin:
         self.offer = item
 
     def unload(self):
+        if self.actions and self.provider is not None:
+            self.provider.algorithmsLoaded.disconnect(self.environment_changed)
         for action in self.actions:
             self.iface.removePluginMenu(MENU, action)
         self.actions = []

@@ -14,6 +14,7 @@ CUDA libraries) where no NVIDIA GPU is found, the CUDA build where one is.
 
 from __future__ import annotations
 
+import glob
 import json
 import ntpath
 import os
@@ -311,9 +312,21 @@ def inspect_python(python: str, run: Callable = subprocess.run) -> dict:
         return {"error": f"unexpected answer: {r.stdout[-200:]}"}
 
 
+_WELL_KNOWN = {
+    # python.org and Homebrew on macOS (a QGIS started from the Finder has only /usr/bin:/bin on PATH, whose
+    # python3 is Apple's 3.9), python.org's per-user install on Windows
+    "darwin": ["/Library/Frameworks/Python.framework/Versions/3.1[1-9]/bin/python3",
+               "/opt/homebrew/bin/python3", "/usr/local/bin/python3"],
+    "win32": [os.path.join(os.environ.get("LOCALAPPDATA", r"C:\Users\Default\AppData\Local"), "Programs", "Python",
+                           "Python31[1-9]", "python.exe")],
+}
+
+
 def base_python_candidates(platform: str = sys.platform, which: Callable[[str], str | None] = shutil.which,
-                           base_prefix: str = sys.base_prefix, executable: str = sys.executable) -> list[str]:
-    """Pythons that may create the venv, best first: QGIS's own (its install folder), then PATH's.
+                           base_prefix: str = sys.base_prefix, executable: str = sys.executable,
+                           globber: Callable[[str], list[str]] = glob.glob) -> list[str]:
+    """Pythons that may create the venv, best first: QGIS's own (its install folder), PATH's, then the usual
+    install places.
 
     QGIS's ``sys.executable`` is often the QGIS program itself (Windows, macOS), so its Python is looked
     for in ``sys.base_prefix`` as well.
@@ -324,12 +337,14 @@ def base_python_candidates(platform: str = sys.platform, which: Callable[[str], 
         out.append(executable)
     if platform == "win32":
         out.append(pm.join(base_prefix, "python.exe"))
-        names = ["python", "python3", "py"]
+        names = ["python", "python3"]
     else:
         out += [pm.join(base_prefix, "bin", f"python{sys.version_info[0]}.{sys.version_info[1]}"),
                 pm.join(base_prefix, "bin", "python3")]
         names = ["python3", "python"]
     out += [p for p in (which(n) for n in names) if p]
+    for pattern in _WELL_KNOWN.get(platform, []):
+        out += sorted(globber(pattern), reverse=True)  # the newest version first
     seen: set[str] = set()
     return [p for p in out if not (p in seen or seen.add(p))]
 
