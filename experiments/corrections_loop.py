@@ -21,7 +21,7 @@ Stories:
 
 Every command runs with one thread (``OMP_NUM_THREADS=1``). Run::
 
-    python experiments/corrections_loop.py --work /tmp/corrections_loop --max-minutes 3 --own-minutes 5
+    python experiments/corrections_loop.py --work /tmp/corrections_loop --max-minutes 3 --own-minutes 5 --seeds 0,1,2
 """
 
 from __future__ import annotations
@@ -143,27 +143,31 @@ def correct(out: Path, truth: Path, split_x: float, scene_bounds) -> dict:
 
 
 def story(name: str, scene: Path, truth: Path, model: str | None, work: Path, minutes: float, log: Path,
-          extra: list[str]) -> dict:
+          extra: list[str], seeds: list[int]) -> list[dict]:
     import rasterio
 
     with rasterio.open(scene) as ds:
         bounds = tuple(ds.bounds)
     split_x = (bounds[0] + bounds[2]) / 2
     before = work / f"{name}.before.gpkg"
-    after = work / f"{name}.after.gpkg"
-    ft = work / f"{name}.ft.safetensors"
-    for p in (before, after, ft):
-        p.unlink(missing_ok=True)
+    before.unlink(missing_ok=True)
     model_args = ["--model", model] if model else []
     run(["detect", str(scene), "-o", str(before), *model_args, "--threads", "1"], log)
     scored_before = scores_on(before, truth, split_x)
     edits = correct(before, truth, split_x, bounds)
-    t_train = run(["train", "detector", "--corrections", str(before), "-o", str(ft), "--max-minutes", str(minutes),
-                   "--progress", "none", *extra], log)
-    run(["detect", str(scene), "-o", str(after), "--model", str(ft), "--threads", "1"], log)
-    scored_after = scores_on(after, truth, split_x)
-    return {"story": name, "edits": edits, "before": scored_before, "after": scored_after,
-            "train_minutes": round(t_train / 60, 2)}
+    rows = []
+    for seed in seeds:
+        after = work / f"{name}.after.seed{seed}.gpkg"
+        ft = work / f"{name}.ft.seed{seed}.safetensors"
+        for p in (after, ft):
+            p.unlink(missing_ok=True)
+        t_train = run(["train", "detector", "--corrections", str(before), "-o", str(ft), "--max-minutes",
+                       str(minutes), "--seed", str(seed), "--progress", "none", *extra], log)
+        run(["detect", str(scene), "-o", str(after), "--model", str(ft), "--threads", "1"], log)
+        rows.append({"story": name, "seed": seed, "edits": edits, "before": scored_before,
+                     "after": scores_on(after, truth, split_x), "train_minutes": round(t_train / 60, 2)})
+        print(json.dumps(rows[-1]), flush=True)
+    return rows
 
 
 def main(argv=None) -> int:
@@ -173,11 +177,13 @@ def main(argv=None) -> int:
     ap.add_argument("--max-minutes", type=float, default=3.0, help="budget of each fine-tune from corrections")
     ap.add_argument("--own-minutes", type=float, default=5.0, help="budget of the vehicles model's first training")
     ap.add_argument("--train-args", default="", help="more options of the fine-tune, e.g. '--lr 1e-3'")
+    ap.add_argument("--seeds", default="0", help="comma-separated --seed values of the fine-tune, one round each")
     a = ap.parse_args(argv)
     a.work.mkdir(parents=True, exist_ok=True)
     data = us.prepare(a.work / "data")
     rows = []
     extra = shlex.split(a.train_args)
+    seeds = [int(v) for v in a.seeds.split(",") if v.strip()]
     for name in a.stories.split(","):
         log = a.work / f"{name}.log"
         if name == "trees":
@@ -186,7 +192,7 @@ def main(argv=None) -> int:
             img = us._image(us.NEON / "OSBS_029.tif")
             us._write_part(d / "scene", img, us._read_voc(us.NEON / "OSBS_029.xml"),
                            (0, 0, img.shape[2], img.shape[1]), "EPSG:32617", (404000.0, 3285000.0), 0.1)
-            rows.append(story("trees", d / "scene.tif", d / "scene.gpkg", None, d, a.max_minutes, log, extra))
+            rows += story("trees", d / "scene.tif", d / "scene.gpkg", None, d, a.max_minutes, log, extra, seeds)
         elif name == "vehicles":
             if "vehicles" not in data:
                 print("vehicles: ../shared/data/dota-P1888 not found; skipped", file=sys.stderr)
@@ -197,14 +203,14 @@ def main(argv=None) -> int:
                 run(["train", "detector", "--scene", str(d / "train.tif"), "--labels", str(d / "train.gpkg"),
                      "--class-field", "class", "-o", str(own), "--max-minutes", str(a.own_minutes),
                      "--progress", "none"], log)
-            rows.append(story("vehicles", d / "test.tif", d / "test.gpkg", str(own), d, a.max_minutes, log, extra))
-        print(json.dumps(rows[-1]), flush=True)
-    print("\n| story | corrections (left half) | right half before: P / R / F1 | after: P / R / F1 | fine-tune min |")
-    print("|---|---|---|---|---|")
+            rows += story("vehicles", d / "test.tif", d / "test.gpkg", str(own), d, a.max_minutes, log, extra, seeds)
+    print("\n| story | seed | corrections (left half) | right half before: P / R / F1 | after: P / R / F1 | "
+          "fine-tune min |")
+    print("|---|---|---|---|---|---|")
     f = lambda v: "-" if v is None else f"{v:.2f}"  # noqa: E731
     for r in rows:
         b, af, e = r["before"], r["after"], r["edits"]
-        print(f"| {r['story']} | {e['kept']} kept, {e['deleted']} deleted, {e['drawn']} drawn | "
+        print(f"| {r['story']} | {r['seed']} | {e['kept']} kept, {e['deleted']} deleted, {e['drawn']} drawn | "
               f"{f(b['precision'])} / {f(b['recall'])} / {f(b['F1'])} ({b['tp']} of {b['n_truth']}) | "
               f"{f(af['precision'])} / {f(af['recall'])} / {f(af['F1'])} ({af['tp']} of {af['n_truth']}) | "
               f"{r['train_minutes']} |")

@@ -319,3 +319,19 @@ def test_cli_fine_tunes_the_runs_model_from_corrections_then_detects(run_output,
     r = CliRunner().invoke(main, ["detect", str(scene), "-o", str(tmp_path / "after.gpkg"), "--model", str(model),
                                   *RUN])
     assert r.exit_code == 0, r.output
+
+
+def test_a_pasted_copy_of_a_row_is_drawn_not_kept(run_output, tmp_path):
+    """Copy-paste in QGIS duplicates a row's attributes (run_id, tile_id, score): the copy (higher fid) is a
+    drawn object, and no row counts as deleted."""
+    import pyogrio
+
+    scene, out = run_output
+    rows = _rows(out)
+    edited = _edit(out, tmp_path / "edited.gpkg")
+    copy = rows.loc[[rows.index[0]]].copy()
+    copy["geometry"] = copy.geometry.translate(3.0, 0.0)
+    pyogrio.write_dataframe(copy.reset_index(drop=True), edited, layer="detections", append=True)
+    c = read_corrections(edited)
+    assert c.counts["drawn"] == 1 and c.counts["deleted"] == 0
+    assert c.counts["kept"] + c.counts["outside_reviewed"] == len(rows)
