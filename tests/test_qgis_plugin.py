@@ -295,8 +295,10 @@ def test_missing_environment_gives_check_installation_message(qgis, tmp_path):
 
 @pytest.mark.qgis
 def test_web_layer_gets_clear_message(qgis, tmp_path):
+    """An XYZ layer without EXTENT: it covers the world, so its export needs an extent (tests/test_qgis_layers.py
+    exports one with an extent)."""
     res = harness("wms", str(tmp_path / "o.gpkg"))
-    assert "not a raster file on disk" in res["message"] and "Save As" in res["message"]
+    assert "covers the whole world" in res["message"] and "EXTENT" in res["message"]
 
 
 @pytest.mark.qgis
