@@ -170,6 +170,25 @@ def case_cancel_export(scene: str, out: str) -> dict:
             "output_exists": os.path.exists(out)}
 
 
+def case_mixed(scene: str, out: str) -> dict:
+    """Detect on a local file and a layer that is not a file, named like the file's stem: the export gets
+    another file name (geors names scenes by file name and refuses two scenes of one name)."""
+    import processing
+
+    local = QgsRasterLayer(scene, "local", "gdal")
+    memory = _vsimem(scene, Path(scene).stem)
+    for layer in (local, memory):
+        QgsProject.instance().addMapLayer(layer)
+    fb = H.LogFeedback()
+    try:
+        res = processing.run("geors:detect", H.detect_params(scene, out, SCENES=[local.id(), memory.id()]),
+                             feedback=fb)
+    except QgsProcessingException as exc:
+        return {"message": str(exc), "log": fb.log}
+    return {"message": None, "summary": json.loads(res["SUMMARY"]), "log": fb.log,
+            "exports_left": _exports_left()}
+
+
 def case_export_twice(scene: str, folder: str) -> dict:
     """Export one layer twice on the same grid: same bytes (so a re-export keeps the scene's --resume
     fingerprint); the size and time of the export."""

@@ -260,3 +260,18 @@ def test_a_cancelled_export_leaves_nothing(odd_tmp, scene, run_case):
     assert res["message"] == "Cancelled while exporting the layer 'in memory'."
     assert res["exports_left"] == [] and not res["output_exists"]
     assert not any(ln.startswith("command: ") for ln in res["log"])
+
+
+@pytest.mark.qgis
+def test_an_export_is_not_named_like_a_scene_file_of_the_same_run(odd_tmp, tmp_path, run_case):
+    """A local file 'small.tif' and a layer that is not a file named 'small' in one run: the export becomes
+    'small_2.tif'. Regression: it was 'small.tif' too, and geors refused the run ('several scenes share the file
+    name')."""
+    from test_qgis_plugin import crowns_scene
+
+    small = crowns_scene(tmp_path / "small.tif", 384, 256)
+    res = run_case("mixed", str(small), str(odd_tmp / "mixed.gpkg"), tmp=odd_tmp)
+    assert res["message"] is None, res["message"]
+    assert res["summary"]["scenes"] == 2 and res["summary"]["status"] == "finished"
+    assert any(ln.startswith("command: ") and "small_2.tif" in ln for ln in res["log"])
+    assert res["exports_left"] == []

@@ -161,6 +161,7 @@ class SceneExports:
             if self.parameters.get(EXTENT) or self.parameters.get(RESOLUTION):
                 self.feedback.pushInfo(f"{param}: '{layer.name()}' is a raster file: geors reads it whole, tile by "
                                        "tile (EXTENT and RESOLUTION apply to layers that are not files).")
+            self.names.add(os.path.basename(local))  # geors names scenes by file name: exports take others
             return local
         if not layer.isValid():
             raise QgsProcessingException(f"{param}: the layer '{layer.name()}' is not valid (provider "
