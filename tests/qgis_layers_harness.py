@@ -171,8 +171,8 @@ def case_cancel_export(scene: str, out: str) -> dict:
 
 
 def case_mixed(scene: str, out: str) -> dict:
-    """Detect on a local file and a layer that is not a file, named like the file's stem: the export gets
-    another file name (geors names scenes by file name and refuses two scenes of one name)."""
+    """Detect on a layer that is not a file, named like the file's stem, and that local file (in this order):
+    the export gets another file name (geors names scenes by file name and refuses two scenes of one name)."""
     import processing
 
     local = QgsRasterLayer(scene, "local", "gdal")
@@ -181,7 +181,7 @@ def case_mixed(scene: str, out: str) -> dict:
         QgsProject.instance().addMapLayer(layer)
     fb = H.LogFeedback()
     try:
-        res = processing.run("geors:detect", H.detect_params(scene, out, SCENES=[local.id(), memory.id()]),
+        res = processing.run("geors:detect", H.detect_params(scene, out, SCENES=[memory.id(), local.id()]),
                              feedback=fb)
     except QgsProcessingException as exc:
         return {"message": str(exc), "log": fb.log}

@@ -243,6 +243,7 @@ class _SceneListMixin:
         layers = self.parameterAsLayerList(parameters, "SCENES", context)
         if not layers:
             raise QgsProcessingException("SCENES: give at least one raster layer.")
+        self.exports.reserve_file_names(layers)
         return [self.scene_file(lyr, "SCENES") for lyr in layers]
 
 
@@ -437,7 +438,9 @@ class _TrainAlgorithm(GeorsAlgorithm):
         self.add_model_output()
 
     def scene_label_args(self, parameters, context) -> list[str]:
-        scenes = [self.scene_file(lyr, "SCENES") for lyr in self.parameterAsLayerList(parameters, "SCENES", context)]
+        layers = self.parameterAsLayerList(parameters, "SCENES", context)
+        self.exports.reserve_file_names(layers)
+        scenes = [self.scene_file(lyr, "SCENES") for lyr in layers]
         labels = self.parameterAsLayerList(parameters, "LABELS", context)
         if not scenes or len(scenes) != len(labels):
             raise QgsProcessingException(f"Give one label layer per scene ({len(scenes)} scenes, "

@@ -152,6 +152,14 @@ class SceneExports:
         self.names: set[str] = set()
         self.cli_started = False  # set by the algorithm when geors runs on the files (cancel keeps them then)
 
+    def reserve_file_names(self, layers) -> None:
+        """Take the file names of the local files among ``layers`` first (geors names scenes by file name), so
+        that an export listed before one of them is not given its name."""
+        for layer in layers:
+            local = local_raster_file(layer.providerType(), layer.source()) if layer is not None else None
+            if local is not None:
+                self.names.add(os.path.basename(local))
+
     def path(self, layer, param: str) -> str:
         """The file geors reads for ``layer`` (given as ``param``): its own file, or a fresh export."""
         if layer is None:
