@@ -78,14 +78,29 @@ def case_gui(environment: str = "") -> dict:
         plugin.provider.refreshAlgorithms()
         gone_after_setup = plugin.offer is None
     works = plugin.environment_works()
+    from qgis.core import QgsSettings
+
+    settings_file = QgsSettings().fileName()
     plugin.unload()
     return {"menu": menu, "offered": offered, "buttons": buttons, "opened": opened, "after_click": after_click,
             "menu_after_unload": iface.menu, "works": works,
-            "gone_after_setup": gone_after_setup}
+            "gone_after_setup": gone_after_setup, "settings_file": settings_file}
+
+
+def isolate_settings(profile: str) -> None:
+    """QgsSettings in ``profile``: a script's QgsApplication has no organisation name, so its settings would go
+    to ~/.config/Unknown Organization.conf, shared by every run (the set-up writes the plugin setting)."""
+    from qgis.PyQt.QtCore import QCoreApplication, QSettings
+
+    QCoreApplication.setOrganizationName("QGIS")
+    QCoreApplication.setApplicationName("QGIS3")
+    QSettings.setDefaultFormat(QSettings.IniFormat)
+    QSettings.setPath(QSettings.IniFormat, QSettings.UserScope, profile)
 
 
 if __name__ == "__main__":
     profile = tempfile.mkdtemp(prefix="geors-qgis-profile-")
+    isolate_settings(profile)
     app = QgsApplication([], True, profile)
     app.initQgis()
     from processing.core.Processing import Processing

@@ -144,3 +144,4 @@ def test_window_offers_set_up_until_an_environment_works(qgis_process):
     assert ready["works"] is True and not ready["offered"] and ready["opened"] == ["geors:check_installation"]
     set_up = _gui(env, sys.executable)
     assert set_up["offered"] and set_up["gone_after_setup"] is True and set_up["works"] is True
+    assert "geors-qgis-profile-" in set_up["settings_file"]  # the stored setting stays in the throw-away profile
