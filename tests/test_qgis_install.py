@@ -8,6 +8,7 @@ The real run in QGIS is tests/test_qgis_install_profile.py (markers qgis, slow).
 
 from __future__ import annotations
 
+import io
 import json
 import re
 import subprocess
@@ -441,3 +442,37 @@ def test_plugin_zip_carries_an_installable_wheel(tmp_path):
     after = subprocess.run(["git", "status", "--porcelain", "--ignored", "--", "build", "geors_gis.egg-info"],
                            capture_output=True, text=True, cwd=REPO).stdout
     assert after == before  # built from a copy: no build/ or egg-info left in the checkout
+
+
+def test_windows_processes_get_no_console_and_no_shell(monkeypatch, tmp_path):
+    """Simulated Windows: every process the set-up starts (nvidia-smi, the base-Python probe, pip) gets
+    CREATE_NO_WINDOW (no console flashing up from QGIS) and an argv list, never shell=True."""
+    calls = []
+
+    class FakePopen:
+        def __init__(self, argv, **kw):
+            calls.append((argv, kw))
+            self.stdout = io.StringIO("Successfully installed x\n")
+            self.returncode = 0
+
+        def poll(self):
+            return 0
+
+        def wait(self):
+            return 0
+
+    def fake_run(argv, **kw):
+        calls.append((argv, kw))
+        return subprocess.CompletedProcess(argv, 0, '{"version": [3, 12], "venv": true, "pip": true, "torch": false}',
+                                           "")
+
+    monkeypatch.setattr(sys, "platform", "win32")
+    monkeypatch.setattr(subprocess, "CREATE_NO_WINDOW", 0x08000000, raising=False)
+    monkeypatch.setattr(subprocess, "Popen", FakePopen)
+    S.nvidia_gpus(which=lambda n: r"C:\Windows\System32\nvidia-smi.exe", run=fake_run)
+    S.inspect_python(r"C:\Program Files\Python312\python.exe", run=fake_run)
+    code, cancelled = S._stream((r"C:\Jane Doe\venv\Scripts\python.exe", "-m", "pip", "install", "x"),
+                                lambda line: None, lambda: False, str(tmp_path))
+    assert code == 0 and not cancelled and len(calls) == 4
+    for argv, kw in calls:
+        assert isinstance(argv, list) and not kw.get("shell") and kw["creationflags"] == 0x08000000, (argv, kw)
