@@ -1,4 +1,5 @@
-"""geors.models.ops (inference without torchvision's Python package) and batch-norm folding."""
+"""geors.models.ops (torchvision's public ops, imported on first use), the training matchers and samplers
+of geors.models.matching, and batch-norm folding."""
 
 from __future__ import annotations
 
@@ -44,19 +45,55 @@ def test_nms_top_grows_the_prefix_when_suppression_is_heavy():
     assert torch.equal(ops.nms_top(boxes, scores, 0.5, 150, first=64), want)
 
 
-def test_ops_match_torchvision():
+def test_box_ops_are_torchvisions_public_ones():
     boxes, scores = random_boxes(500, seed=2)
-    assert torch.equal(ops.nms(boxes, scores, 0.5), tvo.nms(boxes, scores, 0.5))
     idxs = torch.randint(0, 3, (500,))
     assert torch.equal(ops.batched_nms(boxes, scores, idxs, 0.4), tvo.batched_nms(boxes, scores, idxs, 0.4))
-    assert torch.allclose(ops.box_iou(boxes[:40], boxes[40:90]), tvo.box_iou(boxes[:40], boxes[40:90]))
-    wild = boxes * 1.3 - 50
-    assert torch.equal(ops.clip_boxes_to_image(wild, (600, 500)), tvo.clip_boxes_to_image(wild, (600, 500)))
-    assert torch.equal(ops.remove_small_boxes(wild / 8, 5.0), tvo.remove_small_boxes(wild / 8, 5.0))
+    assert ops.batched_nms(boxes[:0], scores[:0], idxs[:0], 0.5).numel() == 0
     maps = torch.rand(2, 6 * 49, 20, 24)
     rois = torch.cat([torch.randint(0, 2, (30, 1)).float(), boxes[:30] / 4], dim=1)
-    assert torch.allclose(ops.ps_roi_align(maps, rois, 7, 1 / 8, 2), tvo.ps_roi_align(maps, rois, 7, 1 / 8, 2))
-    assert ops.batched_nms(boxes[:0], scores[:0], idxs[:0], 0.5).numel() == 0
+    assert torch.equal(ops.ps_roi_align(maps, rois, 7, 1 / 8, 2), tvo.ps_roi_align(maps, rois, 7, 1 / 8, 2))
+
+
+def _iou_with_ties(g: int, n: int, seed: int) -> torch.Tensor:
+    gen = torch.Generator().manual_seed(seed)
+    iou = (torch.rand(g, n, generator=gen) * 10).round() / 10  # many exact ties, values on the thresholds
+    iou[:, : n // 4] *= 0.2  # some candidates low for every box
+    return iou
+
+
+@pytest.mark.parametrize("high,low,keep_best", [(0.7, 0.3, True), (0.5, 0.5, False), (0.6, 0.4, False)])
+def test_iou_matcher_follows_the_faster_rcnn_rule(high, low, keep_best):
+    from torchvision.models.detection._utils import Matcher as Reference  # the reference, in tests only
+
+    from geors.models.matching import BELOW_LOW, BETWEEN, IoUMatcher
+
+    ours = IoUMatcher(high, low, keep_best=keep_best)
+    ref = Reference(high, low, allow_low_quality_matches=keep_best)
+    assert (BELOW_LOW, BETWEEN) == (Reference.BELOW_LOW_THRESHOLD, Reference.BETWEEN_THRESHOLDS)
+    for seed in range(5):
+        iou = _iou_with_ties(1 + seed, 300, seed)
+        assert torch.equal(ours(iou), ref(iou))
+    iou = torch.tensor([[0.1, 0.05, 0.8], [0.12, 0.0, 0.11]])  # box 1's best candidate is low: kept only with keep_best
+    assert ours(iou).tolist() == ([1, BELOW_LOW, 0] if keep_best else [BELOW_LOW, BELOW_LOW, 0])
+
+
+def test_balanced_sampler_draws_like_the_faster_rcnn_recipe():
+    from torchvision.models.detection._utils import BalancedPositiveNegativeSampler as Reference
+
+    from geors.models.matching import BalancedSampler
+
+    gen = torch.Generator().manual_seed(0)
+    labels = [torch.randint(-1, 3, (n,), generator=gen) for n in (500, 40, 0)] + [torch.zeros(300, dtype=torch.int64)]
+    torch.manual_seed(7)
+    pos, neg = BalancedSampler(64, 0.25)(labels)
+    torch.manual_seed(7)
+    ref_pos, ref_neg = Reference(64, 0.25)(labels)
+    for p, q, rp, rq, lab in zip(pos, neg, ref_pos, ref_neg, labels, strict=True):
+        assert torch.equal(p, rp) and torch.equal(q, rq)
+        n_pos = min(16, int((lab >= 1).sum()))
+        assert int(p.sum()) == n_pos and int(q.sum()) == min(64 - n_pos, int((lab == 0).sum()))
+        assert bool((lab[p.bool()] >= 1).all()) and bool((lab[q.bool()] == 0).all())
 
 
 def test_box_coder_matches_torchvision_and_round_trips():
@@ -99,22 +136,29 @@ def test_fold_batchnorm_keeps_outputs():
         assert torch.allclose(model.gate_forward(x), g0, atol=1e-4)
 
 
-def test_detector_inference_does_not_import_torchvision(tmp_path):
-    """`geors run` never imports torchvision's Python package (160 MiB, ~1 s); the kernels still run."""
+def test_torchvision_is_imported_on_first_use_and_never_loaded_by_file(tmp_path):
+    """Loading a model imports no torchvision (~1.6 s, ~155 MiB); the first detection imports it the documented
+    way: geors never loads torchvision's compiled library file itself (torch.ops.load_library)."""
     code = (
-        "import sys, numpy as np\n"
+        "import sys, numpy as np, torch\n"
+        "calls, load = [], torch.ops.load_library\n"
+        "def spy(path):\n"
+        "    if 'geors' in sys._getframe(1).f_code.co_filename:\n"
+        "        calls.append(path)\n"
+        "    return load(path)\n"
+        "torch.ops.load_library = spy\n"
         "from geors.detect import Detector\n"
         "d = Detector.load(None, device='cpu')\n"
+        "before = 'torchvision' in sys.modules\n"
         "x = np.random.default_rng(0).random((1, 3, 256, 256), dtype=np.float32)\n"
         "probs, dets = d.gate_and_detect(x, gate_threshold=None, score_threshold=0.0)\n"
         "assert len(dets) == 1 and dets[0][0].shape[1] == 4\n"
         "t = d._to_tensor(x)\n"
-        "import torch\n"
         "assert t.is_contiguous(memory_format=torch.channels_last)\n"
-        "print('torchvision' in sys.modules)\n"
+        "print(before, 'torchvision' in sys.modules, calls)\n"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    assert out.stdout.strip() == "False", out.stderr
+    assert out.stdout.strip() == "False True []", out.stderr
 
 
 def test_training_losses_still_build_samplers():

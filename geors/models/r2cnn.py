@@ -8,7 +8,7 @@ Shared Tiny-Net backbone + global attention block, then two branches:
   from k-means over the training boxes, see :mod:`geors.train.anchors`),
   trained with NWD-RKA (:func:`geors.assign.rank_assign`) or, for the
   ablation, the classic IoU matcher; then an R-FCN style second stage with
-  position-sensitive RoI align (``torchvision.ops.ps_roi_align``), K+1 class
+  position-sensitive RoI align (``torchvision.ops.ps_roi_align``, through :mod:`geors.models.ops`), K+1 class
   scores, class-agnostic box regression and an IoU 0.5 matcher.
 
 Joint loss (μ = λ = 1 by default)::
@@ -55,6 +55,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from geors.assign import DEFAULT_NWD_C, rank_assign
+from geors.models.matching import BELOW_LOW, BalancedSampler, IoUMatcher
 from geors.models.ops import (
     BoxCoder,
     batched_nms,
@@ -196,22 +197,14 @@ class R2CNN(nn.Module):
 
     # ------------------------------------------------------------------ training helpers
     def _parts(self) -> dict[str, Any]:
-        """Samplers and IoU matchers of training, built on first use.
-
-        They come from ``torchvision.models.detection``; importing torchvision's
-        Python package costs ~160 MiB and ~1 s per process, so inference
-        (which never samples or matches) does not import it (:mod:`geors.models.ops`).
-        """
+        """Samplers and IoU matchers of training (:mod:`geors.models.matching`), built on first use."""
         if self._training_parts is None:
-            from torchvision.models.detection._utils import BalancedPositiveNegativeSampler, Matcher
-
             cfg = self.config
             self._training_parts = {
-                "rpn_sampler": BalancedPositiveNegativeSampler(cfg.rpn_batch, cfg.rpn_pos_fraction),
-                "roi_sampler": BalancedPositiveNegativeSampler(cfg.roi_batch, cfg.roi_pos_fraction),
-                "rpn_iou_matcher": Matcher(cfg.rpn_iou_fg, cfg.rpn_iou_bg, allow_low_quality_matches=True),
-                "roi_matcher": Matcher(cfg.roi_iou, cfg.roi_iou, allow_low_quality_matches=False),
-                "Matcher": Matcher,
+                "rpn_sampler": BalancedSampler(cfg.rpn_batch, cfg.rpn_pos_fraction),
+                "roi_sampler": BalancedSampler(cfg.roi_batch, cfg.roi_pos_fraction),
+                "rpn_iou_matcher": IoUMatcher(cfg.rpn_iou_fg, cfg.rpn_iou_bg, keep_best=True),
+                "roi_matcher": IoUMatcher(cfg.roi_iou, cfg.roi_iou, keep_best=False),
             }
         return self._training_parts
 
@@ -327,7 +320,7 @@ class R2CNN(nn.Module):
             z = torch.zeros(anchors.shape[0], dtype=torch.int64, device=anchors.device)
             return z, z - 1
         idx = self.rpn_iou_matcher(box_iou(gt, anchors))
-        labels = torch.where(idx >= 0, 1, torch.where(idx == self._parts()["Matcher"].BELOW_LOW_THRESHOLD, 0, -1))
+        labels = torch.where(idx >= 0, 1, torch.where(idx == BELOW_LOW, 0, -1))
         matched = torch.where(idx >= 0, idx, -1)
         return labels.to(torch.int64), matched
 
