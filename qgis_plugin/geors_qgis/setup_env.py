@@ -441,6 +441,11 @@ class PipProgress:
             self.errors.append(text[len("ERROR:"):].strip())
         return False
 
+    @classmethod
+    def is_raw(cls, line: str) -> bool:
+        """A ``--progress-bar raw`` line (``Progress DONE of TOTAL``)."""
+        return cls._RAW.search(line.strip()) is not None
+
     def _advance(self, value: float) -> None:
         self.fraction = max(self.fraction, min(value, 1.0))
 
@@ -527,11 +532,14 @@ def run_setup(plan: SetupPlan, feedback, stream: Callable = _stream,
             start = done_weight
 
             def on_line(line: str, step=step, pip=pip, out=out, start=start) -> None:
-                write(line)
-                out.append(line)
+                raw_line = step.kind == "pip" and PipProgress.is_raw(line)
+                if not raw_line:  # 4 a second while pip downloads: the bar and its text show them
+                    write(line)
+                    out.append(line)
                 if step.kind == "verify":
                     return
-                feedback.pushConsoleInfo(line)
+                if not raw_line:
+                    feedback.pushConsoleInfo(line)
                 if step.kind == "pip" and pip.feed(line):
                     feedback.setProgress(100.0 * (start + step.weight * pip.fraction) / total)
                     if pip.text:
