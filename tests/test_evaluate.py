@@ -32,6 +32,24 @@ def test_box_iou():
     np.testing.assert_allclose(iou, [[50 / 150, 1.0, 0.0]])
 
 
+def test_matching_uses_the_box_iou_rule():
+    """The R-tree pairs that matching scores carry box_iou's values, and box_iou is torchvision's for real boxes."""
+    import torch
+    import torchvision.ops
+
+    from geors.evaluate.detections import _overlapping_pairs
+
+    rng = np.random.default_rng(5)
+    xy = rng.uniform(0, 200, (300, 2))
+    boxes = np.hstack([xy, xy + rng.uniform(1, 40, (300, 2))])
+    a, b = boxes[:120], boxes[120:]
+    ia, ib, iou = _overlapping_pairs(a, b)
+    full = box_iou(a, b)
+    assert len(ia) == int((full > 0).sum()) > 0
+    np.testing.assert_allclose(iou, full[ia, ib])
+    np.testing.assert_allclose(full, torchvision.ops.box_iou(torch.from_numpy(a), torch.from_numpy(b)).numpy())
+
+
 def test_perfect_predictions():
     r = run(GT, [0.9, 0.8])
     o = r["overall"]

@@ -81,6 +81,10 @@ _RECALL_POINTS = np.linspace(0.0, 1.0, 101)
 def box_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """IoU matrix between two sets of xyxy boxes.
 
+    The numpy rule of evaluation (no torch needed); the model's training uses
+    ``torchvision.ops.box_iou`` (:func:`geors.models.ops.box_iou`), which gives the
+    same values for boxes with an area.
+
     Args:
         a: ``(N, 4)`` boxes.
         b: ``(M, 4)`` boxes, same units as ``a``.
@@ -90,12 +94,19 @@ def box_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """
     a = np.asarray(a, dtype=np.float64).reshape(-1, 4)
     b = np.asarray(b, dtype=np.float64).reshape(-1, 4)
-    area_a = np.clip(a[:, 2] - a[:, 0], 0, None) * np.clip(a[:, 3] - a[:, 1], 0, None)
-    area_b = np.clip(b[:, 2] - b[:, 0], 0, None) * np.clip(b[:, 3] - b[:, 1], 0, None)
-    iw = np.clip(np.minimum(a[:, None, 2], b[None, :, 2]) - np.maximum(a[:, None, 0], b[None, :, 0]), 0, None)
-    ih = np.clip(np.minimum(a[:, None, 3], b[None, :, 3]) - np.maximum(a[:, None, 1], b[None, :, 1]), 0, None)
+    return _pair_iou(a[:, None, :], b[None, :, :])
+
+
+def _pair_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """IoU of ``a[..., :]`` with ``b[..., :]`` (shapes broadcast); widths below 0 count as 0, and so does an
+    empty union."""
+    def area(x):
+        return np.clip(x[..., 2] - x[..., 0], 0, None) * np.clip(x[..., 3] - x[..., 1], 0, None)
+
+    iw = np.clip(np.minimum(a[..., 2], b[..., 2]) - np.maximum(a[..., 0], b[..., 0]), 0, None)
+    ih = np.clip(np.minimum(a[..., 3], b[..., 3]) - np.maximum(a[..., 1], b[..., 1]), 0, None)
     inter = iw * ih
-    union = area_a[:, None] + area_b[None, :] - inter
+    union = area(a) + area(b) - inter
     with np.errstate(divide="ignore", invalid="ignore"):
         return np.where(union > 0, inter / union, 0.0)
 
@@ -140,15 +151,7 @@ def _overlapping_pairs(a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.nda
         return empty, empty, np.zeros(0)
     tree = shapely.STRtree(shapely.box(b[:, 0], b[:, 1], b[:, 2], b[:, 3]))
     ia, ib = tree.query(shapely.box(a[:, 0], a[:, 1], a[:, 2], a[:, 3]), predicate="intersects")
-    a_, b_ = a[ia], b[ib]
-    iw = np.clip(np.minimum(a_[:, 2], b_[:, 2]) - np.maximum(a_[:, 0], b_[:, 0]), 0, None)
-    ih = np.clip(np.minimum(a_[:, 3], b_[:, 3]) - np.maximum(a_[:, 1], b_[:, 1]), 0, None)
-    inter = iw * ih
-    area_a = (a_[:, 2] - a_[:, 0]) * (a_[:, 3] - a_[:, 1])
-    area_b = (b_[:, 2] - b_[:, 0]) * (b_[:, 3] - b_[:, 1])
-    union = area_a + area_b - inter
-    with np.errstate(divide="ignore", invalid="ignore"):
-        iou = np.where(union > 0, inter / union, 0.0)
+    iou = _pair_iou(a[ia], b[ib])
     keep = iou > 0
     return ia[keep].astype(np.int64), ib[keep].astype(np.int64), iou[keep]
 
