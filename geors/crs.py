@@ -4,7 +4,7 @@ One rule for "the same CRS" (:func:`same_crs`), one way to turn any CRS into
 text (:func:`to_wkt`) and into a pyproj CRS (:func:`as_pyproj`), geometries
 reprojected with one call to PROJ (:func:`transform_geometries`), geodesic
 areas (:func:`areas_m2`) and pixel boxes as polygons in CRS units
-(:func:`pixel_box_to_polygon`).
+(:func:`pixel_box_to_polygon`), and a CRS as people read it (:func:`crs_text`).
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ import numpy as np
 import shapely
 
 __all__ = ["to_wkt", "as_pyproj", "same_crs", "bounds_in", "transform_geometries", "areas_m2",
-           "pixel_box_to_polygon"]
+           "pixel_box_to_polygon", "crs_text"]
 
 
 def to_wkt(crs) -> str:
@@ -110,3 +110,15 @@ def areas_m2(geoms: Sequence, crs) -> np.ndarray:
     lonlat = shapely.orient_polygons(transform_geometries(tr, arr[present]))
     out[present] = [abs(geod.geometry_area_perimeter(g)[0]) for g in lonlat]
     return out
+
+
+def crs_text(crs) -> str:
+    """A CRS as people read it, for messages, ``geors info`` and previews: ``EPSG:32617`` where the CRS has
+    an EPSG code, else its name and ``(custom WKT)``; ``no CRS`` for None."""
+    if crs is None:
+        return "no CRS"
+    try:
+        code = crs.to_epsg() if hasattr(crs, "to_epsg") else as_pyproj(crs).to_epsg()
+        return f"EPSG:{code}" if code else f"{as_pyproj(crs).name} (custom WKT)"
+    except Exception:  # noqa: BLE001 - any CRS object or text pyproj cannot read
+        return str(crs)[:80]
