@@ -2,8 +2,9 @@
 
 - :data:`LAYERS`: the output contract, one :class:`LayerSchema` per layer
   (detections, instances, segmentation, the tile grid, the ``geors_tiles``
-  ledger and the ``geors_runs`` table); :func:`schema_problems` says how an
-  existing layer differs from it.
+  ledger and the ``geors_runs`` table); an existing file checked against it
+  (:func:`needs_creation`: is it a GeoPackage at all; :func:`check_layers`,
+  :func:`schema_problems`: do its layers fit; :func:`complete_header`).
 - :func:`gpkg_blob` / :func:`gpkg_geometry`: the GeoPackage binary geometry
   (``GP`` header + WKB), written and read by geors through SQLite directly.
 - :func:`register_st_functions`: the few SQL functions (``ST_MinX``,

@@ -4,22 +4,34 @@ Read-only checks made before the output is opened for writing: a scene already
 in the ledger needs ``--resume`` or ``--overwrite``; ``--resume`` needs the same
 raster (fingerprint) and the same result-affecting options; an output is never
 an input; ``--per-scene`` names one GeoPackage per scene.
+
+Once every check has passed, the same rules applied to the open files
+(:func:`open_writers`, :func:`begin_run`, :func:`tiles_left`,
+:func:`close_writers`): under each writer's creation lock a run of the same
+scenes still writing is refused, ``--overwrite`` deletes the scenes' rows,
+``--resume`` marks abandoned runs interrupted and skips the tiles already
+written, and every run ends with its status recorded.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import socket
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 
+from geors.config import OutputConfig
 from geors.errors import OutputError
 from geors.inputs import FINGERPRINT_VERSION
 from geors.paths import check_outputs_not_inputs
 from geors.raster import Scene
 from geors.stage import Stage
+from geors.tiling import Tile
+from geors.vector import GeoPackageWriter
 
 __all__ = ["read_output_state", "result_key", "check_continuation", "resolve_outputs", "check_raster_output",
-           "RESUME_KEYS"]
+           "RESUME_KEYS", "open_writers", "begin_run", "tiles_left", "close_writers"]
 
 # The option a user changes for each result-affecting key (the key is everything the stage describes, except
 # the provenance-only keys below); a key not listed here is named as it is.
@@ -186,3 +198,87 @@ def check_raster_output(out: Path, scene_path, overwrite: bool, option: str = "-
             raise OutputError(f"{out}: exists; add --overwrite to replace it, or choose another name.")
     if not os.access(parent, os.W_OK):
         raise OutputError(f"{out}: the directory {parent} is not writable.")
+
+
+# ----------------------------------------------------------------------------- the open output
+
+
+def open_writers(out: Path, targets: dict[str, Path], scenes: list[Scene], output: OutputConfig,
+                 layers: Sequence[str]) -> dict[Path, GeoPackageWriter]:
+    """One writer per output file (the ``--per-scene`` folder made first), in the CRS of ``output.crs`` or of
+    the file's first scene; those opened are closed again when one fails."""
+    writers: dict[Path, GeoPackageWriter] = {}
+    try:
+        if output.per_scene:
+            out.mkdir(exist_ok=True)
+        for p in dict.fromkeys(targets.values()):
+            first = next(s for s in scenes if targets[s.name] == p)
+            writers[p] = GeoPackageWriter(p, output.crs or first.crs, layers=layers)
+    except BaseException:
+        for w in writers.values():
+            w.close()
+        raise
+    return writers
+
+
+def begin_run(writer: GeoPackageWriter, scenes: Iterable[str], state: dict, output: OutputConfig, command: str,
+              record: dict, models: dict) -> None:
+    """Apply the output rules to an open writer, then record the run (its first commit).
+
+    Runs under the writer's creation lock (held until that commit), so a run of
+    the same scenes that started at the same moment, and passed the read-only
+    checks too, is seen here: one still writing on this host is refused, and
+    without ``--resume``/``--overwrite`` so is a scene finished a moment ago.
+    ``--overwrite`` deletes the scenes' rows that ``state`` (the read-only
+    look) found; ``--resume`` marks runs of dead processes ``interrupted``.
+
+    Args:
+        writer: the open writer of one output file.
+        scenes: names of the scenes this run writes into it.
+        state: :func:`read_output_state` of the file, before it was opened.
+        output: the run's output options (``resume``, ``overwrite``).
+        command, record, models: what :meth:`GeoPackageWriter.start_run` records.
+
+    Raises:
+        OutputError: another process writes the same scenes, or wrote them a moment ago.
+    """
+    scenes = list(scenes)
+    here = set(scenes)
+    host = socket.gethostname()  # a 'running' row of another host cannot be checked: not a refusal
+    live = [r for r in writer.live_runs() if r.get("host") == host and here & {
+        sc.get("name") for sc in (r.get("config") or {}).get("scenes", []) if isinstance(sc, dict)}]
+    if live:
+        raise OutputError(f"{writer.path}: another geors process (pid {live[0].get('pid')}) is writing the same "
+                          "scene(s) into this file right now; wait for it to finish (then --resume if needed) or "
+                          "write to another output.")
+    if not (output.resume or output.overwrite):
+        again = sorted(n for n in here if writer.finished_tiles(n))
+        if again:
+            raise OutputError(f"{writer.path} already holds results for scene {again[0]} (written by a run that "
+                              "finished a moment ago). Add --resume to continue it, --overwrite to replace it, or "
+                              "write to another output.")
+    if output.overwrite:
+        for name in dict.fromkeys(scenes):
+            if state["scenes"].get(name):
+                writer.delete_scene_rows(name)
+    if output.resume:
+        writer.mark_interrupted_runs()
+    writer.start_run(command, record, models)
+
+
+def tiles_left(writer: GeoPackageWriter, scene: str, tiles: list[Tile], resume: bool) -> list[Tile]:
+    """The tiles of ``scene`` a run writes: all of them, or with ``resume`` those the ledger does not hold
+    (the grid was checked against the ledger by :func:`check_continuation`)."""
+    if not resume:
+        return tiles
+    done = writer.finished_tiles(scene)
+    return [t for t in tiles if t.id not in done]
+
+
+def close_writers(writers: dict[Path, GeoPackageWriter], status: str) -> None:
+    """Record every run's end (``finished``, ``cancelled``, ``failed``) and close the files."""
+    for w in writers.values():
+        try:
+            w.finish_run(status)
+        finally:
+            w.close()

@@ -22,7 +22,6 @@ from __future__ import annotations
 import logging
 import os
 import queue
-import socket
 import threading
 import time
 from collections.abc import Iterator, Sequence
@@ -30,12 +29,12 @@ from pathlib import Path
 
 from geors import faults
 from geors.config import ExecutionConfig, PipelineConfig, TilingConfig
+from geors.crs import same_crs
 from geors.errors import (
     Cancelled,
     ConfigError,
     GeorsError,
     ModelError,
-    OutputError,
     ProcessingError,
     SceneReadError,
 )
@@ -51,11 +50,15 @@ from geors.held_log import release_held
 from geors.inputs import FINGERPRINT_VERSION, RASTER_SUFFIXES, expand_inputs, open_scenes, scene_fingerprint
 from geors.merge import apply_seams
 from geors.outputs import (
+    begin_run,
     check_continuation,
     check_raster_output,
+    close_writers,
+    open_writers,
     read_output_state,
     resolve_outputs,
     result_key,
+    tiles_left,
 )
 from geors.paths import check_outputs_not_inputs
 from geors.progress import NullProgress, Progress
@@ -229,15 +232,7 @@ def process_scenes(
     faults.checkpoint("start")
     t_start = time.perf_counter()
     tiling: TilingConfig = config.tiling
-    opened, skipped = open_scenes(scenes, tiling.bands, config.output.strict)
-    if not opened:
-        reasons = "; ".join(f"{s['path']}: {s['reason']}" for s in skipped) or "no scene given"
-        raise SceneReadError(f"no scene could be opened ({reasons})")
-    names = [s.name for s in opened]
-    dup = sorted({n for n in names if names.count(n) > 1})
-    if dup:
-        raise ConfigError(f"several scenes share the file name {dup[0]!r}; outputs identify scenes by file name, "
-                          "so rename them, use --per-scene, or run them into separate GeoPackages.")
+    opened, skipped = _open_scenes(scenes, config)
     stage.prepare(opened)  # models load and bands are checked before the output is touched
     config = with_batch_size(config)
     default_size, default_overlap = stage.default_tiling()
@@ -264,25 +259,14 @@ def process_scenes(
     release_held()  # every check passed: the warnings they logged are worth reading (geors.held_log)
 
     # ---- from here on the output is touched
-    writers: dict[Path, GeoPackageWriter] = {}
     try:
-        if config.output.per_scene:
-            Path(out).mkdir(exist_ok=True)
-        for p in dict.fromkeys(targets.values()):
-            first = next(s for s in opened if targets[s.name] == p)
-            writers[p] = GeoPackageWriter(p, config.output.crs or first.crs, layers=stage.layers)
+        writers = open_writers(Path(out), targets, opened, config.output, stage.layers)
     except BaseException:
         executor.close()
-        for w in writers.values():
-            w.close()
         raise
-    run_id = next(iter(writers.values())).run_id
-    summary = RunSummary(run_id=run_id, output=str(out), scenes_skipped=skipped,
-                         crs=next(iter(writers.values())).crs.name)
-    for s in opened:
-        w = writers[targets[s.name]]
-        if not w.crs.equals(s.crs.to_wkt() if hasattr(s.crs, "to_wkt") else s.crs, ignore_axis_order=True):
-            summary.reprojected_scenes.append(s.name)
+    first = next(iter(writers.values()))
+    summary = RunSummary(run_id=first.run_id, output=str(out), scenes_skipped=skipped, crs=first.crs.name)
+    summary.reprojected_scenes = [s.name for s in opened if not same_crs(writers[targets[s.name]].crs, s.crs)]
     if summary.reprojected_scenes:
         log.warning("%d scene(s) are in another CRS than the output (%s) and are reprojected into it: %s",
                     len(summary.reprojected_scenes), summary.crs, ", ".join(summary.reprojected_scenes))
@@ -290,45 +274,21 @@ def process_scenes(
         "config": config.to_dict(), "stage": stage.name, "tile_size": size, "overlap": overlap,
         "result_key": key, "skipped": skipped,
         "scenes": [{"name": s.name, "path": str(s.path), "fingerprint": fingerprints[s.name],
-                    "fingerprint_version": FINGERPRINT_VERSION,
-                    "crs": s.crs_name, "stretch": s.stats.to_dict()} for s in opened],
+                    "fingerprint_version": FINGERPRINT_VERSION, "crs": s.crs_name, "stretch": s.stats.to_dict()}
+                   for s in opened],
     }
     status = "failed"
     try:
         for p, w in writers.items():
-            # under the writer's creation lock (held until its first commit): a run of the same scene that
-            # started at the same moment passed the read-only checks too
-            here = {s.name for s in opened if targets[s.name] == p}
-            host = socket.gethostname()  # a 'running' row of another host cannot be checked: not a refusal
-            live = [r for r in w.live_runs(exclude_run_id=w.run_id) if r.get("host") == host and here & {
-                sc.get("name") for sc in (r.get("config") or {}).get("scenes", []) if isinstance(sc, dict)}]
-            if live:
-                raise OutputError(f"{p}: another geors process (pid {live[0].get('pid')}) is writing the same "
-                                  "scene(s) into this file right now; wait for it to finish (then --resume if "
-                                  "needed) or write to another output.")
-            if not (config.output.resume or config.output.overwrite):
-                again = sorted(n for n in here if w.finished_tiles(n))
-                if again:
-                    raise OutputError(f"{p} already holds results for scene {again[0]} (written by a run that "
-                                      "finished a moment ago). Add --resume to continue it, --overwrite to replace "
-                                      "it, or write to another output.")
-            if config.output.overwrite:
-                for s in opened:
-                    if targets[s.name] == p and states[p]["scenes"].get(s.name):
-                        w.delete_scene_rows(s.name)
-            if config.output.resume:
-                w.mark_interrupted_runs(exclude_run_id=w.run_id)
-            w.start_run(command or stage.name, record, models)
+            begin_run(w, [s.name for s in opened if targets[s.name] == p], states[p], config.output,
+                      command or stage.name, record, models)
         plan = []
         for s in opened:
             tiles = list(grids[s.name])
+            todo = tiles_left(writers[targets[s.name]], s.name, tiles, config.output.resume)
             summary.tiles += len(tiles)
-            if config.output.resume:  # the grid was checked against the ledger before the output was opened
-                done = writers[targets[s.name]].finished_tiles(s.name)
-                todo = [t for t in tiles if t.id not in done]
-                summary.skipped_resume += len(tiles) - len(todo)
-                tiles = todo
-            plan.append((s, tiles))
+            summary.skipped_resume += len(tiles) - len(todo)
+            plan.append((s, todo))
         summary.scenes = len(opened)
         status = _execute(plan, stage, config.execution, executor, writers, targets, summary, progress, cancel,
                           rasters, _model_name(models))
@@ -339,14 +299,25 @@ def process_scenes(
         summary.seconds = time.perf_counter() - t_start
         summary.status = status
         executor.close()
-        for w in writers.values():
-            try:
-                w.finish_run(status)
-            finally:
-                w.close()
+        close_writers(writers, status)
     if status == "cancelled":
         raise Cancelled(f"cancelled: {summary.saved} of {summary.tiles} tiles saved in {out}", summary)
     return summary
+
+
+def _open_scenes(scenes, config: PipelineConfig) -> tuple[list[Scene], list[dict]]:
+    """Every scene opened and checked (with ``output.strict`` one that cannot be is an error, else skipped);
+    at least one opens, and no two share a file name (outputs identify scenes by file name)."""
+    opened, skipped = open_scenes(scenes, config.tiling.bands, config.output.strict)
+    if not opened:
+        reasons = "; ".join(f"{s['path']}: {s['reason']}" for s in skipped) or "no scene given"
+        raise SceneReadError(f"no scene could be opened ({reasons})")
+    names = [s.name for s in opened]
+    dup = sorted({n for n in names if names.count(n) > 1})
+    if dup:
+        raise ConfigError(f"several scenes share the file name {dup[0]!r}; outputs identify scenes by file name, "
+                          "so rename them, use --per-scene, or run them into separate GeoPackages.")
+    return opened, skipped
 
 
 def _execute(plan, stage: Stage, execution: ExecutionConfig, executor: Executor, writers, targets,
