@@ -21,32 +21,35 @@ rounding).
 
 from __future__ import annotations
 
-import argparse
 import statistics
+import sys
 import time
 from contextlib import contextmanager
+from pathlib import Path
 
 import numpy as np
-import torch
-from bench_models import tiles
 
-import geors.models.r2cnn as r2cnn
-from geors.detect import Detector
-from geors.models import ops
-from geors.models.registry import load_model
-from geors.models.tinynet import fold_batchnorm
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from harness import emit, parser, set_threads  # noqa: E402
 
 
-class NCHWDetector(Detector):
-    """The Detector with the input left in NCHW memory (as before the change)."""
+def nchw_detector_class():
+    """The Detector with the input left in NCHW memory (as before the change); defined on use (imports torch)."""
+    from geors.detect import Detector
 
-    def _to_tensor(self, images):
-        return super()._to_tensor(images).contiguous()
+    class NCHWDetector(Detector):
+        def _to_tensor(self, images):
+            return super()._to_tensor(images).contiguous()
+
+    return NCHWDetector
 
 
 @contextmanager
 def full_nms(enabled: bool):
     """Swap the prefix NMS for NMS over every candidate, truncated afterwards (as before)."""
+    import geors.models.r2cnn as r2cnn
+    from geors.models import ops
+
     saved = r2cnn.nms_top
     if enabled:
         r2cnn.nms_top = lambda boxes, scores, iou, k, first=0: ops.nms(boxes, scores, iou)[:k]
@@ -56,14 +59,21 @@ def full_nms(enabled: bool):
         r2cnn.nms_top = saved
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--threads", type=int, default=2)
+def main(argv: list[str] | None = None) -> None:
+    ap = parser(__doc__, threads=2)
     ap.add_argument("--batch", type=int, default=2)
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--repeats", type=int, default=3, help="calls per round")
-    a = ap.parse_args()
-    torch.set_num_threads(a.threads)
+    a = ap.parse_args(argv)
+    set_threads(a.threads)
+    import torch
+    from bench_models import tiles
+
+    from geors.detect import Detector
+    from geors.models.registry import load_model
+    from geors.models.tinynet import fold_batchnorm
+
+    NCHWDetector = nchw_detector_class()
     imgs = tiles(a.batch)
 
     def model(fold: bool):
@@ -91,16 +101,17 @@ def main() -> None:
     base = min(times["before"])
     print(f"threads {a.threads}, batch {a.batch}, {a.rounds} rounds x {a.repeats} calls, 640 px tiles, "
           f"detector on every tile")
-    print(f"{'variant':>16} {'best s/tile':>12} {'median':>8} {'tiles/s':>8} {'speed-up':>9} {'boxes':>6} "
-          f"{'max box diff px':>16}")
     ref = outputs["before"]
+    rows = []
     for name, ts in times.items():
         n = sum(len(o[0]) for o in outputs[name])
         same = all(len(o[0]) == len(r[0]) for o, r in zip(outputs[name], ref, strict=True))
         diff = (max((float(np.abs(o[0] - r[0]).max()) if len(o[0]) else 0.0)
                     for o, r in zip(outputs[name], ref, strict=True)) if same else float("nan"))
-        print(f"{name:>16} {min(ts):>12.3f} {statistics.median(ts):>8.3f} {1 / min(ts):>8.2f} "
-              f"{base / min(ts):>8.2f}x {n:>6} {diff:>16.4f}")
+        rows.append({"variant": name, "best s/tile": round(min(ts), 4), "median": round(statistics.median(ts), 4),
+                     "tiles/s": round(1 / min(ts), 2), "speed-up": round(base / min(ts), 2), "boxes": n,
+                     "max box diff px": round(diff, 5)})
+    emit(rows, a, extra={"threads": a.threads, "batch": a.batch, "rounds": a.rounds, "repeats": a.repeats})
 
 
 if __name__ == "__main__":

@@ -22,12 +22,14 @@ Usage::
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 import tempfile
 import time
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from harness import emit, parser, set_threads  # noqa: E402
 
 
 def run_once(scene_path: Path, out: Path, model: str | None, device: str, use_gate: bool,
@@ -97,11 +99,10 @@ def model_breakdown(scene_path: Path, model: str | None, device: str, batch_size
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap = parser(__doc__, device="auto")
     ap.add_argument("scene", type=Path, help="sparse scene from make_sparse_scene.py")
     ap.add_argument("--truth", type=Path, default=None, help="truth layer (default: SCENE_truth.gpkg)")
     ap.add_argument("--model", default=None, help="model name or file (default: geors' default model)")
-    ap.add_argument("--device", default="auto")
     ap.add_argument("--gate-threshold", type=float, default=None, help="default: the model's")
     ap.add_argument("--score-threshold", type=float, default=0.3, help="detector score kept (both runs)")
     ap.add_argument("--eval-score-threshold", type=float, default=0.5,
@@ -111,8 +112,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--warmup", action="store_true", help="run once with the gate before timing (caches, JIT)")
     ap.add_argument("--no-breakdown", action="store_true", help="skip the per-tile model timing")
     ap.add_argument("--outdir", type=Path, default=None, help="keep the GeoPackages here")
-    ap.add_argument("-o", "--output", type=Path, default=None, help="also write the JSON report here")
+    ap.add_argument("-o", "--output", type=Path, default=None, help="also write the whole JSON report here")
     args = ap.parse_args(argv)
+    set_threads(args.threads)
 
     from geors.evaluate import evaluate_detection_files
 
@@ -162,6 +164,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.output:
         args.output.write_text(text + "\n")
     print(text)
+    emit([{"run": k, "seconds": report[k]["seconds"], "recall": report[k]["recall"], "AP50": report[k]["AP50"],
+           "precision": report[k]["precision"]} for k in ("no_gate", "gate")], args,
+         extra={k: report[k] for k in ("time_ratio", "recall_loss_points", "goals") if k in report})
     return 0
 
 

@@ -37,7 +37,6 @@ encoder seconds per tile, decoder milliseconds per batch.
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import platform
@@ -47,16 +46,23 @@ from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
-import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import mask_data  # noqa: E402
-from affine import Affine  # noqa: E402
+from harness import emit, parser, set_threads  # noqa: E402
 
-from geors.evaluate.masks import miou_instances  # noqa: E402
-from geors.masks import FALLBACK, BoxEngine, GrabCutEngine, SamEngine, WatershedEngine, mask_to_geometry  # noqa: E402
+
+def _import_engines() -> None:
+    """torch and geors' engines, imported once the options are parsed (``--help`` stays fast)."""
+    global torch, Affine, miou_instances, FALLBACK, BoxEngine, GrabCutEngine, SamEngine, WatershedEngine
+    global mask_to_geometry
+    import torch
+    from affine import Affine
+
+    from geors.evaluate.masks import miou_instances
+    from geors.masks import FALLBACK, BoxEngine, GrabCutEngine, SamEngine, WatershedEngine, mask_to_geometry
 
 TINY = dict(name="tiny", img_size=256, encoder_embed_dim=32, encoder_depth=2, encoder_num_heads=2,
             encoder_global_attn_indexes=[1], window_size=8, prompt_embed_dim=32, decoder_mlp_dim=64,
@@ -145,12 +151,7 @@ def table(args) -> None:
             rows.append(r)
             if not args.markdown:
                 print(json.dumps(r), flush=True)
-    if args.markdown:
-        print("| data | n | engine | mIoU_I | mIoU_P | worse than box | box:fallback | boxes/s |")
-        print("|---|---|---|---|---|---|---|---|")
-        for r in rows:
-            print(f"| {r['data']} | {r['n']} | {r['engine']} | {r.get('miou_i', '-')} | {r.get('miou_p', '-')} | "
-                  f"{r.get('worse', '-')} | {r['fallback']} | {r['boxes_per_s']} |")
+    emit(rows, args, columns=["data", "n", "engine", "miou_i", "miou_p", "worse", "fallback", "boxes_per_s"])
 
 
 # --------------------------------------------------------------------------- per kind: the judge against the box
@@ -379,6 +380,7 @@ def bench_sam(eng: SamEngine, img, boxes, repeats):
 
 def speed(args) -> None:
     img, boxes = tile_and_boxes(args.boxes)
+    rows = []
     for name in args.engines.split(","):
         eng = make_engine(name, args.device, args.bf16, args.batch)
         if isinstance(eng, SamEngine):
@@ -393,10 +395,12 @@ def speed(args) -> None:
             r = {"engine": eng.method, "device": "cpu", "boxes_per_tile": len(boxes), "repeats": args.repeats,
                  "boxes_per_s": len(boxes) / float(np.median(ts))}
         print(json.dumps(r), flush=True)
+        rows.append(r)
+    emit(rows, args)
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def main(argv: list[str] | None = None) -> None:
+    ap = parser(__doc__, device="cpu", threads=0)
     ap.add_argument("--engines", default=None,
                     help="comma list: box, grabcut, watershed, sam-tiny, vit_b-random, vit_b (a checkpoint)")
     ap.add_argument("--data", default="crowns,vehicles,discs,dota,dota+jitter0.1,neon")
@@ -408,19 +412,13 @@ def main() -> None:
     ap.add_argument("--fresh", action="store_true",
                     help="--per-kind: the fresh draws of mask_data.FRESH (other seeds, not used by --cv)")
     ap.add_argument("--kinds", default="vehicles,trees,buildings", help="--per-kind/--cv: kinds of mask_data.KINDS")
-    ap.add_argument("--markdown", action="store_true", help="print the table as Markdown")
     ap.add_argument("--boxes", type=int, default=32, help="--speed: boxes per 640 px tile")
     ap.add_argument("--batch", type=int, default=32, help="SAM boxes per decoder call")
     ap.add_argument("--repeats", type=int, default=3)
-    ap.add_argument("--device", default="cpu")
     ap.add_argument("--bf16", action="store_true")
-    ap.add_argument("--threads", type=int, default=None, help="torch and OpenCV threads")
-    args = ap.parse_args()
-    if args.threads:
-        import cv2
-
-        torch.set_num_threads(args.threads)
-        cv2.setNumThreads(args.threads)
+    args = ap.parse_args(argv)
+    set_threads(args.threads)
+    _import_engines()
     if args.engines is None:
         args.engines = "grabcut,box,sam-tiny,vit_b-random" if args.speed else "box,grabcut,watershed,sam-tiny"
     print(json.dumps({"python": platform.python_version(), "torch": torch.__version__,

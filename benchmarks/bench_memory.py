@@ -9,7 +9,6 @@ at 20,000 x 20,000 x 3 uint8 (1.2 GB of pixels).
 
 from __future__ import annotations
 
-import argparse
 import json
 import resource
 import subprocess
@@ -17,7 +16,8 @@ import sys
 import time
 from pathlib import Path
 
-from _common import make_big_scene
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from harness import emit, make_big_scene, parser, set_threads  # noqa: E402
 
 CHILD = r"""
 import json, os, resource, sys, time
@@ -44,11 +44,11 @@ print(json.dumps({"tiles": s.tiles, "seconds": time.perf_counter() - t0,
 """
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser()
+def main(argv: list[str] | None = None) -> None:
+    ap = parser(__doc__, with_dir=True)
     ap.add_argument("--sizes", default="5000,10000,20000")
-    ap.add_argument("--dir", default="/tmp/geors-bench")
-    a = ap.parse_args()
+    a = ap.parse_args(argv)
+    set_threads(a.threads)  # the children inherit OMP_NUM_THREADS
     d = Path(a.dir)
     d.mkdir(parents=True, exist_ok=True)
     rows = []
@@ -65,8 +65,7 @@ def main() -> None:
         r = json.loads(proc.stdout.strip().splitlines()[-1])
         r.update(size=size, pixels_mb=size * size * 3 / 2**20, generate_s=gen)
         rows.append(r)
-        print(f"{size:>6} px  pixels {r['pixels_mb']:7.0f} MiB  tiles {r['tiles']:5d}  "
-              f"stream {r['seconds']:6.1f} s  peak RSS {r['peak_rss_mb']:6.0f} MiB")
+    emit(rows, a, columns=["size", "pixels_mb", "tiles", "seconds", "peak_rss_mb", "generate_s"])
     if len(rows) > 1:
         print(f"peak RSS ratio largest/smallest: {rows[-1]['peak_rss_mb'] / rows[0]['peak_rss_mb']:.2f} "
               f"for {rows[-1]['pixels_mb'] / rows[0]['pixels_mb']:.0f}x the pixels")

@@ -19,15 +19,14 @@ Run::
 
 from __future__ import annotations
 
-import argparse
-import json
+import sys
 import time
 from pathlib import Path
 
 import numpy as np
-import torch
 
-from geors.detect import Detector
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from harness import emit, parser, set_threads, sync  # noqa: E402
 
 NEON = Path.home() / ".cache/geors/samples/neon/2019_YELL_2_528000_4978000_image_crop2.png"
 
@@ -48,19 +47,20 @@ def tiles(n: int, size: int = 640) -> np.ndarray:
     return np.random.default_rng(0).random((n, 3, size, size), dtype=np.float32)
 
 
-def _rate(fn, n_tiles: int, repeats: int, sync) -> float:
+def _rate(fn, n_tiles: int, repeats: int, device) -> float:
     fn()  # warm-up
-    sync()
+    sync(device)
     t0 = time.perf_counter()
     for _ in range(repeats):
         fn()
-    sync()
+    sync(device)
     return n_tiles * repeats / (time.perf_counter() - t0)
 
 
-def bench(det: Detector, batch: int, repeats: int) -> dict:
+def bench(det, batch: int, repeats: int) -> dict:
+    import torch
+
     imgs = tiles(batch)
-    sync = torch.cuda.synchronize if det.device.type == "cuda" else (lambda: None)
     x = torch.from_numpy(imgs).to(det.device)
     with torch.no_grad(), det._autocast():
         feats = det.model.features(x)
@@ -68,32 +68,36 @@ def bench(det: Detector, batch: int, repeats: int) -> dict:
         def head():
             det.model.detect_from_features(feats, (640, 640), 0.3)
 
-        head_rate = _rate(head, batch, repeats, sync)
+        head_rate = _rate(head, batch, repeats, det.device)
     return {
         "device": str(det.device), "precision": det.precision, "batch": batch,
         "gate_input_scale": int(getattr(det.model.config, "gate_input_scale", 1)),
-        "gate_tiles_per_s": round(_rate(lambda: det.gate(imgs), batch, repeats, sync), 2),
-        "detector_tiles_per_s": round(_rate(lambda: det.detect(imgs, 0.3), batch, repeats, sync), 2),
+        "gate_tiles_per_s": round(_rate(lambda: det.gate(imgs), batch, repeats, det.device), 2),
+        "detector_tiles_per_s": round(_rate(lambda: det.detect(imgs, 0.3), batch, repeats, det.device), 2),
         "detector_head_tiles_per_s": round(head_rate, 2),
     }
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser()
+def main(argv: list[str] | None = None) -> None:
+    ap = parser(__doc__)
     ap.add_argument("--model", default=None, help="model file or built-in name (default model)")
-    ap.add_argument("--threads", type=int, default=0)
     ap.add_argument("--batch", type=int, nargs="+", default=[1, 4])
     ap.add_argument("--repeats", type=int, default=3)
-    args = ap.parse_args()
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    args = ap.parse_args(argv)
+    set_threads(args.threads)
+    import torch
+
+    from geors.detect import Detector
+
     devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+    rows = []
     for dev in devices:
         det = Detector.load(args.model, device=dev)
         for b in args.batch:
             res = bench(det, b, args.repeats if dev == "cpu" else args.repeats * 10)
             res["torch_threads"] = torch.get_num_threads()
-            print(json.dumps(res))
+            rows.append(res)
+    emit(rows, args)
 
 
 if __name__ == "__main__":

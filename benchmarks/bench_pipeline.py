@@ -17,7 +17,6 @@ Goals (issue 11, 2 CPU cores): >= 1 MP/s dense, >= 5 MP/s sparse; peak RSS
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import subprocess
@@ -27,7 +26,8 @@ from pathlib import Path
 
 import numpy as np
 
-from _common import make_big_scene
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from harness import emit, make_big_scene, parser, write_rows  # noqa: E402
 
 NEON = Path(os.environ.get("GEORS_CACHE_DIR", Path.home() / ".cache/geors")) / "samples/neon"
 
@@ -35,8 +35,6 @@ NEON = Path(os.environ.get("GEORS_CACHE_DIR", Path.home() / ".cache/geors")) / "
 def make_dense_scene(path: Path, size: int, block: int = 512) -> Path:
     """The YELL crop mirrored (no seams of texture) into a tiled DEFLATE GeoTIFF, written block row by row."""
     import rasterio
-    from affine import Affine
-    from rasterio.windows import Window
 
     if path.exists():
         return path
@@ -48,18 +46,13 @@ def make_dense_scene(path: Path, size: int, block: int = 512) -> Path:
     h, w = crop.shape[1:]
     tile = np.concatenate([np.concatenate([crop, crop[:, :, ::-1]], axis=2),
                            np.concatenate([crop[:, ::-1], crop[:, ::-1, ::-1]], axis=2)], axis=1)
-    tmp = path.with_suffix(".part.tif")
-    profile = dict(driver="GTiff", width=size, height=size, count=3, dtype="uint8", crs="EPSG:32617",
-                   transform=Affine(0.1, 0, 400000.0, 0, -0.1, 3290000.0), tiled=True, blockxsize=block,
-                   blockysize=block, compress="deflate", BIGTIFF="IF_SAFER")
-    with rasterio.open(tmp, "w", **profile) as ds:
-        for r in range(0, size, block):
-            rows = (np.arange(r, min(r + block, size)) % (2 * h))
-            band = tile[:, rows]
-            reps = -(-size // (2 * w))
-            ds.write(np.tile(band, (1, 1, reps))[:, :, :size], window=Window(0, r, size, len(rows)))
-    os.replace(tmp, path)
-    return path
+    reps = -(-size // (2 * w))
+
+    def rows(r, n):
+        band = tile[:, np.arange(r, r + n) % (2 * h)]
+        return np.tile(band, (1, 1, reps))[:, :, :size]
+
+    return write_rows(path, size, size, 3, block, rows)
 
 
 def run_cli(scene: Path, out: Path, workers: int, extra: list[str]) -> dict:
@@ -78,18 +71,16 @@ def run_cli(scene: Path, out: Path, workers: int, extra: list[str]) -> dict:
     return summary
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser()
+def main(argv: list[str] | None = None) -> None:
+    ap = parser(__doc__, with_dir=True, threads=None)
     ap.add_argument("--sizes", default="4000")
     ap.add_argument("--workers", default="1,2")
     ap.add_argument("--kinds", default="dense,sparse")
-    ap.add_argument("--dir", default="/tmp/geors-bench")
-    ap.add_argument("--extra", default="", help="more CLI options, e.g. '--threads 1'")
-    a = ap.parse_args()
+    ap.add_argument("--extra", default="", help="more CLI options, e.g. '--threads 1' (threads of each worker)")
+    a = ap.parse_args(argv)
     d = Path(a.dir)
     d.mkdir(parents=True, exist_ok=True)
-    print(f"{'kind':>6} {'size':>6} {'wk':>3} {'tiles':>6} {'dets':>7} {'wall s':>7} {'MP/s':>6} {'RSS MiB':>8}  "
-          "worker time shares")
+    rows = []
     for kind in a.kinds.split(","):
         for size in [int(s) for s in a.sizes.split(",")]:
             scene = (make_dense_scene if kind == "dense" else make_big_scene)(d / f"{kind}_{size}.tif", size)
@@ -99,8 +90,11 @@ def main() -> None:
                 total = sum(s["stage_seconds"].values()) or 1.0
                 shares = ", ".join(f"{k} {v / total:.0%}" for k, v in sorted(s["stage_seconds"].items(),
                                                                                key=lambda kv: -kv[1]))
-                print(f"{kind:>6} {size:>6} {workers:>3} {s['tiles']:>6} {s['detections']:>7} {s['wall_s']:>7.1f} "
-                      f"{mp / s['wall_s']:>6.2f} {s['peak_rss_mb']:>8.0f}  {shares}")
+                rows.append({"kind": kind, "size": size, "workers": workers, "tiles": s["tiles"],
+                             "detections": s["detections"], "wall_s": round(s["wall_s"], 2),
+                             "MP/s": round(mp / s["wall_s"], 3), "peak_rss_mb": round(s["peak_rss_mb"]),
+                             "worker time shares": shares})
+    emit(rows, a)
 
 
 if __name__ == "__main__":

@@ -9,25 +9,27 @@ read through rioxarray + dask (what peers do).
 
 from __future__ import annotations
 
-import argparse
+import sys
 from pathlib import Path
 
 import numpy as np
-import rasterio
 
-from geors.raster import open_scene
-from geors.tiling import TileGrid
-
-from _common import Timer, make_big_scene
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from harness import Timer, emit, make_big_scene, parser, set_threads  # noqa: E402
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser()
+def main(argv: list[str] | None = None) -> None:
+    ap = parser(__doc__, with_dir=True)
     ap.add_argument("--size", type=int, default=10_000)
-    ap.add_argument("--dir", default="/tmp/geors-bench")
     ap.add_argument("--dask", action="store_true", help="also time rioxarray+dask window reads (slow)")
     ap.add_argument("--repeat", type=int, default=2)
-    a = ap.parse_args()
+    a = ap.parse_args(argv)
+    set_threads(a.threads)
+    import rasterio
+
+    from geors.raster import open_scene
+    from geors.tiling import TileGrid
+
     d = Path(a.dir)
     d.mkdir(parents=True, exist_ok=True)
     path = make_big_scene(d / f"scene_{a.size}.tif", a.size)
@@ -60,17 +62,18 @@ def main() -> None:
         best["geors_tile"] = min(best["geors_tile"], t.seconds)
         sc.close()
     r = best["rasterio"]
-    print(f"rasterio window reads             {r:8.2f} s")
-    print(f"geors Scene.read_raw (same I/O)   {best['geors_io']:8.2f} s   ratio {best['geors_io'] / r:.2f}")
-    print(f"geors Scene.read_tile (+stretch to float32, valid mask)"
-          f" {best['geors_tile']:8.2f} s   ratio {best['geors_tile'] / r:.2f}")
+    rows = [{"path": "rasterio window reads", "seconds": r, "ratio": 1.0},
+            {"path": "geors Scene.read_raw (same I/O)", "seconds": best["geors_io"], "ratio": best["geors_io"] / r},
+            {"path": "geors Scene.read_tile (+stretch to float32, valid mask)", "seconds": best["geors_tile"],
+             "ratio": best["geors_tile"] / r}]
     if a.dask:
         da = scene.data
         with Timer() as t:
             for w in wins[: max(1, len(wins) // 10)]:
                 np.asarray(da[:, w.row_off:w.row_off + w.height, w.col_off:w.col_off + w.width].compute())
         est = t.seconds * len(wins) / max(1, len(wins) // 10)
-        print(f"rioxarray+dask (10% of tiles, extrapolated) {est:8.2f} s   ratio {est / best['rasterio']:.2f}")
+        rows.append({"path": "rioxarray+dask (10% of tiles, extrapolated)", "seconds": est, "ratio": est / r})
+    emit(rows, a, extra={"size": a.size, "tiles": len(wins)})
 
 
 if __name__ == "__main__":

@@ -22,13 +22,15 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import subprocess
 import sys
 import time
 from pathlib import Path
 
 import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from harness import emit, parser, set_threads, write_rows  # noqa: E402
 
 CHILD = r"""
 import json, os, resource, sys, time
@@ -74,31 +76,22 @@ print(json.dumps({"tiles": s.tiles, "features": s.segments,
 
 def make_scene(path: Path, width: int, height: int, block: int = 512) -> Path:
     """Tiled DEFLATE uint8 RGB GeoTIFF with a deterministic pattern (a doubled scene repeats it)."""
-    import rasterio
-    from affine import Affine
-    from rasterio.windows import Window
-
     if path.exists():
         return path
-    tmp = path.with_name(path.stem + ".part.tif")
-    profile = dict(driver="GTiff", width=width, height=height, count=3, dtype="uint8", crs="EPSG:32617",
-                   transform=Affine(0.1, 0, 400000.0, 0, -0.1, 3290000.0), tiled=True, blockxsize=block,
-                   blockysize=block, compress="deflate", BIGTIFF="IF_SAFER")
     x = np.arange(width, dtype=np.float32)[None, :]
-    with rasterio.open(tmp, "w", **profile) as ds:
-        for r in range(0, height, block):
-            h = min(block, height - r)
-            y = (np.arange(h, dtype=np.float32)[:, None] + r) % 20000  # doubled scene = the pattern twice
-            fields = (np.sin(x / 211.0) + np.sin(y / 157.0)) > 0.9  # large regions crossing tiles
-            roofs = ((x % 300) < 120) & ((y % 260) < 90)
-            dots = ((x % 53) < 4) & ((y % 47) < 3)
-            v = np.full((h, width), 60, np.uint8)
-            v[fields] = 140
-            v[roofs] = 150
-            v[dots] = 230
-            ds.write(np.stack([v] * 3), window=Window(0, r, width, h))
-    os.replace(tmp, path)
-    return path
+
+    def rows(r, h):
+        y = (np.arange(h, dtype=np.float32)[:, None] + r) % 20000  # doubled scene = the pattern twice
+        fields = (np.sin(x / 211.0) + np.sin(y / 157.0)) > 0.9  # large regions crossing tiles
+        roofs = ((x % 300) < 120) & ((y % 260) < 90)
+        dots = ((x % 53) < 4) & ((y % 47) < 3)
+        v = np.full((h, width), 60, np.uint8)
+        v[fields] = 140
+        v[roofs] = 150
+        v[dots] = 230
+        return np.stack([v] * 3)
+
+    return write_rows(path, width, height, 3, block, rows)
 
 
 def memory(a: argparse.Namespace) -> None:
@@ -126,6 +119,7 @@ def memory(a: argparse.Namespace) -> None:
         if not a.keep:
             for p in (out, ras):
                 p.unlink(missing_ok=True)
+    emit(rows, a)
 
 
 def speed(a: argparse.Namespace) -> None:
@@ -133,7 +127,7 @@ def speed(a: argparse.Namespace) -> None:
 
     from geors.segment import Segmenter
 
-    torch.set_num_threads(a.threads)
+    set_threads(a.threads)
     rng = np.random.default_rng(0)
     if a.image:
         from rasterio.windows import Window
@@ -159,18 +153,19 @@ def speed(a: argparse.Namespace) -> None:
             torch.cuda.synchronize()
         sec = time.perf_counter() - t0
         out["c2fnet" if refine else "coarse_only"] = {"s_per_megapixel": round(sec / (x.shape[0] * 640 * 640 / 1e6), 3)}
-    print(json.dumps(out), flush=True)
+    emit([{"network": k, "s_per_megapixel": out[k]["s_per_megapixel"]} for k in ("coarse_only", "c2fnet")], a,
+         extra=out)
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def main(argv: list[str] | None = None) -> None:
+    ap = parser(__doc__, threads=None)  # --json, --markdown before the sub-command; --threads after it
     sub = ap.add_subparsers(dest="cmd", required=True)
     m = sub.add_parser("memory")
     m.add_argument("--size", type=int, default=20000)
     m.add_argument("--stage", choices=["model", "threshold"], default="model")
     m.add_argument("--segmenter", default=None)
     m.add_argument("--threads", type=int, default=1)
-    m.add_argument("--dir", default="/tmp/geors-bench")
+    m.add_argument("--dir", default="/tmp/geors-bench", help="generated scenes and outputs (%(default)s)")
     m.add_argument("--keep", action="store_true")
     s = sub.add_parser("speed")
     s.add_argument("--segmenter", default=None)
@@ -178,7 +173,7 @@ def main() -> None:
     s.add_argument("--tiles", type=int, default=8)
     s.add_argument("--device", default="cpu")
     s.add_argument("--threads", type=int, default=1)
-    a = ap.parse_args()
+    a = ap.parse_args(argv)
     memory(a) if a.cmd == "memory" else speed(a)
 
 

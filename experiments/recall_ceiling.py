@@ -7,7 +7,7 @@ recall/precision at score 0.3). ``--pad`` zero-pads the 400 px images to a 640 p
 way ``Scene.read_tile`` does for a scene smaller than a tile (``--trim`` then cuts it off
 again as ``geors.detect.Detector`` does).
 
-    python benchmarks/recall_ceiling.py [MODEL] [--pad [--trim]]
+    python experiments/recall_ceiling.py [MODEL] [--pad [--trim]]
 """
 
 from __future__ import annotations

@@ -8,7 +8,7 @@ the background tiles' probabilities. Tiles are read as ``geors detect`` reads th
 
 Usage::
 
-    python benchmarks/gate_scores.py MODEL [--scene /tmp/geors_bench/sparse.tif]
+    python experiments/gate_scores.py MODEL [--scene /tmp/geors_bench/sparse.tif]   (scene: benchmarks/make_sparse_scene.py)
 """
 
 from __future__ import annotations
