@@ -30,6 +30,7 @@ from pathlib import Path
 
 import numpy as np
 
+from geors.crs import crs_text
 from geors.errors import ConfigError, LabelError, OutputError
 
 log = logging.getLogger(__name__)
@@ -470,9 +471,7 @@ def _decorate(rgb, scene, bounds, px, classes, counts, title, scale, methods=Non
 
     # footer
     if title is None:
-        crs = scene.crs.to_string() if scene.crs is not None else "no CRS"
-        if scene.crs is not None and scene.crs.to_epsg() is None:
-            crs = (scene.crs.to_dict().get("proj") or "custom") + " (custom WKT)"
+        crs = crs_text(scene.crs)
         res = abs(scene.transform.a)
         res_txt = f"{res * m_per_unit:.3g} m/px" if kind == "m" else f"{res:.3g} {kind}/px"
         title = f"{scene.name}  ·  {crs}  ·  {res_txt}  ·  {scene.width} x {scene.height} px"

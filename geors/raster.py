@@ -35,6 +35,7 @@ from rasterio.enums import ColorInterp, MaskFlags, Resampling
 from rasterio.errors import RasterioIOError
 from rasterio.windows import Window
 
+from geors.crs import crs_text
 from geors.errors import BandError, ConfigError, GeoreferenceError, SceneReadError
 
 log = logging.getLogger(__name__)
@@ -277,10 +278,8 @@ class Scene:
 
     @property
     def crs_name(self) -> str:
-        if self.crs is None:
-            return "none"
-        epsg = self.crs.to_epsg()
-        return f"EPSG:{epsg}" if epsg else "custom WKT"
+        """The CRS as people read it (:func:`geors.crs.crs_text`)."""
+        return crs_text(self.crs)
 
     @property
     def gsd_m(self) -> float | None:

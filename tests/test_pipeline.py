@@ -158,7 +158,7 @@ def test_cli_info_tiles_and_bad_inputs(tmp_path):
     res = r.invoke(main, ["info", str(p), "--json"])
     assert res.exit_code == 0, res.output
     info = json.loads(res.output)
-    assert info["crs"] == "custom WKT" and info["tiles"] == 1 and info["dtype"] == "int16"
+    assert info["crs"] == "Custom Albers (custom WKT)" and info["tiles"] == 1 and info["dtype"] == "int16"
     out = tmp_path / "tiles.gpkg"
     res = r.invoke(main, ["tiles", str(p), "-o", str(out), "--tile", "256", "--overlap", "64",
                           "--progress", "jsonl"])

@@ -52,7 +52,7 @@ def test_single_band_uint16_replicated_to_three(tmp_path):
 
 def test_int16_custom_wkt(tmp_path):
     sc = open_scene(scenes.int16_albers(tmp_path / "albers.tif"))
-    assert sc.crs.to_epsg() is None and sc.crs_name == "custom WKT"
+    assert sc.crs.to_epsg() is None and sc.crs_name == "Custom Albers (custom WKT)"
     assert sc.dtype == "int16"
     grid = TileGrid(sc, 256, 64)
     assert all(sc.read_tile(t).image.shape == (3, 256, 256) for t in grid)
@@ -183,3 +183,15 @@ def test_sample_offline_fails_clearly(tmp_path, monkeypatch):
     res = CliRunner().invoke(main, ["sample", "neon"])
     assert res.exit_code == 2
     assert "could not download the NEON sample" in res.output and "deepforest" in res.output
+
+
+def test_crs_text_is_one_rule_for_people(tmp_path):
+    """geors info, messages and previews name a CRS one way: EPSG code, else its name marked custom."""
+    from rasterio.crs import CRS
+
+    from geors.crs import crs_text
+
+    sc = open_scene(scenes.int16_albers(tmp_path / "albers.tif"))
+    assert crs_text(sc.crs) == sc.crs_name == "Custom Albers (custom WKT)"
+    assert crs_text(CRS.from_epsg(32617)) == crs_text("EPSG:32617") == "EPSG:32617"
+    assert crs_text(None) == "no CRS"

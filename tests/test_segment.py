@@ -333,7 +333,7 @@ def test_bad_labels_exit_2_nothing_written(data):
     base = ["train", "segmenter", "--scene", str(data["scene"]), "--small-classes", "car", "-o", str(out),
             "--coarse-steps", "1", "--fine-steps", "1", "--crop", "64", "--device", "cpu", "--max-minutes", "0"]
     r = CliRunner().invoke(main, base + ["--labels", str(_no_crs_labels(data))])
-    assert r.exit_code == 2 and "(no CRS)" in r.output and "EPSG:32633" in r.output and "nocrs.tif" in r.output
+    assert r.exit_code == 2 and "has no CRS but" in r.output and "EPSG:32633" in r.output and "nocrs.tif" in r.output
     # class ids missing from the class list
     r = CliRunner().invoke(main, base + ["--labels", str(data["labels"]), "--classes", "ground,roof"])
     assert r.exit_code == 2 and "[2]" in r.output and "--classes" in r.output

@@ -27,6 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
+from geors.crs import crs_text
 from geors.errors import LabelError
 
 __all__ = ["IGNORE", "LabelSource", "AreaMask", "open_label_source", "is_raster_path", "RASTER_SUFFIXES"]
@@ -68,15 +69,6 @@ class LabelSource:
         pass
 
 
-def _crs_text(crs) -> str:
-    if crs is None:
-        return "(no CRS)"
-    try:
-        return crs.to_string() or crs.to_wkt()[:80]
-    except Exception:  # noqa: BLE001 - any CRS object
-        return str(crs)[:80]
-
-
 class _RasterLabels(LabelSource):
     kind = "raster"
 
@@ -98,8 +90,8 @@ class _RasterLabels(LabelSource):
         if (src.crs is None) != (scene_crs is None):
             self._src.close()
             raise LabelError(
-                f"{path}: the label raster's CRS is {_crs_text(src.crs)} but the scene {scene.path} has "
-                f"{_crs_text(scene_crs)}; labels cannot be placed on the scene. Assign the right CRS to the "
+                f"{path}: the label raster has {crs_text(src.crs)} but the scene {scene.path} has "
+                f"{crs_text(scene_crs)}; labels cannot be placed on the scene. Assign the right CRS to the "
                 f"labels (gdal_edit.py -a_srs ...) or write them with `geors label` on this scene.")
         self._ds = src
         same_grid = (src.width == scene.width and src.height == scene.height
@@ -112,15 +104,15 @@ class _RasterLabels(LabelSource):
         if not same_grid:
             if src.crs != scene_crs:
                 log.warning("%s: label raster in %s, scene in %s: reprojecting labels to the scene grid "
-                            "(nearest neighbour)", path, _crs_text(src.crs), _crs_text(scene_crs))
+                            "(nearest neighbour)", path, crs_text(src.crs), crs_text(scene_crs))
             try:
                 self._ds = WarpedVRT(src, crs=scene_crs, transform=scene.transform, width=scene.width,
                                      height=scene.height, resampling=rasterio.enums.Resampling.nearest,
                                      nodata=IGNORE, src_nodata=src.nodata if src.nodata is not None else IGNORE)
             except Exception as exc:  # noqa: BLE001
                 self._src.close()
-                raise LabelError(f"{path}: cannot reproject the labels from {_crs_text(src.crs)} to the scene CRS "
-                                 f"{_crs_text(scene_crs)} ({exc}); reproject them with gdalwarp.") from None
+                raise LabelError(f"{path}: cannot reproject the labels from {crs_text(src.crs)} to the scene CRS "
+                                 f"{crs_text(scene_crs)} ({exc}); reproject them with gdalwarp.") from None
         if classes:
             self.names = {str(n): i for i, n in enumerate(classes)}
         else:
@@ -194,8 +186,8 @@ class _PolygonLabels(LabelSource):
             raise LabelError(f"{path}: features without a value in {fld!r}; fill it or choose another --class-field.")
         layer_crs, scene_crs = gdf.crs, scene.crs
         if (layer_crs is None) != (scene_crs is None):
-            raise LabelError(f"{path}: the layer's CRS is {_crs_text(layer_crs)} but the scene {scene.path} has "
-                             f"{_crs_text(scene_crs)}; assign the right CRS to the layer (ogr2ogr -a_srs ...).")
+            raise LabelError(f"{path}: the layer has {crs_text(layer_crs)} but the scene {scene.path} has "
+                             f"{crs_text(scene_crs)}; assign the right CRS to the layer (ogr2ogr -a_srs ...).")
         geoms = geoms[keep]
         names = [n for n, k in zip(names, keep, strict=True) if k]
         if layer_crs is not None and not same_crs(layer_crs, scene_crs):
