@@ -17,28 +17,15 @@ import numpy as np
 import torch
 
 from geors.config import DEFAULT_SCORE_THRESHOLD
+from geors.device import resolve_device
 from geors.errors import BandError, ConfigError
 
-__all__ = ["Detector", "TileDetections", "gate_passes", "resolve_device", "trim_padding", "padding_groups",
-           "GATE_TOLERANCE"]
+__all__ = ["Detector", "TileDetections", "gate_passes", "trim_padding", "padding_groups", "GATE_TOLERANCE"]
 
 log = logging.getLogger(__name__)
 
 TileDetections = tuple[np.ndarray, np.ndarray, np.ndarray]
 """``(boxes (N, 4) float32 xyxy tile px, scores (N,) float32, class_ids (N,) int64)``."""
-
-
-def resolve_device(device: str | torch.device = "auto") -> torch.device:
-    """``"auto"`` -> CUDA when available, else CPU; ``"cuda"`` without a GPU is a :class:`ConfigError`."""
-    name = str(device)
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise ConfigError(f"--device {name}: no CUDA device is available here; use --device cpu or auto.")
-    try:
-        return torch.device(name)
-    except RuntimeError:
-        raise ConfigError(f"--device {name!r}: not a device; use auto, cpu or cuda[:N].") from None
 
 
 GATE_TOLERANCE = 1e-5

@@ -69,7 +69,7 @@ class Segmenter:
     def load(cls, name_or_path: str | os.PathLike | None = None, device: str = "auto", refine: bool = True,
              batch_size: int = 4) -> Segmenter:
         """Load a segmenter file or built-in name (None = the default segmenter)."""
-        from geors.detect import resolve_device
+        from geors.device import resolve_device
         from geors.models.registry import load_model
 
         dev = resolve_device(device)

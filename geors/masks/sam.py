@@ -145,7 +145,7 @@ class SamEngine(MaskEngine):
                  clip_margin: float | None = 0.1, bf16: bool = False, checkpoint=None):
         import torch
 
-        from geors.detect import resolve_device  # one device rule for detector and SAM
+        from geors.device import resolve_device
 
         self.device = str(resolve_device(device))
         dtype = torch.bfloat16 if (bf16 and self.device.startswith("cuda")) else None

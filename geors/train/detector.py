@@ -349,7 +349,7 @@ def train_detector(
             a validation split) fewer than :data:`MIN_LABELLED_OBJECTS` objects.
         GateCalibrationError: the calibrated gate misses its recall target.
     """
-    from geors.detect import resolve_device
+    from geors.device import resolve_device
 
     cfg = config or TrainConfig()
     given_val = val_tiles is not None

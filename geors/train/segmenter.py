@@ -383,7 +383,7 @@ def train_segmenter(
         LabelError: no tiles, or every labelled pixel of one class (nothing to learn).
         ConfigError: unknown small classes, too many classes, options out of range.
     """
-    from geors.detect import resolve_device
+    from geors.device import resolve_device
 
     t_start = time.perf_counter()
     cfg = (cfg or SegTrainConfig()).validate()
