@@ -96,6 +96,14 @@ def test_fresh_profile_reaches_ready_through_the_plugin(qgis_process, tmp_path):
     assert after["OK"] is True, after["REPORT"]
     assert "geors installation: OK" in after["REPORT"] and "from the plugin setting" in after["REPORT"]
     assert str(folder) in after["REPORT"]
+    # the torch build named as it is: torch.version.cuda / torch.cuda.is_available() of the new environment
+    if facts["cuda"]:
+        assert "[      ok] CUDA: available" in after["REPORT"]
+    elif facts["cuda_build"]:
+        assert f"torch is a CUDA {facts['cuda_build']} build, but it sees no usable GPU" in after["REPORT"]
+        assert "--force-reinstall" not in after["REPORT"]
+    else:
+        assert "CPU-only build" in after["REPORT"]
 
     # an algorithm on paths with spaces and non-ASCII letters, through the environment just made
     data_dir = tmp_path / "Jane Doe's données"
@@ -115,6 +123,11 @@ def test_fresh_profile_reaches_ready_through_the_plugin(qgis_process, tmp_path):
     got, expected = (pyogrio.read_dataframe(p, layer="tiles") for p in (out, plain))
     assert len(got) == len(expected) > 1
     assert got.geometry.bounds.values.tolist() == expected.geometry.bounds.values.tolist()
+    found = data_dir / "détections ü.gpkg"  # and the model: Detect objects
+    det = _run(qgis_process, env, "run", "geors:detect", "--", f"SCENES={scene}", f"OUTPUT={found}", "TILE=256",
+               "OVERLAP=64", "DEVICE=cpu", "NO_GATE=true", "BATCH_SIZE=1")["results"]
+    assert det["DETECTIONS"] == f"{found}|layername=detections"
+    assert "detections" in pyogrio.list_layers(found)[:, 0]
 
 
 def _gui(env: dict, *args: str) -> dict:
