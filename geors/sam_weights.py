@@ -50,6 +50,7 @@ __all__ = [
     "SamCheckpoint",
     "SAM_CHECKPOINTS",
     "cache_dir",
+    "checkpoint_entry",
     "find_checkpoint",
     "download",
     "load_sam",
@@ -132,7 +133,8 @@ def cache_dir() -> Path:
     return paths.cache_dir("models")
 
 
-def _entry(kind: str) -> SamCheckpoint:
+def checkpoint_entry(kind: str) -> SamCheckpoint:
+    """The official checkpoint of ``kind`` (``sam-vit_b``, ``vit_b``...); a :class:`ModelError` names the known ones."""
     key = kind.removeprefix("sam-").removeprefix("sam_")
     if key not in SAM_CHECKPOINTS:
         raise ModelError(
@@ -167,13 +169,13 @@ def find_checkpoint(kind: str | None = "vit_b", path: str | os.PathLike | None =
         return p
     if kind is None:
         return None
-    p = cache_dir() / _entry(kind).filename
+    p = cache_dir() / checkpoint_entry(kind).filename
     return p if p.is_file() else None
 
 
 def missing_checkpoint_message(kind: str) -> str:
     """Message telling the user how to obtain the checkpoint of ``kind``."""
-    e = _entry(kind)
+    e = checkpoint_entry(kind)
     return (
         f"no checkpoint found for SAM {e.kind}: looked for an explicit path, ${ENV_CHECKPOINT} "
         f"and {cache_dir() / e.filename}. Run 'geors models download {e.name}', or download "
@@ -206,7 +208,7 @@ def download(
         DownloadError: offline, HTTP error, or checksum mismatch. The message
             says where to put a file downloaded by hand.
     """
-    e = _entry(name)
+    e = checkpoint_entry(name)
     dest_dir = Path(dest_dir) if dest_dir is not None else cache_dir()
     final = dest_dir / e.filename
     by_hand = f"Download {e.url} by hand (sha256 {e.sha256}) and save it as {final}."

@@ -103,7 +103,7 @@ def download_command(name: str, dest: str | None) -> None:
     """Download a SAM checkpoint (sam-vit_b, sam-vit_l, sam-vit_h, sam-vit_t) and check its sha256."""
     from geors import sam_weights
 
-    entry = sam_weights._entry(name)
+    entry = sam_weights.checkpoint_entry(name)
     with click.progressbar(length=entry.size, label=f"{entry.name}", file=click.get_text_stream("stderr")) as bar:
         last = [0]
 
