@@ -34,6 +34,8 @@ __all__ = [
     "PipelineConfig",
     "DEFAULT_SCORE_THRESHOLD",
     "MAX_TILE_SIZE",
+    "read_toml",
+    "toml_value",
 ]
 
 #: Detections below this score are not written (and evaluation reports precision/recall at it).
@@ -287,26 +289,14 @@ class PipelineConfig:
             else:
                 for k, v in values.items():
                     if v is not None:
-                        lines.append(f"{k} = {_toml_value(v)}")
+                        lines.append(f"{k} = {toml_value(v)}")
             lines.append("")
         return "\n".join(lines)
 
     @classmethod
     def from_toml(cls, path: str | os.PathLike) -> PipelineConfig:
         p = Path(path)
-        try:
-            with open(p, "rb") as fh:
-                data = tomllib.load(fh)
-        except FileNotFoundError:
-            raise ConfigError(f"{p}: --config file not found") from None
-        except IsADirectoryError:
-            raise ConfigError(f"{p}: --config is a folder; give a TOML file (see --save-config)") from None
-        except OSError as exc:
-            raise ConfigError(f"{p}: --config cannot be read: {exc.strerror or exc}") from None
-        except UnicodeDecodeError:
-            raise ConfigError(f"{p}: --config is not a text file; give a TOML file (see --save-config)") from None
-        except tomllib.TOMLDecodeError as exc:
-            raise ConfigError(f"{p}: --config is not valid TOML: {exc}") from None
+        data = read_toml(p, "--config")
         for sec, values in list(data.items()):
             if isinstance(values, dict) and "enabled" in values:
                 _check_type(values["enabled"], "bool", f"{p}: [{sec}] enabled")
@@ -352,7 +342,7 @@ def _check_type(value, annotation: str, where: str) -> None:
     if not any(_type_ok(value, k) for k in kinds):
         expected = " or ".join(_TYPE_WORDS.get(k, k) for k in kinds)
         try:
-            shown = _toml_value(value)
+            shown = toml_value(value)
         except Exception:  # noqa: BLE001 - an object TOML cannot hold (Python API)
             shown = repr(value)
         raise ConfigError(f"{where} = {shown}: expected {expected}")
@@ -363,12 +353,36 @@ def _unit(option: str, value) -> None:
         raise ConfigError(f"{option} must be within [0, 1], got {value!r}")
 
 
-def _toml_value(v) -> str:
+def toml_value(v: Any) -> str:
+    """``v`` as a TOML value; None (TOML has no null) is written as ``"none"``."""
+    if v is None:
+        return '"none"'
     if isinstance(v, bool):
         return "true" if v else "false"
     if isinstance(v, int | float):
         return repr(v)
     if isinstance(v, list | tuple):
-        return "[" + ", ".join(_toml_value(x) for x in v) + "]"
+        return "[" + ", ".join(toml_value(x) for x in v) + "]"
+    if isinstance(v, dict):
+        return "{" + ", ".join(f"{k} = {toml_value(x)}" for k, x in v.items()) + "}"
     s = str(v).replace("\\", "\\\\").replace('"', '\\"')
     return f'"{s}"'
+
+
+def read_toml(path: str | os.PathLike, what: str) -> dict[str, Any]:
+    """The tables of a TOML file; every reason it cannot be read is a ConfigError naming the file and ``what``
+    it was given as (``"--config"``, ``"the training config"``)."""
+    p = Path(path)
+    try:
+        with open(p, "rb") as fh:
+            return tomllib.load(fh)
+    except FileNotFoundError:
+        raise ConfigError(f"{p}: {what} file not found") from None
+    except IsADirectoryError:
+        raise ConfigError(f"{p}: {what} is a folder; give a TOML file (see --save-config)") from None
+    except OSError as exc:
+        raise ConfigError(f"{p}: {what} cannot be read: {exc.strerror or exc}") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"{p}: {what} is not a text file; give a TOML file (see --save-config)") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{p}: {what} is not valid TOML: {exc}") from None

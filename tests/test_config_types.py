@@ -67,3 +67,24 @@ def test_python_api_switches_and_numbers_are_typed_too():
         PipelineConfig(execution=ExecutionConfig(threads=True)).validate()
     with pytest.raises(ConfigError, match="--bands"):
         PipelineConfig(tiling=TilingConfig(bands=(True, 2, 3))).validate()
+
+
+@pytest.mark.parametrize("reader", ["pipeline", "run", "detector", "segmenter"])
+def test_every_toml_reader_refuses_unreadable_files_alike(tmp_path, reader):
+    """One TOML reader (config.read_toml): a folder, a binary file or bad TOML is a ConfigError naming the file,
+    for the training configs too (they raised IsADirectoryError / UnicodeDecodeError before)."""
+    from geors.train.api import TrainingRun
+    from geors.train.detector import TrainConfig
+    from geors.train.segmenter import SegTrainConfig
+
+    read = {"pipeline": PipelineConfig.from_toml, "run": TrainingRun.from_toml, "detector": TrainConfig.from_toml,
+            "segmenter": SegTrainConfig.from_toml}[reader]
+    binary = tmp_path / "weights.toml"
+    binary.write_bytes(b"\xff\xfe\x00\x81 not text")
+    bad = tmp_path / "bad.toml"
+    bad.write_text("[train\n")
+    for path, words in [(tmp_path, "is a folder"), (binary, "is not a text file"), (bad, "is not valid TOML"),
+                        (tmp_path / "missing.toml", "file not found")]:
+        with pytest.raises(ConfigError, match=words) as err:
+            read(path)
+        assert str(err.value).startswith(f"{path}: ")

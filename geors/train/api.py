@@ -43,12 +43,12 @@ import logging
 import os
 import threading
 import time
-import tomllib
 from collections.abc import Callable
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from geors.config import read_toml
 from geors.errors import Cancelled, ConfigError, GeoreferenceError, OutputError
 from geors.paths import check_outputs_not_inputs
 
@@ -352,19 +352,7 @@ class TrainingRun:
         as (default: the file's ``kind``, else ``detector``).
         """
         p = Path(path)
-        try:
-            with open(p, "rb") as fh:
-                data = tomllib.load(fh)
-        except FileNotFoundError:
-            raise ConfigError(f"{p}: training config file not found") from None
-        except IsADirectoryError:
-            raise ConfigError(f"{p}: the training config is a folder; give a TOML file (see --save-config)") from None
-        except OSError as exc:
-            raise ConfigError(f"{p}: the training config cannot be read: {exc.strerror or exc}") from None
-        except UnicodeDecodeError:
-            raise ConfigError(f"{p}: the training config is not a text file; give a TOML file") from None
-        except tomllib.TOMLDecodeError as exc:
-            raise ConfigError(f"{p}: not valid TOML: {exc}") from None
+        data = read_toml(p, "the training config")
         if not {"kind", "data", "train"} & set(data):
             data = {"train": data}  # only training options (TrainConfig.to_toml())
         if kind is not None:

@@ -40,6 +40,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from geors.config import read_toml, toml_value
 from geors.errors import ConfigError, LabelError
 from geors.models.r2cnn import INFERENCE_FIELDS, R2CNN, R2CNNConfig
 from geors.progress import Progress
@@ -251,20 +252,13 @@ class TrainConfig:
 
     def to_toml(self) -> str:
         """TOML text of every option; None (TOML has no null) is written as ``"none"``."""
-        return "".join(f"{k} = {_toml_value(v)}\n" for k, v in self.to_dict().items())
+        return "".join(f"{k} = {toml_value(v)}\n" for k, v in self.to_dict().items())
 
     @classmethod
     def from_toml(cls, path: str | Path) -> TrainConfig:
         """Read a TOML file written by :meth:`to_toml` (or by hand; a ``[train]`` table is accepted too)."""
-        import tomllib
-
         p = Path(path)
-        try:
-            data = tomllib.loads(p.read_text())
-        except FileNotFoundError:
-            raise ConfigError(f"{p}: training config file not found") from None
-        except tomllib.TOMLDecodeError as exc:
-            raise ConfigError(f"{p}: not valid TOML: {exc}") from None
+        data = read_toml(p, "the training config")
         if set(data) == {"train"} and isinstance(data["train"], dict):
             data = data["train"]
         return cls.from_dict(data, source=str(p))
@@ -293,21 +287,6 @@ def _checked(source: str, name: str, value: Any, hint: Any) -> Any:
         if origin is dict and isinstance(value, dict):
             return dict(value)
     raise ConfigError(f"{source}: {name} = {value!r} is not a {hint}")
-
-
-def _toml_value(v: Any) -> str:
-    if v is None:
-        return '"none"'
-    if isinstance(v, bool):
-        return "true" if v else "false"
-    if isinstance(v, int | float):
-        return repr(v)
-    if isinstance(v, list | tuple):
-        return "[" + ", ".join(_toml_value(x) for x in v) + "]"
-    if isinstance(v, dict):
-        return "{" + ", ".join(f"{k} = {_toml_value(x)}" for k, x in v.items()) + "}"
-    s = str(v).replace("\\", "\\\\").replace('"', '\\"')
-    return f'"{s}"'
 
 
 

@@ -47,7 +47,6 @@ import dataclasses
 import logging
 import os
 import time
-import tomllib
 import typing
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -196,27 +195,22 @@ class SegTrainConfig:
 
     def to_toml(self) -> str:
         """TOML text (options that are None are left out: they read back as None)."""
-        from geors.config import _toml_value
+        from geors.config import toml_value
 
         lines, arch = [], []
         for k, v in self.to_dict().items():
             if k == "arch":
-                arch = [f"{a} = {_toml_value(b)}" for a, b in v.items() if b is not None]
+                arch = [f"{a} = {toml_value(b)}" for a, b in v.items() if b is not None]
             elif v is not None:
-                lines.append(f"{k} = {_toml_value(v)}")
+                lines.append(f"{k} = {toml_value(v)}")
         return "\n".join(lines + ["", "[arch]", *arch, ""])
 
     @classmethod
     def from_toml(cls, path: str | os.PathLike) -> SegTrainConfig:
+        from geors.config import read_toml
+
         p = Path(path)
-        try:
-            with open(p, "rb") as fh:
-                data = tomllib.load(fh)
-        except FileNotFoundError:
-            raise ConfigError(f"{p}: config file not found") from None
-        except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
-            raise ConfigError(f"{p}: not valid TOML: {exc}") from None
-        return cls.from_dict(data, source=str(p))
+        return cls.from_dict(read_toml(p, "the segmenter config"), source=str(p))
 
 
 # ----------------------------------------------------------------------------- phases
