@@ -354,7 +354,8 @@ def _unit(option: str, value) -> None:
 
 
 def toml_value(v: Any) -> str:
-    """``v`` as a TOML value; None (TOML has no null) is written as ``"none"``."""
+    """``v`` as a TOML value; None (TOML has no null) is written as ``"none"``, table keys are quoted (a class
+    name may hold spaces or dots)."""
     if v is None:
         return '"none"'
     if isinstance(v, bool):
@@ -364,7 +365,7 @@ def toml_value(v: Any) -> str:
     if isinstance(v, list | tuple):
         return "[" + ", ".join(toml_value(x) for x in v) + "]"
     if isinstance(v, dict):
-        return "{" + ", ".join(f"{k} = {toml_value(x)}" for k, x in v.items()) + "}"
+        return "{" + ", ".join(f"{toml_value(str(k))} = {toml_value(x)}" for k, x in v.items()) + "}"
     s = str(v).replace("\\", "\\\\").replace('"', '\\"')
     return f'"{s}"'
 

@@ -88,3 +88,13 @@ def test_every_toml_reader_refuses_unreadable_files_alike(tmp_path, reader):
         with pytest.raises(ConfigError, match=words) as err:
             read(path)
         assert str(err.value).startswith(f"{path}: ")
+
+
+def test_toml_value_round_trips_through_tomllib():
+    """The one TOML writer: tables with keys that need quotes, None as "none", escapes."""
+    import tomllib
+
+    from geors.config import toml_value
+
+    value = {"red maple": 1, "x.y": [1.5, True], "n": None, "q": 'say "hi" \\ ok'}
+    assert tomllib.loads(f"k = {toml_value(value)}")["k"] == {**value, "n": "none"}

@@ -48,7 +48,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from geors.config import read_toml
+from geors.config import read_toml, toml_value
 from geors.errors import Cancelled, ConfigError, GeoreferenceError, OutputError
 from geors.paths import check_outputs_not_inputs
 
@@ -309,21 +309,21 @@ class TrainingRun:
 
     def to_toml(self) -> str:
         """TOML text; None is written as ``"none"`` (TOML has no null), or left out where it is the default."""
-        lines = [f"kind = {_toml(self.kind)}"]
+        lines = [f"kind = {toml_value(self.kind)}"]
         if self.name is not None:
-            lines.append(f"name = {_toml(self.name)}")
+            lines.append(f"name = {toml_value(self.name)}")
         lines += ["", "[data]"]
         defaults = TrainData().to_dict()
         for k, v in self.data.to_dict().items():
             if v is None and defaults[k] is None:
                 continue
-            lines.append(f"{k} = {_toml(v)}")
+            lines.append(f"{k} = {toml_value(v)}")
         lines += ["", "[train]"]
         cls_defaults = default_train_config(self.kind).to_dict()
         for k, v in self.train.to_dict().items():
             if v is None and cls_defaults.get(k) is None:
                 continue
-            lines.append(f"{k} = {_toml(v)}")
+            lines.append(f"{k} = {toml_value(v)}")
         return "\n".join(lines) + "\n"
 
     def save_toml(self, path: str | os.PathLike) -> Path:
@@ -380,21 +380,6 @@ def _train_config_from_dict(kind: str, values: dict[str, Any], source: str):
     if kind == "segmenter":  # options the file leaves out: the CLI's defaults (a budget)
         values = {"max_seconds": SEGMENTER_BUDGET_S, **values}
     return cls.from_dict(values, source=source)
-
-
-def _toml(v: Any) -> str:
-    if v is None:
-        return '"none"'
-    if isinstance(v, bool):
-        return "true" if v else "false"
-    if isinstance(v, int | float):
-        return repr(v)
-    if isinstance(v, list | tuple):
-        return "[" + ", ".join(_toml(x) for x in v) + "]"
-    if isinstance(v, dict):
-        return "{" + ", ".join(f"{_toml(str(k))} = {_toml(x)}" for k, x in v.items()) + "}"
-    s = str(v).replace("\\", "\\\\").replace('"', '\\"')
-    return f'"{s}"'
 
 
 # ----------------------------------------------------------------------------- result
