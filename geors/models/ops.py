@@ -3,16 +3,17 @@ rules of geors' own (``nms_top``, :class:`BoxCoder`).
 
 ``import torchvision`` imports ``torchvision.models``, ``datasets`` and ``ops``,
 and ``torchvision.ops.roi_align`` imports ``torch._dynamo``: measured with torch
-2.14.1 and torchvision 0.29.1 (CPU, one thread, ``farm-bench``), +1.6 s of CPU
-and +155 MiB of peak memory for a one-tile ``geors detect`` (2.8 s -> 4.5 s).
+2.14.1 and torchvision 0.29.1 (CPU, one thread, ``farm-bench``, two sessions),
++1.5 to 1.6 s of CPU and +100 to 155 MiB of peak memory for a one-tile
+``geors detect`` (3.3 s -> 4.8 s CPU).
 So this module imports torchvision only when a box op first runs
 (:func:`tv_ops`): commands and processes that never run the detector
 (``tiles``, ``masks``, ``label``, ``segment``, ``models``, a QGIS session before
 its first detection) do not pay for it. geors used to load torchvision's
 compiled library file itself to skip that import; that bypassed torchvision's
 own loader and version checks, so it is gone. Kernels written in plain torch
-instead gave the same boxes but made the detector ~30% slower per tile on a
-CPU (measured: 2.6 s vs 1.95 s for two 640 px tiles, one thread).
+instead gave the same boxes but made the detector about a third slower per
+tile on a CPU (2.6 s vs 1.95 s for two 640 px tiles, one thread).
 
 Boxes are ``(N, 4)`` float tensors ``x1, y1, x2, y2`` in pixels.
 """
@@ -38,7 +39,7 @@ __all__ = [
 
 
 def tv_ops():
-    """``torchvision.ops``, imported on first use (the import costs ~1.6 s and ~155 MiB; see above)."""
+    """``torchvision.ops``, imported on first use (the import costs ~1.5 s and 100-155 MiB; see above)."""
     import torchvision.ops
 
     return torchvision.ops
