@@ -5,7 +5,9 @@ Made to run unattended in the first minutes of a lent GPU (total time guarded by
     python benchmarks/device_check.py --out $OUT/device.json             # cuda (if present) and cpu
     python benchmarks/device_check.py --device cpu --quick --threads 1   # a smoke run on a laptop
 
-Figures (weights are random or built-in; nothing is downloaded):
+It needs the geors environment (``pip install -e .`` with torch; ``segment-anything`` for the SAM
+figure, whose absence is reported as that figure's error). Figures (weights are random or built-in;
+nothing is downloaded):
 
 - ``gate+detect``: megapixels per second through ``Detector.gate_and_detect`` of the built-in tree
   model on 640 px tiles read (``Scene.read_tile``) from a generated scene of bright crowns on

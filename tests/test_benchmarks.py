@@ -210,15 +210,21 @@ def test_short_run(script, tmp_path):
 
 @pytest.mark.slow
 def test_device_check_stops_at_its_budget(tmp_path):
-    """A budget too short for a ViT-B forward on this CPU: the check ends by itself and keeps its JSON."""
+    """A budget too short for a ViT-B forward on one CPU thread (about 2 minutes here): the figure is stopped
+    (between the encoder's blocks; a single long C++ call would meet the hard stop, exit 124), the check ends
+    by itself and its JSON says why."""
     import time
 
     out = tmp_path / "d.json"
     t0 = time.monotonic()
-    r = run(["benchmarks/device_check.py", "--device", "cpu", "--threads", "1", "--budget", "8",
-             "--figures", "sam vit_b encoder", "--dir", str(tmp_path), "--out", str(out)], timeout=120)
+    r = run(["benchmarks/device_check.py", "--device", "cpu", "--threads", "1", "--budget", "15",
+             "--figures", "sam vit_b encoder", "--dir", str(tmp_path), "--out", str(out)], timeout=180)
     elapsed = time.monotonic() - t0
-    assert r.returncode in (0, 1, 124), r.stderr[-2000:]
-    assert elapsed < 8 + 20 + 30  # budget + HARD_STOP_S + interpreter start and imports on a loaded machine
+    assert elapsed < 15 + 20 + 30  # budget + HARD_STOP_S + interpreter start on a loaded machine
+    assert r.returncode in (0, 1, 124), r.stderr[-2000:]  # 0 only where one forward fits the budget
     report = json.loads(out.read_text())
     assert report["environment"]["torch_threads"] == 1
+    if r.returncode == 1:  # nothing measured: the row says why
+        assert report["rows"][0]["cpu"].startswith("skipped: the --budget of 15 s ran out")
+    elif r.returncode == 124:
+        assert "hard stop" in r.stderr
