@@ -51,6 +51,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import mask_data  # noqa: E402
+
 from harness import emit, parser, set_threads  # noqa: E402
 
 
