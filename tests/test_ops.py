@@ -161,6 +161,15 @@ def test_torchvision_is_imported_on_first_use_and_never_loaded_by_file(tmp_path)
     assert out.stdout.strip() == "False True []", out.stderr
 
 
+def test_missing_torchvision_is_a_clear_error(monkeypatch):
+    from geors.errors import DependencyNotFoundError
+
+    monkeypatch.setitem(sys.modules, "torchvision.ops", None)  # import fails as if it were not installed
+    boxes, scores = random_boxes(10)
+    with pytest.raises(DependencyNotFoundError, match="pip install --force-reinstall torch torchvision"):
+        ops.nms(boxes, scores, 0.5)
+
+
 def test_training_losses_still_build_samplers():
     torch.manual_seed(0)
     model = R2CNN(R2CNNConfig())

@@ -25,6 +25,8 @@ import math
 import torch
 from torch import Tensor
 
+from geors.errors import DependencyNotFoundError
+
 __all__ = [
     "BoxCoder",
     "batched_nms",
@@ -40,8 +42,13 @@ __all__ = [
 
 def tv_ops():
     """``torchvision.ops``, imported on first use (the import costs ~1.5 s and 100-155 MiB; see above)."""
-    import torchvision.ops
-
+    try:
+        import torchvision.ops
+    except (ImportError, RuntimeError) as exc:  # missing, or torchvision's own check of the torch it was built for
+        raise DependencyNotFoundError(
+            f"the detector needs torchvision's box ops, which cannot be imported ({exc}); install the torchvision "
+            "release made for this torch (pip install --force-reinstall torch torchvision)."
+        ) from exc
     return torchvision.ops
 
 
