@@ -252,6 +252,10 @@ def _train(**params) -> None:
     calibrate the gate and score thresholds. Progress goes to stderr; the last
     stdout line is a JSON summary, the last stderr line the validation AP50 and
     F1, where the model is and how to run it.
+
+    Retrain from corrections: --corrections RUN.gpkg (a geors detect/run output
+    whose detections layer you edited) instead of --scene/--labels fine-tunes
+    the run's model from your edits (docs/training.md).
     """
     import logging
 
