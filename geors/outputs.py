@@ -43,7 +43,7 @@ RESUME_KEYS = {
     "mask_method": "--sam", "mask_checkpoint_sha256": "--sam (the SAM checkpoint's content)",
     "segmenter": "--segmenter", "segmenter_sha256": "--segmenter (the file's content)",
     "segmenter_classes": "--segmenter (its class names)", "segmenter_colours": "--segmenter (its colours)",
-    "boxes": "--boxes", "boxes_sha256": "--boxes (the file's content)", "class_field": "--class-field",
+    "boxes": "--boxes", "boxes_sha256": "--boxes (the file's content)", "class_field": "--class-field", "layer": "--layer",
     "simplify_px": "--simplify", "multipart": "--all-parts", "with_stats": "--no-stats",
 }
 

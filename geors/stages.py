@@ -254,7 +254,7 @@ class BoxMasksStage:
         from geors.paths import sha256_file
 
         digest = sha256_file(boxes) if os.path.isfile(boxes) else None  # a changed file of the same name
-        return {"boxes": boxes, "boxes_sha256": digest, "class_field": self.class_field,
+        return {"boxes": boxes, "boxes_sha256": digest, "class_field": self.class_field, "layer": self.layer,
                 "simplify_px": self.masks.simplify_px, "multipart": self.masks.multipart,
                 **mask_engine_info(self.engine)}
 

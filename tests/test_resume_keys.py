@@ -236,3 +236,26 @@ def test_an_output_fingerprinted_by_an_older_geors_is_not_resumed_blindly(tmp_pa
     con.close()
     with pytest.raises(OutputError, match="recorded by an older geors"):
         process_scenes([scene], out, KeyedStage(model="m"), cfg(resume=True))
+
+
+def test_another_layer_of_the_boxes_file_is_refused_by_name(tmp_path):
+    # regression: BoxMasksStage.describe() had no layer, so `masks --layer b --resume` continued a run made
+    # from layer a of the same file (the file's sha256 is the same: the boxes of two layers mixed in one output)
+    import geopandas as gpd
+    import shapely
+
+    scene = scenes.rgb_uint8(tmp_path / "rgb.tif", 600, 400)
+    boxes = tmp_path / "boxes.gpkg"
+    x0, y0 = 404000.0, 3285000.0  # scenes.rgb_uint8's origin; 0.5 m pixels
+    for name, dx in (("a", 20.0), ("b", 150.0)):
+        polys = [shapely.box(x0 + dx + 30 * i, y0 - 60, x0 + dx + 30 * i + 10, y0 - 50) for i in range(3)]
+        gpd.GeoDataFrame({"label": ["car"] * 3}, geometry=polys, crs="EPSG:32617").to_file(
+            boxes, layer=name, driver="GPKG")
+    out = tmp_path / "m.gpkg"
+    common = ["--tile", "256", "--overlap", "64", "--sam", "box"]
+    r = geors("masks", scene, "--boxes", boxes, "-o", out, "--layer", "a", *common)
+    assert r.exit_code == 0, r.output
+    drop_ledger_rows(out, 2)
+    r = geors("masks", scene, "--boxes", boxes, "-o", out, "--layer", "b", *common, "--resume")
+    assert r.exit_code == 2 and "--layer: was 'a', now 'b'" in r.output, r.output
+    assert geors("masks", scene, "--boxes", boxes, "-o", out, "--layer", "a", *common, "--resume").exit_code == 0
