@@ -10,6 +10,7 @@ areas (:func:`areas_m2`) and pixel boxes as polygons in CRS units
 from __future__ import annotations
 
 import functools
+import math
 from collections.abc import Sequence
 
 import numpy as np
@@ -122,3 +123,12 @@ def crs_text(crs) -> str:
         return f"EPSG:{code}" if code else f"{as_pyproj(crs).name} (custom WKT)"
     except Exception:  # noqa: BLE001 - any CRS object or text pyproj cannot read
         return str(crs)[:80]
+
+
+METRES_PER_DEGREE = 111_320.0  # one degree of longitude at the equator (WGS 84), metres
+
+
+def degree_width_m(lat: float) -> float:
+    """Ground width of one degree of longitude at latitude ``lat`` (degrees), metres: the approximation used
+    for the ground sampling distance and scale bars of geographic scenes."""
+    return METRES_PER_DEGREE * math.cos(math.radians(lat))

@@ -30,7 +30,7 @@ from pathlib import Path
 
 import numpy as np
 
-from geors.crs import crs_text
+from geors.crs import crs_text, degree_width_m
 from geors.errors import ConfigError, LabelError, OutputError
 
 log = logging.getLogger(__name__)
@@ -438,7 +438,7 @@ def _decorate(rgb, scene, bounds, px, classes, counts, title, scale, methods=Non
     metres_per_px = px[0] * m_per_unit
     if kind == "deg":
         lat = (bounds[1] + bounds[3]) / 2
-        metres_per_px = px[0] * 111_320 * math.cos(math.radians(lat))
+        metres_per_px = px[0] * degree_width_m(lat)
     if kind != "px" and metres_per_px > 0:
         length_m = _nice_length(0.22 * w * metres_per_px)
         bar_px = length_m / metres_per_px

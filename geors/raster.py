@@ -35,7 +35,7 @@ from rasterio.enums import ColorInterp, MaskFlags, Resampling
 from rasterio.errors import RasterioIOError
 from rasterio.windows import Window
 
-from geors.crs import crs_text
+from geors.crs import crs_text, degree_width_m
 from geors.errors import BandError, ConfigError, GeoreferenceError, SceneReadError
 
 log = logging.getLogger(__name__)
@@ -288,7 +288,7 @@ class Scene:
             return None
         if self.crs.is_geographic:
             lat = (self.transform @ (self.width / 2, self.height / 2))[1]
-            return abs(self.transform.a) * 111_320.0 * math.cos(math.radians(lat))
+            return abs(self.transform.a) * degree_width_m(lat)
         factor = self.crs.linear_units_factor[1] if self.crs.linear_units_factor else 1.0
         return abs(self.transform.a) * factor
 
