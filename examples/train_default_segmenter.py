@@ -4,7 +4,7 @@ Data:
 
 * NEON tree crowns (``geors sample neon``): the two 2019_YELL_2 crops for
   training, OSBS_029 + SOAP_061 held out. Their crown boxes become a label
-  raster with ``geors.label.write_label_raster`` and the ``box`` mask engine
+  raster with ``geors.samrs.write_label_raster`` and the ``box`` mask engine
   (the SAMRS recipe with the cheapest engine); every other pixel is
   ``background`` (``--background``). Class ``Tree``.
 * DOTA P1888 (``../shared/data/dota-P1888``, not in the repository): a 712 x

@@ -26,7 +26,7 @@ from geors.errors import OutputError
 from geors.inputs import FINGERPRINT_VERSION
 from geors.paths import check_outputs_not_inputs
 from geors.raster import Scene
-from geors.stage import Stage
+from geors.stage_contract import Stage
 from geors.tiling import Tile
 from geors.vector import GeoPackageWriter
 

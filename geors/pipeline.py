@@ -64,7 +64,7 @@ from geors.paths import check_outputs_not_inputs
 from geors.progress import NullProgress, Progress
 from geors.raster import Scene
 from geors.results import TileResult
-from geors.stage import Stage, StageGroup, TileBatch
+from geors.stage_contract import Stage, StageGroup, TileBatch
 from geors.summary import RunSummary, tally
 from geors.tiling import Tile, TileGrid
 from geors.vector import GeoPackageWriter
@@ -213,7 +213,7 @@ def process_scenes(
 ) -> RunSummary:
     """Run ``stage`` over every tile of every scene and write to ``out`` (GeoPackage).
 
-    The lower-level entry of :func:`run` for any :class:`geors.stage.Stage`;
+    The lower-level entry of :func:`run` for any :class:`geors.stage_contract.Stage`;
     ``config``'s tiling, execution and output parts apply (its detect/masks/
     segment parts only describe the stage and are recorded).
 

@@ -113,7 +113,7 @@ class Segmenter:
 class SegmentStage:
     """C2FNet as a pipeline stage: fills ``TileResult.class_raster`` (uint8 (H, W), 255 = no class).
 
-    Callable both as ``stage(batch)`` with a :class:`geors.stage.TileBatch` and
+    Callable both as ``stage(batch)`` with a :class:`geors.stage_contract.TileBatch` and
     as ``stage(scene, tiles, images)``. It never clips to cores, polygonises,
     dissolves or writes.
 
@@ -154,7 +154,7 @@ class SegmentStage:
     @property
     def segmenter(self) -> Segmenter:
         if self._seg is None:
-            from geors.stage import load_once
+            from geors.stage_contract import load_once
 
             self._seg = load_once(("segmenter", str(self.spec), self.device, self.refine, self.batch_size),
                                   lambda: Segmenter.load(self.spec, device=self.device, refine=self.refine,

@@ -1,7 +1,7 @@
-"""Concrete stages (see :mod:`geors.stage` for the contract): detection (+ masks), masks of given boxes,
+"""Concrete stages (see :mod:`geors.stage_contract` for the contract): detection (+ masks), masks of given boxes,
 tile-grid statistics.
 
-Each stage loads its models once per process (:func:`geors.stage.load_once`),
+Each stage loads its models once per process (:func:`geors.stage_contract.load_once`),
 is shipped to Dask workers without its weights, returns tile-local results and
 leaves seams and writing to the pipeline.
 """
@@ -21,7 +21,7 @@ from geors.crs import pixel_box_to_polygon
 from geors.errors import BandError
 from geors.raster import Scene
 from geors.results import Detection, TileResult
-from geors.stage import TileBatch, load_once
+from geors.stage_contract import TileBatch, load_once
 from geors.tiling import Tile, window_bounds
 
 log = logging.getLogger(__name__)

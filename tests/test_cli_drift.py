@@ -233,12 +233,12 @@ TRAIN_COMMANDS = ("train detector", "train gate", "train segmenter")
 def handed_over(monkeypatch, inputs):
     """``handed_over(args)``: run ``geors ARGS`` up to the point where it hands its work to the library (the
     pipeline's ``process_scenes``, ``write_label_raster``, ``train_run``); what it hands over."""
-    import geors.label
     import geors.pipeline
+    import geors.samrs
     import geors.train.api
 
     label_args: dict = {}
-    real_label = geors.label.write_label_raster
+    real_label = geors.samrs.write_label_raster
 
     def label(*a, **kw):
         label_args.update({k: repr(v) for k, v in kw.items() if k not in ("progress", "cancel", "config")})
@@ -254,7 +254,7 @@ def handed_over(monkeypatch, inputs):
         raise Captured(run=run.to_dict(), output=str(output), progress=type(progress).__name__)
 
     monkeypatch.setattr(geors.pipeline, "process_scenes", process_scenes)
-    monkeypatch.setattr(geors.label, "write_label_raster", label)
+    monkeypatch.setattr(geors.samrs, "write_label_raster", label)
     monkeypatch.setattr(geors.train.api, "train_run", train_run)
 
     def run(args: list[str]) -> dict:

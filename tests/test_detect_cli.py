@@ -117,7 +117,7 @@ def test_stage_loads_weights_once_per_process_even_when_unpickled(random_model, 
         calls.append(a)
         return real(cls, *a, **k)
 
-    from geors import stage as stage_mod
+    from geors import stage_contract as stage_mod
     from geors.config import DetectConfig
 
     monkeypatch.setattr(Detector, "load", classmethod(counting))

@@ -11,7 +11,7 @@ import rasterio
 import shapely
 
 from geors.errors import LabelError
-from geors.label import UNLABELLED, read_class_map, write_label_raster
+from geors.samrs import UNLABELLED, read_class_map, write_label_raster
 from tests.mask_scenes import DISCS, transform, write_disc_scene
 
 

@@ -29,9 +29,9 @@ def command(scene, output, class_map, instances, masks_out, order, **params):
     written to a masks GeoPackage; the label raster is painted from it window by window (larger masks
     first by default, so small objects stay visible).
     """
-    from geors.label import write_label_raster
     from geors.paths import check_outputs_not_inputs
     from geors.progress import make_progress
+    from geors.samrs import write_label_raster
 
     check_outputs_not_inputs({"-o": output, "--instances": instances, "--masks-out": masks_out},
                              {"SCENE": scene, "--boxes": params["boxes"], "--class-map": class_map})

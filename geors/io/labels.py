@@ -547,7 +547,7 @@ def as_labelset(boxes, scene, class_field: str | None = None, layer: str | None 
     if isinstance(boxes, LabelSet):
         return boxes
     if isinstance(boxes, tuple) and len(boxes) == 2:
-        from geors.masks.boxes import as_boxes
+        from geors.masks.prompts import as_boxes
 
         arr, names = boxes
         b = as_boxes(arr)

@@ -59,12 +59,12 @@ with ``Scene.read_window`` and decodes on its own. :func:`instances_for_tile` do
 from __future__ import annotations
 
 from geors.masks.base import FALLBACK, MaskEngine
-from geors.masks.box import BoxEngine
-from geors.masks.boxes import MaskCrop, MaskResult, box_fits, box_window, rh_box
+from geors.masks.box_engine import BoxEngine
 from geors.masks.factory import make_mask_engine
 from geors.masks.grabcut import GrabCutEngine
 from geors.masks.judge import DEFAULT_THRESHOLDS, JudgeThresholds, judge_mask
 from geors.masks.polygons import mask_to_geometry
+from geors.masks.prompts import MaskCrop, MaskResult, box_fits, box_window, rh_box
 from geors.masks.sam import SAM_KINDS, SamBoxPredictor, SamEngine
 from geors.masks.tile import instances_for_tile
 from geors.masks.watershed import WatershedEngine

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from geors.masks.boxes import MaskCrop, clip_window
+from geors.masks.prompts import MaskCrop, clip_window
 
 __all__ = ["MaskEngine", "check_image", "box_crop", "BOX", "FALLBACK"]
 

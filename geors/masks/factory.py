@@ -8,7 +8,7 @@ from pathlib import Path
 
 from geors.errors import ConfigError, ModelError
 from geors.masks.base import MaskEngine
-from geors.masks.box import BoxEngine
+from geors.masks.box_engine import BoxEngine
 from geors.masks.grabcut import GrabCutEngine
 from geors.masks.sam import SAM_KINDS, SamEngine
 from geors.masks.watershed import WatershedEngine

@@ -7,7 +7,7 @@ import logging
 import numpy as np
 
 from geors.masks.base import FALLBACK, MaskEngine, box_crop, check_image
-from geors.masks.boxes import MaskCrop, as_boxes, clip_window
+from geors.masks.prompts import MaskCrop, as_boxes, clip_window
 
 __all__ = ["GrabCutEngine"]
 

@@ -8,8 +8,8 @@ import numpy as np
 from affine import Affine
 
 from geors.masks.base import MaskEngine
-from geors.masks.boxes import MaskResult, box_fits, box_window
 from geors.masks.polygons import mask_to_geometry
+from geors.masks.prompts import MaskResult, box_fits, box_window
 
 __all__ = ["instances_for_tile"]
 

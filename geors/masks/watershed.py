@@ -51,8 +51,8 @@ from dataclasses import fields
 import numpy as np
 
 from geors.masks.base import FALLBACK, MaskEngine, box_crop, check_image
-from geors.masks.boxes import MaskCrop, as_boxes, clip_window
 from geors.masks.judge import DEFAULT_THRESHOLDS, JudgeThresholds, MaskJudgement, decide, mask_features
+from geors.masks.prompts import MaskCrop, as_boxes, clip_window
 
 __all__ = ["WatershedEngine"]
 

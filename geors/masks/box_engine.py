@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from geors.masks.base import MaskEngine, box_crop, check_image
-from geors.masks.boxes import MaskCrop, as_boxes
+from geors.masks.prompts import MaskCrop, as_boxes
 
 __all__ = ["BoxEngine"]
 
