@@ -15,7 +15,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 from click.testing import CliRunner
 
 from geors.cli.main import main
@@ -27,12 +26,7 @@ NEON = Path.home() / ".cache/geors/samples/neon"
 RUN = ["--tile", "256", "--overlap", "64", "--threads", "1", "--no-gate"]  # 2 x 2 tiles over 400 x 400 px
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

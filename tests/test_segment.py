@@ -23,14 +23,7 @@ from geors.models.c2fnet import (
     window_counts,
 )
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # 2 shared cores: several torch threads per test spin against each other (10x slower steps)
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 CRS = "EPSG:32633"

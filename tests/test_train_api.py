@@ -15,7 +15,6 @@ import numpy as np
 import pytest
 import rasterio
 import shapely
-import torch
 from affine import Affine
 from click.testing import CliRunner
 
@@ -31,12 +30,7 @@ T = Affine(0.5, 0, 500000.0, 0, -0.5, 4000000.0)
 SMALL_ARCH = {"rpn_batch": 64, "roi_batch": 32, "pre_nms_train": 300, "post_nms_train": 64, "post_nms_test": 50}
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _write(path: Path, img: np.ndarray) -> Path:

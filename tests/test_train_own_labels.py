@@ -11,7 +11,6 @@ import json
 import numpy as np
 import pytest
 import rasterio
-import torch
 from affine import Affine
 from click.testing import CliRunner
 
@@ -25,12 +24,7 @@ from geors.train.detector import TrainConfig, calibrate_gate_threshold, train_de
 SMALL_ARCH = {"rpn_batch": 64, "roi_batch": 32, "pre_nms_train": 300, "post_nms_train": 64, "post_nms_test": 50}
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def squares(rng, n, side):

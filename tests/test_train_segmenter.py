@@ -9,7 +9,6 @@ import numpy as np
 import pytest
 import rasterio
 import shapely
-import torch
 from affine import Affine
 from click.testing import CliRunner
 
@@ -20,12 +19,7 @@ T = Affine(0.5, 0, 400000.0, 0, -0.5, 5000000.0)
 SHIPS = [(y, x) for y in (10, 50, 90) for x in (12, 60, 100)] + [(30, 36), (70, 80), (110, 40)]
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _write(path: Path, arr: np.ndarray, **kw) -> Path:
