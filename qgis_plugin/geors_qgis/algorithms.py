@@ -11,8 +11,6 @@ from qgis.core import (
     QgsProcessing,
     QgsProcessingAlgorithm,
     QgsProcessingException,
-    QgsProcessingOutputBoolean,
-    QgsProcessingOutputFile,
     QgsProcessingOutputString,
     QgsProcessingOutputVectorLayer,
     QgsProcessingParameterDefinition,
@@ -27,7 +25,7 @@ from qgis.PyQt.QtGui import QIcon
 
 from . import options as O
 from .environment import EnvironmentNotFound, GeorsEnvironment, Probe, model_info, models_list
-from .install_check import NOT_FOUND_HELP, check_installation, format_report
+from .install_check import NOT_FOUND_HELP
 from .layer_export import SceneExports, export_parameters
 from .layers import LabelRasterStyler, load_results_on_completion
 from .runner import RunResult, resume_args, run_geors
@@ -568,54 +566,7 @@ class SegmentAlgorithm(_SceneListMixin, _GpkgOutputAlgorithm):
         return (info or {}).get("metadata") or info
 
 
-class CheckInstallationAlgorithm(QgsProcessingAlgorithm):
-    """Reports the geors environment and, for each missing piece, the command that fixes it."""
-
-    def __init__(self, info: ProviderInfo | None = None):
-        super().__init__()
-        self.info = info or ProviderInfo()
-
-    def createInstance(self):  # noqa: N802
-        return type(self)(self.info)
-
-    def name(self):
-        return "check_installation"
-
-    def displayName(self):  # noqa: N802
-        return "Check installation"
-
-    def group(self):
-        return "Setup"
-
-    def groupId(self):  # noqa: N802
-        return "setup"
-
-    def icon(self):
-        return QIcon(ICON)
-
-    def shortHelpString(self):  # noqa: N802
-        return ("Finds the geors environment (plugin setting, $GEORS_PYTHON, or 'geors' on PATH) and reports the "
-                "versions of geors and torch, CUDA, the detector models and SAM checkpoints present; for every "
-                "missing piece it prints the exact command that fixes it.")
-
-    def initAlgorithm(self, config=None):  # noqa: N802
-        self.addParameter(QgsProcessingParameterFileDestination("REPORT_FILE", "Save report as",
-                                                                "Text (*.txt)", None, True, False))
-        self.addOutput(QgsProcessingOutputString("REPORT", "Report"))
-        self.addOutput(QgsProcessingOutputBoolean("OK", "Everything needed is installed"))
-        self.addOutput(QgsProcessingOutputFile("REPORT_FILE", "Report file"))
-
-    def processAlgorithm(self, parameters, context, feedback):  # noqa: N802
-        report = check_installation(configured_environment(), feedback)
-        text = format_report(report)
-        for line in text.splitlines():
-            feedback.pushInfo(line)
-        path = self.parameterAsFileOutput(parameters, "REPORT_FILE", context)
-        if path:
-            Path(path).write_text(text, encoding="utf-8")
-        return {"REPORT": text, "OK": report["ok"], "REPORT_FILE": path or None}
-
-
 ALGORITHMS = (RunAlgorithm, DetectAlgorithm, MasksAlgorithm, LabelAlgorithm, TrainDetectorAlgorithm,
-              TrainSegmenterAlgorithm, InfoAlgorithm, TilesAlgorithm, CheckInstallationAlgorithm)
-"""Always listed; :class:`SegmentAlgorithm` is added when the environment's CLI has ``segment``."""
+              TrainSegmenterAlgorithm, InfoAlgorithm, TilesAlgorithm)
+"""Always listed; :class:`SegmentAlgorithm` is added when the environment's CLI has ``segment``; the Setup group
+(Check installation, Set up environment) is in :mod:`setup_algorithm`."""

@@ -20,7 +20,7 @@ from .environment import (
 )
 from .retrain import RetrainAlgorithm
 from .settings import configured_environment, register_setting, unregister_setting
-from .setup_algorithm import SetupEnvironmentAlgorithm
+from .setup_algorithm import CheckInstallationAlgorithm, SetupEnvironmentAlgorithm
 
 DEFAULT_MODEL = "r2cnn-neon-trees"
 _CACHE_KEY = "geors_qgis/model_info_cache"
@@ -111,6 +111,7 @@ class GeorsProvider(QgsProcessingProvider):
         self.info = discover()
         for cls in ALGORITHMS:
             self.addAlgorithm(cls(self.info))
+        self.addAlgorithm(CheckInstallationAlgorithm(self.info))
         self.addAlgorithm(SetupEnvironmentAlgorithm(self.info))
         self.addAlgorithm(RetrainAlgorithm(self.info))  # the analyst's loop (retrain.py)
         if self.info.probe is not None and self.info.probe.has_segment:

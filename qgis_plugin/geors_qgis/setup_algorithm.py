@@ -1,4 +1,5 @@
-"""The "Set up environment" algorithm: a geors environment made and configured from QGIS, in one run.
+"""The Setup group: *Check installation* (what the plugin's geors environment has and, for each missing
+piece, the fix) and *Set up environment* (a geors environment made and configured from QGIS, in one run).
 
 Processing runs it as a background task (progress bar, Cancel) in the dialog and headless through
 ``qgis_process run geors:setup_environment``. The work is :mod:`setup_env`'s; this module reads the
@@ -22,6 +23,7 @@ from qgis.core import (
     QgsProcessingParameterDefinition,
     QgsProcessingParameterEnum,
     QgsProcessingParameterFile,
+    QgsProcessingParameterFileDestination,
     QgsProcessingParameterString,
 )
 from qgis.PyQt.QtGui import QIcon
@@ -29,7 +31,7 @@ from qgis.PyQt.QtGui import QIcon
 from . import setup_env as S
 from .environment import install_source
 from .install_check import check_installation, format_report
-from .settings import store_environment, sync_processing_setting
+from .settings import configured_environment, store_environment, sync_processing_setting
 
 ICON = str(Path(__file__).with_name("icon.png"))
 TORCH_LABELS = ["auto: CUDA build where an NVIDIA GPU is found, else CPU-only",
@@ -38,22 +40,15 @@ TORCH_LABELS = ["auto: CUDA build where an NVIDIA GPU is found, else CPU-only",
                 "PyPI's default for this platform"]
 
 
-class SetupEnvironmentAlgorithm(QgsProcessingAlgorithm):
-    """Creates a venv, installs torch and geors into it, checks it and makes it the plugin's environment."""
+class SetupAlgorithm(QgsProcessingAlgorithm):
+    """The Setup group's algorithms: they work without a geors environment (they find or make one)."""
 
     def __init__(self, info=None):
         super().__init__()
         self.info = info
-        self._stored: str | None = None
 
     def createInstance(self):  # noqa: N802
         return type(self)(self.info)
-
-    def name(self):
-        return "setup_environment"
-
-    def displayName(self):  # noqa: N802
-        return "Set up environment"
 
     def group(self):
         return "Setup"
@@ -63,6 +58,52 @@ class SetupEnvironmentAlgorithm(QgsProcessingAlgorithm):
 
     def icon(self):
         return QIcon(ICON)
+
+
+class CheckInstallationAlgorithm(SetupAlgorithm):
+    """Reports the geors environment and, for each missing piece, the command that fixes it."""
+
+    def name(self):
+        return "check_installation"
+
+    def displayName(self):  # noqa: N802
+        return "Check installation"
+
+    def shortHelpString(self):  # noqa: N802
+        return ("Finds the geors environment (plugin setting, $GEORS_PYTHON, or 'geors' on PATH) and reports the "
+                "versions of geors and torch, CUDA, the detector models and SAM checkpoints present; for every "
+                "missing piece it prints the exact command that fixes it.")
+
+    def initAlgorithm(self, config=None):  # noqa: N802
+        self.addParameter(QgsProcessingParameterFileDestination("REPORT_FILE", "Save report as",
+                                                                "Text (*.txt)", None, True, False))
+        self.addOutput(QgsProcessingOutputString("REPORT", "Report"))
+        self.addOutput(QgsProcessingOutputBoolean("OK", "Everything needed is installed"))
+        self.addOutput(QgsProcessingOutputFile("REPORT_FILE", "Report file"))
+
+    def processAlgorithm(self, parameters, context, feedback):  # noqa: N802
+        report = check_installation(configured_environment(), feedback)
+        text = format_report(report)
+        for line in text.splitlines():
+            feedback.pushInfo(line)
+        path = self.parameterAsFileOutput(parameters, "REPORT_FILE", context)
+        if path:
+            Path(path).write_text(text, encoding="utf-8")
+        return {"REPORT": text, "OK": report["ok"], "REPORT_FILE": path or None}
+
+
+class SetupEnvironmentAlgorithm(SetupAlgorithm):
+    """Creates a venv, installs torch and geors into it, checks it and makes it the plugin's environment."""
+
+    def __init__(self, info=None):
+        super().__init__(info)
+        self._stored: str | None = None
+
+    def name(self):
+        return "setup_environment"
+
+    def displayName(self):  # noqa: N802
+        return "Set up environment"
 
     def shortHelpString(self):  # noqa: N802
         return ("Makes a Python environment for geors, once: a virtual environment in the QGIS profile folder "
