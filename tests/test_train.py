@@ -562,7 +562,7 @@ def test_example_and_cli_share_one_calibration_path():
     import ast
     from pathlib import Path
 
-    src = (Path(__file__).parents[1] / "examples" / "train_default_model.py").read_text()
+    src = (Path(__file__).parents[1] / "experiments" / "train_default_model.py").read_text()
     called = {n.func.id for n in ast.walk(ast.parse(src)) if isinstance(n, ast.Call) and isinstance(n.func, ast.Name)}
     assert "train_detector" in called  # which splits and calibrates; the example has no calibration of its own
     assert not {"calibrate_gate", "split_validation"} & called

@@ -29,15 +29,15 @@ made the earlier defaults it was fine-tuned from (``docs/detector.md``), runs
 the ablations there, and ``--eval-only`` gives the held-out table for any model.
 
     geors sample neon            # or have the files in ~/.cache/geors/samples/neon/
-    python examples/train_default_model.py --threads 1 --out /tmp/r2cnn.safetensors
+    python experiments/train_default_model.py --threads 1 --out /tmp/r2cnn.safetensors
 
 Ablation (same schedule, IoU assignment in the RPN)::
 
-    python examples/train_default_model.py --threads 1 --assigner iou --out /tmp/r2cnn_iou.safetensors
+    python experiments/train_default_model.py --threads 1 --assigner iou --out /tmp/r2cnn_iou.safetensors
 
 Evaluate an existing model only::
 
-    python examples/train_default_model.py --eval-only geors/models/weights/r2cnn_neon_trees.safetensors
+    python experiments/train_default_model.py --eval-only geors/models/weights/r2cnn_neon_trees.safetensors
 """
 
 from __future__ import annotations
@@ -226,7 +226,7 @@ def main() -> None:
                          "empty_images": empty,
                          "script_args": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
                          "held_out": [h for h, _ in HELD_OUT],
-                         "script": "examples/train_default_model.py"},
+                         "script": "experiments/train_default_model.py"},
         })
         save_model(model, meta, args.out)
         logging.info("saved %s (%.2f MB)", args.out, args.out.stat().st_size / 1e6)

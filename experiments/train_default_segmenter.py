@@ -21,8 +21,8 @@ Evaluation on the held-out images, same model: coarse network only vs C2FNet
 (coarse + fine + Eq. 1): per-class IoU, F1 and seconds per megapixel.
 
     geors sample neon
-    python examples/train_default_segmenter.py --threads 1 --out /tmp/c2fnet.safetensors
-    python examples/train_default_segmenter.py --eval-only geors/models/weights/c2fnet_neon_dota.safetensors
+    python experiments/train_default_segmenter.py --threads 1 --out /tmp/c2fnet.safetensors
+    python experiments/train_default_segmenter.py --eval-only geors/models/weights/c2fnet_neon_dota.safetensors
 """
 
 from __future__ import annotations
@@ -194,7 +194,7 @@ def main() -> None:
                              crop_size=args.crop, seed=args.seed, device="cpu", val_fraction=args.val_fraction,
                              max_seconds=args.max_minutes * 60 if args.max_minutes else None)
         result = geors.train("segmenter", args.out, train, cfg, name="c2fnet-neon-dota", notify=print,
-                             record={"script": "examples/train_default_segmenter.py", "script_args": vars(args)})
+                             record={"script": "experiments/train_default_segmenter.py", "script_args": vars(args)})
         model_path = args.out
         tr = result.metadata["training"]
         print(json.dumps({"model": model_path, "label_pixels": tr["label_pixels"],
