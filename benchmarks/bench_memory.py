@@ -21,7 +21,8 @@ from harness import emit, make_big_scene, parser, set_threads  # noqa: E402
 
 CHILD = r"""
 import json, os, resource, sys, time
-os.environ.setdefault("GDAL_CACHEMAX", "128")  # what the CLI sets
+from geors.raster import RECOMMENDED_GDAL_CACHEMAX_MB
+os.environ.setdefault("GDAL_CACHEMAX", str(RECOMMENDED_GDAL_CACHEMAX_MB))  # what the CLI sets
 from geors.config import ExecutionConfig, PipelineConfig
 from geors.pipeline import process_scenes
 from geors.results import TileResult

@@ -34,7 +34,9 @@ from harness import emit, parser, set_threads, write_rows  # noqa: E402
 
 CHILD = r"""
 import json, os, resource, sys, time
-os.environ.setdefault("GDAL_CACHEMAX", "128")  # what the geors CLI sets; GDAL's default (5% of RAM) grows with the scene
+from geors.raster import RECOMMENDED_GDAL_CACHEMAX_MB
+# what the geors CLI sets; GDAL's default (5% of RAM) grows with the scene
+os.environ.setdefault("GDAL_CACHEMAX", str(RECOMMENDED_GDAL_CACHEMAX_MB))
 import numpy as np
 import torch
 torch.set_num_threads(int(sys.argv[5]))

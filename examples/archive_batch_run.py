@@ -20,9 +20,11 @@ import os
 import sys
 from pathlib import Path
 
-os.environ.setdefault("GDAL_CACHEMAX", "128")  # before rasterio is imported: memory stays flat while streaming
-
 import geors  # noqa: E402
+from geors.raster import RECOMMENDED_GDAL_CACHEMAX_MB  # noqa: E402
+
+# what the geors CLI sets (before the first read): memory stays flat while streaming
+os.environ.setdefault("GDAL_CACHEMAX", str(RECOMMENDED_GDAL_CACHEMAX_MB))
 from geors import DetectConfig, ExecutionConfig, MaskConfig, OutputConfig, PipelineConfig, TilingConfig  # noqa: E402
 
 

@@ -25,9 +25,10 @@ import os
 import sys
 from pathlib import Path
 
-os.environ.setdefault("GDAL_CACHEMAX", "128")
-
 import geors  # noqa: E402
+from geors.raster import RECOMMENDED_GDAL_CACHEMAX_MB  # noqa: E402
+
+os.environ.setdefault("GDAL_CACHEMAX", str(RECOMMENDED_GDAL_CACHEMAX_MB))  # what the geors CLI sets
 from geors import DetectConfig, ExecutionConfig, MaskConfig, PipelineConfig, TilingConfig  # noqa: E402
 
 
