@@ -24,7 +24,7 @@ second-stage background RoI (no box regression), sampled like the negatives
 of a crop with targets. In the paper only the gate ever sees empty ground, so
 nothing teaches the detector branch to stay quiet there; measured on the NEON
 trees, detectors trained that way wrote 10-39 boxes per empty lake tile
-without the gate (docs/detector.md). Default ``False``: older model files
+without the gate (docs/detector-research.md). Default ``False``: older model files
 load and train unchanged.
 
 **Cheap gate (deviation from the paper).** With ``gate_input_scale = s > 1``
@@ -112,7 +112,7 @@ class R2CNNConfig:
     post_nms_train: int = 512
     # Inference top-k: with 300 proposals after NMS (the previous default) the
     # weak RPN ranking capped the recall of the default model at 0.30 on the
-    # held-out NEON images; 6000 / 1000 / 1000 lift it to 0.53 (docs/detector.md).
+    # held-out NEON images; 6000 / 1000 / 1000 lift it to 0.53 (docs/detector-research.md, recall ceiling).
     pre_nms_test: int = 6000
     post_nms_test: int = 1000
     rpn_nms: float = 0.7
