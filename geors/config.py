@@ -225,7 +225,7 @@ class PipelineConfig:
             if part is not None:
                 for fld in fields(part):  # the Python API gets the type checks of numbers and switches
                     if "str" not in str(fld.type):  # (paths, CRS objects... are the validators' business)
-                        _check_type(getattr(part, fld.name), fld.type, _opt(_CLI_NAMES.get(fld.name, fld.name)))
+                        check_type(getattr(part, fld.name), fld.type, _opt(_CLI_NAMES.get(fld.name, fld.name)))
                 part.validate()
         return self
 
@@ -274,7 +274,7 @@ class PipelineConfig:
                 raise ConfigError(f"{source}: unknown option(s) {sorted(bad)} in [{sec}]; known: {sorted(names)}")
             types = {f.name: f.type for f in fields(kind)}
             for k, v in values.items():
-                _check_type(v, types[k], f"{source}: [{sec}] {k}")
+                check_type(v, types[k], f"{source}: [{sec}] {k}")
             values = {k: (tuple(v) if isinstance(v, list) else v) for k, v in values.items()}
             parts[sec] = kind(**values)
         return cls(**parts)
@@ -299,7 +299,7 @@ class PipelineConfig:
         data = read_toml(p, "--config")
         for sec, values in list(data.items()):
             if isinstance(values, dict) and "enabled" in values:
-                _check_type(values["enabled"], "bool", f"{p}: [{sec}] enabled")
+                check_type(values["enabled"], "bool", f"{p}: [{sec}] enabled")
             if isinstance(values, dict) and values.get("enabled", True) is False:
                 data[sec] = None
             elif isinstance(values, dict):
@@ -333,7 +333,7 @@ def _type_ok(value, kind: str) -> bool:
     return True  # a type this check does not know: validate() decides
 
 
-def _check_type(value, annotation: str, where: str) -> None:
+def check_type(value, annotation: str, where: str) -> None:
     """Values from TOML (or Python) typed like the CLI options: ``overwrite = "false"`` is not false."""
     kinds = [k.strip() for k in str(annotation).split("|")]
     if value is None and "None" in kinds:
