@@ -161,7 +161,7 @@ def iter_tile_batches(tiles: Sequence[Tile], batch_size: int) -> Iterator[list[T
         yield list(tiles[i:i + batch_size])
 
 
-def _run_batch(scene: Scene, tiles: list[Tile], inputs: list | None, stage: Stage, threads: int) -> list[TileResult]:
+def run_batch(scene: Scene, tiles: list[Tile], inputs: list | None, stage: Stage, threads: int) -> list[TileResult]:
     """Runs in a worker: read the tiles, skip nodata ones, call the stage, apply the seam rules."""
     configure_threads(threads)
     t0 = time.perf_counter()
@@ -348,7 +348,7 @@ def _execute(plan, stage: Stage, execution: ExecutionConfig, executor: Executor,
             return False
         scene, tiles = task
         inputs = stage.tile_inputs(scene, tiles)
-        fut = executor.submit(_run_batch, scene, tiles, inputs, stage, threads)
+        fut = executor.submit(run_batch, scene, tiles, inputs, stage, threads)
         fut.add_done_callback(lambda f, task=task: done_q.put((task, f)))
         in_flight += 1
         return True

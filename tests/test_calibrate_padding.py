@@ -13,7 +13,7 @@ import torch
 
 from geors.detect import Detector
 from geors.models.r2cnn import R2CNN, R2CNNConfig
-from geors.train.calibrate import _validation_tables, gate_scores
+from geors.train.calibrate import gate_scores, validation_tables
 from geors.train.crops import TrainTile
 
 
@@ -43,7 +43,7 @@ def test_gate_calibration_scores_equal_inference_per_tile():
 
 def test_validation_table_equals_inference_per_tile():
     model, tiles, det = _case()
-    pred, _ = _validation_tables(model, tiles, batch_size=4)
+    pred, _ = validation_tables(model, tiles, batch_size=4)
     for j, t in enumerate(tiles):
         name = f"0:{j}:{t.name}"
         mine = pred["images"] == name

@@ -121,14 +121,14 @@ def test_training_reduces_loss_and_finds_squares():
     assert int((iou.max(dim=1).values >= 0.5).sum()) >= 2
     # the score threshold rule: highest F1 over the candidates, ties to the lower threshold
     from geors.evaluate.detections import evaluate_detections
-    from geors.train.detector import _validation_tables, calibrate_score_threshold
+    from geors.train.calibrate import calibrate_score_threshold, validation_tables
 
     sc = calibrate_score_threshold(model, tiles)
     assert sc["status"] == "calibrated" and sc["n_truth"] == 6
     f1s = [row[3] for row in sc["curve"]]
     assert sc["best_f1_threshold"] == sc["curve"][f1s.index(max(f1s))][0]
     assert sc["f1"] >= max(f1s) - sc["f1_tolerance"] - 1e-4  # within one standard error of the best (6 objects)
-    o = evaluate_detections(*_validation_tables(model, tiles), iou_thresholds=(0.5,),
+    o = evaluate_detections(*validation_tables(model, tiles), iou_thresholds=(0.5,),
                             score_threshold=sc["score_threshold"])["overall"]
     assert (o["recall"], o["precision"]) == pytest.approx((sc["recall"], sc["precision"]), abs=1e-4)
     none = calibrate_score_threshold(model, [tiles[2]])  # no objects to calibrate on

@@ -112,14 +112,14 @@ def test_b_one_small_scene_gets_a_spatial_validation_split():
 def test_b_one_small_scene_gets_a_calibrated_score_threshold(monkeypatch):
     """Through train_detector: the held-back blocks reach the score calibration (its detections replaced by the
     truth with scores, so that a short run can be calibrated), and the final validation AP50 and F1 are recorded."""
-    real = calibrate_mod._validation_tables
+    real = calibrate_mod.validation_tables
 
     def perfect(model, tiles, batch_size=2):
         p, g = real(model, tiles, batch_size)
         return {"boxes": g["boxes"], "scores": np.full(len(g["boxes"]), 0.8, np.float32),
                 "classes": g["classes"], "images": g["images"]}, g
 
-    monkeypatch.setattr(calibrate_mod, "_validation_tables", perfect)
+    monkeypatch.setattr(calibrate_mod, "validation_tables", perfect)
     rng = np.random.default_rng(1)
     cfg = TrainConfig(max_seconds=None, epochs=1, steps_per_epoch=2, batch_size=2, crop_size=64, device="cpu",
                       arch=SMALL_ARCH)
@@ -247,7 +247,7 @@ def test_score_threshold_within_noise_of_the_best_f1_falls_back_towards_the_defa
     """9 held-back vehicles chose 0.80 (F1 0.75 vs 0.72 at 0.30): on the test side 0.80 wrote recall 0.26, F1 0.38,
     0.30 F1 0.51. A best F1 that few objects cannot tell from others gives way to the one nearest 0.3; with many
     objects the best F1 is kept."""
-    monkeypatch.setattr(calibrate_mod, "_validation_tables", lambda model, tiles, batch_size=2: _tables(n_rep))
+    monkeypatch.setattr(calibrate_mod, "validation_tables", lambda model, tiles, batch_size=2: _tables(n_rep))
     sc = calibrate_mod.calibrate_score_threshold(None, [None])
     f1 = {row[0]: row[3] for row in sc["curve"]}
     best_t = max(f1, key=lambda t: (f1[t], -t))

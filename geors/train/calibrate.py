@@ -56,7 +56,7 @@ class GateCalibrationError(GeorsError, ValueError):
 
 
 @torch.no_grad()
-def _validation_tables(model: R2CNN, val_tiles: Sequence[TrainTile], batch_size: int = 2) -> tuple[dict, dict]:
+def validation_tables(model: R2CNN, val_tiles: Sequence[TrainTile], batch_size: int = 2) -> tuple[dict, dict]:
     """``(pred, truth)`` tables of ``model``'s detections (score >= 0.05, no gate) on ``val_tiles``.
 
     Each image is trimmed by its own zero padding (:func:`geors.detect.padding_groups`, the rule of
@@ -98,7 +98,7 @@ def validation_ap50(model: R2CNN, val_tiles: Sequence[TrainTile], num_classes: i
     """AP50 (mean over classes with objects) of ``model``'s detections (score >= 0.05, no gate) on ``val_tiles``."""
     from geors.evaluate.detections import evaluate_detections
 
-    p, g = _validation_tables(model, val_tiles, batch_size)
+    p, g = validation_tables(model, val_tiles, batch_size)
     ap50 = evaluate_detections(p, g, iou_thresholds=(0.5,))["overall"]["AP50"]
     return float(ap50 or 0.0)
 
@@ -144,7 +144,7 @@ def calibrate_score_threshold(
 
     rule = ("highest F1 (IoU 0.5) on the validation images over thresholds 0.05-0.95, within one standard error "
             f"of it the threshold nearest {PRIOR_SCORE_THRESHOLD}; ties: the lower threshold")
-    p, g = _validation_tables(model, val_tiles) if val_tiles else (None, None)
+    p, g = validation_tables(model, val_tiles) if val_tiles else (None, None)
     n_truth = 0 if g is None else len(g["boxes"])
     ap50 = (float(evaluate_detections(p, g, iou_thresholds=(0.5,))["overall"]["AP50"] or 0.0)
             if n_truth else None)

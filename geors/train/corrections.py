@@ -283,7 +283,7 @@ def _redetect(run: dict, scene, tile_ids: Sequence[str]) -> dict[str, list[tuple
     import torch
 
     from geors.config import DetectConfig
-    from geors.pipeline import _run_batch
+    from geors.pipeline import run_batch
     from geors.stages import DetectStage
     from geors.tiling import TileGrid
 
@@ -295,7 +295,7 @@ def _redetect(run: dict, scene, tile_ids: Sequence[str]) -> dict[str, list[tuple
     wanted = set(tile_ids)
     tiles = [t for t in grid if t.id in wanted]
     out: dict[str, list] = {}
-    for res in _run_batch(scene, tiles, None, stage, max(torch.get_num_threads(), 1)):
+    for res in run_batch(scene, tiles, None, stage, max(torch.get_num_threads(), 1)):
         win = res.window
         out[res.tile_id] = [(np.asarray(d.box_px, np.float64) + [win.col_off, win.row_off, win.col_off,
                                                                   win.row_off], d.class_name, float(d.score))

@@ -49,7 +49,6 @@ from geors.train.calibrate import (
     GATE_TARGET_RECALL,
     SCORE_CANDIDATES,
     GateCalibrationError,
-    _validation_tables,
     calibrate_gate,
     calibrate_gate_threshold,
     calibrate_score_threshold,
@@ -74,7 +73,7 @@ __all__ = [
     "DEFAULT_STEPS", "MIN_LABELLED_OBJECTS", "GATE_TARGET_RECALL", "SCORE_CANDIDATES", "MIN_VISIBLE",
     "GateCalibrationError", "TrainTile", "TrainConfig", "train_detector", "sample_batch", "grid_tiles",
     "split_validation", "gate_scores", "calibrate_gate", "calibrate_gate_threshold", "calibrate_score_threshold",
-    "tiles_from_scenes", "validation_ap50", "_validation_tables",
+    "tiles_from_scenes", "validation_ap50",
 ]
 
 log = logging.getLogger(__name__)
