@@ -52,7 +52,7 @@ def _read_rgb(path: Path) -> np.ndarray:
 
 def _pieces(root: Path, rng: np.random.Generator) -> list[dict]:
     """Image pieces (3, h, w) uint8 with their pixel boxes, held-out first."""
-    from geors.io.labels import clip_boxes, read_labels
+    from geors.io.box_labels import clip_boxes, read_labels
 
     class _Img:  # minimal scene stand-in for read_labels on an ungeoreferenced crop
         def __init__(self, name, h, w):
@@ -103,9 +103,9 @@ def make_sparse_scene(out: Path, size: int = 8000, fraction: float = 0.02, tile:
     from affine import Affine
     from rasterio.crs import CRS
 
-    from geors.io.labels import LabelSet
+    from geors.io.box_labels import LabelSet
     from geors.tiling import TileGrid
-    from geors.train.labels import tiles_with_labels
+    from geors.train.scene_tiles import tiles_with_labels
 
     rng = np.random.default_rng(seed)
     pieces = _pieces(root, rng)

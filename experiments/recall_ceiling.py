@@ -24,7 +24,7 @@ from torchvision.ops import box_iou, clip_boxes_to_image, nms, remove_small_boxe
 from geors import open_scene
 from geors.detect import trim_padding
 from geors.evaluate import evaluate_detections
-from geors.io.labels import read_labels
+from geors.io.box_labels import read_labels
 from geors.models.registry import load_model
 
 SAMPLES = Path(os.environ.get("GEORS_NEON_DIR", Path.home() / ".cache/geors/samples/neon"))

@@ -8,7 +8,7 @@ crops are drawn about 50/50. SOAP_031 has no labels and is not used.
 Held out: OSBS_029 and SOAP_061. All labels are one class, ``tree``.
 The images are read through ``geors.open_scene`` (scene-wide 2-98 percentile
 stretch, the same normalisation inference uses) and the labels through
-``geors.io.labels.read_labels``.
+``geors.io.box_labels.read_labels``.
 
 The default options train with the cheap gate (``--gate-scale 4``: the gate
 reads tiles average-pooled by 4) pooled over its 3 strongest locations
@@ -56,7 +56,7 @@ from rasterio.windows import Window
 from geors import open_scene
 from geors.detect import Detector
 from geors.evaluate import evaluate_detections
-from geors.io.labels import read_labels
+from geors.io.box_labels import read_labels
 from geors.models.registry import save_model
 from geors.train.anchors import box_sizes
 from geors.train.detector import TrainConfig, TrainTile, train_detector

@@ -75,7 +75,7 @@ def prepare(work: Path) -> dict[str, list[tuple[Path, Path]]]:
     from affine import Affine
     from pyproj import Transformer
 
-    from geors.io.labels import read_labels
+    from geors.io.box_labels import read_labels
     from geors.raster import open_scene
 
     work.mkdir(parents=True, exist_ok=True)

@@ -37,7 +37,7 @@ _LAZY = {
     "Detector": "geors.detect",
     "make_mask_engine": "geors.masks",
     "write_label_raster": "geors.samrs",
-    "read_labels": "geors.io.labels",
+    "read_labels": "geors.io.box_labels",
     "evaluate_detections": "geors.evaluate",
     "evaluate_detection_files": "geors.evaluate",
     "miou_instances": "geors.evaluate",

@@ -3,7 +3,7 @@
 The recipe of SAMRS (Wang et al., 2023) as a GIS tool:
 
 1. Boxes come from any vector file OGR reads, in any CRS (reprojected to the
-   scene CRS by :func:`geors.io.labels.read_labels`), or from arrays. A
+   scene CRS by :func:`geors.io.box_labels.read_labels`), or from arrays. A
    rotated box becomes its circumscribed horizontal box (RH-box), the prompt
    SAMRS recommends for rotated-box labels.
 2. Each box is turned into a mask by a mask engine (SAM, the weight-free
@@ -199,7 +199,7 @@ def write_label_raster(
     Args:
         scene: a :class:`geors.raster.Scene` or a raster path.
         boxes: a vector file path (boxes/polygons in any CRS), a
-            :class:`geors.io.labels.LabelSet`, or a tuple ``(boxes, names)``
+            :class:`geors.io.box_labels.LabelSet`, or a tuple ``(boxes, names)``
             with (N, 4) scene pixel boxes xyxy (or (N, 4, 2) rotated corners)
             and N class names (or None).
         out_path: label GeoTIFF to write.
@@ -251,7 +251,7 @@ def write_label_raster(
     if config.masks is None:
         raise ConfigError("write_label_raster needs a configuration with a [masks] section")
     # class ids must be decidable before the long part runs
-    from geors.io.labels import as_labelset
+    from geors.io.box_labels import as_labelset
 
     ls = as_labelset(boxes, scene, class_field=class_field, layer=layer, min_visible=0.0)
     mapping = _raster_values([str(n) for n in ls.class_names], class_map)

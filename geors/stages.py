@@ -178,7 +178,7 @@ class BoxMasksStage:
     """Masks of given boxes (``geors masks``, ``geors label``): each tile decodes the boxes its core owns.
 
     Boxes come from any vector file in any CRS (or a Pascal VOC / CSV file),
-    read per scene with :func:`geors.io.labels.read_labels` in the main
+    read per scene with :func:`geors.io.box_labels.read_labels` in the main
     process; :meth:`tile_inputs` hands each batch only its tiles' boxes.
 
     A box the user gives is always answered: every box that overlaps a scene is
@@ -190,8 +190,8 @@ class BoxMasksStage:
     in the run summary (``TileResult.unanswered``).
 
     Args:
-        boxes: path of the boxes/polygons file, a :class:`geors.io.labels.LabelSet` or
-            ``(boxes, names)`` arrays in scene pixels (see :func:`geors.io.labels.as_labelset`).
+        boxes: path of the boxes/polygons file, a :class:`geors.io.box_labels.LabelSet` or
+            ``(boxes, names)`` arrays in scene pixels (see :func:`geors.io.box_labels.as_labelset`).
         masks: engine and polygon options.
         device: for SAM.
         class_field: attribute holding the class (default ``class``/``label``).
@@ -233,7 +233,7 @@ class BoxMasksStage:
         return _engine(self.masks.engine, self.device)
 
     def prepare(self, scenes: Sequence[Scene]) -> None:
-        from geors.io.labels import as_labelset
+        from geors.io.box_labels import as_labelset
 
         dropped: dict[int, str] | None = None
         for scene in scenes:

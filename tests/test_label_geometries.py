@@ -98,17 +98,17 @@ def test_open_line_as_truth_is_refused(case):
 
 
 def test_closed_lines_as_boxes_warn_and_open_lines_are_left_out(case, caplog):
-    from geors.io.labels import read_labels
+    from geors.io.box_labels import read_labels
     from geors.raster import open_scene
 
     scene = open_scene(case["scene"])
-    with caplog.at_level(logging.WARNING, logger="geors.io.labels"):
+    with caplog.at_level(logging.WARNING, logger="geors.io.box_labels"):
         rings = read_labels(case["rings"], scene, min_visible=0.0)
     np.testing.assert_allclose(rings.boxes, BOXES)  # the rings' polygons: the same boxes
     assert "rings.gpkg: 2 closed lines (ids 1, 2) are taken as the polygons they ring" in caplog.text
 
     caplog.clear()
-    with caplog.at_level(logging.WARNING, logger="geors.io.labels"):
+    with caplog.at_level(logging.WARNING, logger="geors.io.box_labels"):
         mixed = read_labels(case["open_line"], scene, min_visible=0.0)
     np.testing.assert_allclose(mixed.boxes, BOXES[:1])  # was 2 boxes: the line's extent taken as a box
     assert mixed.dropped == ((2, "no area (a point or open line)"),)

@@ -9,10 +9,10 @@ from affine import Affine
 from rasterio.crs import CRS
 
 from geors.errors import LabelError
-from geors.io.labels import read_labels
+from geors.io.box_labels import read_labels
 from geors.raster import open_scene
 from geors.tiling import TileGrid
-from geors.train.labels import tiles_with_labels
+from geors.train.scene_tiles import tiles_with_labels
 
 # Scene: 200 x 100 px, EPSG:32617, 0.5 m pixels, top-left at (500000, 4500000).
 ORIGIN_X, ORIGIN_Y, RES = 500_000.0, 4_500_000.0, 0.5
@@ -151,7 +151,7 @@ def test_real_neon_voc_and_csv_agree():
 
 def test_tiles_with_labels_assigns_clipped_local_boxes(scene):
     grid = TileGrid(scene, size=64, overlap=16)  # cols start 0,48,96,136; rows 0,36
-    from geors.io.labels import LabelSet
+    from geors.io.box_labels import LabelSet
 
     boxes = np.array([[40, 10, 60, 20],  # whole in tile c0 (0..64); 48..60 = 60% in c1 (48..112)
                       [5, 5, 10, 10]], dtype=float)
@@ -178,7 +178,7 @@ def test_tiles_with_labels_matches_bruteforce(scene):
     xy = rng.uniform(-10, 200, (300, 2))
     wh = rng.uniform(1, 40, (300, 2))
     boxes = np.concatenate([xy, xy + wh], axis=1)
-    from geors.io.labels import LabelSet, clip_boxes
+    from geors.io.box_labels import LabelSet, clip_boxes
 
     ls = LabelSet(boxes=boxes, class_names=("a",) * 300, class_ids=np.arange(300), classes=("a",), source=None)
     grid = TileGrid(scene, size=48, overlap=8)
@@ -275,9 +275,9 @@ def test_inverted_box_in_csv(tmp_path, scene):
 
 
 def test_training_crops_and_label_clipping_share_one_rule():
-    """train/crops cuts boxes with io.labels.clip_boxes: the same boxes survive a window at any offset,
+    """train/crops cuts boxes with io.box_labels.clip_boxes: the same boxes survive a window at any offset,
     an inverted box (xmax < xmin and ymax < ymin: positive 'area') included, which clip_boxes used to keep."""
-    from geors.io.labels import MIN_VISIBLE, clip_boxes
+    from geors.io.box_labels import MIN_VISIBLE, clip_boxes
     from geors.train.crops import TrainTile, _crop
 
     rng = np.random.default_rng(3)

@@ -17,7 +17,7 @@ from click.testing import CliRunner
 import geors.train.calibrate as calibrate_mod
 import geors.train.detector as detector_mod
 from geors.errors import ConfigError
-from geors.io.labels import MIN_VISIBLE
+from geors.io.box_labels import MIN_VISIBLE
 from geors.train.crops import TrainTile, count_objects, split_validation
 from geors.train.detector import TrainConfig, calibrate_gate_threshold, train_detector
 

@@ -447,7 +447,7 @@ def evaluate_detection_files(
         LabelError: unreadable/missing files, missing fields or CRS problems,
             pixel truth without a scene.
     """
-    from geors.io.labels import read_labels
+    from geors.io.box_labels import read_labels
 
     pred = read_layer(pred_path, layer, "predictions")
     warnings: list[str] = []
@@ -493,7 +493,7 @@ def evaluate_detection_files(
 
 def _gate_from_ledger(pred_path, scene, truth_boxes_px: np.ndarray, gate_threshold: float | None) -> dict | None:
     """Gate metrics from the ``geors_tiles`` ledger; None when it holds no gate scores for the scene."""
-    from geors.io.labels import MIN_VISIBLE, clip_boxes
+    from geors.io.box_labels import MIN_VISIBLE, clip_boxes
 
     ledger = read_gate_ledger(pred_path, scene)
     if ledger is None:

@@ -202,7 +202,7 @@ def read_truth(truth_path, scene, truth_class_field: str | None, warnings: list[
     import geopandas as gpd
 
     from geors.errors import LabelError
-    from geors.io.labels import is_pixel_csv, read_labels
+    from geors.io.box_labels import is_pixel_csv, read_labels
 
     truth_path = Path(truth_path)
     pixel_truth = truth_path.suffix.lower() == ".xml" or (
@@ -232,7 +232,7 @@ def truth_outlines(truth, path, warnings: list[str] | None = None):
     import shapely
 
     from geors.errors import LabelError
-    from geors.io.labels import closed_lines_as_polygons
+    from geors.io.box_labels import closed_lines_as_polygons
 
     if len(truth) == 0:
         return truth

@@ -151,7 +151,7 @@ class _PolygonLabels(LabelSource):
         import shapely
 
         from geors.crs import same_crs
-        from geors.io.labels import DEFAULT_CLASS_FIELDS, closed_lines_as_polygons, reproject_labels
+        from geors.io.box_labels import DEFAULT_CLASS_FIELDS, closed_lines_as_polygons, reproject_labels
 
         self.path = path
         try:

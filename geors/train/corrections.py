@@ -189,7 +189,7 @@ def _to_pixels(geoms: np.ndarray, crs, scene, path: Path) -> np.ndarray:
     import shapely
 
     from geors.crs import same_crs
-    from geors.io.labels import reproject_labels
+    from geors.io.box_labels import reproject_labels
 
     geoms = np.asarray(geoms, dtype=object)
     ok = ~(shapely.is_missing(geoms) | shapely.is_empty(geoms))
@@ -210,7 +210,7 @@ def _polygons_in_pixels(geoms: np.ndarray, crs, scene, path: Path):
     import shapely
 
     from geors.crs import same_crs
-    from geors.io.labels import reproject_labels
+    from geors.io.box_labels import reproject_labels
 
     geoms = np.asarray([g for g in geoms if g is not None and not shapely.is_empty(g)], dtype=object)
     geoms = geoms[np.isin(shapely.get_type_id(geoms), [3, 6])] if len(geoms) else geoms  # (multi)polygons
@@ -555,7 +555,7 @@ def correction_tiles(corr: Corrections, tile_size: int | None = None, overlap: i
     boxes and deleted boxes as ``negatives`` (:class:`geors.train.crops.TrainTile`).
 
     Returns:
-        ``(tiles, classes, info)`` as :func:`geors.train.labels.tiles_from_scenes` (``info["corrections"]`` holds
+        ``(tiles, classes, info)`` as :func:`geors.train.scene_tiles.tiles_from_scenes` (``info["corrections"]`` holds
         :meth:`Corrections.summary`).
     """
     import rasterio.features

@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 
 from geors.errors import LabelError
-from geors.io.labels import MIN_VISIBLE, clip_boxes
+from geors.io.box_labels import MIN_VISIBLE, clip_boxes
 from geors.tiling import axis_starts
 from geors.train.anchors import box_sizes
 from geors.train.augment import random_contrast, random_dihedral, random_photometric

@@ -22,7 +22,7 @@ little evidence) and the score threshold (best F1,
 CUDA the forward pass runs under mixed precision. Everything is seeded.
 
 The names of :mod:`geors.train.crops`, :mod:`geors.train.calibrate` and
-:func:`geors.train.labels.tiles_from_scenes` are importable from here too.
+:func:`geors.train.scene_tiles.tiles_from_scenes` are importable from here too.
 """
 
 from __future__ import annotations
@@ -66,7 +66,7 @@ from geors.train.crops import (
     sample_batch,
     split_validation,
 )
-from geors.train.labels import tiles_from_scenes
+from geors.train.scene_tiles import tiles_from_scenes
 from geors.train.schedule import BudgetSchedule
 
 __all__ = [

@@ -1,5 +1,5 @@
 """Training tiles from labelled scenes: which tile shows which labelled box (boxes come from
-:mod:`geors.io.labels`), and the scenes cut into training tiles."""
+:mod:`geors.io.box_labels`), and the scenes cut into training tiles."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 
 from geors.errors import LabelError
-from geors.io.labels import MIN_VISIBLE, LabelSet
+from geors.io.box_labels import MIN_VISIBLE, LabelSet
 
 __all__ = ["tiles_with_labels", "tiles_from_scenes"]
 
@@ -107,7 +107,7 @@ def tiles_from_scenes(
 
     Args:
         pairs: ``(scene path, label path)`` pairs; labels in any format
-            :func:`geors.io.labels.read_labels` accepts, or None for an image
+            :func:`geors.io.box_labels.read_labels` accepts, or None for an image
             without objects (all its tiles are empty examples).
         class_field: attribute holding the class in vector labels.
         tile_size, overlap: tile grid in pixels (as at inference).
@@ -126,7 +126,7 @@ def tiles_from_scenes(
     Raises:
         LabelError, SceneReadError, GeoreferenceError, BandError: bad inputs.
     """
-    from geors.io.labels import LabelSet, read_labels
+    from geors.io.box_labels import LabelSet, read_labels
     from geors.raster import open_scene
     from geors.tiling import TileGrid
     from geors.train.crops import TrainTile
