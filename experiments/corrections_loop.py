@@ -15,6 +15,9 @@ Stories:
 
 - ``trees``: the default tree model (``r2cnn-neon-trees``) on NEON OSBS_029 (61 crowns; ``geors sample neon``),
   left half corrected, right half scored.
+- ``yell``: a tree model trained on own labels: NEON YELL crop2 (574 crowns, ``--own-minutes``) trains, the
+  YELL crop (279 crowns) is the scene: left half corrected, right half scored (``trees-two-images`` of
+  ``benchmarks/user_stories.py``).
 - ``vehicles``: a model trained on own labels: DOTA P1888 (``../shared/data/dota-P1888``) split as
   ``benchmarks/user_stories.py`` does (top 55 % trains, with ``--max-minutes --own-minutes``); its bottom 45 %
   is the scene: left half corrected, right half scored.
@@ -173,7 +176,7 @@ def story(name: str, scene: Path, truth: Path, model: str | None, work: Path, mi
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--work", type=Path, default=Path("/tmp/corrections_loop"))
-    ap.add_argument("--stories", default="trees,vehicles")
+    ap.add_argument("--stories", default="trees,yell,vehicles")
     ap.add_argument("--max-minutes", type=float, default=3.0, help="budget of each fine-tune from corrections")
     ap.add_argument("--own-minutes", type=float, default=5.0, help="budget of the vehicles model's first training")
     ap.add_argument("--train-args", default="", help="more options of the fine-tune, e.g. '--lr 1e-3'")
@@ -193,6 +196,14 @@ def main(argv=None) -> int:
             us._write_part(d / "scene", img, us._read_voc(us.NEON / "OSBS_029.xml"),
                            (0, 0, img.shape[2], img.shape[1]), "EPSG:32617", (404000.0, 3285000.0), 0.1)
             rows += story("trees", d / "scene.tif", d / "scene.gpkg", None, d, a.max_minutes, log, extra, seeds)
+        elif name == "yell":
+            d = data["trees-two-images"]["dir"]
+            own = d / "own.safetensors"
+            if not own.exists():
+                run(["train", "detector", "--scene", str(d / "train.tif"), "--labels", str(d / "train.gpkg"),
+                     "--class-field", "class", "-o", str(own), "--max-minutes", str(a.own_minutes),
+                     "--progress", "none"], log)
+            rows += story("yell", d / "test.tif", d / "test.gpkg", str(own), d, a.max_minutes, log, extra, seeds)
         elif name == "vehicles":
             if "vehicles" not in data:
                 print("vehicles: ../shared/data/dota-P1888 not found; skipped", file=sys.stderr)
