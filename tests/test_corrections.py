@@ -181,14 +181,14 @@ def test_below_threshold_rows_are_background_unless_accepted(run_output, tmp_pat
     object."""
     scene, out = run_output
     rows = _rows(out)
-    edited = _edit(out, tmp_path / "edited.gpkg", delete=[rows.index[0]])
+    edited = _edit(out, tmp_path / "edited.gpkg", delete=[rows.index[0]], reviewed=_bounds(scene))
     _sql(edited, ("UPDATE detections SET passes_threshold = 0 WHERE fid IN (?, ?)",
                   (int(rows.index[1]), int(rows.index[2]))))
     c = read_corrections(edited)
-    assert c.counts["kept_below_threshold"] + c.counts["outside_reviewed"] >= 2
-    n_low = c.counts["kept_below_threshold"]
+    assert c.counts["kept_below_threshold"] == 2 and c.counts["kept"] == len(rows) - 3
     _sql(edited, ("UPDATE detections SET passes_threshold = 1 WHERE fid = ?", (int(rows.index[1]),)))
-    assert read_corrections(edited).counts["kept_below_threshold"] == n_low - 1 or n_low == 0
+    c = read_corrections(edited)
+    assert c.counts["kept_below_threshold"] == 1 and c.counts["kept"] == len(rows) - 2
 
 
 def test_refusals_name_the_file_and_what_to_do(run_output, tmp_path):
