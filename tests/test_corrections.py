@@ -162,6 +162,7 @@ def test_reviewed_area_layer_limits_objects_negatives_and_pixels(run_output, tmp
     assert c.reviewed_from.startswith("layer reviewed_area")
     assert c.counts["deleted"] == 1  # the right one lies outside the reviewed area
     assert c.counts["kept"] == len(left) - 1 and c.counts["outside_reviewed"] == len(right)
+    assert (c.counts["kept"] < 20) == any("review more of the scene" in n for n in c.notes)
     tiles, _, _ = correction_tiles(c)
     half = 200  # scene pixels
     for t in tiles:
