@@ -467,6 +467,7 @@ class TrainDetectorAlgorithm(_TrainAlgorithm):
                    "calibrate the gate and score thresholds. Writes a .safetensors model usable as MODEL in "
                    "Detect / Run.")
     opts = O.TABLES["train detector"]
+    skip = ("--scene", "--labels", "--corrections", "--reviewed-area")  # the last two: Retrain from corrections
     labels_title = "Box labels, one layer per scene (same order)"
     jsonl_fallback = True  # geors train detector has --progress jsonl since the time budget became the schedule
 
