@@ -316,7 +316,9 @@ _CLI_NAMES = {"tile_size": "tile", "simplify_px": "simplify", "engine": "sam", "
               "use_gate": "no_gate"}
 
 _TYPE_WORDS = {"bool": "true or false", "int": "an integer", "float": "a number", "str": "a text in quotes",
-               "tuple[int, ...]": "a list of integers, e.g. [4, 3, 2]"}
+               "tuple[int, ...]": "a list of integers, e.g. [4, 3, 2]", "ints": "a list of integers, e.g. [4, 3, 2]",
+               "path": "a path in quotes", "paths": "a list of paths in quotes", "strs": "a list of texts in quotes",
+               "renames": 'a table of texts, e.g. {Tree = "tree"}'}
 
 
 def _type_ok(value, kind: str) -> bool:
@@ -328,19 +330,29 @@ def _type_ok(value, kind: str) -> bool:
         return isinstance(value, int | float) and not isinstance(value, bool)
     if kind == "str":
         return isinstance(value, str)
-    if kind == "tuple[int, ...]":
+    if kind in ("tuple[int, ...]", "ints"):
         return isinstance(value, list | tuple) and all(_type_ok(v, "int") for v in value)
+    if kind == "path":
+        return isinstance(value, str | os.PathLike)
+    if kind in ("paths", "strs"):
+        return isinstance(value, list | tuple) and all(isinstance(v, str | os.PathLike) for v in value)
+    if kind == "renames":
+        return isinstance(value, dict) and all(isinstance(k, str) and isinstance(v, str) for k, v in value.items())
     return True  # a type this check does not know: validate() decides
 
 
 def check_type(value, annotation: str, where: str) -> None:
-    """Values from TOML (or Python) typed like the CLI options: ``overwrite = "false"`` is not false."""
+    """Values from TOML (or Python) typed like the CLI options: ``overwrite = "false"`` is not false.
+
+    ``annotation``: a field's annotation as text (``"int | None"``) or one of the kinds of the training data
+    (``path``, ``paths``, ``strs``, ``ints``, ``renames``); ``None`` among them: the value may be left out."""
     kinds = [k.strip() for k in str(annotation).split("|")]
     if value is None and "None" in kinds:
         return
+    optional = "None" in kinds
     kinds = [k for k in kinds if k != "None"]
     if not any(_type_ok(value, k) for k in kinds):
-        expected = " or ".join(_TYPE_WORDS.get(k, k) for k in kinds)
+        expected = " or ".join(_TYPE_WORDS.get(k, k) for k in kinds) + (" (or leave it out)" if optional else "")
         try:
             shown = toml_value(value)
         except Exception:  # noqa: BLE001 - an object TOML cannot hold (Python API)
@@ -387,3 +399,24 @@ def read_toml(path: str | os.PathLike, what: str) -> dict[str, Any]:
         raise ConfigError(f"{p}: {what} is not a text file; give a TOML file (see --save-config)") from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{p}: {what} is not valid TOML: {exc}") from None
+
+
+def save_toml(path: str | os.PathLike, text: str, option: str = "--save-config") -> Path:
+    """Write TOML ``text`` to ``path`` through a temporary file (never a half-written file), in a folder that
+    exists; every reason it cannot be written is an OutputError naming ``option``."""
+    from geors.errors import OutputError
+
+    p = Path(path)
+    if p.is_dir():
+        raise OutputError(f"{p}: {option} is a folder; give a .toml file path.")
+    parent = p.parent if str(p.parent) else Path(".")
+    if not parent.is_dir():
+        raise OutputError(f"{p}: {option}: the folder {parent} does not exist; create it first.")
+    tmp = p.with_name(f".{p.name}.{os.getpid()}.tmp")
+    try:
+        tmp.write_text(text, encoding="utf-8")
+        os.replace(tmp, p)
+    except OSError as exc:
+        tmp.unlink(missing_ok=True)
+        raise OutputError(f"{p}: {option} cannot be written: {exc.strerror or exc}") from None
+    return p

@@ -186,10 +186,9 @@ def build_config(base: PipelineConfig, params: dict, ctx: click.Context | None =
 
 def save_config(path: str, cfg: PipelineConfig, ctx: click.Context) -> None:
     """``--save-config``: the effective configuration as TOML, never over an input, in a folder that exists."""
-    import os
     from pathlib import Path
 
-    from geors.errors import OutputError
+    from geors.config import save_toml
     from geors.paths import check_outputs_not_inputs
 
     p = Path(path).expanduser()
@@ -199,18 +198,7 @@ def save_config(path: str, cfg: PipelineConfig, ctx: click.Context) -> None:
         {"SCENES": given.get("scenes") or given.get("scene"), "--config": given.get("config_file"),
          "--boxes": given.get("boxes"), "--model": given.get("model"), "--sam": given.get("sam"),
          "--segmenter": given.get("segmenter"), "--class-map": given.get("class_map")})
-    parent = p.parent if str(p.parent) else Path(".")
-    if not parent.is_dir():
-        raise OutputError(f"{p}: --save-config: the folder {parent} does not exist; create it first.")
-    if p.is_dir():
-        raise OutputError(f"{p}: --save-config is a folder; give a .toml file path.")
-    tmp = p.with_name(f".{p.name}.{os.getpid()}.tmp")
-    try:
-        tmp.write_text(cfg.to_toml(), encoding="utf-8")
-        os.replace(tmp, p)
-    except OSError as exc:
-        tmp.unlink(missing_ok=True)
-        raise OutputError(f"{p}: --save-config cannot be written: {exc.strerror or exc}") from None
+    save_toml(p, cfg.to_toml())
 
 
 def resume_command() -> str:

@@ -13,8 +13,8 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from geors.config import check_type, read_toml, toml_value
-from geors.errors import ConfigError, OutputError
+from geors.config import check_type, read_toml, save_toml, toml_value
+from geors.errors import ConfigError
 
 __all__ = ["KINDS", "SEGMENTER_BUDGET_S", "TrainData", "TrainingRun", "default_train_config"]
 
@@ -160,37 +160,9 @@ _DATA_TYPES: dict[str, tuple[str, bool]] = {
     "background": ("str", True), "unlabelled": ("str", False), "labelled_area": ("path", True),
     "corrections": ("path", True), "reviewed_area": ("path", True),
 }
-_WORDS = {"paths": "a list of paths in quotes", "path": "a path in quotes", "str": "a text in quotes",
-          "strs": "a list of texts in quotes", "ints": "a list of integers, e.g. [4, 3, 2]", "bool": "true or false",
-          "float": "a number", "int": "an integer", "renames": 'a table of texts, e.g. {Tree = "tree"}'}
-
-
-def _is(value: Any, kind: str) -> bool:
-    if kind == "bool":
-        return isinstance(value, bool)
-    if kind == "int":
-        return isinstance(value, int) and not isinstance(value, bool)
-    if kind == "float":
-        return isinstance(value, int | float) and not isinstance(value, bool)
-    if kind in ("str",):
-        return isinstance(value, str)
-    if kind == "path":
-        return isinstance(value, str | os.PathLike)
-    if kind in ("paths", "strs"):
-        return isinstance(value, list | tuple) and all(isinstance(v, str | os.PathLike) for v in value)
-    if kind == "ints":
-        return isinstance(value, list | tuple) and all(_is(v, "int") for v in value)
-    if kind == "renames":
-        return isinstance(value, dict) and all(isinstance(k, str) and isinstance(v, str) for k, v in value.items())
-    return True
-
-
 def _check_value(value: Any, spec: tuple[str, bool], where: str) -> None:
     kind, optional = spec
-    if value is None and optional:
-        return
-    if not _is(value, kind):
-        raise ConfigError(f"{where} = {value!r}: expected {_WORDS[kind]}{' (or leave it out)' if optional else ''}")
+    check_type(value, f"{kind} | None" if optional else kind, where)
 
 
 # ----------------------------------------------------------------------------- one training run
@@ -291,20 +263,7 @@ class TrainingRun:
 
     def save_toml(self, path: str | os.PathLike) -> Path:
         """Write :meth:`to_toml` to ``path`` (the folder must exist); return the path."""
-        p = Path(path)
-        if p.is_dir():
-            raise OutputError(f"{p}: --save-config is a folder; give a .toml file path.")
-        parent = p.parent
-        if str(parent) and not parent.is_dir():
-            raise OutputError(f"{p}: --save-config: the folder {parent} does not exist; create it first.")
-        tmp = p.with_name(f".{p.name}.{os.getpid()}.tmp")
-        try:
-            tmp.write_text(self.to_toml(), encoding="utf-8")
-            os.replace(tmp, p)
-        except OSError as exc:
-            tmp.unlink(missing_ok=True)
-            raise OutputError(f"{p}: --save-config cannot be written: {exc.strerror or exc}") from None
-        return p
+        return save_toml(path, self.to_toml())
 
     @classmethod
     def from_toml(cls, path: str | os.PathLike, kind: str | None = None) -> TrainingRun:
