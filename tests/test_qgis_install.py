@@ -27,6 +27,8 @@ from geors_qgis import setup_env as S  # noqa: E402
 from geors_qgis.environment import GeorsEnvironment, install_command  # noqa: E402
 from geors_qgis.runner import run_geors  # noqa: E402
 
+from fake_feedback import FakeFeedback  # noqa: E402
+
 NO_GPU = S.GpuFacts()
 SMI_L = "GPU 0: NVIDIA GeForce RTX 3060 (UUID: GPU-8f2c7e0a-1111-2222-3333-444455556666)\n"
 SMI = """+-----------------------------------------------------------------------------+
@@ -257,44 +259,6 @@ def test_pip_output_becomes_progress():
     assert bad.errors == ["Could not find a version that satisfies the requirement torch (from versions: none)"]
 
 
-class _Feedback:
-    def __init__(self, cancel_at: float | None = None):
-        self.cancel_at, self.cancelled = cancel_at, False
-        self.progress: list[float] = []
-        self.texts: list[str] = []
-        self.commands: list[str] = []
-        self.console: list[str] = []
-
-    def isCanceled(self):  # noqa: N802
-        return self.cancelled
-
-    def setProgress(self, p):  # noqa: N802
-        self.progress.append(p)
-        if self.cancel_at is not None and p >= self.cancel_at:
-            self.cancelled = True
-
-    def setProgressText(self, t):  # noqa: N802
-        self.texts.append(t)
-
-    def pushCommandInfo(self, t):  # noqa: N802
-        self.commands.append(t)
-
-    def pushConsoleInfo(self, t):  # noqa: N802
-        self.console.append(t)
-
-    def pushInfo(self, t):  # noqa: N802
-        self.console.append(t)
-
-    def reportError(self, t, fatal=False):  # noqa: N802
-        self.console.append(t)
-
-    def pushWarning(self, t):  # noqa: N802
-        self.console.append(t)
-
-    def pushDebugInfo(self, t):  # noqa: N802
-        self.console.append(t)
-
-
 def _fake_plan(folder: Path, pip_script: str, verify: dict | None = None) -> S.SetupPlan:
     """A plan whose steps are this interpreter printing what venv/pip/the check print."""
     facts = verify or {"geors": "0.1.0", "torch": "2.5.1+cpu", "cuda_build": None, "cuda": False}
@@ -309,7 +273,7 @@ def _fake_plan(folder: Path, pip_script: str, verify: dict | None = None) -> S.S
 def test_run_setup_reports_progress_and_writes_the_log(tmp_path):
     folder = tmp_path / "env ü"
     script = f"import sys, time\nfor line in {PIP_LOG.splitlines()!r}:\n    print(line, flush=True)\n"
-    fb = _Feedback()
+    fb = FakeFeedback()
     res = S.run_setup(_fake_plan(folder, script), fb, raw_progress=lambda py: False)
     assert res.ok and res.facts["torch"] == "2.5.1+cpu" and not res.cancelled
     assert fb.progress == sorted(fb.progress) and fb.progress[-1] == pytest.approx(100.0)
@@ -326,10 +290,10 @@ def test_run_setup_reports_progress_and_writes_the_log(tmp_path):
 
 def test_run_setup_names_the_failing_step(tmp_path):
     script = "import sys\nprint('Collecting torch')\nprint('ERROR: No matching distribution found for torch')\nsys.exit(1)"
-    res = S.run_setup(_fake_plan(tmp_path, script), _Feedback(), raw_progress=lambda py: False)
+    res = S.run_setup(_fake_plan(tmp_path, script), FakeFeedback(), raw_progress=lambda py: False)
     assert not res.ok and res.failed_step == "install torch (cpu)"
     assert res.errors == ["No matching distribution found for torch"]
-    missing = S.run_setup(_fake_plan(tmp_path / "b", "print(1)", {"torch_error": "ImportError: x"}), _Feedback(),
+    missing = S.run_setup(_fake_plan(tmp_path / "b", "print(1)", {"torch_error": "ImportError: x"}), FakeFeedback(),
                           raw_progress=lambda py: False)
     assert not missing.ok and missing.failed_step == "check the environment"
     assert missing.errors == ["geors not importable", "ImportError: x"]
@@ -337,7 +301,7 @@ def test_run_setup_names_the_failing_step(tmp_path):
 
 def test_run_setup_cancel_stops_pip(tmp_path):
     script = "import time\nprint('Collecting torch', flush=True)\ntime.sleep(60)\nprint('Successfully installed x')"
-    fb = _Feedback(cancel_at=6.0)  # cancelled once the first 'Collecting' moves the bar
+    fb = FakeFeedback(cancel_at=6.0)  # cancelled once the first 'Collecting' moves the bar
     t0 = time.monotonic()
     res = S.run_setup(_fake_plan(tmp_path, script), fb, raw_progress=lambda py: False)
     assert res.cancelled and not res.ok and res.failed_step == "install torch (cpu)"
@@ -353,7 +317,7 @@ _ECHO = "import json, sys; print(json.dumps({'argv': sys.argv[1:]}))"
 def test_runner_passes_odd_paths_whole():
     """The runner hands geors every argument as one argv entry (no shell): spaces, quotes, 'ü', '&'."""
     args = ["detect", "/data/Jane Doe/scène ü.tif", "-o", "/out/it's & more/trees.gpkg"]
-    res = run_geors(GeorsEnvironment((sys.executable, "-c", _ECHO), "test"), args, _Feedback())
+    res = run_geors(GeorsEnvironment((sys.executable, "-c", _ECHO), "test"), args, FakeFeedback())
     assert res.returncode == 0 and res.summary == {"argv": args}
 
 

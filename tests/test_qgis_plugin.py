@@ -27,6 +27,7 @@ from affine import Affine
 from rasterio.crs import CRS
 
 import scenes
+from fake_feedback import FakeFeedback
 
 REPO = Path(__file__).resolve().parents[1]
 HARNESS = Path(__file__).with_name("qgis_harness.py")
@@ -386,41 +387,6 @@ def test_dialog_defaults_take_the_models_score_threshold(qgis):
     assert res == {"gate": 0.2222, "score": 0.15, "score_without": 0.3}
 
 
-class _Feedback:
-    def __init__(self, cancel_at: float | None = None):
-        self.cancel_at, self.cancelled, self.progress, self.log = cancel_at, False, [], []
-
-    def isCanceled(self):  # noqa: N802
-        return self.cancelled
-
-    def setProgress(self, p):  # noqa: N802
-        self.progress.append(p)
-        if self.cancel_at is not None and p >= self.cancel_at:
-            self.cancelled = True
-
-    def setProgressText(self, t):  # noqa: N802
-        self.log.append(("text", t))
-
-    def pushInfo(self, t):  # noqa: N802
-        self.log.append(("info", t))
-
-    def pushWarning(self, t):  # noqa: N802
-        self.log.append(("warning", t))
-
-    def pushConsoleInfo(self, t):  # noqa: N802
-        self.log.append(("console", t))
-
-    def pushCommandInfo(self, t):  # noqa: N802
-        self.log.append(("command", t))
-
-    def pushDebugInfo(self, t):  # noqa: N802
-        self.log.append(("debug", t))
-
-    def reportError(self, t, fatal=False):  # noqa: N802
-        self.log.append(("error", t))
-
-
-# A stand-in for `geors ... --progress jsonl`: two scenes of 4 tiles; stops cleanly on SIGINT.
 _FAKE = r"""
 import json, signal, sys, time
 signal.signal(signal.SIGINT, signal.default_int_handler)  # as geors does (its CLI installs its own handler)
@@ -443,7 +409,7 @@ def test_runner_maps_progress_and_summary():
     from geors_qgis.environment import GeorsEnvironment
     from geors_qgis.runner import run_geors
 
-    fb = _Feedback()
+    fb = FakeFeedback()
     res = run_geors(GeorsEnvironment((sys.executable, "-c", _FAKE), "test"), ["0.01"], fb, n_scenes=2)
     assert res.returncode == 0 and not res.cancelled and res.summary == {"run_id": "r1", "detections": 8}
     assert fb.progress == sorted(fb.progress) and fb.progress[-1] == 100.0
@@ -455,7 +421,7 @@ def test_runner_cancel_interrupts_subprocess():
     from geors_qgis.environment import GeorsEnvironment
     from geors_qgis.runner import run_geors
 
-    fb = _Feedback(cancel_at=10.0)
+    fb = FakeFeedback(cancel_at=10.0)
     res = run_geors(GeorsEnvironment((sys.executable, "-c", _FAKE), "test"), ["0.5"], fb, n_scenes=2)
     assert res.cancelled and res.returncode == 130 and res.errors == ["interrupted"]
     assert max(fb.progress) < 100.0
@@ -513,7 +479,7 @@ def test_runner_shows_training_steps_and_time_left():
     from geors_qgis.environment import GeorsEnvironment
     from geors_qgis.runner import run_geors
 
-    fb = _Feedback()
+    fb = FakeFeedback()
     res = run_geors(GeorsEnvironment((sys.executable, "-c", _FAKE_TRAIN), "test"), [], fb)
     assert res.returncode == 0 and res.summary == {"model": "m.safetensors", "val_AP50": 0.42}
     assert max(fb.progress) == pytest.approx(100.0) and all(0 <= p <= 100 for p in fb.progress)
@@ -528,7 +494,7 @@ def test_runner_reads_step_lines_of_a_trainer_without_jsonl():
     from geors_qgis.environment import GeorsEnvironment
     from geors_qgis.runner import eta_text, run_geors
 
-    fb = _Feedback()
+    fb = FakeFeedback()
     res = run_geors(GeorsEnvironment((sys.executable, "-c", _FAKE_SEG_TRAIN), "test"), [], fb)
     assert res.returncode == 0
     texts = [t for kind, t in fb.log if kind == "text"]
@@ -549,7 +515,7 @@ def test_runner_closes_its_pipes():
 
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", ResourceWarning)
-        res = run_geors(GeorsEnvironment((sys.executable, "-c", _FAKE), "test"), ["0"], _Feedback(), n_scenes=2)
+        res = run_geors(GeorsEnvironment((sys.executable, "-c", _FAKE), "test"), ["0"], FakeFeedback(), n_scenes=2)
         gc.collect()
     assert res.returncode == 0
     assert not [w for w in caught if issubclass(w.category, ResourceWarning)], [str(w.message) for w in caught]
