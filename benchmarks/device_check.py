@@ -240,7 +240,7 @@ def _measure_all(a, figures: list[str], start: float, report: dict, results: dic
     harness.set_threads(a.threads)
     import torch
 
-    from geors.detect import resolve_device
+    from geors.device import resolve_device
 
     device = str(resolve_device(a.device))
     devices = [device] + (["cpu"] if device != "cpu" else [])
