@@ -287,8 +287,9 @@ def test_cli_refuses_bad_corrections_with_exit_2(run_output, tmp_path):
 
 @pytest.mark.slow
 def test_cli_fine_tunes_the_runs_model_from_corrections_then_detects(run_output, tmp_path):
-    """A short real fine-tune (4 steps): a new model, other weights than the run's, the corrections recorded,
-    and `geors detect` runs with it."""
+    """A short real fine-tune (4 steps): a new model file (other weights than the run's unless those validate
+    better: then they are kept, and the record says so), the corrections recorded, and `geors detect` runs
+    with it."""
     import json
 
     from geors.models.registry import read_metadata
@@ -307,7 +308,13 @@ def test_cli_fine_tunes_the_runs_model_from_corrections_then_detects(run_output,
     assert summary["corrections"]["deleted"] == 3 and summary["corrections"]["drawn"] == 1
     meta = read_metadata(model)
     base = read_metadata(Path(read_corrections(edited).model))
-    assert meta["weights_sha256"] != base["weights_sha256"]
+    tr = meta["training"]
+    assert tr["steps"] == 4 and tr["validation"][0]["starting_weights"]
+    if tr["kept_starting_weights"]:  # 4 steps validated no better than the run's model: that model is kept
+        assert meta["weights_sha256"] == base["weights_sha256"]
+        assert max(v["val_AP50"] for v in tr["validation"][1:]) <= tr["validation"][0]["val_AP50"]
+    else:
+        assert meta["weights_sha256"] != base["weights_sha256"]
     assert meta["training"]["init_from"]["weights_sha256"] == base["weights_sha256"]
     assert meta["training"]["corrections"]["counts"]["deleted"] == 3
     assert meta["arch_args"]["empty_negatives"] is True

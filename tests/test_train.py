@@ -682,3 +682,32 @@ def test_ema_keeps_the_moving_average_of_the_weights():
     m1, meta1 = train_detector(tiles, ["square"], TrainConfig(**kw, ema_decay=0.9), meta={"tile_size": 96})
     assert meta1["training"]["config"]["ema_decay"] == 0.9
     assert any(not torch.equal(v, m1.state_dict()[k]) for k, v in m0.state_dict().items())
+
+
+def test_a_fine_tune_that_validates_worse_keeps_the_starting_weights(tmp_path, caplog):
+    # regression (issue 28, the analyst's loop): a fine-tune on a few corrected objects could validate worse
+    # than the model it started from, and the worse weights were written (a round of corrections made the
+    # vehicle model worse on average): the starting weights are now a candidate of the best-weights choice
+    from geors.models.registry import save_model
+
+    rng = np.random.default_rng(0)
+    tiles = [squares_tile(rng, 4), squares_tile(rng, 4), squares_tile(rng, 0), squares_tile(rng, 0)]
+    val = [squares_tile(rng, 3), squares_tile(rng, 2), squares_tile(rng, 0), squares_tile(rng, 2)]
+    base = TrainConfig(max_seconds=None, epochs=1, steps_per_epoch=120, batch_size=4, crop_size=64, device="cpu",
+                       lr=5e-3, warmup_steps=5, patience=None, arch=SMALL_ARCH)
+    m0, meta0 = train_detector(tiles, ["square"], base, meta={"tile_size": 96, "overlap": 0}, val_tiles=val)
+    assert meta0["training"]["best_val_AP50"] > 0.2  # the starting model finds squares
+    path = save_model(m0, meta0, tmp_path / "m0.safetensors")
+    # a learning rate that wrecks the detector in a few steps
+    wreck = TrainConfig(max_seconds=None, epochs=1, steps_per_epoch=6, batch_size=4, crop_size=64, device="cpu",
+                        lr=50.0, warmup_steps=1, patience=None, init_from=str(path), arch=SMALL_ARCH)
+    with caplog.at_level("WARNING", logger="geors.train"):
+        m1, meta1 = train_detector(tiles, ["square"], wreck, meta={"tile_size": 96, "overlap": 0}, val_tiles=val)
+    tr = meta1["training"]
+    assert tr["validation"][0]["step"] == 0 and tr["validation"][0]["starting_weights"]
+    assert tr["validation"][0]["val_AP50"] == pytest.approx(meta0["training"]["best_val_AP50"], abs=1e-6)
+    assert tr["kept_starting_weights"] and tr["best_step"] == 0
+    assert tr["validation"][-1]["val_AP50"] < tr["validation"][0]["val_AP50"]  # the fine-tune did validate worse
+    s0, s1 = m0.state_dict(), m1.state_dict()
+    assert all(torch.equal(s0[k], s1[k]) for k in s0)
+    assert "starting weights" in caplog.text

@@ -31,6 +31,7 @@ import logging
 import math
 import time
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -237,6 +238,19 @@ def train_detector(
     started = False  # the reporter starts once the plan is known (a fixed plan at once, a budget after the probe)
     sched.start()
     step = 0
+    if cfg.init_from and val_pos and not gate_only:
+        # The starting weights are a candidate too: a fine-tune on few objects (e.g. one round of an analyst's
+        # corrections) can validate worse than the model it started from; then that model is kept, with
+        # thresholds calibrated on this validation, and the log and the model's training record say so.
+        with sched.side_work():
+            t_val = time.perf_counter()
+            model.eval()
+            ap50 = validation_ap50(model, monitor, len(classes))
+            _train_mode(model, gate_only)
+            val_seconds.append(time.perf_counter() - t_val)
+        val_history.append({"step": 0, "val_AP50": ap50, "selectable": True, "starting_weights": True})
+        best = (ap50, 0, {k: v.detach().clone() for k, v in model.state_dict().items()})
+        log.info("step 0: validation AP50 %.3f of the starting weights (%s)", ap50, Path(cfg.init_from).name)
     while not sched.finished(step):
         for g in opt.param_groups:
             g["lr"] = cfg.lr * sched.lr_factor(step)
@@ -334,7 +348,12 @@ def train_detector(
         progress.close()
     seconds = sched.elapsed_s()
     model.config.empty_negatives = empty_negatives  # the model records how it was configured, not the last step
-    if best is not None and (best[1] != step or ema is not None):
+    if best is not None and best[1] == 0 and step > 0:
+        model.load_state_dict(best[2])
+        log.warning("no fine-tuned weights validated better than the starting weights (%s, validation AP50 %.3f): "
+                    "the model keeps them, with thresholds calibrated on this validation. More objects, more minutes "
+                    "or --lr may help.", Path(cfg.init_from).name, best[0])
+    elif best is not None and (best[1] != step or ema is not None):
         model.load_state_dict(best[2])
         log.info("keeping the %sweights of step %d (best validation AP50 %.3f)",
                  "" if ema is None else "moving-average ", best[1], best[0])
@@ -380,6 +399,7 @@ def train_detector(
             "planned_steps": sched.total,
             "schedule": sched.summary(step),
             "best_step": best[1] if best is not None else step,
+            "kept_starting_weights": bool(best is not None and best[1] == 0 and step > 0),
             "best_val_AP50": float(best[0]) if best is not None else None,
             "stop_reason": stop_reason,
             "train_only": cfg.train_only,
