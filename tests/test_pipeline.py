@@ -362,8 +362,10 @@ def test_local_cluster_run_prints_no_distributed_noise(tmp_path):
     import sys
 
     p, _ = _blob_scene(tmp_path / "blobs.tif")
-    r = subprocess.run([sys.executable, "-m", "geors", "tiles", str(p), "-o", str(tmp_path / "t.gpkg"),
-                        "--scheduler", "local", "--workers", "2"], capture_output=True, text=True, timeout=300)
+    # geors detect with the built-in model (tiles runs no model and has no --scheduler since issue 28)
+    r = subprocess.run([sys.executable, "-m", "geors", "detect", str(p), "-o", str(tmp_path / "t.gpkg"),
+                        "--scheduler", "local", "--workers", "2", "--threads", "1"], capture_output=True, text=True,
+                       timeout=300)
     assert r.returncode == 0, r.stderr
     assert "INFO" not in r.stderr and "still alive" not in r.stderr, r.stderr
 

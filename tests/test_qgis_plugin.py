@@ -151,7 +151,8 @@ def test_provider_lists_algorithms(qgis):
 
     cli = describe(find_environment(sys.executable))
     own = {"--output", "--progress", "--help", "--boxes", "--layer", "--instances", "--json", "--scene", "--labels",
-           "--labelled-area"}
+           "--labelled-area",
+           "--corrections", "--reviewed-area"}  # train detector: set by Retrain from corrections, not Train detector
     for alg_id, cmd in (("geors:run", "run"), ("geors:detect", "detect"), ("geors:masks", "masks"),
                         ("geors:label", "label"), ("geors:info", "info"), ("geors:tiles", "tiles"),
                         ("geors:train_detector", "train detector"), ("geors:train_segmenter", "train segmenter")):
