@@ -351,8 +351,7 @@ def train_detector(
     if best is not None and best[1] == 0 and step > 0:
         model.load_state_dict(best[2])
         log.warning("no fine-tuned weights validated better than the starting weights (%s, validation AP50 %.3f): "
-                    "the model keeps them, with thresholds calibrated on this validation. More objects, more minutes "
-                    "or --lr may help.", Path(cfg.init_from).name, best[0])
+                    "the model keeps them and their thresholds. More objects, more minutes or --lr may help.", Path(cfg.init_from).name, best[0])
     elif best is not None and (best[1] != step or ema is not None):
         model.load_state_dict(best[2])
         log.info("keeping the %sweights of step %d (best validation AP50 %.3f)",
@@ -365,6 +364,22 @@ def train_detector(
                            train_tiles=tiles)
     gate_threshold = calib["gate_threshold"]
     score_calib = calibrate_score_threshold(model, val_tiles)
+    kept_start = bool(best is not None and best[1] == 0 and step > 0)
+    if kept_start and init_meta is not None:
+        # the starting model unchanged: its own thresholds stay (calibrated on its own validation), so the
+        # model written detects exactly as the one it started from
+        kept = "the starting model's (its weights were kept)"
+        same_gate = (init_model.config.gate_pool == arch.gate_pool
+                     and int(init_model.config.gate_input_scale) == int(arch.gate_input_scale))
+        if same_gate and init_meta.get("gate_threshold") is not None:
+            calib = {**calib, "status": "calibrated", "gate_threshold": float(init_meta["gate_threshold"]),
+                     "source": kept}
+            gate_threshold = calib["gate_threshold"]
+        if init_meta.get("score_threshold") is not None:
+            t0 = float(init_meta["score_threshold"])
+            row = next((r for r in score_calib.get("curve", []) if abs(r[0] - t0) < 1e-6), None)
+            score_calib = {**score_calib, "status": "calibrated", "score_threshold": t0, "source": kept,
+                           **({"recall": row[1], "precision": row[2], "f1": row[3]} if row else {})}
     val_summary = validation_summary(val_tiles, score_calib, calib)
     log.info("%s", val_summary["line"])
 
@@ -399,7 +414,7 @@ def train_detector(
             "planned_steps": sched.total,
             "schedule": sched.summary(step),
             "best_step": best[1] if best is not None else step,
-            "kept_starting_weights": bool(best is not None and best[1] == 0 and step > 0),
+            "kept_starting_weights": kept_start,
             "best_val_AP50": float(best[0]) if best is not None else None,
             "stop_reason": stop_reason,
             "train_only": cfg.train_only,
