@@ -289,16 +289,11 @@ def case_zip(zip_path: str) -> dict:
     return {"module": geors_qgis.__file__, "algorithms": sorted(a.id() for a in provider.algorithms())}
 
 
-if __name__ == "__main__":
-    case, args = sys.argv[1], sys.argv[2:]
-    if case == "zip":
-        sys.path.remove(str(REPO / "qgis_plugin"))
-    app, provider = start(register=case != "zip")
+def run_case(case) -> None:
+    """Run ``case()`` (a harness case), print its result (or its exception) as one ``RESULT`` JSON line for the
+    test, remove this run's scratch folders and end the process (every harness's ``__main__``)."""
     try:
-        if case == "list":
-            result = case_list(provider)
-        else:
-            result = globals()[f"case_{case}"](*args)
+        result = case()
     except Exception as exc:  # the test shows this instead of a bare exit code
         import traceback
 
@@ -307,3 +302,11 @@ if __name__ == "__main__":
     for folder in SCRATCH:  # os._exit skips atexit handlers
         shutil.rmtree(folder, ignore_errors=True)
     os._exit(0)  # QgsApplication's exitQgis can crash after Processing; the result is out
+
+
+if __name__ == "__main__":
+    case, args = sys.argv[1], sys.argv[2:]
+    if case == "zip":
+        sys.path.remove(str(REPO / "qgis_plugin"))
+    app, provider = start(register=case != "zip")
+    run_case(lambda: case_list(provider) if case == "list" else globals()[f"case_{case}"](*args))

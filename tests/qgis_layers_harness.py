@@ -209,15 +209,4 @@ def case_export_twice(scene: str, folder: str) -> dict:
 if __name__ == "__main__":
     case, args = sys.argv[1], sys.argv[2:]
     app, provider = H.start()
-    try:
-        result = globals()[f"case_{case}"](*args)
-    except Exception as exc:  # the test shows this instead of a bare exit code
-        import traceback
-
-        result = {"exception": f"{type(exc).__name__}: {exc}", "traceback": traceback.format_exc()}
-    print("RESULT " + json.dumps(result, default=str), flush=True)
-    import shutil
-
-    for folder in H.SCRATCH:
-        shutil.rmtree(folder, ignore_errors=True)
-    os._exit(0)
+    H.run_case(lambda: globals()[f"case_{case}"](*args))

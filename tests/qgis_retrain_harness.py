@@ -9,8 +9,6 @@ Starts QGIS and the geors provider as tests/qgis_harness.py does, loads the edit
 from __future__ import annotations
 
 import json
-import os
-import shutil
 import sys
 from pathlib import Path
 
@@ -37,13 +35,4 @@ def case_retrain(edited: str, scene: str, out_dir: str) -> dict:
 
 if __name__ == "__main__":
     app, provider = h.start()
-    try:
-        result = case_retrain(*sys.argv[1:])
-    except Exception as exc:  # the test shows this instead of a bare exit code
-        import traceback
-
-        result = {"exception": f"{type(exc).__name__}: {exc}", "traceback": traceback.format_exc()}
-    print("RESULT " + json.dumps(result, default=str), flush=True)
-    for folder in h.SCRATCH:
-        shutil.rmtree(folder, ignore_errors=True)
-    os._exit(0)
+    h.run_case(lambda: case_retrain(*sys.argv[1:]))
